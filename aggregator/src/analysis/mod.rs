@@ -1,0 +1,2 @@
+//! Pure scaling analysis: no I/O, no clocks, no Kubernetes types.
+pub mod saturation;

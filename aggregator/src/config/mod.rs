@@ -1,0 +1,2 @@
+//! Configuration files and their validation.
+pub mod saturation;
