@@ -4,3 +4,17 @@
 
 pub mod extract;
 pub mod parse;
+
+pub mod agent;
+pub mod args;
+pub mod backoff;
+pub mod latest;
+pub mod sampler;
+pub mod scrape;
+pub mod server;
+pub mod stream;
+pub mod telemetry;
+pub mod tls;
+pub mod token;
+
+pub use agent::{Agent, StartError};

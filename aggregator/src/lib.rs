@@ -2,4 +2,19 @@
 #![forbid(unsafe_code)]
 
 pub mod analysis;
+pub mod args;
 pub mod config;
+pub mod decision;
+pub mod demo;
+pub mod engine;
+pub mod gauges;
+pub mod http;
+pub mod ingest;
+pub mod service;
+pub mod shutdown;
+pub mod standalone;
+pub mod store;
+pub mod telemetry;
+pub mod trigger;
+pub mod variants;
+pub mod watchfile;

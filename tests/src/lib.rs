@@ -1,1 +1,206 @@
+//! Harness for end-to-end tests: starts the real binaries on loopback and
+//! observes them through their HTTP endpoints.
 #![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// Path of a workspace binary, built by `cargo build --workspace --bins`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` before the end-to-end tests",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound and released; loopback races are rare enough for tests).
+pub fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address")
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("process is running")
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`, `KILL`) through kill(1).
+    pub async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("kill -{signal} {} failed: {status}", self.pid());
+        }
+        Ok(())
+    }
+
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn command(name: &str) -> Command {
+    let mut cmd = Command::new(bin(name));
+    cmd.stdin(Stdio::null())
+        .kill_on_drop(true)
+        .env("RUST_LOG", std::env::var("WVA_TEST_LOG").unwrap_or_else(|_| "warn".into()));
+    cmd
+}
+
+/// Starts a `vllm-sim` on an ephemeral port and returns it with its address.
+pub async fn start_sim(model: &str, extra: &[&str]) -> anyhow::Result<(Proc, SocketAddr)> {
+    let mut child = command("vllm-sim")
+        .args(["--port", "0", "--model", model])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start vllm-sim")?;
+    let stdout = child.stdout.take().context("vllm-sim stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .context("vllm-sim did not report its address")??
+        .context("vllm-sim exited before reporting its address")?;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("unexpected vllm-sim line {line:?}"))?;
+    Ok((Proc { child }, addr))
+}
+
+/// Identity and target of one agent.
+pub struct AgentSpec<'a> {
+    pub target: SocketAddr,
+    pub aggregator: &'a str,
+    pub pod: &'a str,
+    pub namespace: &'a str,
+    pub variant: &'a str,
+    pub model: &'a str,
+    pub extra: &'a [&'a str],
+}
+
+pub fn start_agent(spec: &AgentSpec<'_>) -> anyhow::Result<Proc> {
+    let child = command("wva-agent")
+        .args(["--target", &format!("http://{}/metrics", spec.target)])
+        .args(["--aggregator", spec.aggregator])
+        .args(["--pod-name", spec.pod, "--namespace", spec.namespace])
+        .args(["--variant", spec.variant, "--model", spec.model])
+        .args(["--interval", "250ms", "--listen", "127.0.0.1:0"])
+        .args(spec.extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start wva-agent")?;
+    Ok(Proc { child })
+}
+
+/// Starts `wva-aggregator --standalone` on the given addresses.
+pub fn start_aggregator(
+    variants: &Path,
+    grpc: SocketAddr,
+    metrics: SocketAddr,
+    extra: &[&str],
+) -> anyhow::Result<Proc> {
+    let child = command("wva-aggregator")
+        .arg("--standalone")
+        .arg("--variants")
+        .arg(variants)
+        .args(["--grpc-addr", &grpc.to_string(), "--metrics-addr", &metrics.to_string()])
+        .args(["--min-analysis-interval", "100ms", "--staleness", "3s"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start wva-aggregator")?;
+    Ok(Proc { child })
+}
+
+/// A plain HTTP/1.1 GET; returns status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await??;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw)).await??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let body = if chunked { dechunk(body)? } else { body.to_string() };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> anyhow::Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").context("bad chunk header")?;
+        let size = usize::from_str_radix(size.trim(), 16).context("bad chunk size")?;
+        if size == 0 {
+            return Ok(out);
+        }
+        out.push_str(rest.get(..size).context("short chunk")?);
+        body = rest.get(size + 2..).context("short chunk trailer")?;
+    }
+}
+
+/// The aggregator's current decisions.
+pub async fn decisions(metrics: SocketAddr) -> anyhow::Result<Vec<serde_json::Value>> {
+    let (status, body) = http_get(metrics, "/v1/decisions").await?;
+    if status != 200 {
+        bail!("/v1/decisions answered {status}: {body}");
+    }
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, failing after `within`
+/// with the last observation.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    let mut last = String::from("no observation");
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => last = "condition not met".into(),
+            Err(e) => last = format!("{e:#}"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {within:?} waiting for {what}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,7 +1,24 @@
 //! The saturation-scaling ConfigMap: `default` plus per-model overrides.
+//!
+//! Every `data` key holds one YAML document. `default` sets the global
+//! thresholds; any other key is an override for one `(model_id, namespace)`.
+//! Fields an override leaves out come from `default`, and fields `default`
+//! leaves out come from the built-in defaults. Validation runs on the
+//! resulting (effective) thresholds, so an override can never produce a
+//! combination that is invalid only once merged.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The `data` key holding the global thresholds.
+pub const DEFAULT_KEY: &str = "default";
 
 /// Thresholds of the saturation analysis (WVA's documented defaults: 0.80, 5, 0.1, 3).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SaturationConfig {
     pub kv_cache_threshold: f64,
     pub queue_length_threshold: f64,
@@ -17,5 +34,609 @@ impl Default for SaturationConfig {
             kv_spare_trigger: 0.1,
             queue_spare_trigger: 3.0,
         }
+    }
+}
+
+/// The effective thresholds of one model, from a per-model key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelOverride {
+    /// The `data` key it came from.
+    pub key: String,
+    pub model_id: String,
+    pub namespace: String,
+    /// Already merged with `default`.
+    pub config: SaturationConfig,
+}
+
+/// A validated saturation ConfigMap.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SaturationConfigSet {
+    default: SaturationConfig,
+    /// Keyed by `(namespace, model_id)`.
+    overrides: BTreeMap<(String, String), ModelOverride>,
+}
+
+/// Why a saturation ConfigMap was rejected. Every message names the `data`
+/// key (or the file) it is about.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum ConfigError {
+    #[error("saturation config file: {0}")]
+    File(String),
+    #[error("saturation config key {key:?}: invalid YAML: {message}")]
+    Yaml { key: String, message: String },
+    #[error("saturation config key {key:?}: {field} must be {requirement}, got {value}{}", inherited_note(.inherited))]
+    OutOfRange {
+        key: String,
+        field: Field,
+        requirement: String,
+        value: f64,
+        /// The key did not set the field; its value came from `default` or the built-ins.
+        inherited: bool,
+    },
+    #[error(
+        "saturation config key {key:?}: {field} is required (and must not be empty) in a per-model override"
+    )]
+    MissingIdentity { key: String, field: &'static str },
+    #[error("saturation config key \"default\": {field} is only allowed in per-model overrides")]
+    IdentityInDefault { field: &'static str },
+    #[error(
+        "saturation config keys {first:?} and {second:?} both override model {model_id:?} in namespace {namespace:?}"
+    )]
+    DuplicateOverride {
+        first: String,
+        second: String,
+        model_id: String,
+        namespace: String,
+    },
+}
+
+fn inherited_note(inherited: &bool) -> &'static str {
+    if *inherited {
+        " (not set in this key, inherited)"
+    } else {
+        ""
+    }
+}
+
+/// A threshold field, displayed with its ConfigMap spelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    KvCacheThreshold,
+    QueueLengthThreshold,
+    KvSpareTrigger,
+    QueueSpareTrigger,
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Field::KvCacheThreshold => "kvCacheThreshold",
+            Field::QueueLengthThreshold => "queueLengthThreshold",
+            Field::KvSpareTrigger => "kvSpareTrigger",
+            Field::QueueSpareTrigger => "queueSpareTrigger",
+        })
+    }
+}
+
+/// One `data` value as written. Every field is optional so inheritance can tell
+/// "not set" from "set".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawEntry {
+    #[serde(rename = "model_id")]
+    model_id: Option<String>,
+    namespace: Option<String>,
+    kv_cache_threshold: Option<f64>,
+    queue_length_threshold: Option<f64>,
+    kv_spare_trigger: Option<f64>,
+    queue_spare_trigger: Option<f64>,
+}
+
+impl RawEntry {
+    fn parse(key: &str, text: &str) -> Result<Self, ConfigError> {
+        // An empty value (or only comments) sets nothing.
+        serde_yaml::from_str::<Option<RawEntry>>(text)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| ConfigError::Yaml {
+                key: key.to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    /// The thresholds this entry sets on top of `base`, validated.
+    fn resolve(&self, key: &str, base: SaturationConfig) -> Result<SaturationConfig, ConfigError> {
+        let config = SaturationConfig {
+            kv_cache_threshold: self.kv_cache_threshold.unwrap_or(base.kv_cache_threshold),
+            queue_length_threshold: self
+                .queue_length_threshold
+                .unwrap_or(base.queue_length_threshold),
+            kv_spare_trigger: self.kv_spare_trigger.unwrap_or(base.kv_spare_trigger),
+            queue_spare_trigger: self.queue_spare_trigger.unwrap_or(base.queue_spare_trigger),
+        };
+        let out_of_range = |field, value, set: Option<f64>, requirement: String| {
+            Err(ConfigError::OutOfRange {
+                key: key.to_string(),
+                field,
+                requirement,
+                value,
+                inherited: set.is_none(),
+            })
+        };
+        // Written so that NaN fails every check.
+        let kv = config.kv_cache_threshold;
+        if !(kv > 0.0 && kv <= 1.0) {
+            let requirement = "in (0, 1]".to_string();
+            return out_of_range(
+                Field::KvCacheThreshold,
+                kv,
+                self.kv_cache_threshold,
+                requirement,
+            );
+        }
+        let queue = config.queue_length_threshold;
+        if !(queue > 0.0 && queue.is_finite()) {
+            let requirement = "a finite number > 0".to_string();
+            return out_of_range(
+                Field::QueueLengthThreshold,
+                queue,
+                self.queue_length_threshold,
+                requirement,
+            );
+        }
+        let trigger = config.kv_spare_trigger;
+        if !(trigger >= 0.0 && trigger <= kv) {
+            let requirement = format!("in [0, kvCacheThreshold = {kv}]");
+            return out_of_range(
+                Field::KvSpareTrigger,
+                trigger,
+                self.kv_spare_trigger,
+                requirement,
+            );
+        }
+        let trigger = config.queue_spare_trigger;
+        if !(trigger >= 0.0 && trigger <= queue) {
+            let requirement = format!("in [0, queueLengthThreshold = {queue}]");
+            return out_of_range(
+                Field::QueueSpareTrigger,
+                trigger,
+                self.queue_spare_trigger,
+                requirement,
+            );
+        }
+        Ok(config)
+    }
+
+    /// `model_id` and `namespace` of an override, both required and non-empty.
+    fn identity(&self, key: &str) -> Result<(String, String), ConfigError> {
+        let required = |value: &Option<String>, field| match value {
+            Some(v) if !v.trim().is_empty() => Ok(v.clone()),
+            _ => Err(ConfigError::MissingIdentity {
+                key: key.to_string(),
+                field,
+            }),
+        };
+        Ok((
+            required(&self.model_id, "model_id")?,
+            required(&self.namespace, "namespace")?,
+        ))
+    }
+}
+
+/// The parts of a ConfigMap document this file needs; the rest (metadata,
+/// `binaryData`, `immutable`) is Kubernetes' business.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConfigMap {
+    api_version: Option<String>,
+    kind: Option<String>,
+    #[serde(default)]
+    data: BTreeMap<String, String>,
+}
+
+impl SaturationConfigSet {
+    /// Validates a ConfigMap's `data` map (as the Kubernetes controller sees it).
+    pub fn from_data(data: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let default = match data.get(DEFAULT_KEY) {
+            Some(text) => {
+                let raw = RawEntry::parse(DEFAULT_KEY, text)?;
+                if raw.model_id.is_some() {
+                    return Err(ConfigError::IdentityInDefault { field: "model_id" });
+                }
+                if raw.namespace.is_some() {
+                    return Err(ConfigError::IdentityInDefault { field: "namespace" });
+                }
+                raw.resolve(DEFAULT_KEY, SaturationConfig::default())?
+            }
+            None => SaturationConfig::default(),
+        };
+
+        let mut overrides: BTreeMap<(String, String), ModelOverride> = BTreeMap::new();
+        // BTreeMap order: the first of two duplicates is the smaller key.
+        for (key, text) in data.iter().filter(|(k, _)| *k != DEFAULT_KEY) {
+            let raw = RawEntry::parse(key, text)?;
+            let (model_id, namespace) = raw.identity(key)?;
+            let config = raw.resolve(key, default)?;
+            let slot = (namespace.clone(), model_id.clone());
+            if let Some(first) = overrides.get(&slot) {
+                return Err(ConfigError::DuplicateOverride {
+                    first: first.key.clone(),
+                    second: key.clone(),
+                    model_id,
+                    namespace,
+                });
+            }
+            overrides.insert(
+                slot,
+                ModelOverride {
+                    key: key.clone(),
+                    model_id,
+                    namespace,
+                    config,
+                },
+            );
+        }
+        Ok(SaturationConfigSet { default, overrides })
+    }
+
+    /// Validates a file holding the whole ConfigMap (`apiVersion: v1`, `kind: ConfigMap`).
+    pub fn from_yaml_file_contents(text: &str) -> Result<Self, ConfigError> {
+        let file = |m: String| ConfigError::File(m);
+        let raw = serde_yaml::from_str::<Option<RawConfigMap>>(text)
+            .map_err(|e| file(format!("invalid YAML: {e}")))?
+            .ok_or_else(|| file("empty document; expected a ConfigMap".to_string()))?;
+        if raw.kind.as_deref() != Some("ConfigMap") {
+            return Err(file(format!(
+                "kind must be \"ConfigMap\", got {}",
+                quoted_or_missing(raw.kind.as_deref())
+            )));
+        }
+        if raw.api_version.as_deref() != Some("v1") {
+            return Err(file(format!(
+                "apiVersion must be \"v1\", got {}",
+                quoted_or_missing(raw.api_version.as_deref())
+            )));
+        }
+        Self::from_data(&raw.data)
+    }
+
+    /// The thresholds for one model: its override when one names exactly this
+    /// `(model_id, namespace)`, else `default`.
+    pub fn for_model(&self, model_id: &str, namespace: &str) -> SaturationConfig {
+        self.overrides
+            .get(&(namespace.to_string(), model_id.to_string()))
+            .map_or(self.default, |o| o.config)
+    }
+
+    /// The effective global thresholds.
+    pub fn default_config(&self) -> SaturationConfig {
+        self.default
+    }
+
+    /// The per-model overrides, ordered by namespace then model.
+    pub fn overrides(&self) -> impl Iterator<Item = &ModelOverride> {
+        self.overrides.values()
+    }
+}
+
+fn quoted_or_missing(value: Option<&str>) -> String {
+    value.map_or_else(|| "nothing".to_string(), |v| format!("{v:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
+        entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn error(entries: &[(&str, &str)]) -> String {
+        SaturationConfigSet::from_data(&data(entries))
+            .expect_err("config must be rejected")
+            .to_string()
+    }
+
+    const EXAMPLE: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: saturation-scaling-config}
+data:
+  default: |
+    kvCacheThreshold: 0.80
+    queueLengthThreshold: 5
+    kvSpareTrigger: 0.1
+    queueSpareTrigger: 3
+  llama-8b-prod: |
+    model_id: meta/llama-3.1-8b
+    namespace: llm-inference
+    kvCacheThreshold: 0.70
+"#;
+
+    #[test]
+    fn empty_data_gives_built_in_defaults() {
+        let set = SaturationConfigSet::from_data(&BTreeMap::new()).unwrap();
+        assert_eq!(set, SaturationConfigSet::default());
+        assert_eq!(
+            set.for_model("any", "ns"),
+            SaturationConfig {
+                kv_cache_threshold: 0.80,
+                queue_length_threshold: 5.0,
+                kv_spare_trigger: 0.1,
+                queue_spare_trigger: 3.0,
+            }
+        );
+    }
+
+    #[test]
+    fn example_configmap_parses_with_override_precedence() {
+        let set = SaturationConfigSet::from_yaml_file_contents(EXAMPLE).unwrap();
+        let prod = set.for_model("meta/llama-3.1-8b", "llm-inference");
+        assert_eq!(prod.kv_cache_threshold, 0.70);
+        assert_eq!(prod.queue_length_threshold, 5.0);
+        // Same model elsewhere, or another model here: `default`.
+        assert_eq!(
+            set.for_model("meta/llama-3.1-8b", "staging"),
+            set.default_config()
+        );
+        assert_eq!(
+            set.for_model("other", "llm-inference"),
+            set.default_config()
+        );
+        let keys: Vec<&str> = set.overrides().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["llama-8b-prod"]);
+    }
+
+    #[test]
+    fn override_inherits_default_which_inherits_built_ins() {
+        let set = SaturationConfigSet::from_data(&data(&[
+            ("default", "kvCacheThreshold: 0.9\nqueueSpareTrigger: 2"),
+            ("a", "model_id: m\nnamespace: ns\nqueueLengthThreshold: 8"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            set.default_config(),
+            SaturationConfig {
+                kv_cache_threshold: 0.9,
+                queue_length_threshold: 5.0,
+                kv_spare_trigger: 0.1,
+                queue_spare_trigger: 2.0,
+            }
+        );
+        assert_eq!(
+            set.for_model("m", "ns"),
+            SaturationConfig {
+                kv_cache_threshold: 0.9,
+                queue_length_threshold: 8.0,
+                kv_spare_trigger: 0.1,
+                queue_spare_trigger: 2.0,
+            }
+        );
+    }
+
+    #[test]
+    fn overrides_are_matched_on_exact_model_and_namespace() {
+        let set = SaturationConfigSet::from_data(&data(&[
+            ("a", "model_id: m\nnamespace: one\nkvCacheThreshold: 0.5"),
+            ("b", "model_id: m\nnamespace: two\nkvCacheThreshold: 0.6"),
+        ]))
+        .unwrap();
+        assert_eq!(set.for_model("m", "one").kv_cache_threshold, 0.5);
+        assert_eq!(set.for_model("m", "two").kv_cache_threshold, 0.6);
+        assert_eq!(set.for_model("m", "three").kv_cache_threshold, 0.8);
+        assert_eq!(set.for_model("M", "one").kv_cache_threshold, 0.8);
+    }
+
+    #[test]
+    fn empty_values_set_nothing() {
+        let set = SaturationConfigSet::from_data(&data(&[("default", ""), ("x", "# nothing\n")]));
+        // `x` is an override without identity.
+        assert_eq!(
+            set.unwrap_err(),
+            ConfigError::MissingIdentity {
+                key: "x".into(),
+                field: "model_id"
+            }
+        );
+        let set = SaturationConfigSet::from_data(&data(&[("default", "  \n")])).unwrap();
+        assert_eq!(set.default_config(), SaturationConfig::default());
+    }
+
+    #[test]
+    fn range_errors_name_key_field_and_value() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[(
+                    "llama-8b-prod",
+                    "model_id: m\nnamespace: n\nkvCacheThreshold: 1.5",
+                )],
+                r#"saturation config key "llama-8b-prod": kvCacheThreshold must be in (0, 1], got 1.5"#,
+            ),
+            (
+                &[("default", "kvCacheThreshold: 0")],
+                r#"saturation config key "default": kvCacheThreshold must be in (0, 1], got 0"#,
+            ),
+            (
+                &[("default", "kvCacheThreshold: .nan")],
+                r#"saturation config key "default": kvCacheThreshold must be in (0, 1], got NaN"#,
+            ),
+            (
+                &[("default", "queueLengthThreshold: 0")],
+                r#"saturation config key "default": queueLengthThreshold must be a finite number > 0, got 0"#,
+            ),
+            (
+                &[("default", "queueLengthThreshold: .inf")],
+                r#"saturation config key "default": queueLengthThreshold must be a finite number > 0, got inf"#,
+            ),
+            (
+                &[("default", "kvSpareTrigger: -0.1")],
+                r#"saturation config key "default": kvSpareTrigger must be in [0, kvCacheThreshold = 0.8], got -0.1"#,
+            ),
+            (
+                &[("default", "kvCacheThreshold: 0.5\nkvSpareTrigger: 0.6")],
+                r#"saturation config key "default": kvSpareTrigger must be in [0, kvCacheThreshold = 0.5], got 0.6"#,
+            ),
+            (
+                &[("default", "queueSpareTrigger: 6")],
+                r#"saturation config key "default": queueSpareTrigger must be in [0, queueLengthThreshold = 5], got 6"#,
+            ),
+            (
+                &[("default", "queueSpareTrigger: -1")],
+                r#"saturation config key "default": queueSpareTrigger must be in [0, queueLengthThreshold = 5], got -1"#,
+            ),
+            // An override lowering a threshold below the inherited trigger.
+            (
+                &[
+                    ("default", "queueSpareTrigger: 4"),
+                    (
+                        "small",
+                        "model_id: m\nnamespace: n\nqueueLengthThreshold: 2",
+                    ),
+                ],
+                r#"saturation config key "small": queueSpareTrigger must be in [0, queueLengthThreshold = 2], got 4 (not set in this key, inherited)"#,
+            ),
+        ];
+        for (entries, expected) in cases {
+            assert_eq!(error(entries), *expected, "entries {entries:?}");
+        }
+    }
+
+    #[test]
+    fn boundary_values_are_accepted() {
+        let set = SaturationConfigSet::from_data(&data(&[(
+            "default",
+            "kvCacheThreshold: 1\nkvSpareTrigger: 1\nqueueLengthThreshold: 0.5\nqueueSpareTrigger: 0.5",
+        )]))
+        .unwrap();
+        assert_eq!(set.default_config().kv_spare_trigger, 1.0);
+        let set = SaturationConfigSet::from_data(&data(&[(
+            "default",
+            "kvSpareTrigger: 0\nqueueSpareTrigger: 0",
+        )]))
+        .unwrap();
+        assert_eq!(set.default_config().queue_spare_trigger, 0.0);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_yaml_name_the_key() {
+        let msg = error(&[("llama", "model_id: m\nnamespace: n\nkvCacheTreshold: 0.7")]);
+        assert!(
+            msg.starts_with(
+                r#"saturation config key "llama": invalid YAML: unknown field `kvCacheTreshold`"#
+            ),
+            "{msg}"
+        );
+        let msg = error(&[("default", "kvCacheThreshold: [0.7")]);
+        assert!(
+            msg.starts_with(r#"saturation config key "default": invalid YAML: "#),
+            "{msg}"
+        );
+        let msg = error(&[("default", "kvCacheThreshold: high")]);
+        assert!(
+            msg.starts_with(
+                r#"saturation config key "default": invalid YAML: kvCacheThreshold: invalid type"#
+            ),
+            "{msg}"
+        );
+        let msg = error(&[("default", "- 0.7")]);
+        assert!(
+            msg.starts_with(r#"saturation config key "default": invalid YAML: "#),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn override_identity_is_required_and_only_in_overrides() {
+        assert_eq!(
+            error(&[("x", "namespace: n\nkvCacheThreshold: 0.7")]),
+            r#"saturation config key "x": model_id is required (and must not be empty) in a per-model override"#
+        );
+        assert_eq!(
+            error(&[("x", "model_id: m")]),
+            r#"saturation config key "x": namespace is required (and must not be empty) in a per-model override"#
+        );
+        assert_eq!(
+            error(&[("x", "model_id: ' '\nnamespace: n")]),
+            r#"saturation config key "x": model_id is required (and must not be empty) in a per-model override"#
+        );
+        assert_eq!(
+            error(&[("default", "model_id: m")]),
+            r#"saturation config key "default": model_id is only allowed in per-model overrides"#
+        );
+        assert_eq!(
+            error(&[("default", "namespace: n")]),
+            r#"saturation config key "default": namespace is only allowed in per-model overrides"#
+        );
+    }
+
+    #[test]
+    fn two_overrides_for_one_model_name_both_keys() {
+        assert_eq!(
+            error(&[
+                ("prod-b", "model_id: m\nnamespace: n\nkvCacheThreshold: 0.6"),
+                ("prod-a", "model_id: m\nnamespace: n\nkvCacheThreshold: 0.7"),
+            ]),
+            r#"saturation config keys "prod-a" and "prod-b" both override model "m" in namespace "n""#
+        );
+    }
+
+    #[test]
+    fn configmap_document_is_checked() {
+        let cases = [
+            (
+                "",
+                "saturation config file: empty document; expected a ConfigMap",
+            ),
+            (
+                "apiVersion: v1\nkind: Secret\ndata: {}",
+                r#"saturation config file: kind must be "ConfigMap", got "Secret""#,
+            ),
+            (
+                "kind: ConfigMap\ndata: {}",
+                r#"saturation config file: apiVersion must be "v1", got nothing"#,
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(
+                SaturationConfigSet::from_yaml_file_contents(text)
+                    .unwrap_err()
+                    .to_string(),
+                expected
+            );
+        }
+        let msg = SaturationConfigSet::from_yaml_file_contents(
+            "apiVersion: v1\nkind: ConfigMap\ndata: [",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.starts_with("saturation config file: invalid YAML: "),
+            "{msg}"
+        );
+        // A value must be a string (a YAML block), not a nested mapping.
+        let msg = SaturationConfigSet::from_yaml_file_contents(
+            "apiVersion: v1\nkind: ConfigMap\ndata:\n  default:\n    kvCacheThreshold: 0.7\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("data.default: invalid type: map"), "{msg}");
+        // No data at all: built-in defaults.
+        let set = SaturationConfigSet::from_yaml_file_contents("apiVersion: v1\nkind: ConfigMap\n")
+            .unwrap();
+        assert_eq!(set, SaturationConfigSet::default());
+    }
+
+    #[test]
+    fn file_errors_from_data_keep_the_key() {
+        let text = "apiVersion: v1\nkind: ConfigMap\ndata:\n  bad: |\n    model_id: m\n    namespace: n\n    kvSpareTrigger: 0.9\n";
+        assert_eq!(
+            SaturationConfigSet::from_yaml_file_contents(text)
+                .unwrap_err()
+                .to_string(),
+            r#"saturation config key "bad": kvSpareTrigger must be in [0, kvCacheThreshold = 0.8], got 0.9"#
+        );
     }
 }

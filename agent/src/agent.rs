@@ -1,0 +1,125 @@
+//! The agent process: scrape loop, aggregator stream and own HTTP endpoints,
+//! joined on one task and stopped together.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::args::{Args, scrape_timeout};
+use crate::extract::Extractor;
+use crate::latest;
+use crate::sampler::Sampler;
+use crate::scrape::{InvalidTarget, Scraper};
+use crate::server::{self, Health};
+use crate::stream::{self, StreamConfig, StreamError};
+use crate::telemetry::Telemetry;
+use crate::tls::TlsError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Target(#[from] InvalidTarget),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+}
+
+/// A configured agent with its listener bound, ready to run.
+pub struct Agent {
+    args: Args,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    sampler: Sampler,
+    stream: StreamConfig,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Agent {
+    /// Checks the configuration (target URL, TLS files, token file) and binds
+    /// the listener of the agent's own endpoints.
+    pub async fn start(args: Args) -> Result<Agent, StartError> {
+        let stream = StreamConfig::from_args(&args)?;
+        stream.validate()?;
+        let telemetry = Arc::new(Telemetry::new());
+        let mut scraper = Scraper::new(args.target.clone(), args.max_body_bytes)?;
+        if let Some(path) = &args.target_token_file {
+            scraper = scraper.with_token_file(path.clone());
+        }
+        let sampler = Sampler::new(scraper, Extractor::new(args.role.into()), telemetry.clone());
+        let listen_error = |source| StartError::Listen {
+            addr: args.listen,
+            source,
+        };
+        let listener = TcpListener::bind(args.listen).await.map_err(listen_error)?;
+        let local_addr = listener.local_addr().map_err(listen_error)?;
+        info!(addr = %local_addr, "serving /metrics, /healthz and /readyz");
+        Ok(Agent {
+            args,
+            listener,
+            local_addr,
+            sampler,
+            stream,
+            telemetry,
+        })
+    }
+
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Runs until `shutdown` completes, then stops scraping, ends the stream
+    /// (waiting briefly for the aggregator) and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Agent {
+            args,
+            listener,
+            sampler,
+            stream,
+            telemetry,
+            ..
+        } = self;
+        info!(
+            target_url = %args.target,
+            aggregator = %args.aggregator,
+            interval = %humantime::format_duration(args.interval),
+            "agent running"
+        );
+        let (interval_tx, interval_rx) = watch::channel(args.interval);
+        let (publisher, subscriber) = latest::channel();
+        let (stop_tx, stop_rx) = watch::channel(());
+        let first_tick = args.interval + scrape_timeout(args.scrape_timeout, args.interval);
+        let health = Arc::new(Health::new(2 * first_tick));
+
+        let scrape = sampler.run(args.scrape_timeout, interval_rx, publisher, health.clone());
+        let scrape_until_shutdown = async move {
+            tokio::select! {
+                _ = scrape => {}
+                _ = shutdown => info!("shutting down"),
+            }
+            // Dropping the sender is the stop signal.
+            drop(stop_tx);
+        };
+        tokio::join!(
+            scrape_until_shutdown,
+            stream::run(
+                stream,
+                subscriber,
+                interval_tx,
+                telemetry.clone(),
+                stop_rx.clone()
+            ),
+            server::serve(listener, health, telemetry, stop_rx),
+        );
+    }
+}

@@ -1,0 +1,321 @@
+//! Command line and environment of `wva-agent`.
+//!
+//! Every flag has an environment fallback so the admission webhook can inject
+//! the sidecar with `env` entries only (flag > env > default).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use http::Uri;
+use wva_proto::v1::Role;
+
+/// Shortest and longest scrape interval the agent accepts, from the command
+/// line or from the aggregator.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+pub const MAX_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Upper bound of the default scrape timeout (the interval).
+const MAX_DEFAULT_SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "wva-agent",
+    version,
+    about = "Scrapes a local vLLM or EPP /metrics and streams its signals to wva-aggregator"
+)]
+pub struct Args {
+    /// URL of the local metrics endpoint, e.g. http://127.0.0.1:8000/metrics.
+    #[arg(long, env = "WVA_TARGET", value_parser = parse_target)]
+    pub target: Uri,
+
+    /// gRPC URL of the aggregator (http:// or https://).
+    #[arg(long, env = "WVA_AGGREGATOR", value_parser = parse_aggregator)]
+    pub aggregator: Uri,
+
+    /// Name of the pod this agent runs in.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: String,
+
+    /// Namespace of the pod.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+
+    /// VariantAutoscaling (Deployment) the pod belongs to.
+    #[arg(long, env = "WVA_VARIANT")]
+    pub variant: String,
+
+    /// What the target is.
+    #[arg(long, env = "WVA_ROLE", value_enum, default_value_t = RoleArg::Vllm)]
+    pub role: RoleArg,
+
+    /// Scrape interval (100ms to 60s); the aggregator may change it.
+    #[arg(long, env = "WVA_INTERVAL", default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// Served model the pod is expected to report (repeatable; env: comma list).
+    #[arg(
+        long = "model",
+        value_name = "MODEL",
+        env = "WVA_MODELS",
+        value_delimiter = ','
+    )]
+    pub models: Vec<String>,
+
+    /// Accelerator type of the pod, e.g. H100.
+    #[arg(long, env = "WVA_ACCELERATOR")]
+    pub accelerator: Option<String>,
+
+    /// UID of the pod.
+    #[arg(long, env = "POD_UID")]
+    pub pod_uid: Option<String>,
+
+    /// Address of the agent's own /metrics, /healthz and /readyz (port 0 picks one).
+    #[arg(long, env = "WVA_AGENT_LISTEN", default_value = "0.0.0.0:9400")]
+    pub listen: SocketAddr,
+
+    /// Time limit of one scrape [default: the interval, at most 10s].
+    #[arg(long, env = "WVA_SCRAPE_TIMEOUT", value_parser = parse_timeout)]
+    pub scrape_timeout: Option<Duration>,
+
+    /// Largest accepted metrics body, after decompression (e.g. 16MiB, 512KiB, 1000000).
+    #[arg(long, env = "WVA_MAX_BODY_BYTES", default_value = "16MiB", value_parser = parse_size)]
+    pub max_body_bytes: usize,
+
+    /// PEM file with the CA certificates that sign the aggregator's certificate
+    /// (https aggregator URL; without it the system roots are used).
+    #[arg(long, env = "WVA_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate presented to the aggregator.
+    #[arg(long, env = "WVA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "WVA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Name to verify in the aggregator's certificate [default: the URL's host].
+    #[arg(long, env = "WVA_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+
+    /// File holding a bearer token for the aggregator; re-read at every connect.
+    #[arg(long, env = "WVA_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// File holding a bearer token for the target (EPP protects its metrics);
+    /// re-read at every scrape.
+    #[arg(long, env = "WVA_TARGET_TOKEN_FILE")]
+    pub target_token_file: Option<PathBuf>,
+}
+
+/// The scrape timeout at a given interval: the explicit one, or the interval
+/// capped at 10 s, so a hung target costs at most one tick.
+pub fn scrape_timeout(explicit: Option<Duration>, interval: Duration) -> Duration {
+    explicit.unwrap_or_else(|| interval.min(MAX_DEFAULT_SCRAPE_TIMEOUT))
+}
+
+impl Args {
+    /// Whether the aggregator URL asks for TLS.
+    pub fn aggregator_tls(&self) -> bool {
+        self.aggregator.scheme_str() == Some("https")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Vllm,
+    Epp,
+}
+
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Role {
+        match role {
+            RoleArg::Vllm => Role::Vllm,
+            RoleArg::Epp => Role::Epp,
+        }
+    }
+}
+
+fn parse_url(s: &str, schemes: &[&str]) -> Result<Uri, String> {
+    let uri: Uri = s.parse().map_err(|e| format!("invalid URL: {e}"))?;
+    match uri.scheme_str() {
+        Some(scheme) if schemes.contains(&scheme) => {}
+        _ => {
+            return Err(format!(
+                "URL must start with {}://",
+                schemes.join(":// or ")
+            ));
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("URL has no host".to_owned());
+    }
+    Ok(uri)
+}
+
+fn parse_target(s: &str) -> Result<Uri, String> {
+    parse_url(s, &["http"])
+}
+
+fn parse_aggregator(s: &str) -> Result<Uri, String> {
+    parse_url(s, &["http", "https"])
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if (MIN_INTERVAL..=MAX_INTERVAL).contains(&d) {
+        Ok(d)
+    } else {
+        Err(format!(
+            "interval must be between {} and {}",
+            humantime::format_duration(MIN_INTERVAL),
+            humantime::format_duration(MAX_INTERVAL)
+        ))
+    }
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        Err("scrape timeout must be greater than zero".to_owned())
+    } else {
+        Ok(d)
+    }
+}
+
+/// Parses a byte count with an optional binary suffix (`KiB`, `MiB`, `GiB`).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, suffix) = s.split_at(split);
+    let unit: usize = match suffix.trim() {
+        "" | "B" => 1,
+        "KiB" | "Ki" => 1 << 10,
+        "MiB" | "Mi" => 1 << 20,
+        "GiB" | "Gi" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected a number of bytes"))?;
+    match n.checked_mul(unit) {
+        Some(0) => Err("size must be greater than zero".to_owned()),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("size {s:?} is too large")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQUIRED: [&str; 11] = [
+        "wva-agent",
+        "--target",
+        "http://127.0.0.1:8000/metrics",
+        "--aggregator",
+        "http://wva-aggregator:9500",
+        "--pod-name",
+        "pod-a",
+        "--namespace",
+        "ns",
+        "--variant",
+        "llama",
+    ];
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(REQUIRED.iter().chain(extra))
+    }
+
+    #[test]
+    fn defaults() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.role, RoleArg::Vllm);
+        assert_eq!(args.interval, Duration::from_secs(1));
+        assert_eq!(args.listen, "0.0.0.0:9400".parse().unwrap());
+        assert_eq!(args.max_body_bytes, 16 << 20);
+        assert_eq!(
+            scrape_timeout(args.scrape_timeout, args.interval),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            scrape_timeout(args.scrape_timeout, Duration::from_secs(30)),
+            MAX_DEFAULT_SCRAPE_TIMEOUT
+        );
+        assert!(!args.aggregator_tls());
+    }
+
+    #[test]
+    fn repeated_models_and_explicit_values() {
+        let args = parse(&[
+            "--model",
+            "a",
+            "--model",
+            "b,c",
+            "--role",
+            "epp",
+            "--interval",
+            "250ms",
+            "--scrape-timeout",
+            "2s",
+            "--max-body-bytes",
+            "512KiB",
+        ])
+        .unwrap();
+        assert_eq!(args.models, ["a", "b", "c"]);
+        assert_eq!(Role::from(args.role), Role::Epp);
+        assert_eq!(args.interval, Duration::from_millis(250));
+        assert_eq!(
+            scrape_timeout(args.scrape_timeout, Duration::from_secs(60)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(args.max_body_bytes, 512 << 10);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for bad in [
+            &["--interval", "10ms"][..],
+            &["--interval", "2m"],
+            &["--interval", "soon"],
+            &["--scrape-timeout", "0s"],
+            &["--max-body-bytes", "12XB"],
+            &["--tls-cert", "cert.pem"],
+            &["--role", "router"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        let https_target = Args::try_parse_from([
+            "wva-agent",
+            "--target",
+            "https://127.0.0.1:8000/metrics",
+            "--aggregator",
+            "http://a:1",
+            "--pod-name",
+            "p",
+            "--namespace",
+            "n",
+            "--variant",
+            "v",
+        ]);
+        let err = https_target.unwrap_err().to_string();
+        assert!(err.contains("URL must start with http://"), "{err}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("4KiB"), Ok(4096));
+        assert_eq!(parse_size("2 Mi"), Ok(2 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+}

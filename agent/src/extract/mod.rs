@@ -1,0 +1,170 @@
+//! Reduces one exposition body to the signals of `wva.v1.Sample`.
+//!
+//! Malformed lines: a target's `/metrics` mixes its own families with
+//! foreign ones (Python runtime, HTTP middleware, other libraries), and one
+//! broken foreign line must not blind the autoscaler. So:
+//!
+//! - a malformed line of a family this role reads fails the scrape
+//!   ([`ExtractError::Parse`]): for vLLM any `vllm:` line, for an endpoint
+//!   picker the queue and pool families; numbers next to a corrupt line
+//!   cannot be trusted, and a body cut off mid-line ends up here too;
+//! - any other malformed line is skipped and counted
+//!   ([`Extractor::skipped_lines`], [`Extractor::first_skipped`]);
+//! - a body in which no line is a sample but some line is malformed (an
+//!   HTML error page, say) is not an exposition ([`ExtractError::NotExposition`]);
+//! - a body without a single family of the role is the wrong target
+//!   ([`ExtractError::NoVllmMetrics`], [`ExtractError::NoEppMetrics`]).
+
+mod epp;
+mod slots;
+mod vllm;
+
+use wva_proto::v1::{Role, Sample};
+
+use crate::parse::{Line, ParseError, Parser};
+
+/// Error for a body the extractor cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExtractError {
+    #[error("malformed exposition: {0}")]
+    Parse(ParseError),
+    #[error("malformed exposition: no sample in the body, {0}")]
+    NotExposition(ParseError),
+    #[error("no vllm: metrics found (is the target a vLLM server?)")]
+    NoVllmMetrics,
+    #[error("no endpoint-picker metrics found (is the target an EPP?)")]
+    NoEppMetrics,
+    #[error("the extractor was built for ROLE_UNSPECIFIED")]
+    UnspecifiedRole,
+}
+
+/// Reusable extractor: keeps its buffers between scrapes so steady-state
+/// extraction does not allocate.
+#[derive(Debug)]
+pub struct Extractor {
+    role: Role,
+    vllm: vllm::Vllm,
+    epp: epp::Epp,
+    /// Whether the last `extract` succeeded.
+    valid: bool,
+    skipped: usize,
+    first_skipped: Option<ParseError>,
+}
+
+impl Extractor {
+    pub fn new(role: Role) -> Self {
+        Extractor {
+            role,
+            vllm: vllm::Vllm::default(),
+            epp: epp::Epp::default(),
+            valid: false,
+            skipped: 0,
+            first_skipped: None,
+        }
+    }
+
+    /// Parses one body and replaces the signals of the previous one.
+    pub fn extract(&mut self, body: &str) -> Result<(), ExtractError> {
+        self.valid = false;
+        self.skipped = 0;
+        self.first_skipped = None;
+        self.vllm.clear();
+        self.epp.clear();
+        if self.role == Role::Unspecified {
+            return Err(ExtractError::UnspecifiedRole);
+        }
+
+        let (mut samples, mut own) = (0usize, 0usize);
+        let mut lines = Parser::new(body);
+        while let Some(line) = lines.next() {
+            match line {
+                Ok(Line::Sample(sample)) => {
+                    samples += 1;
+                    let is_own = match self.role {
+                        Role::Epp => self.epp.observe(&sample),
+                        _ => self.vllm.observe(&sample),
+                    };
+                    own += usize::from(is_own);
+                }
+                Ok(_) => {}
+                Err(e) if self.reads(leading_name(lines.line_text())) => {
+                    return Err(ExtractError::Parse(e));
+                }
+                Err(e) => {
+                    self.skipped += 1;
+                    self.first_skipped.get_or_insert(e);
+                }
+            }
+        }
+
+        if let (0, Some(e)) = (samples, self.first_skipped) {
+            return Err(ExtractError::NotExposition(e));
+        }
+        if own == 0 {
+            return Err(match self.role {
+                Role::Epp => ExtractError::NoEppMetrics,
+                _ => ExtractError::NoVllmMetrics,
+            });
+        }
+        self.valid = true;
+        Ok(())
+    }
+
+    /// Writes the signals of the last `extract` into `sample` (`models` and
+    /// `epp`), reusing the sample's buffers; none after a failed one.
+    pub fn fill(&self, sample: &mut Sample) {
+        match self.role {
+            Role::Vllm if self.valid => {
+                self.vllm.fill(&mut sample.models);
+                sample.epp = None;
+            }
+            Role::Epp if self.valid => {
+                sample.models.clear();
+                self.epp
+                    .fill(sample.epp.get_or_insert_with(Default::default));
+            }
+            _ => {
+                sample.models.clear();
+                sample.epp = None;
+            }
+        }
+    }
+
+    /// Malformed lines skipped by the last `extract` (see the module docs).
+    pub fn skipped_lines(&self) -> usize {
+        self.skipped
+    }
+
+    /// The first of them, for a log line.
+    pub fn first_skipped(&self) -> Option<&ParseError> {
+        self.first_skipped.as_ref()
+    }
+
+    /// Whether a malformed line of family `name` must fail the scrape.
+    fn reads(&self, name: &str) -> bool {
+        match self.role {
+            Role::Epp => epp::reads(name),
+            _ => name.starts_with(vllm::PREFIX),
+        }
+    }
+}
+
+/// The metric name a (possibly malformed) sample line starts with.
+fn leading_name(line: &str) -> &str {
+    let line = line.trim_start_matches([' ', '\t']);
+    let end = line
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .unwrap_or(line.len());
+    &line[..end]
+}
+
+/// `v` with exactly `n` elements, keeping the existing ones (and their
+/// allocations) for the caller to overwrite.
+fn resized<T: Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    v.truncate(n);
+    v.resize_with(n, T::default);
+    v
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,112 @@
+//! Keyed accumulators that keep their memory from one scrape to the next.
+
+use crate::parse::{unescape_into, unescaped_eq};
+
+/// Puts an accumulator back to its empty state, keeping its allocations.
+pub(super) trait Reset {
+    fn reset(&mut self);
+}
+
+/// Accumulators keyed by a label value, in order of first appearance.
+/// `clear` keeps the entries and their key strings, so a key already seen in
+/// an earlier scrape costs no allocation; lookups compare the borrowed,
+/// still-escaped label value against the stored keys. Lookup is linear: a pod
+/// serves a handful of models, engines or pools.
+#[derive(Debug)]
+pub(super) struct Slots<T> {
+    entries: Vec<(String, T)>,
+    len: usize,
+}
+
+impl<T> Default for Slots<T> {
+    fn default() -> Self {
+        Slots {
+            entries: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T: Default + Reset> Slots<T> {
+    pub(super) fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The accumulator for the escaped label value `raw`, reset when new.
+    pub(super) fn entry(&mut self, raw: &str) -> &mut T {
+        let live = &self.entries[..self.len];
+        let index = match live.iter().position(|(key, _)| unescaped_eq(raw, key)) {
+            Some(i) => i,
+            None => {
+                if self.len == self.entries.len() {
+                    self.entries.push(Default::default());
+                }
+                let (key, value) = &mut self.entries[self.len];
+                key.clear();
+                unescape_into(raw, key);
+                value.reset();
+                self.len += 1;
+                self.len - 1
+            }
+        };
+        &mut self.entries[index].1
+    }
+
+    /// The accumulator for the (unescaped) `key`, if seen in this scrape.
+    pub(super) fn get(&self, key: &str) -> Option<&T> {
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
+        self.entries[..self.len]
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, PartialEq)]
+    struct Sum(f64);
+
+    impl Reset for Sum {
+        fn reset(&mut self) {
+            self.0 = 0.0;
+        }
+    }
+
+    #[test]
+    fn keys_are_unescaped_and_kept_in_first_seen_order() {
+        let mut slots = Slots::<Sum>::default();
+        slots.entry("b").0 += 1.0;
+        slots.entry(r#"a\"q"#).0 += 2.0;
+        slots.entry("b").0 += 3.0;
+        let got: Vec<_> = slots.iter().map(|(k, v)| (k.to_owned(), v.0)).collect();
+        assert_eq!(got, [("b".to_owned(), 4.0), ("a\"q".to_owned(), 2.0)]);
+        assert_eq!(slots.get("a\"q"), Some(&Sum(2.0)));
+        assert_eq!(slots.get(r#"a\"q"#), None);
+    }
+
+    #[test]
+    fn clear_forgets_values_but_reuses_memory() {
+        let mut slots = Slots::<Sum>::default();
+        slots.entry("model-a").0 = 5.0;
+        let key_ptr = slots.entries[0].0.as_ptr();
+        slots.clear();
+        assert_eq!(slots.len(), 0);
+        assert_eq!(slots.get("model-a"), None);
+        // A different key of the same length reuses the stored string.
+        assert_eq!(slots.entry("model-b"), &Sum(0.0));
+        assert_eq!(slots.entries[0].0.as_ptr(), key_ptr);
+        assert_eq!(
+            slots.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            ["model-b"]
+        );
+    }
+}

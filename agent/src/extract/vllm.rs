@@ -1,0 +1,267 @@
+//! vLLM signals per served model (`model_name`), aggregated over the
+//! data-parallel engine ranks (`engine`) of the pod.
+
+use wva_proto::v1::{Counters, ModelSignals};
+
+use super::resized;
+use super::slots::{Reset, Slots};
+use crate::parse::Sample;
+
+pub(super) const PREFIX: &str = "vllm:";
+
+/// Series summed over engine ranks and over any other label
+/// (`finished_reason`, …). The discriminant indexes [`ModelAcc::sums`].
+#[derive(Debug, Clone, Copy)]
+enum Summed {
+    Running,
+    Waiting,
+    PromptTokens,
+    GenerationTokens,
+    PromptLenSum,
+    PromptLenCount,
+    GenerationLenSum,
+    GenerationLenCount,
+    Success,
+    PrefixHits,
+    PrefixQueries,
+    PrefixHitsV0,
+    PrefixQueriesV0,
+    TtftSum,
+    TtftCount,
+    ItlSum,
+    ItlCount,
+    TpotSum,
+    TpotCount,
+}
+
+const SUMMED: usize = Summed::TpotCount as usize + 1;
+
+impl Summed {
+    fn bit(self) -> u32 {
+        1 << self as u32
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Series {
+    Summed(Summed),
+    /// V1 `kv_cache_usage_perc`.
+    Kv,
+    /// V0 `gpu_cache_usage_perc` (removed in 0.12).
+    KvV0,
+    CacheConfig,
+}
+
+/// The families read, by sample name. OpenMetrics counters keep `_total` on
+/// their samples, so one name serves both formats; `_created` series and
+/// everything else fall through.
+fn classify(name: &str) -> Option<Series> {
+    use Summed::*;
+    let summed = match name.strip_prefix(PREFIX)? {
+        "kv_cache_usage_perc" => return Some(Series::Kv),
+        "gpu_cache_usage_perc" => return Some(Series::KvV0),
+        "cache_config_info" => return Some(Series::CacheConfig),
+        "num_requests_running" => Running,
+        "num_requests_waiting" => Waiting,
+        "prompt_tokens_total" => PromptTokens,
+        "generation_tokens_total" => GenerationTokens,
+        "request_prompt_tokens_sum" => PromptLenSum,
+        "request_prompt_tokens_count" => PromptLenCount,
+        "request_generation_tokens_sum" => GenerationLenSum,
+        "request_generation_tokens_count" => GenerationLenCount,
+        "request_success_total" => Success,
+        "prefix_cache_hits_total" => PrefixHits,
+        "prefix_cache_queries_total" => PrefixQueries,
+        "gpu_prefix_cache_hits" | "gpu_prefix_cache_hits_total" => PrefixHitsV0,
+        "gpu_prefix_cache_queries" | "gpu_prefix_cache_queries_total" => PrefixQueriesV0,
+        "time_to_first_token_seconds_sum" => TtftSum,
+        "time_to_first_token_seconds_count" => TtftCount,
+        "inter_token_latency_seconds_sum" => ItlSum,
+        "inter_token_latency_seconds_count" => ItlCount,
+        "time_per_output_token_seconds_sum" => TpotSum,
+        "time_per_output_token_seconds_count" => TpotCount,
+        _ => return None,
+    };
+    Some(Series::Summed(summed))
+}
+
+#[derive(Debug, Default)]
+struct ModelAcc {
+    sums: [f64; SUMMED],
+    /// Bits of the [`Summed`] series present, to choose between renames.
+    seen: u32,
+    engines: Slots<EngineAcc>,
+}
+
+impl Reset for ModelAcc {
+    fn reset(&mut self) {
+        self.sums = [0.0; SUMMED];
+        self.seen = 0;
+        self.engines.clear();
+    }
+}
+
+#[derive(Debug, Default)]
+struct EngineAcc {
+    kv: Option<f64>,
+    kv_v0: Option<f64>,
+}
+
+impl Reset for EngineAcc {
+    fn reset(&mut self) {
+        *self = EngineAcc::default();
+    }
+}
+
+/// `vllm:cache_config_info` of one engine rank.
+#[derive(Debug, Default)]
+struct CacheConfig {
+    num_gpu_blocks: Option<u64>,
+    block_size: Option<u32>,
+}
+
+impl Reset for CacheConfig {
+    fn reset(&mut self) {
+        *self = CacheConfig::default();
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Vllm {
+    models: Slots<ModelAcc>,
+    /// Keyed by `engine`; `cache_config_info` has no `model_name`.
+    cache: Slots<CacheConfig>,
+}
+
+impl Vllm {
+    pub(super) fn clear(&mut self) {
+        self.models.clear();
+        self.cache.clear();
+    }
+
+    /// Accumulates one sample; returns whether it is a vLLM series at all.
+    pub(super) fn observe(&mut self, sample: &Sample<'_>) -> bool {
+        if !sample.name.starts_with(PREFIX) {
+            return false;
+        }
+        if sample.is_created() {
+            return true;
+        }
+        let Some(series) = classify(sample.name) else {
+            return true;
+        };
+        let (mut model, mut engine) = (None, "");
+        let (mut blocks, mut block_size) = (None, None);
+        for label in sample.labels {
+            match label.name {
+                "model_name" => model = Some(label.raw_value),
+                "engine" => engine = label.raw_value,
+                "num_gpu_blocks" => blocks = label.raw_value.parse().ok(),
+                "block_size" => block_size = label.raw_value.parse().ok(),
+                _ => {}
+            }
+        }
+        if let Series::CacheConfig = series {
+            // "None" before the engine has profiled its memory: unknown.
+            let config = self.cache.entry(engine);
+            config.num_gpu_blocks = blocks;
+            config.block_size = block_size;
+            return true;
+        }
+        let Some(model) = model else {
+            return true;
+        };
+        let acc = self.models.entry(model);
+        let rank = acc.engines.entry(engine);
+        match series {
+            Series::Kv => rank.kv = Some(sample.value),
+            Series::KvV0 => rank.kv_v0 = Some(sample.value),
+            Series::Summed(s) => {
+                acc.sums[s as usize] += sample.value;
+                acc.seen |= s.bit();
+            }
+            Series::CacheConfig => {}
+        }
+        true
+    }
+
+    /// The cache config of an engine rank; one without an `engine` label
+    /// describes every rank of the pod.
+    fn cache_config(&self, engine: &str) -> Option<&CacheConfig> {
+        self.cache.get(engine).or_else(|| self.cache.get(""))
+    }
+
+    pub(super) fn fill(&self, out: &mut Vec<ModelSignals>) {
+        let outputs = resized(out, self.models.len());
+        for (signals, (name, acc)) in outputs.iter_mut().zip(self.models.iter()) {
+            signals.model.clear();
+            signals.model.push_str(name);
+            self.fill_model(acc, signals);
+        }
+    }
+
+    fn fill_model(&self, acc: &ModelAcc, out: &mut ModelSignals) {
+        let mut blocks_total = 0;
+        let mut block_size = 0;
+        let (mut weighted, mut weight, mut all_weighted) = (0.0, 0, true);
+        let (mut plain, mut ranks_with_kv) = (0.0, 0u32);
+        for (engine, rank) in acc.engines.iter() {
+            let config = self.cache_config(engine);
+            let blocks = config.and_then(|c| c.num_gpu_blocks).filter(|&b| b > 0);
+            blocks_total += blocks.unwrap_or(0);
+            block_size = block_size.max(config.and_then(|c| c.block_size).unwrap_or(0));
+            // V1 name first: 0.9–0.11 can serve both.
+            if let Some(kv) = rank.kv.or(rank.kv_v0) {
+                plain += kv;
+                ranks_with_kv += 1;
+                match blocks {
+                    Some(b) => {
+                        weighted += kv * b as f64;
+                        weight += b;
+                    }
+                    None => all_weighted = false,
+                }
+            }
+        }
+        out.kv_cache_usage = match (ranks_with_kv, all_weighted) {
+            (0, _) => 0.0,
+            (_, true) => weighted / weight as f64,
+            (n, false) => plain / f64::from(n),
+        };
+        out.num_gpu_blocks = blocks_total;
+        out.block_size = block_size;
+        out.engines = u32::try_from(acc.engines.len()).unwrap_or(u32::MAX);
+
+        use Summed::*;
+        let sum = |s: Summed| acc.sums[s as usize];
+        let seen = |a: Summed, b: Summed| acc.seen & (a.bit() | b.bit()) != 0;
+        out.requests_running = sum(Running);
+        out.requests_waiting = sum(Waiting);
+        let (hits, queries) = if seen(PrefixHits, PrefixQueries) {
+            (PrefixHits, PrefixQueries)
+        } else {
+            (PrefixHitsV0, PrefixQueriesV0)
+        };
+        // Inter-token latency replaced time-per-output-token in 0.11.
+        let (itl_sum, itl_count) = if seen(ItlSum, ItlCount) {
+            (ItlSum, ItlCount)
+        } else {
+            (TpotSum, TpotCount)
+        };
+        out.counters = Some(Counters {
+            prompt_tokens: sum(PromptTokens),
+            generation_tokens: sum(GenerationTokens),
+            request_prompt_tokens_sum: sum(PromptLenSum),
+            request_prompt_tokens_count: sum(PromptLenCount),
+            request_generation_tokens_sum: sum(GenerationLenSum),
+            request_generation_tokens_count: sum(GenerationLenCount),
+            request_success: sum(Success),
+            prefix_cache_hits: sum(hits),
+            prefix_cache_queries: sum(queries),
+            ttft_seconds_sum: sum(TtftSum),
+            ttft_seconds_count: sum(TtftCount),
+            itl_seconds_sum: sum(itl_sum),
+            itl_seconds_count: sum(itl_count),
+        });
+    }
+}

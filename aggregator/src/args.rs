@@ -1,0 +1,118 @@
+//! Command-line flags; every flag can also come from the environment variable
+//! named beside it (flag > env > default).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "wva-aggregator", version, about = "Ingests wva-agent telemetry, analyses saturation per model and publishes desired replicas")]
+pub struct Args {
+    /// Run without Kubernetes: VariantAutoscalings come from --variants.
+    #[arg(long, env = "WVA_STANDALONE")]
+    pub standalone: bool,
+
+    /// Run the self-contained demo: embedded variants, local actuator, load ramp, live table.
+    #[arg(long, conflicts_with_all = ["variants", "standalone"])]
+    pub demo: bool,
+
+    /// Speeds the demo's load profile up (2.0 = twice as fast).
+    #[arg(long, env = "WVA_DEMO_SPEED", default_value_t = 1.0, requires = "demo")]
+    pub demo_speed: f64,
+
+    /// YAML file of VariantAutoscaling objects (several per file); reloaded when it changes.
+    #[arg(long, env = "WVA_VARIANTS_FILE")]
+    pub variants: Option<PathBuf>,
+
+    /// Address of the gRPC ingest for agents.
+    #[arg(long, env = "WVA_GRPC_ADDR", default_value = "0.0.0.0:9443")]
+    pub grpc_addr: SocketAddr,
+
+    /// Address of /metrics, /healthz, /readyz and /v1/decisions.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// Saturation-scaling ConfigMap (YAML manifest or bare data map); reloaded when it changes.
+    #[arg(long, env = "WVA_SATURATION_CONFIG")]
+    pub saturation_config: Option<PathBuf>,
+
+    /// Fewest time between two analyses; arriving data triggers them.
+    #[arg(long, env = "WVA_MIN_ANALYSIS_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub min_analysis_interval: Duration,
+
+    /// Longest time between two analyses when no data arrives.
+    #[arg(long, env = "GLOBAL_OPT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub analysis_interval: Duration,
+
+    /// A pod whose latest sample is older than this leaves the analysis.
+    #[arg(long, env = "WVA_STALENESS", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub staleness: Duration,
+
+    /// Also publish the legacy `inferno_*` series.
+    #[arg(long, env = "WVA_LEGACY_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub legacy_metrics: bool,
+
+    /// Adds `controller_instance` to every published series.
+    #[arg(long, env = "CONTROLLER_INSTANCE")]
+    pub controller_instance: Option<String>,
+
+    /// Allow the cheapest variant of a model to scale to zero.
+    #[arg(long, env = "WVA_SCALE_TO_ZERO", default_value_t = false, action = clap::ArgAction::Set)]
+    pub scale_to_zero: bool,
+
+    /// File holding the bearer token agents must present.
+    #[arg(long, env = "WVA_AGENT_TOKEN_FILE")]
+    pub agent_token_file: Option<PathBuf>,
+
+    /// PEM certificate chain for the gRPC ingest (enables TLS).
+    #[arg(long, env = "WVA_GRPC_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "WVA_GRPC_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle; when set, agents must present a client certificate it signed.
+    #[arg(long, env = "WVA_GRPC_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Who sets replica counts in standalone mode.
+    #[arg(long, env = "WVA_ACTUATOR", value_enum, default_value_t = ActuatorKind::None)]
+    pub actuator: ActuatorKind,
+
+    #[command(flatten)]
+    pub local: LocalActuatorArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ActuatorKind {
+    /// Replica counts are what the reporting pods show.
+    None,
+    /// Start and stop local vllm-sim + wva-agent pairs to follow desired replicas.
+    Local,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LocalActuatorArgs {
+    /// Time a new simulated replica takes before it is ready.
+    #[arg(long, env = "WVA_COLD_START", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub cold_start: Duration,
+
+    /// Replicas each variant starts with.
+    #[arg(long, env = "WVA_INITIAL_REPLICAS", default_value_t = 1)]
+    pub initial_replicas: u32,
+
+    /// Scrape interval of the started agents.
+    #[arg(long, env = "WVA_AGENT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub agent_interval: Duration,
+
+    /// vllm-sim binary (default: beside this executable).
+    #[arg(long, env = "WVA_SIM_BIN")]
+    pub sim_bin: Option<PathBuf>,
+
+    /// wva-agent binary (default: beside this executable).
+    #[arg(long, env = "WVA_AGENT_BIN")]
+    pub agent_bin: Option<PathBuf>,
+}

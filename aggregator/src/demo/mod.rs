@@ -1,0 +1,213 @@
+//! The self-contained demo: the aggregator in standalone mode on its embedded
+//! variants, the local actuator running simulated replicas, a load ramp up
+//! and down, and a live table of what the autoscaler sees and decides.
+pub mod dashboard;
+pub mod loadgen;
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::args::Args;
+use crate::config::saturation::SaturationConfigSet;
+use crate::service::{self, Settings, Sources};
+use crate::standalone::actuator::{ActuatorConfig, LocalActuator};
+use crate::variants::{VariantKey, parse_variants};
+use dashboard::Frame;
+use loadgen::{LoadStats, Profile, RequestShape};
+
+/// The embedded VariantAutoscalings.
+pub const VARIANTS: &str = include_str!("variants.yaml");
+
+/// Longest wait, after the load ends, for the fleet to scale back down.
+const SETTLE: Duration = Duration::from_secs(90);
+
+/// What the demo saw, for its closing lines and for tests.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub peak_desired: HashMap<VariantKey, u32>,
+    pub final_desired: HashMap<VariantKey, u32>,
+    pub completed: u64,
+    pub settled: bool,
+}
+
+pub async fn run(args: &Args, binaries: (std::path::PathBuf, std::path::PathBuf), mut shutdown: watch::Receiver<bool>) -> anyhow::Result<Summary> {
+    let variants = parse_variants(VARIANTS).context("embedded demo variants")?;
+    let model = variants
+        .first()
+        .map(|v| v.model_id.clone())
+        .context("the demo has no variants")?;
+    let grpc = TcpListener::bind("127.0.0.1:0").await?;
+    let http = TcpListener::bind("127.0.0.1:0").await?;
+    let grpc_addr = grpc.local_addr()?;
+    let metrics_url = format!("http://{}/metrics", http.local_addr()?);
+
+    let (stop_tx, stop) = watch::channel(false);
+    let (_variants_tx, variants_rx) = watch::channel(Arc::new(variants));
+    let (_saturation_tx, saturation_rx) = watch::channel(Arc::new(SaturationConfigSet::default()));
+    let actuator = LocalActuator::new(ActuatorConfig {
+        sim_bin: binaries.0,
+        agent_bin: binaries.1,
+        cold_start: args.local.cold_start,
+        agent_interval: args.local.agent_interval,
+        initial_replicas: args.local.initial_replicas,
+        aggregator_url: format!("http://{grpc_addr}"),
+    });
+    let settings = Settings {
+        min_analysis_interval: args.min_analysis_interval,
+        analysis_interval: args.analysis_interval,
+        staleness: args.staleness,
+        legacy_metrics: args.legacy_metrics,
+        controller_instance: args.controller_instance.clone(),
+        scale_to_zero: false,
+        agent_token: None,
+        tls: None,
+    };
+    let running = service::start(
+        settings,
+        grpc,
+        http,
+        Sources {
+            variants: variants_rx.clone(),
+            saturation: saturation_rx,
+            replicas: Some(actuator.counts()),
+        },
+        stop.clone(),
+    );
+    let decisions = running.decisions.clone();
+    let endpoints = actuator.endpoints();
+    let actuator_task = tokio::spawn(actuator.run(variants_rx, decisions.clone(), stop.clone()));
+
+    let speed = args.demo_speed.max(0.1);
+    let profile = Profile {
+        points: [(10.0, 0.0), (40.0, 14.0), (80.0, 14.0), (100.0, 0.0), (101.0, 0.0)]
+            .iter()
+            .map(|&(t, r)| (t / speed, r))
+            .collect(),
+    };
+    let stats = Arc::new(LoadStats::default());
+    let load_task = tokio::spawn(loadgen::run(
+        profile.clone(),
+        RequestShape {
+            model,
+            prompt_chars: 2048,
+            max_tokens: 128,
+        },
+        endpoints,
+        Arc::clone(&stats),
+        7,
+        stop.clone(),
+    ));
+
+    let summary = watch_and_draw(&profile, &stats, decisions, &metrics_url, &mut shutdown).await;
+
+    stop_tx.send_replace(true);
+    let _ = load_task.await;
+    let _ = actuator_task.await;
+    running.join().await?;
+    Ok(summary)
+}
+
+async fn watch_and_draw(
+    profile: &Profile,
+    stats: &LoadStats,
+    decisions: watch::Receiver<service::Decisions>,
+    metrics_url: &str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Summary {
+    let tty = std::io::stdout().is_terminal();
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_sent: HashMap<VariantKey, u64> = HashMap::new();
+    let mut summary = Summary::default();
+    let mut settled_since_load_end = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = crate::shutdown::requested(shutdown) => return summary,
+        }
+        let t = start.elapsed().as_secs_f64();
+        let current = decisions.borrow().clone();
+        let sent = stats.sent_per_variant();
+        let rps: Vec<f64> = current
+            .iter()
+            .map(|d| {
+                let now = sent.get(&d.variant).copied().unwrap_or(0);
+                let before = last_sent.get(&d.variant).copied().unwrap_or(0);
+                (now - before) as f64
+            })
+            .collect();
+        last_sent = sent;
+        for d in current.iter() {
+            let peak = summary.peak_desired.entry(d.variant.clone()).or_default();
+            *peak = (*peak).max(d.desired_replicas);
+            summary.final_desired.insert(d.variant.clone(), d.desired_replicas);
+        }
+        summary.completed = stats.completed.load(Ordering::Relaxed);
+
+        let load_over = t >= profile.duration();
+        let phase = phase(profile, t);
+        let frame = Frame {
+            elapsed_s: t,
+            phase,
+            offered_rps: profile.rate_at(t),
+            in_flight: stats.in_flight(),
+            completed: summary.completed,
+            rejected: stats.rejected.load(Ordering::Relaxed),
+            decisions: &current,
+            variant_rps: &rps,
+            metrics_url,
+        };
+        let text = dashboard::render(&frame);
+        let mut out = std::io::stdout().lock();
+        if tty {
+            let _ = write!(out, "\x1b[H\x1b[2J{text}");
+        } else {
+            let _ = writeln!(out, "{text}");
+        }
+        let _ = out.flush();
+
+        if load_over {
+            let settled = stats.in_flight() == 0 && is_settled(&current);
+            let since = settled_since_load_end.get_or_insert(t);
+            if settled {
+                summary.settled = true;
+                return summary;
+            }
+            if t - *since > SETTLE.as_secs_f64() {
+                return summary;
+            }
+        }
+    }
+}
+
+/// Every variant rests at its floor: the cheapest at 1, the others at 0.
+fn is_settled(decisions: &[crate::decision::Decision]) -> bool {
+    let total: u32 = decisions.iter().map(|d| d.current_replicas).sum();
+    !decisions.is_empty()
+        && total == 1
+        && decisions
+            .iter()
+            .all(|d| d.desired_replicas == d.current_replicas && d.ready_replicas == d.current_replicas)
+}
+
+fn phase(profile: &Profile, t: f64) -> &'static str {
+    let (now, later) = (profile.rate_at(t), profile.rate_at(t + 1.0));
+    if t >= profile.duration() {
+        "cool-down"
+    } else if later > now {
+        "ramp-up"
+    } else if later < now {
+        "ramp-down"
+    } else if now > 0.0 {
+        "peak"
+    } else {
+        "idle"
+    }
+}

@@ -1,0 +1,206 @@
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+use wva_aggregator::args::{ActuatorKind, Args};
+use wva_aggregator::config::saturation::SaturationConfigSet;
+use wva_aggregator::service::{self, Settings, Sources};
+use wva_aggregator::standalone::actuator::{ActuatorConfig, LocalActuator};
+use wva_aggregator::{demo, variants, watchfile};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let default_level = if args.demo { "warn" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("wva-aggregator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    if args.demo {
+        let binaries = (binary(&args.local.sim_bin, "vllm-sim")?, binary(&args.local.agent_bin, "wva-agent")?);
+        let summary = demo::run(&args, binaries, shutdown).await?;
+        println!();
+        for (variant, peak) in &summary.peak_desired {
+            let last = summary.final_desired.get(variant).copied().unwrap_or_default();
+            println!("{variant}: peak desired {peak}, final desired {last}");
+        }
+        println!(
+            "{} requests completed; {}",
+            summary.completed,
+            if summary.settled { "the fleet scaled back down" } else { "stopped before the fleet settled" }
+        );
+        return Ok(());
+    }
+    if !args.standalone {
+        bail!("Kubernetes mode is not available yet: pass --standalone with --variants FILE (or --demo)");
+    }
+    let variants_file = args
+        .variants
+        .clone()
+        .context("--variants FILE (WVA_VARIANTS_FILE) is required in standalone mode")?;
+
+    let variants_rx = watchfile::load_and_watch(
+        variants_file,
+        "variants",
+        variants::parse_variants,
+        shutdown.clone(),
+    )?;
+    let saturation_rx = match &args.saturation_config {
+        Some(path) => watchfile::load_and_watch(
+            path.clone(),
+            "saturation config",
+            SaturationConfigSet::from_yaml_file_contents,
+            shutdown.clone(),
+        )?,
+        None => watch::channel(Arc::new(SaturationConfigSet::default())).1,
+    };
+    let settings = Settings {
+        min_analysis_interval: args.min_analysis_interval,
+        analysis_interval: args.analysis_interval,
+        staleness: args.staleness,
+        legacy_metrics: args.legacy_metrics,
+        controller_instance: args.controller_instance.clone(),
+        scale_to_zero: args.scale_to_zero,
+        agent_token: read_token(args.agent_token_file.as_deref())?,
+        tls: tls_config(&args)?,
+    };
+
+    let grpc = TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on --grpc-addr {}", args.grpc_addr))?;
+    let http = TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
+    let grpc_addr = grpc.local_addr()?;
+    info!(grpc = %grpc_addr, metrics = %http.local_addr()?, "aggregator listening");
+
+    let actuator = match args.actuator {
+        ActuatorKind::None => None,
+        ActuatorKind::Local => Some(LocalActuator::new(ActuatorConfig {
+            sim_bin: binary(&args.local.sim_bin, "vllm-sim")?,
+            agent_bin: binary(&args.local.agent_bin, "wva-agent")?,
+            cold_start: args.local.cold_start,
+            agent_interval: args.local.agent_interval,
+            initial_replicas: args.local.initial_replicas,
+            aggregator_url: format!("http://{}", loopback(grpc_addr)),
+        })),
+    };
+    let running = service::start(
+        settings,
+        grpc,
+        http,
+        Sources {
+            variants: variants_rx.clone(),
+            saturation: saturation_rx,
+            replicas: actuator.as_ref().map(LocalActuator::counts),
+        },
+        shutdown.clone(),
+    );
+    let actuator_task = actuator.map(|a| tokio::spawn(a.run(variants_rx, running.decisions.clone(), shutdown)));
+    running.join().await?;
+    if let Some(task) = actuator_task {
+        task.await?;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Agents started locally reach a wildcard listener through loopback.
+fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
+/// A companion binary: the flag's path, or the one beside this executable.
+fn binary(flag: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
+    let path = match flag {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .context("cannot locate this executable")?
+            .with_file_name(name),
+    };
+    if !path.is_file() {
+        bail!(
+            "{name} binary not found at {} (build the workspace with `cargo build --workspace --bins`, or pass its path)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn read_token(path: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let Some(path) = path else { return Ok(None) };
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --agent-token-file {}", path.display()))?;
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        bail!("--agent-token-file {} is empty", path.display());
+    }
+    Ok(Some(token))
+}
+
+fn tls_config(args: &Args) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &PathBuf, flag: &str| {
+        std::fs::read(p).with_context(|| format!("cannot read {flag} {}", p.display()))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert, "--tls-cert")?, read(key, "--tls-key")?));
+    if let Some(ca) = &args.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca, "--tls-client-ca")?));
+    }
+    Ok(Some(tls))
+}
+
+/// Flips to true on SIGTERM or Ctrl-C.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received; shutting down"),
+            _ = tokio::signal::ctrl_c() => info!("interrupt received; shutting down"),
+        }
+        tx.send_replace(true);
+    });
+    rx
+}

@@ -1,0 +1,246 @@
+//! Wires the aggregator together: gRPC ingest → pod store → analysis loop →
+//! decisions → gauges and the decisions channel.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Server, ServerTlsConfig};
+use tracing::{info, warn};
+use wva_proto::v1::telemetry_server::TelemetryServer;
+
+use crate::config::saturation::SaturationConfigSet;
+use crate::decision::Decision;
+use crate::engine::{Engine, Inputs, ReplicaCounts};
+use crate::gauges::DecisionGauges;
+use crate::http::{self, HttpState};
+use crate::ingest::{Ingest, IngestService, MAX_MESSAGE_BYTES};
+use crate::store::PodStore;
+use crate::telemetry::SelfMetrics;
+use crate::trigger::Trigger;
+use crate::variants::{VariantAutoscaling, VariantKey};
+
+/// How long in-flight connections may take to finish after shutdown starts.
+const DRAIN: Duration = Duration::from_secs(2);
+
+pub type Variants = Arc<Vec<VariantAutoscaling>>;
+pub type Replicas = Arc<HashMap<VariantKey, ReplicaCounts>>;
+pub type Decisions = Arc<Vec<Decision>>;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub min_analysis_interval: Duration,
+    pub analysis_interval: Duration,
+    pub staleness: Duration,
+    pub legacy_metrics: bool,
+    pub controller_instance: Option<String>,
+    pub scale_to_zero: bool,
+    pub agent_token: Option<String>,
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// Where decisions come from.
+pub struct Sources {
+    pub variants: watch::Receiver<Variants>,
+    pub saturation: watch::Receiver<Arc<SaturationConfigSet>>,
+    /// Replica counts from an actuator; `None` derives them from reporting pods.
+    pub replicas: Option<watch::Receiver<Replicas>>,
+}
+
+/// A started aggregator.
+pub struct Running {
+    pub decisions: watch::Receiver<Decisions>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Waits for every task to stop (after shutdown) and reports the first failure.
+    pub async fn join(self) -> anyhow::Result<()> {
+        for task in self.tasks {
+            task.await??;
+        }
+        Ok(())
+    }
+}
+
+pub fn start(
+    settings: Settings,
+    grpc: TcpListener,
+    http_listener: TcpListener,
+    sources: Sources,
+    shutdown: watch::Receiver<bool>,
+) -> Running {
+    let mut registry = Registry::default();
+    let metrics = Arc::new(SelfMetrics::register(&mut registry));
+    let gauges = DecisionGauges::register(
+        &mut registry,
+        settings.legacy_metrics,
+        settings.controller_instance.clone(),
+    );
+    let store = Arc::new(PodStore::default());
+    let trigger = Arc::new(Trigger::default());
+    let (decisions_tx, decisions_rx) = watch::channel(Decisions::default());
+    let (ready_tx, ready_rx) = watch::channel(false);
+
+    let ingest = Arc::new(Ingest::new(
+        Arc::clone(&store),
+        Arc::clone(&trigger),
+        Arc::clone(&metrics),
+        settings.agent_token.clone(),
+        shutdown.clone(),
+    ));
+    let grpc_task = tokio::spawn(serve_grpc(ingest, grpc, settings.tls.clone(), shutdown.clone()));
+
+    let http_state = Arc::new(HttpState {
+        registry,
+        decisions: decisions_rx.clone(),
+        ready: ready_rx,
+    });
+    let http_shutdown = shutdown.clone();
+    let http_task = tokio::spawn(async move {
+        http::serve(http_listener, http_state, http_shutdown).await?;
+        Ok(())
+    });
+
+    let analysis = AnalysisLoop {
+        settings,
+        store,
+        trigger,
+        metrics,
+        gauges,
+        sources,
+        decisions: decisions_tx,
+        ready: ready_tx,
+    };
+    let analysis_task = tokio::spawn(analysis.run(shutdown));
+    Running {
+        decisions: decisions_rx,
+        tasks: vec![grpc_task, http_task, analysis_task],
+    }
+}
+
+async fn serve_grpc(
+    ingest: Arc<Ingest>,
+    listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let service = TelemetryServer::new(IngestService(ingest)).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let mut stop = shutdown.clone();
+    let server = builder.add_service(service).serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async move {
+            crate::shutdown::requested(&mut stop).await;
+        },
+    );
+    tokio::select! {
+        result = server => Ok(result?),
+        _ = async {
+            crate::shutdown::requested(&mut shutdown).await;
+            tokio::time::sleep(DRAIN).await;
+        } => {
+            warn!("gRPC connections did not drain in time; closing them");
+            Ok(())
+        }
+    }
+}
+
+struct AnalysisLoop {
+    settings: Settings,
+    store: Arc<PodStore>,
+    trigger: Arc<Trigger>,
+    metrics: Arc<SelfMetrics>,
+    gauges: DecisionGauges,
+    sources: Sources,
+    decisions: watch::Sender<Decisions>,
+    ready: watch::Sender<bool>,
+}
+
+impl AnalysisLoop {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let mut engine = Engine::default();
+        // Wake often enough to expire silent pods within the staleness bound.
+        let period = self.settings.analysis_interval.min(self.settings.staleness / 2);
+        let mut last_run: Option<Instant> = None;
+        loop {
+            if let Some(last) = last_run {
+                let earliest = last + self.settings.min_analysis_interval;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(earliest.into()) => {}
+                    _ = crate::shutdown::requested(&mut shutdown) => return Ok(()),
+                }
+                tokio::select! {
+                    _ = self.trigger.fired() => {}
+                    _ = changed(&mut self.sources.variants) => {}
+                    _ = changed_opt(&mut self.sources.replicas) => {}
+                    _ = tokio::time::sleep_until((last + period).max(earliest).into()) => {}
+                    _ = crate::shutdown::requested(&mut shutdown) => return Ok(()),
+                }
+            }
+            last_run = Some(Instant::now());
+            self.analyse(&mut engine);
+        }
+    }
+
+    fn analyse(&mut self, engine: &mut Engine) {
+        let now = Instant::now();
+        let pending_since = self.trigger.take();
+        for pod in self.store.expire(now, self.settings.staleness) {
+            warn!(%pod, staleness = ?self.settings.staleness, "no sample within the staleness bound; pod left the analysis");
+        }
+        let variants = self.sources.variants.borrow_and_update().clone();
+        let config = self.sources.saturation.borrow().clone();
+        let replicas = self
+            .sources
+            .replicas
+            .as_mut()
+            .map(|rx| rx.borrow_and_update().clone());
+        let (decisions, events) = self.store.with_pods(|pods| {
+            engine.evaluate(&Inputs {
+                now,
+                wall: SystemTime::now(),
+                variants: &variants,
+                pods,
+                replicas: replicas.as_deref(),
+                config: &config,
+                staleness: self.settings.staleness,
+                scale_to_zero: self.settings.scale_to_zero,
+            })
+        });
+        for e in &events {
+            info!(variant = %e.variant, from = e.from, to = e.to, direction = e.direction(), reason = e.reason, "desired replicas changed");
+        }
+        self.gauges.publish(&decisions, &events);
+        self.decisions.send_replace(Arc::new(decisions));
+        self.ready.send_replace(true);
+        self.metrics
+            .analysis_ran(pending_since.map(|t| t.elapsed()));
+    }
+}
+
+/// Resolves when the channel changes; never once its sender is gone.
+async fn changed<T>(rx: &mut watch::Receiver<T>) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Like [`changed`]; never when there is no channel.
+async fn changed_opt<T>(rx: &mut Option<watch::Receiver<T>>) {
+    match rx {
+        Some(rx) => changed(rx).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,254 @@
+//! The local actuator: a ReplicaSet controller for simulated replicas. It
+//! follows each variant's desired replicas by starting and stopping
+//! [`replica`](super::replica) pairs, and reports replica counts (current =
+//! started, ready = answering `/health`) back to the analysis.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use super::replica::{self, ReplicaEvent, ReplicaSpec};
+use crate::decision::Decision;
+use crate::engine::ReplicaCounts;
+use crate::service::{Decisions, Replicas, Variants};
+use crate::variants::{VariantAutoscaling, VariantKey};
+
+/// Annotation with extra `vllm-sim` flags for a variant's replicas (standalone only).
+pub const SIM_ARGS_ANNOTATION: &str = "wva.llmd.ai/sim-args";
+
+#[derive(Debug, Clone)]
+pub struct ActuatorConfig {
+    pub sim_bin: PathBuf,
+    pub agent_bin: PathBuf,
+    pub cold_start: Duration,
+    pub agent_interval: Duration,
+    pub initial_replicas: u32,
+    pub aggregator_url: String,
+}
+
+/// A ready replica that takes requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub variant: VariantKey,
+    pub model: String,
+    pub pod: String,
+    pub addr: SocketAddr,
+}
+
+pub type Endpoints = Arc<Vec<Endpoint>>;
+
+struct Slot {
+    pod: String,
+    index: u32,
+    stop: Option<oneshot::Sender<()>>,
+    ready_at: Option<SocketAddr>,
+}
+
+pub struct LocalActuator {
+    config: ActuatorConfig,
+    slots: BTreeMap<VariantKey, Vec<Slot>>,
+    next_index: HashMap<VariantKey, u32>,
+    tasks: JoinSet<()>,
+    events_tx: replica::Events<VariantKey>,
+    events_rx: mpsc::Receiver<(VariantKey, ReplicaEvent)>,
+    counts: watch::Sender<Replicas>,
+    endpoints: watch::Sender<Endpoints>,
+}
+
+impl LocalActuator {
+    pub fn new(config: ActuatorConfig) -> Self {
+        let (events_tx, events_rx) = mpsc::channel(256);
+        LocalActuator {
+            config,
+            slots: BTreeMap::new(),
+            next_index: HashMap::new(),
+            tasks: JoinSet::new(),
+            events_tx,
+            events_rx,
+            counts: watch::channel(Replicas::default()).0,
+            endpoints: watch::channel(Endpoints::default()).0,
+        }
+    }
+
+    pub fn counts(&self) -> watch::Receiver<Replicas> {
+        self.counts.subscribe()
+    }
+
+    pub fn endpoints(&self) -> watch::Receiver<Endpoints> {
+        self.endpoints.subscribe()
+    }
+
+    /// Follows the decisions until shutdown, then stops every replica.
+    pub async fn run(
+        mut self,
+        mut variants: watch::Receiver<Variants>,
+        mut decisions: watch::Receiver<Decisions>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let current_variants = variants.borrow_and_update().clone();
+            let current_decisions = decisions.borrow_and_update().clone();
+            self.reconcile(&current_variants, &current_decisions);
+            self.publish(&current_variants);
+            tokio::select! {
+                r = variants.changed() => if r.is_err() { break },
+                r = decisions.changed() => if r.is_err() { break },
+                Some((key, event)) = self.events_rx.recv() => self.handle(key, event),
+                _ = crate::shutdown::requested(&mut shutdown) => break,
+            }
+        }
+        self.stop_all().await;
+    }
+
+    fn reconcile(&mut self, variants: &[VariantAutoscaling], decisions: &[Decision]) {
+        let desired: HashMap<&VariantKey, u32> = decisions
+            .iter()
+            .map(|d| (&d.variant, d.desired_replicas))
+            .collect();
+        let live: Vec<VariantKey> = variants.iter().map(|v| v.key()).collect();
+        let gone: Vec<VariantKey> = self
+            .slots
+            .keys()
+            .filter(|k| !live.contains(k))
+            .cloned()
+            .collect();
+        for key in gone {
+            info!(variant = %key, "variant removed; stopping its replicas");
+            for mut slot in self.slots.remove(&key).unwrap_or_default() {
+                slot.stop.take();
+            }
+        }
+        for va in variants {
+            let key = va.key();
+            let have = self.slots.get(&key).map_or(0, Vec::len) as u32;
+            let want = desired
+                .get(&key)
+                .copied()
+                .unwrap_or_else(|| if self.slots.contains_key(&key) { have } else { self.config.initial_replicas });
+            self.slots.entry(key.clone()).or_default();
+            if want > have {
+                info!(variant = %key, from = have, to = want, "starting replicas");
+                for _ in have..want {
+                    self.start(va);
+                }
+            } else if want < have {
+                info!(variant = %key, from = have, to = want, "stopping replicas");
+                let slots = self.slots.get_mut(&key).expect("entry exists");
+                // Like a ReplicaSet: remove not-ready replicas first, then the newest.
+                slots.sort_by_key(|s| (s.ready_at.is_some(), s.index));
+                for mut slot in slots.drain(..(have - want) as usize) {
+                    slot.stop.take();
+                }
+                slots.sort_by_key(|s| s.index);
+            }
+        }
+    }
+
+    fn start(&mut self, va: &VariantAutoscaling) {
+        let key = va.key();
+        let index = self.next_index.entry(key.clone()).or_insert(0);
+        *index += 1;
+        let pod = format!("{}-{}", va.target.name, index);
+        let spec = ReplicaSpec {
+            pod: pod.clone(),
+            namespace: va.namespace.clone(),
+            deployment: va.target.name.clone(),
+            model: va.model_id.clone(),
+            accelerator: va.accelerator.clone(),
+            sim_bin: self.config.sim_bin.clone(),
+            agent_bin: self.config.agent_bin.clone(),
+            sim_args: sim_args(va),
+            cold_start: self.config.cold_start,
+            agent_interval: self.config.agent_interval,
+            aggregator_url: self.config.aggregator_url.clone(),
+            seed: u64::from(*index),
+        };
+        let (stop_tx, stop_rx) = oneshot::channel();
+        self.tasks
+            .spawn(replica::run(spec, key.clone(), self.events_tx.clone(), stop_rx));
+        self.slots.entry(key).or_default().push(Slot {
+            pod,
+            index: *index,
+            stop: Some(stop_tx),
+            ready_at: None,
+        });
+    }
+
+    fn handle(&mut self, key: VariantKey, event: ReplicaEvent) {
+        let Some(slots) = self.slots.get_mut(&key) else { return };
+        match event {
+            ReplicaEvent::Ready { pod, addr } => {
+                if let Some(slot) = slots.iter_mut().find(|s| s.pod == pod) {
+                    info!(variant = %key, %pod, %addr, "replica ready");
+                    slot.ready_at = Some(addr);
+                }
+            }
+            ReplicaEvent::Exited { pod, reason } => {
+                if let Some(at) = slots.iter().position(|s| s.pod == pod) {
+                    warn!(variant = %key, %pod, %reason, "replica failed; it will be replaced");
+                    slots.remove(at);
+                }
+            }
+        }
+    }
+
+    fn publish(&self, variants: &[VariantAutoscaling]) {
+        let mut counts = HashMap::with_capacity(self.slots.len());
+        let mut endpoints = Vec::new();
+        for va in variants {
+            let key = va.key();
+            let slots = self.slots.get(&key).map(Vec::as_slice).unwrap_or_default();
+            let ready: Vec<&Slot> = slots.iter().filter(|s| s.ready_at.is_some()).collect();
+            counts.insert(
+                key.clone(),
+                ReplicaCounts {
+                    current: slots.len() as u32,
+                    ready: ready.len() as u32,
+                },
+            );
+            endpoints.extend(ready.iter().filter_map(|s| {
+                Some(Endpoint {
+                    variant: key.clone(),
+                    model: va.model_id.clone(),
+                    pod: s.pod.clone(),
+                    addr: s.ready_at?,
+                })
+            }));
+        }
+        self.counts.send_if_modified(|old| {
+            let changed = **old != counts;
+            if changed {
+                *old = Arc::new(counts);
+            }
+            changed
+        });
+        self.endpoints.send_if_modified(|old| {
+            let changed = **old != endpoints;
+            if changed {
+                *old = Arc::new(endpoints);
+            }
+            changed
+        });
+    }
+
+    async fn stop_all(mut self) {
+        for slot in self.slots.values_mut().flatten() {
+            slot.stop.take();
+        }
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Extra simulator flags from the variant's annotation, split on whitespace.
+fn sim_args(va: &VariantAutoscaling) -> Vec<String> {
+    va.annotations
+        .get(SIM_ARGS_ANNOTATION)
+        .map(|a| a.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
