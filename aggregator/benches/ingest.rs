@@ -34,7 +34,9 @@ fn main() -> anyhow::Result<()> {
 
     // The aggregator: one core.
     let server = std::thread::spawn(move || -> anyhow::Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         rt.block_on(async move {
             grpc.set_nonblocking(true)?;
             http.set_nonblocking(true)?;
@@ -65,7 +67,9 @@ fn main() -> anyhow::Result<()> {
     });
 
     // The agents: the other core.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (rate, connected) = rt.block_on(async move {
         let url = format!("http://{grpc_addr}");
         let mut tasks = Vec::with_capacity(streams);
@@ -123,7 +127,11 @@ async fn agent(url: String, i: usize) -> anyhow::Result<()> {
             }],
             ..Default::default()
         };
-        if tx.send(message(agent_message::Kind::Sample(sample))).await.is_err() {
+        if tx
+            .send(message(agent_message::Kind::Sample(sample)))
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -159,7 +167,8 @@ async fn wait_connected(addr: std::net::SocketAddr, want: usize) -> anyhow::Resu
 async fn get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
     let mut out = String::new();
     s.read_to_string(&mut out).await?;
     Ok(out)

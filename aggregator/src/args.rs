@@ -8,7 +8,11 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "wva-aggregator", version, about = "Ingests wva-agent telemetry, analyses saturation per model and publishes desired replicas")]
+#[command(
+    name = "wva-aggregator",
+    version,
+    about = "Ingests wva-agent telemetry, analyses saturation per model and publishes desired replicas"
+)]
 pub struct Args {
     /// Run without Kubernetes: VariantAutoscalings come from --variants.
     #[arg(long, env = "WVA_STANDALONE")]

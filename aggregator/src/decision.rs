@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::analysis::saturation::{ReplicaLoad, Reason};
+use crate::analysis::saturation::{Reason, ReplicaLoad};
 use crate::variants::VariantKey;
 
 /// Where a safety-net value came from.
@@ -98,7 +98,8 @@ impl Decision {
     /// Average KV usage and total queue over the inputs.
     pub fn load_summary(&self) -> (Option<f64>, f64) {
         let n = self.inputs.len();
-        let kv = (n > 0).then(|| self.inputs.iter().map(|l| l.kv_cache_usage).sum::<f64>() / n as f64);
+        let kv =
+            (n > 0).then(|| self.inputs.iter().map(|l| l.kv_cache_usage).sum::<f64>() / n as f64);
         (kv, self.inputs.iter().map(|l| l.queue_length).sum())
     }
 }

@@ -153,7 +153,12 @@ impl Engine {
                 min_replicas,
                 replicas: loads,
             });
-            facts.push((key, counts, data, oldest.map(|t| inputs.now.saturating_duration_since(t))));
+            facts.push((
+                key,
+                counts,
+                data,
+                oldest.map(|t| inputs.now.saturating_duration_since(t)),
+            ));
         }
 
         let analysis = saturation::analyze(&states, &config);
@@ -240,7 +245,9 @@ fn fresh_loads(
     let mut loads = Vec::with_capacity(pods.len());
     let mut oldest: Option<Instant> = None;
     for pod in pods {
-        let Some((sample, at)) = pod.sample else { continue };
+        let Some((sample, at)) = pod.sample else {
+            continue;
+        };
         if !sample.up || now.saturating_duration_since(at) > staleness {
             continue;
         }
@@ -262,5 +269,8 @@ fn fresh_loads(
 /// also reports usable signals is judged separately (see [`DataState`]).
 fn derived_counts(pods: &[&PodView<'_>]) -> ReplicaCounts {
     let n = pods.len() as u32;
-    ReplicaCounts { current: n, ready: n }
+    ReplicaCounts {
+        current: n,
+        ready: n,
+    }
 }

@@ -24,8 +24,15 @@ struct Names<M> {
     families: Vec<Family<Labels, M>>,
 }
 
-impl<M: prometheus_client::metrics::TypedMetric + Default + Clone + std::fmt::Debug + Send + Sync + 'static>
-    Names<M>
+impl<
+    M: prometheus_client::metrics::TypedMetric
+        + Default
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+> Names<M>
 where
     M: prometheus_client::encoding::EncodeMetric,
 {
@@ -67,8 +74,16 @@ pub struct DecisionGauges {
 }
 
 impl DecisionGauges {
-    pub fn register(registry: &mut Registry, legacy_names: bool, controller_instance: Option<String>) -> Self {
-        let prefixes: &[&str] = if legacy_names { &["wva", "inferno"] } else { &["wva"] };
+    pub fn register(
+        registry: &mut Registry,
+        legacy_names: bool,
+        controller_instance: Option<String>,
+    ) -> Self {
+        let prefixes: &[&str] = if legacy_names {
+            &["wva", "inferno"]
+        } else {
+            &["wva"]
+        };
         let data_age = Family::<Labels, F64Gauge>::default();
         registry.register(
             "wva_variant_metrics_age_seconds",
@@ -77,8 +92,18 @@ impl DecisionGauges {
         );
         DecisionGauges {
             controller_instance,
-            desired: Names::register(registry, prefixes, "desired_replicas", "Desired replicas of the variant"),
-            current: Names::register(registry, prefixes, "current_replicas", "Current replicas of the variant"),
+            desired: Names::register(
+                registry,
+                prefixes,
+                "desired_replicas",
+                "Desired replicas of the variant",
+            ),
+            current: Names::register(
+                registry,
+                prefixes,
+                "current_replicas",
+                "Current replicas of the variant",
+            ),
             ratio: Names::register(
                 registry,
                 prefixes,
@@ -142,7 +167,9 @@ impl DecisionGauges {
             self.remove(&stale);
         }
         for e in events {
-            let Some(base) = next.get(&e.variant) else { continue };
+            let Some(base) = next.get(&e.variant) else {
+                continue;
+            };
             let mut labels = base.clone();
             labels.push(("direction", e.direction().to_string()));
             labels.push(("reason", e.reason.to_string()));

@@ -68,7 +68,10 @@ fn route(state: &HttpState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                     )
                     .body(Full::new(Bytes::from(body)))
                     .unwrap_or_default(),
-                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n"),
+                Err(_) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "encoding metrics failed\n",
+                ),
             }
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -91,8 +94,9 @@ fn route(state: &HttpState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }

@@ -65,12 +65,14 @@ impl Ingest {
         let presented = request
             .metadata()
             .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("missing authorization metadata (Bearer token)"))?
+            .ok_or_else(|| {
+                Status::unauthenticated("missing authorization metadata (Bearer token)")
+            })?
             .to_str()
             .map_err(|_| Status::unauthenticated("authorization metadata is not ASCII"))?;
-        let token = presented
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| Status::unauthenticated("authorization metadata must be `Bearer <token>`"))?;
+        let token = presented.strip_prefix("Bearer ").ok_or_else(|| {
+            Status::unauthenticated("authorization metadata must be `Bearer <token>`")
+        })?;
         if constant_time_eq(token.trim().as_bytes(), expected.as_bytes()) {
             Ok(())
         } else {
@@ -103,7 +105,10 @@ pub fn validate_hello(hello: &Hello) -> Result<(), String> {
     }
     match Role::try_from(hello.role) {
         Ok(Role::Vllm | Role::Epp) => Ok(()),
-        _ => Err(format!("hello.role must be VLLM or EPP, got {}", hello.role)),
+        _ => Err(format!(
+            "hello.role must be VLLM or EPP, got {}",
+            hello.role
+        )),
     }
 }
 
@@ -266,7 +271,8 @@ impl Ingest {
                     debug!(pod = %key, last, "sample with a sequence number that did not advance ignored");
                 }
                 Offer::Superseded => {
-                    let status = Status::aborted(format!("superseded by a newer stream for pod {key}"));
+                    let status =
+                        Status::aborted(format!("superseded by a newer stream for pod {key}"));
                     let _ = tx.send(Err(status)).await;
                     return "superseded by a newer stream".to_string();
                 }

@@ -26,7 +26,10 @@ fn main() -> ExitCode {
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "cannot start the async runtime");
@@ -46,22 +49,35 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     if args.demo {
-        let binaries = (binary(&args.local.sim_bin, "vllm-sim")?, binary(&args.local.agent_bin, "wva-agent")?);
+        let binaries = (
+            binary(&args.local.sim_bin, "vllm-sim")?,
+            binary(&args.local.agent_bin, "wva-agent")?,
+        );
         let summary = demo::run(&args, binaries, shutdown).await?;
         println!();
         for (variant, peak) in &summary.peak_desired {
-            let last = summary.final_desired.get(variant).copied().unwrap_or_default();
+            let last = summary
+                .final_desired
+                .get(variant)
+                .copied()
+                .unwrap_or_default();
             println!("{variant}: peak desired {peak}, final desired {last}");
         }
         println!(
             "{} requests completed; {}",
             summary.completed,
-            if summary.settled { "the fleet scaled back down" } else { "stopped before the fleet settled" }
+            if summary.settled {
+                "the fleet scaled back down"
+            } else {
+                "stopped before the fleet settled"
+            }
         );
         return Ok(());
     }
     if !args.standalone {
-        bail!("Kubernetes mode is not available yet: pass --standalone with --variants FILE (or --demo)");
+        bail!(
+            "Kubernetes mode is not available yet: pass --standalone with --variants FILE (or --demo)"
+        );
     }
     let variants_file = args
         .variants
@@ -125,7 +141,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         shutdown.clone(),
     );
-    let actuator_task = actuator.map(|a| tokio::spawn(a.run(variants_rx, running.decisions.clone(), shutdown)));
+    let actuator_task =
+        actuator.map(|a| tokio::spawn(a.run(variants_rx, running.decisions.clone(), shutdown)));
     running.join().await?;
     if let Some(task) = actuator_task {
         task.await?;
@@ -178,7 +195,10 @@ fn tls_config(args: &Args) -> anyhow::Result<Option<ServerTlsConfig>> {
     let read = |p: &PathBuf, flag: &str| {
         std::fs::read(p).with_context(|| format!("cannot read {flag} {}", p.display()))
     };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert, "--tls-cert")?, read(key, "--tls-key")?));
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(cert, "--tls-cert")?,
+        read(key, "--tls-key")?,
+    ));
     if let Some(ca) = &args.tls_client_ca {
         tls = tls.client_ca_root(Certificate::from_pem(read(ca, "--tls-client-ca")?));
     }
@@ -189,13 +209,14 @@ fn tls_config(args: &Args) -> anyhow::Result<Option<ServerTlsConfig>> {
 fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                error!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         tokio::select! {
             _ = term.recv() => info!("SIGTERM received; shutting down"),
             _ = tokio::signal::ctrl_c() => info!("interrupt received; shutting down"),

@@ -94,7 +94,12 @@ pub fn start(
         settings.agent_token.clone(),
         shutdown.clone(),
     ));
-    let grpc_task = tokio::spawn(serve_grpc(ingest, grpc, settings.tls.clone(), shutdown.clone()));
+    let grpc_task = tokio::spawn(serve_grpc(
+        ingest,
+        grpc,
+        settings.tls.clone(),
+        shutdown.clone(),
+    ));
 
     let http_state = Arc::new(HttpState {
         registry,
@@ -137,7 +142,8 @@ async fn serve_grpc(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
-    let service = TelemetryServer::new(IngestService(ingest)).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let service =
+        TelemetryServer::new(IngestService(ingest)).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut stop = shutdown.clone();
     let server = builder.add_service(service).serve_with_incoming_shutdown(
         TcpListenerStream::new(listener),
@@ -172,7 +178,10 @@ impl AnalysisLoop {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut engine = Engine::default();
         // Wake often enough to expire silent pods within the staleness bound.
-        let period = self.settings.analysis_interval.min(self.settings.staleness / 2);
+        let period = self
+            .settings
+            .analysis_interval
+            .min(self.settings.staleness / 2);
         let mut last_run: Option<Instant> = None;
         loop {
             if let Some(last) = last_run {

@@ -49,7 +49,9 @@ pub enum Offer {
     /// The stream was replaced by a newer one for the same pod.
     Superseded,
     /// The sequence number did not advance (duplicate or reordered).
-    OutOfOrder { last: u64 },
+    OutOfOrder {
+        last: u64,
+    },
 }
 
 /// All connected pods. Critical sections are short: a map lookup and a move.
@@ -102,7 +104,10 @@ impl PodStore {
     pub fn expire(&self, now: Instant, staleness: Duration) -> Vec<PodKey> {
         let mut removed = Vec::new();
         self.lock().retain(|key, entry| {
-            let seen = entry.latest.as_ref().map_or(entry.registered_at, |(_, at)| *at);
+            let seen = entry
+                .latest
+                .as_ref()
+                .map_or(entry.registered_at, |(_, at)| *at);
             let alive = now.saturating_duration_since(seen) <= staleness;
             if !alive {
                 removed.push(key.clone());

@@ -65,9 +65,10 @@ impl Proc {
 
 fn command(name: &str) -> Command {
     let mut cmd = Command::new(bin(name));
-    cmd.stdin(Stdio::null())
-        .kill_on_drop(true)
-        .env("RUST_LOG", std::env::var("WVA_TEST_LOG").unwrap_or_else(|_| "warn".into()));
+    cmd.stdin(Stdio::null()).kill_on_drop(true).env(
+        "RUST_LOG",
+        std::env::var("WVA_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+    );
     cmd
 }
 
@@ -103,6 +104,8 @@ pub struct AgentSpec<'a> {
     pub namespace: &'a str,
     pub variant: &'a str,
     pub model: &'a str,
+    /// Scrape interval, as the agent's `--interval` flag reads it.
+    pub interval: &'a str,
     pub extra: &'a [&'a str],
 }
 
@@ -112,7 +115,7 @@ pub fn start_agent(spec: &AgentSpec<'_>) -> anyhow::Result<Proc> {
         .args(["--aggregator", spec.aggregator])
         .args(["--pod-name", spec.pod, "--namespace", spec.namespace])
         .args(["--variant", spec.variant, "--model", spec.model])
-        .args(["--interval", "250ms", "--listen", "127.0.0.1:0"])
+        .args(["--interval", spec.interval, "--listen", "127.0.0.1:0"])
         .args(spec.extra)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -132,7 +135,12 @@ pub fn start_aggregator(
         .arg("--standalone")
         .arg("--variants")
         .arg(variants)
-        .args(["--grpc-addr", &grpc.to_string(), "--metrics-addr", &metrics.to_string()])
+        .args([
+            "--grpc-addr",
+            &grpc.to_string(),
+            "--metrics-addr",
+            &metrics.to_string(),
+        ])
         .args(["--min-analysis-interval", "100ms", "--staleness", "3s"])
         .args(extra)
         .stdout(Stdio::null())
@@ -144,7 +152,8 @@ pub fn start_aggregator(
 
 /// A plain HTTP/1.1 GET; returns status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await??;
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await??;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
@@ -156,8 +165,14 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Stri
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("no HTTP status")?;
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(body)? } else { body.to_string() };
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
     Ok((status, body))
 }
 
@@ -191,13 +206,12 @@ where
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
 {
     let deadline = tokio::time::Instant::now() + within;
-    let mut last = String::from("no observation");
     loop {
-        match check().await {
+        let last = match check().await {
             Ok(Some(v)) => return Ok(v),
-            Ok(None) => last = "condition not met".into(),
-            Err(e) => last = format!("{e:#}"),
-        }
+            Ok(None) => "condition not met".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
         if tokio::time::Instant::now() >= deadline {
             bail!("timed out after {within:?} waiting for {what}: {last}");
         }

@@ -33,7 +33,11 @@ async fn demo_scales_the_cheap_variant_up_under_load_and_back_down() -> anyhow::
         .spawn()?;
     let output = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output()).await??;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "demo failed: {}\n{stdout}", output.status);
+    assert!(
+        output.status.success(),
+        "demo failed: {}\n{stdout}",
+        output.status
+    );
 
     let summary = |variant: &str| -> (u32, u32) {
         let line = stdout
@@ -48,12 +52,28 @@ async fn demo_scales_the_cheap_variant_up_under_load_and_back_down() -> anyhow::
     };
     let (cheap_peak, cheap_final) = summary("llama-8b-l4");
     let (_, pricey_final) = summary("llama-8b-h100");
-    assert!(cheap_peak >= 2, "the cheap variant scaled up under load (peak {cheap_peak})\n{stdout}");
-    assert_eq!(cheap_final, 1, "and back down to one after the load\n{stdout}");
-    assert_eq!(pricey_final, 0, "the expensive variant is released first\n{stdout}");
+    assert!(
+        cheap_peak >= 2,
+        "the cheap variant scaled up under load (peak {cheap_peak})\n{stdout}"
+    );
+    assert_eq!(
+        cheap_final, 1,
+        "and back down to one after the load\n{stdout}"
+    );
+    assert_eq!(
+        pricey_final, 0,
+        "the expensive variant is released first\n{stdout}"
+    );
     assert!(stdout.contains("the fleet scaled back down"), "{stdout}");
-    assert!(stdout.contains("KV %") && stdout.contains("QUEUE"), "the live table is shown");
+    assert!(
+        stdout.contains("KV %") && stdout.contains("QUEUE"),
+        "the live table is shown"
+    );
 
-    assert_eq!(processes_marked(&mark), Vec::<u32>::new(), "the demo left child processes behind");
+    assert_eq!(
+        processes_marked(&mark),
+        Vec::<u32>::new(),
+        "the demo left child processes behind"
+    );
     Ok(())
 }

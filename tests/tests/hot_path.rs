@@ -34,7 +34,11 @@ spec:
 fn input_pods(decision: &Value) -> Vec<String> {
     let mut pods: Vec<String> = decision["inputs"]
         .as_array()
-        .map(|a| a.iter().filter_map(|i| i["pod"].as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["pod"].as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     pods.sort();
     pods
@@ -57,7 +61,8 @@ async fn decision_where(
 }
 
 #[tokio::test]
-async fn killed_agent_leaves_at_once_and_agents_return_after_an_aggregator_restart() -> anyhow::Result<()> {
+async fn killed_agent_leaves_at_once_and_agents_return_after_an_aggregator_restart()
+-> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let variants = variants_file(dir.path());
     let (grpc, metrics) = (free_addr(), free_addr());
@@ -73,14 +78,18 @@ async fn killed_agent_leaves_at_once_and_agents_return_after_an_aggregator_resta
         namespace: "e2e",
         variant: "chat",
         model: MODEL,
-        extra: &["--interval", "1s"],
+        interval: "1s",
+        extra: &[],
     };
     let _agent1 = start_agent(&agent(addr1, "chat-1"))?;
     let agent2 = start_agent(&agent(addr2, "chat-2"))?;
 
-    decision_where(metrics, Duration::from_secs(20), "both pods in the analysis", |d| {
-        input_pods(d) == ["chat-1", "chat-2"]
-    })
+    decision_where(
+        metrics,
+        Duration::from_secs(20),
+        "both pods in the analysis",
+        |d| input_pods(d) == ["chat-1", "chat-2"],
+    )
     .await?;
 
     // The stream ends with the process: the pod must leave within two scrape intervals.
@@ -89,17 +98,26 @@ async fn killed_agent_leaves_at_once_and_agents_return_after_an_aggregator_resta
         input_pods(d) == ["chat-1"]
     })
     .await?;
-    assert_eq!(d["currentReplicas"], 1, "a vanished pod no longer counts: {d}");
+    assert_eq!(
+        d["currentReplicas"], 1,
+        "a vanished pod no longer counts: {d}"
+    );
 
     // Restart the aggregator on the same addresses: the surviving agent reconnects.
     aggregator.kill().await;
     let _aggregator = start_aggregator(&variants, grpc, metrics, &[])?;
-    let d = decision_where(metrics, Duration::from_secs(20), "chat-1 to reconnect", |d| {
-        input_pods(d) == ["chat-1"] && d["data"] == "fresh"
-    })
+    let d = decision_where(
+        metrics,
+        Duration::from_secs(20),
+        "chat-1 to reconnect",
+        |d| input_pods(d) == ["chat-1"] && d["data"] == "fresh",
+    )
     .await?;
     assert_eq!(d["currentReplicas"], 1, "no stale pod after restart: {d}");
-    assert_eq!(d["desiredReplicas"], 1, "an idle single replica stays at one: {d}");
+    assert_eq!(
+        d["desiredReplicas"], 1,
+        "an idle single replica stays at one: {d}"
+    );
     Ok(())
 }
 
@@ -118,9 +136,13 @@ async fn unresponsive_vllm_is_reported_down_and_the_safety_net_holds() -> anyhow
         namespace: "e2e",
         variant: "chat",
         model: MODEL,
+        interval: "250ms",
         extra: &[],
     })?;
-    decision_where(metrics, Duration::from_secs(20), "fresh data", |d| d["data"] == "fresh").await?;
+    decision_where(metrics, Duration::from_secs(20), "fresh data", |d| {
+        d["data"] == "fresh"
+    })
+    .await?;
 
     // A frozen server accepts connections but never answers.
     sim.signal("STOP").await?;
@@ -129,8 +151,14 @@ async fn unresponsive_vllm_is_reported_down_and_the_safety_net_holds() -> anyhow
     })
     .await?;
     assert_eq!(held["data"], "missing", "{held}");
-    assert_eq!(held["desiredReplicas"], 1, "the previous desired value is held: {held}");
-    assert!(input_pods(&held).is_empty(), "a down pod feeds no signals: {held}");
+    assert_eq!(
+        held["desiredReplicas"], 1,
+        "the previous desired value is held: {held}"
+    );
+    assert!(
+        input_pods(&held).is_empty(),
+        "a down pod feeds no signals: {held}"
+    );
 
     sim.signal("CONT").await?;
     decision_where(metrics, Duration::from_secs(10), "fresh data again", |d| {

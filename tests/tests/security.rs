@@ -18,7 +18,8 @@ fn pki() -> Pki {
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca = ca_params.self_signed(&ca_key).expect("CA cert");
     let key = rcgen::KeyPair::generate().expect("server key");
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
     let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
     let cert = params.signed_by(&key, &issuer).expect("server cert");
     Pki {
@@ -74,23 +75,34 @@ async fn agents_connect_over_tls_with_a_token_and_a_wrong_token_is_refused() -> 
         namespace: "e2e",
         variant: "secure",
         model: MODEL,
+        interval: "250ms",
         extra,
     };
     let _trusted = start_agent(&spec("secure-1", &good_flags))?;
     let _intruder = start_agent(&spec("secure-2", &bad_flags))?;
 
-    eventually(Duration::from_secs(20), "the trusted pod over TLS", || async {
-        let all = decisions(metrics).await?;
-        Ok(all.into_iter().find(|d| d["data"] == "fresh"))
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the trusted pod over TLS",
+        || async {
+            let all = decisions(metrics).await?;
+            Ok(all.into_iter().find(|d| d["data"] == "fresh"))
+        },
+    )
     .await?;
-    let rejected = eventually(Duration::from_secs(20), "the wrong token to be refused", || async {
-        let (_, body) = http_get(metrics, "/metrics").await?;
-        Ok(body
-            .lines()
-            .find(|l| l.starts_with("wva_agent_streams_rejected_total{reason=\"Unauthenticated\"}"))
-            .map(String::from))
-    })
+    let rejected = eventually(
+        Duration::from_secs(20),
+        "the wrong token to be refused",
+        || async {
+            let (_, body) = http_get(metrics, "/metrics").await?;
+            Ok(body
+                .lines()
+                .find(|l| {
+                    l.starts_with("wva_agent_streams_rejected_total{reason=\"Unauthenticated\"}")
+                })
+                .map(String::from))
+        },
+    )
     .await?;
     let count: f64 = rejected.rsplit(' ').next().unwrap_or_default().parse()?;
     assert!(count >= 1.0, "{rejected}");

@@ -24,12 +24,17 @@ pub fn render(frame: &Frame<'_>) -> String {
     let _ = writeln!(
         out,
         "wva demo  t={:>5.1}s  phase: {:<10} offered load: {:>5.1} req/s  in flight: {:>4}  completed: {:>6}  rejected (429): {}",
-        frame.elapsed_s, frame.phase, frame.offered_rps, frame.in_flight, frame.completed, frame.rejected
+        frame.elapsed_s,
+        frame.phase,
+        frame.offered_rps,
+        frame.in_flight,
+        frame.completed,
+        frame.rejected
     );
     let _ = writeln!(
         out,
-        "{:<24} {:>6} {:<6} {:>8} {:>6} {:>6} {:>8} {:>6} {:>8}  {}",
-        "VARIANT", "COST", "ACCEL", "LOAD r/s", "KV %", "QUEUE", "CURRENT", "READY", "DESIRED", "WHY"
+        "{:<24} {:>6} {:<6} {:>8} {:>6} {:>6} {:>8} {:>6} {:>8}  WHY",
+        "VARIANT", "COST", "ACCEL", "LOAD r/s", "KV %", "QUEUE", "CURRENT", "READY", "DESIRED"
     );
     for (d, rps) in frame.decisions.iter().zip(frame.variant_rps) {
         let (kv, queue) = d.load_summary();
@@ -55,6 +60,10 @@ pub fn render(frame: &Frame<'_>) -> String {
             d.basis.as_str()
         );
     }
-    let _ = writeln!(out, "gauges: {}   (Ctrl-C stops the demo)", frame.metrics_url);
+    let _ = writeln!(
+        out,
+        "gauges: {}   (Ctrl-C stops the demo)",
+        frame.metrics_url
+    );
     out
 }

@@ -68,12 +68,19 @@ pub struct LoadStats {
 
 impl LoadStats {
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).values().sum()
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum()
     }
 
     /// Requests sent to each variant so far.
     pub fn sent_per_variant(&self) -> HashMap<VariantKey, u64> {
-        self.sent_per_variant.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.sent_per_variant
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Picks the endpoint with the fewest requests in flight and counts one more.
@@ -144,7 +151,9 @@ pub async fn run(
             continue;
         }
         let current = endpoints.borrow().clone();
-        let Some((addr, _)) = stats.acquire(&current) else { continue };
+        let Some((addr, _)) = stats.acquire(&current) else {
+            continue;
+        };
         stats.sent.fetch_add(1, Ordering::Relaxed);
         let (client, body, stats) = (client.clone(), body.clone(), Arc::clone(&stats));
         tokio::spawn(async move {

@@ -37,7 +37,11 @@ pub struct Summary {
     pub settled: bool,
 }
 
-pub async fn run(args: &Args, binaries: (std::path::PathBuf, std::path::PathBuf), mut shutdown: watch::Receiver<bool>) -> anyhow::Result<Summary> {
+pub async fn run(
+    args: &Args,
+    binaries: (std::path::PathBuf, std::path::PathBuf),
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Summary> {
     let variants = parse_variants(VARIANTS).context("embedded demo variants")?;
     let model = variants
         .first()
@@ -86,10 +90,16 @@ pub async fn run(args: &Args, binaries: (std::path::PathBuf, std::path::PathBuf)
 
     let speed = args.demo_speed.max(0.1);
     let profile = Profile {
-        points: [(10.0, 0.0), (40.0, 14.0), (80.0, 14.0), (100.0, 0.0), (101.0, 0.0)]
-            .iter()
-            .map(|&(t, r)| (t / speed, r))
-            .collect(),
+        points: [
+            (10.0, 0.0),
+            (40.0, 14.0),
+            (80.0, 14.0),
+            (100.0, 0.0),
+            (101.0, 0.0),
+        ]
+        .iter()
+        .map(|&(t, r)| (t / speed, r))
+        .collect(),
     };
     let stats = Arc::new(LoadStats::default());
     let load_task = tokio::spawn(loadgen::run(
@@ -147,7 +157,9 @@ async fn watch_and_draw(
         for d in current.iter() {
             let peak = summary.peak_desired.entry(d.variant.clone()).or_default();
             *peak = (*peak).max(d.desired_replicas);
-            summary.final_desired.insert(d.variant.clone(), d.desired_replicas);
+            summary
+                .final_desired
+                .insert(d.variant.clone(), d.desired_replicas);
         }
         summary.completed = stats.completed.load(Ordering::Relaxed);
 
@@ -192,9 +204,9 @@ fn is_settled(decisions: &[crate::decision::Decision]) -> bool {
     let total: u32 = decisions.iter().map(|d| d.current_replicas).sum();
     !decisions.is_empty()
         && total == 1
-        && decisions
-            .iter()
-            .all(|d| d.desired_replicas == d.current_replicas && d.ready_replicas == d.current_replicas)
+        && decisions.iter().all(|d| {
+            d.desired_replicas == d.current_replicas && d.ready_replicas == d.current_replicas
+        })
 }
 
 fn phase(profile: &Profile, t: f64) -> &'static str {

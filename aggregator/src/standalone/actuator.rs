@@ -107,9 +107,12 @@ impl LocalActuator {
     }
 
     fn reconcile(&mut self, variants: &[VariantAutoscaling], decisions: &[Decision]) {
-        let desired: HashMap<&VariantKey, u32> = decisions
+        // A decision is acted on only when it was computed from the replica
+        // count we have now: one made before our last change is stale, and
+        // the analysis runs again as soon as the new count is published.
+        let desired: HashMap<&VariantKey, (u32, u32)> = decisions
             .iter()
-            .map(|d| (&d.variant, d.desired_replicas))
+            .map(|d| (&d.variant, (d.desired_replicas, d.current_replicas)))
             .collect();
         let live: Vec<VariantKey> = variants.iter().map(|v| v.key()).collect();
         let gone: Vec<VariantKey> = self
@@ -126,12 +129,21 @@ impl LocalActuator {
         }
         for va in variants {
             let key = va.key();
-            let have = self.slots.get(&key).map_or(0, Vec::len) as u32;
-            let want = desired
-                .get(&key)
-                .copied()
-                .unwrap_or_else(|| if self.slots.contains_key(&key) { have } else { self.config.initial_replicas });
-            self.slots.entry(key.clone()).or_default();
+            let Some(slots) = self.slots.get(&key) else {
+                // A variant seen for the first time starts at its initial size.
+                self.slots.insert(key.clone(), Vec::new());
+                let want = self.config.initial_replicas;
+                info!(variant = %key, replicas = want, "new variant; starting its initial replicas");
+                for _ in 0..want {
+                    self.start(va);
+                }
+                continue;
+            };
+            let have = slots.len() as u32;
+            let want = match desired.get(&key) {
+                Some(&(want, seen)) if seen == have => want,
+                _ => have,
+            };
             if want > have {
                 info!(variant = %key, from = have, to = want, "starting replicas");
                 for _ in have..want {
@@ -170,8 +182,12 @@ impl LocalActuator {
             seed: u64::from(*index),
         };
         let (stop_tx, stop_rx) = oneshot::channel();
-        self.tasks
-            .spawn(replica::run(spec, key.clone(), self.events_tx.clone(), stop_rx));
+        self.tasks.spawn(replica::run(
+            spec,
+            key.clone(),
+            self.events_tx.clone(),
+            stop_rx,
+        ));
         self.slots.entry(key).or_default().push(Slot {
             pod,
             index: *index,
@@ -181,7 +197,9 @@ impl LocalActuator {
     }
 
     fn handle(&mut self, key: VariantKey, event: ReplicaEvent) {
-        let Some(slots) = self.slots.get_mut(&key) else { return };
+        let Some(slots) = self.slots.get_mut(&key) else {
+            return;
+        };
         match event {
             ReplicaEvent::Ready { pod, addr } => {
                 if let Some(slot) = slots.iter_mut().find(|s| s.pod == pod) {

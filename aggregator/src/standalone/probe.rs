@@ -21,7 +21,11 @@ pub fn client() -> HttpClient {
 }
 
 /// GETs `url` and returns the status, or the error as text.
-pub async fn get_status(client: &HttpClient, url: &str, timeout: Duration) -> Result<StatusCode, String> {
+pub async fn get_status(
+    client: &HttpClient,
+    url: &str,
+    timeout: Duration,
+) -> Result<StatusCode, String> {
     let request = Request::get(url)
         .body(Full::default())
         .map_err(|e| e.to_string())?;

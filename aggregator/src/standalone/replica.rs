@@ -48,12 +48,19 @@ const FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 pub type Events<K> = mpsc::Sender<(K, ReplicaEvent)>;
 
 /// Runs the replica until `stop` fires (or is dropped) or a process exits.
-pub async fn run<K: Clone>(spec: ReplicaSpec, key: K, events: Events<K>, stop: oneshot::Receiver<()>) {
+pub async fn run<K: Clone>(
+    spec: ReplicaSpec,
+    key: K,
+    events: Events<K>,
+    stop: oneshot::Receiver<()>,
+) {
     let pod = spec.pod.clone();
     if let Err(reason) = supervise(spec, &key, &events, stop).await {
         warn!(%pod, %reason, "replica stopped");
         tokio::time::sleep(FAILURE_BACKOFF).await;
-        let _ = events.send((key, ReplicaEvent::Exited { pod, reason })).await;
+        let _ = events
+            .send((key, ReplicaEvent::Exited { pod, reason }))
+            .await;
     }
 }
 
@@ -66,7 +73,10 @@ async fn supervise<K: Clone>(
 ) -> Result<(), String> {
     let mut sim = Command::new(&spec.sim_bin)
         .args(["--port", "0", "--model", &spec.model])
-        .args(["--startup-delay", &humantime::format_duration(spec.cold_start).to_string()])
+        .args([
+            "--startup-delay",
+            &humantime::format_duration(spec.cold_start).to_string(),
+        ])
         .args(["--seed", &spec.seed.to_string()])
         .args(&spec.sim_args)
         .stdin(Stdio::null())
@@ -87,7 +97,10 @@ async fn supervise<K: Clone>(
         .args(["--pod-name", &spec.pod, "--namespace", &spec.namespace])
         .args(["--variant", &spec.deployment, "--model", &spec.model])
         .args(["--accelerator", &spec.accelerator])
-        .args(["--interval", &humantime::format_duration(spec.agent_interval).to_string()])
+        .args([
+            "--interval",
+            &humantime::format_duration(spec.agent_interval).to_string(),
+        ])
         .args(["--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
