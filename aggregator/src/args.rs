@@ -104,6 +104,12 @@ pub struct LocalActuatorArgs {
     #[arg(long, env = "WVA_COLD_START", default_value = "5s", value_parser = humantime::parse_duration)]
     pub cold_start: Duration,
 
+    /// Scale-down stabilization window, as an HPA's
+    /// `behavior.scaleDown.stabilizationWindowSeconds`: replicas are removed
+    /// only down to the highest desired value seen within it.
+    #[arg(long, env = "WVA_SCALE_DOWN_STABILIZATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub scale_down_stabilization: Duration,
+
     /// Replicas each variant starts with.
     #[arg(long, env = "WVA_INITIAL_REPLICAS", default_value_t = 1)]
     pub initial_replicas: u32,

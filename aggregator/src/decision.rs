@@ -96,11 +96,12 @@ impl Decision {
     }
 
     /// Average KV usage and total queue over the inputs.
-    pub fn load_summary(&self) -> (Option<f64>, f64) {
+    pub fn load_summary(&self) -> Option<(f64, f64)> {
         let n = self.inputs.len();
-        let kv =
-            (n > 0).then(|| self.inputs.iter().map(|l| l.kv_cache_usage).sum::<f64>() / n as f64);
-        (kv, self.inputs.iter().map(|l| l.queue_length).sum())
+        (n > 0).then(|| {
+            let kv = self.inputs.iter().map(|l| l.kv_cache_usage).sum::<f64>() / n as f64;
+            (kv, self.inputs.iter().map(|l| l.queue_length).sum())
+        })
     }
 }
 

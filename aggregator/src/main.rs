@@ -125,6 +125,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             sim_bin: binary(&args.local.sim_bin, "vllm-sim")?,
             agent_bin: binary(&args.local.agent_bin, "wva-agent")?,
             cold_start: args.local.cold_start,
+            scale_down_stabilization: args.local.scale_down_stabilization,
             agent_interval: args.local.agent_interval,
             initial_replicas: args.local.initial_replicas,
             aggregator_url: format!("http://{}", loopback(grpc_addr)),

@@ -25,6 +25,7 @@ async fn demo_scales_the_cheap_variant_up_under_load_and_back_down() -> anyhow::
     let mark = format!("demo-{}", std::process::id());
     let child = tokio::process::Command::new(bin("wva-aggregator"))
         .args(["--demo", "--demo-speed", "3", "--cold-start", "1s"])
+        .args(["--scale-down-stabilization", "3s"])
         .env("WVA_E2E_MARK", &mark)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

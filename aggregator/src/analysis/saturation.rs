@@ -61,6 +61,8 @@ pub enum Reason {
     Steady,
     /// Another step of this model is still converging (desired ≠ current, pods pending or not yet reporting).
     Converging,
+    /// A scale-down not yet carried out, called off because the model saturated meanwhile.
+    ScaleDownWithdrawn,
 }
 
 impl Reason {
@@ -71,6 +73,7 @@ impl Reason {
             Reason::ScaleDownSpare => "spare_capacity",
             Reason::Steady => "steady",
             Reason::Converging => "converging",
+            Reason::ScaleDownWithdrawn => "scale_down_withdrawn",
         }
     }
 }
@@ -169,7 +172,11 @@ pub fn analyze(variants: &[VariantState], config: &SaturationConfig) -> ModelAna
 ///
 /// - While any variant converges ([`VariantState::is_converging`]), every
 ///   variant keeps its previous desired value (or its current replicas) with
-///   [`Reason::Converging`].
+///   [`Reason::Converging`]. One exception: when the model needs capacity, a
+///   scale-down that has not happened yet (an HPA's stabilization window may
+///   hold it for minutes) is called off, back to the current replicas, with
+///   [`Reason::ScaleDownWithdrawn`]. That is not a new step, so it does not
+///   stack on the one in flight; it only stops removing capacity under load.
 /// - Otherwise variants are ordered by `(cost, name)`. A scale-up adds one
 ///   replica to the first (the cheapest; among equal costs the first name); a
 ///   scale-down removes one from the last variant above its `min_replicas`
@@ -184,7 +191,12 @@ pub fn targets(variants: &[VariantState], analysis: &ModelAnalysis) -> Vec<Varia
     if variants.iter().any(VariantState::is_converging) {
         return variants
             .iter()
-            .map(|v| target(v, v.held_target(), Reason::Converging))
+            .map(|v| match v.held_target() {
+                held if analysis.should_scale_up && held < v.current_replicas => {
+                    target(v, v.current_replicas, Reason::ScaleDownWithdrawn)
+                }
+                held => target(v, held, Reason::Converging),
+            })
             .collect();
     }
 
@@ -489,6 +501,38 @@ mod tests {
     }
 
     #[test]
+    fn saturation_withdraws_a_pending_scale_down_without_a_new_step() {
+        // h100 was told to go 3 → 2, but still runs 3 (a stabilization window holds it).
+        let mut pending = variant("h100", 30.0, 3);
+        pending.previous_desired = Some(2);
+        let cheap = variant("l4", 10.0, 1);
+        let both = [cheap, pending];
+        assert_eq!(
+            summary(&targets(&both, &verdict(true, false))),
+            [
+                ("l4", 1, Reason::Converging),
+                ("h100", 3, Reason::ScaleDownWithdrawn)
+            ],
+            "the scale-down is called off; l4 takes no step yet"
+        );
+        assert_eq!(
+            summary(&targets(&both, &verdict(false, false))),
+            [
+                ("l4", 1, Reason::Converging),
+                ("h100", 2, Reason::Converging)
+            ],
+            "without saturation the pending scale-down stands"
+        );
+        // A pending scale-up is never touched.
+        let mut rising = variant("l4", 10.0, 1);
+        rising.previous_desired = Some(2);
+        assert_eq!(
+            summary(&targets(&[rising], &verdict(true, false))),
+            [("l4", 2, Reason::Converging)]
+        );
+    }
+
+    #[test]
     fn pending_replicas_are_not_scaled_again() {
         // The cheapest variant was just scaled (3 replicas, 2 ready): it must
         // not get another one, and no other variant steps in for it.
@@ -699,7 +743,11 @@ mod tests {
                     prop_assert!(t.target_replicas >= v.min_replicas, "{:?} -> {:?}", v, t);
                 }
                 if converging {
-                    prop_assert_eq!(t.reason, Reason::Converging);
+                    if t.reason == Reason::ScaleDownWithdrawn {
+                        prop_assert_eq!(t.target_replicas, v.current_replicas);
+                    } else {
+                        prop_assert_eq!(t.reason, Reason::Converging);
+                    }
                     if t.target_replicas != v.current_replicas {
                         prop_assert!(v.previous_desired.is_some());
                     }

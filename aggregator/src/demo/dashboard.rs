@@ -37,8 +37,10 @@ pub fn render(frame: &Frame<'_>) -> String {
         "VARIANT", "COST", "ACCEL", "LOAD r/s", "KV %", "QUEUE", "CURRENT", "READY", "DESIRED"
     );
     for (d, rps) in frame.decisions.iter().zip(frame.variant_rps) {
-        let (kv, queue) = d.load_summary();
-        let kv = kv.map_or_else(|| "-".to_string(), |kv| format!("{:.0}", kv * 100.0));
+        let (kv, queue) = d.load_summary().map_or_else(
+            || ("-".to_string(), "-".to_string()),
+            |(kv, queue)| (format!("{:.0}", kv * 100.0), format!("{queue:.0}")),
+        );
         let marker = match d.desired_replicas.cmp(&d.current_replicas) {
             std::cmp::Ordering::Greater => "▲",
             std::cmp::Ordering::Less => "▼",
@@ -46,7 +48,7 @@ pub fn render(frame: &Frame<'_>) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<24} {:>6.1} {:<6} {:>8.1} {:>6} {:>6.0} {:>8} {:>6} {:>7}{}  {}",
+            "{:<24} {:>6.1} {:<6} {:>8.1} {:>6} {:>6} {:>8} {:>6} {:>7}{}  {}",
             d.variant.name,
             d.cost,
             d.accelerator,

@@ -59,6 +59,7 @@ pub async fn run(
         sim_bin: binaries.0,
         agent_bin: binaries.1,
         cold_start: args.local.cold_start,
+        scale_down_stabilization: args.local.scale_down_stabilization,
         agent_interval: args.local.agent_interval,
         initial_replicas: args.local.initial_replicas,
         aggregator_url: format!("http://{grpc_addr}"),

@@ -7,13 +7,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::replica::{self, ReplicaEvent, ReplicaSpec};
+use super::stabilize::Stabilizer;
 use crate::decision::Decision;
 use crate::engine::ReplicaCounts;
 use crate::service::{Decisions, Replicas, Variants};
@@ -27,6 +28,7 @@ pub struct ActuatorConfig {
     pub sim_bin: PathBuf,
     pub agent_bin: PathBuf,
     pub cold_start: Duration,
+    pub scale_down_stabilization: Duration,
     pub agent_interval: Duration,
     pub initial_replicas: u32,
     pub aggregator_url: String,
@@ -54,6 +56,7 @@ pub struct LocalActuator {
     config: ActuatorConfig,
     slots: BTreeMap<VariantKey, Vec<Slot>>,
     next_index: HashMap<VariantKey, u32>,
+    stabilizers: HashMap<VariantKey, Stabilizer>,
     tasks: JoinSet<()>,
     events_tx: replica::Events<VariantKey>,
     events_rx: mpsc::Receiver<(VariantKey, ReplicaEvent)>,
@@ -68,6 +71,7 @@ impl LocalActuator {
             config,
             slots: BTreeMap::new(),
             next_index: HashMap::new(),
+            stabilizers: HashMap::new(),
             tasks: JoinSet::new(),
             events_tx,
             events_rx,
@@ -91,12 +95,15 @@ impl LocalActuator {
         mut decisions: watch::Receiver<Decisions>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        // Re-evaluates the stabilization window even when no decision arrives.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let current_variants = variants.borrow_and_update().clone();
             let current_decisions = decisions.borrow_and_update().clone();
-            self.reconcile(&current_variants, &current_decisions);
+            self.reconcile(&current_variants, &current_decisions, Instant::now());
             self.publish(&current_variants);
             tokio::select! {
+                _ = tick.tick() => {}
                 r = variants.changed() => if r.is_err() { break },
                 r = decisions.changed() => if r.is_err() { break },
                 Some((key, event)) = self.events_rx.recv() => self.handle(key, event),
@@ -106,7 +113,7 @@ impl LocalActuator {
         self.stop_all().await;
     }
 
-    fn reconcile(&mut self, variants: &[VariantAutoscaling], decisions: &[Decision]) {
+    fn reconcile(&mut self, variants: &[VariantAutoscaling], decisions: &[Decision], now: Instant) {
         // A decision is acted on only when it was computed from the replica
         // count we have now: one made before our last change is stale, and
         // the analysis runs again as soon as the new count is published.
@@ -123,6 +130,7 @@ impl LocalActuator {
             .collect();
         for key in gone {
             info!(variant = %key, "variant removed; stopping its replicas");
+            self.stabilizers.remove(&key);
             for mut slot in self.slots.remove(&key).unwrap_or_default() {
                 slot.stop.take();
             }
@@ -141,7 +149,11 @@ impl LocalActuator {
             };
             let have = slots.len() as u32;
             let want = match desired.get(&key) {
-                Some(&(want, seen)) if seen == have => want,
+                Some(&(want, seen)) if seen == have => self
+                    .stabilizers
+                    .entry(key.clone())
+                    .or_insert_with(|| Stabilizer::new(self.config.scale_down_stabilization))
+                    .next(now, have, want),
                 _ => have,
             };
             if want > have {

@@ -4,3 +4,4 @@
 pub mod actuator;
 pub mod probe;
 pub mod replica;
+pub mod stabilize;
