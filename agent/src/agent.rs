@@ -51,7 +51,8 @@ impl Agent {
         let stream = StreamConfig::from_args(&args)?;
         stream.validate()?;
         let telemetry = Arc::new(Telemetry::new());
-        let mut scraper = Scraper::new(args.target.clone(), args.max_body_bytes)?;
+        let mut scraper =
+            Scraper::new(args.target.clone(), args.max_body_bytes)?.with_gzip(args.accept_gzip);
         if let Some(path) = &args.target_token_file {
             scraper = scraper.with_token_file(path.clone());
         }

@@ -83,6 +83,11 @@ pub struct Args {
     #[arg(long, env = "WVA_MAX_BODY_BYTES", default_value = "16MiB", value_parser = parse_size)]
     pub max_body_bytes: usize,
 
+    /// Ask the target for a gzip body. Worth it only when the target is not on
+    /// loopback; a gzip body is decoded whether asked for or not.
+    #[arg(long, env = "WVA_ACCEPT_GZIP")]
+    pub accept_gzip: bool,
+
     /// PEM file with the CA certificates that sign the aggregator's certificate
     /// (https aggregator URL; without it the system roots are used).
     #[arg(long, env = "WVA_TLS_CA")]

@@ -42,7 +42,14 @@ async fn sends_exposition_headers_and_returns_the_body() {
         headers["accept"],
         "text/plain;version=0.0.4;q=1,application/openmetrics-text;q=0.5"
     );
-    assert_eq!(headers["accept-encoding"], "gzip");
+    assert_eq!(
+        headers["accept-encoding"], "identity",
+        "no gzip on loopback"
+    );
+
+    let mut scraper = scraper.with_gzip(true);
+    scraper.scrape(TIMEOUT).await.unwrap();
+    assert_eq!(target.request().await["accept-encoding"], "gzip");
 }
 
 #[tokio::test]

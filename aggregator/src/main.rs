@@ -49,11 +49,7 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     if args.demo {
-        let binaries = (
-            binary(&args.local.sim_bin, "vllm-sim")?,
-            binary(&args.local.agent_bin, "wva-agent")?,
-        );
-        let summary = demo::run(&args, binaries, shutdown).await?;
+        let summary = demo::run(&args, shutdown).await?;
         println!();
         for (variant, peak) in &summary.peak_desired {
             let last = summary
@@ -121,15 +117,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let actuator = match args.actuator {
         ActuatorKind::None => None,
-        ActuatorKind::Local => Some(LocalActuator::new(ActuatorConfig {
-            sim_bin: binary(&args.local.sim_bin, "vllm-sim")?,
-            agent_bin: binary(&args.local.agent_bin, "wva-agent")?,
-            cold_start: args.local.cold_start,
-            scale_down_stabilization: args.local.scale_down_stabilization,
-            agent_interval: args.local.agent_interval,
-            initial_replicas: args.local.initial_replicas,
-            aggregator_url: format!("http://{}", loopback(grpc_addr)),
-        })),
+        ActuatorKind::Local => Some(LocalActuator::new(ActuatorConfig::from_args(
+            &args.local,
+            format!("http://{}", loopback(grpc_addr)),
+        )?)),
     };
     let running = service::start(
         settings,
@@ -159,23 +150,6 @@ fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     addr
-}
-
-/// A companion binary: the flag's path, or the one beside this executable.
-fn binary(flag: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
-    let path = match flag {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("cannot locate this executable")?
-            .with_file_name(name),
-    };
-    if !path.is_file() {
-        bail!(
-            "{name} binary not found at {} (build the workspace with `cargo build --workspace --bins`, or pass its path)",
-            path.display()
-        );
-    }
-    Ok(path)
 }
 
 fn read_token(path: Option<&Path>) -> anyhow::Result<Option<String>> {

@@ -37,11 +37,7 @@ pub struct Summary {
     pub settled: bool,
 }
 
-pub async fn run(
-    args: &Args,
-    binaries: (std::path::PathBuf, std::path::PathBuf),
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<Summary> {
+pub async fn run(args: &Args, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<Summary> {
     let variants = parse_variants(VARIANTS).context("embedded demo variants")?;
     let model = variants
         .first()
@@ -55,15 +51,10 @@ pub async fn run(
     let (stop_tx, stop) = watch::channel(false);
     let (_variants_tx, variants_rx) = watch::channel(Arc::new(variants));
     let (_saturation_tx, saturation_rx) = watch::channel(Arc::new(SaturationConfigSet::default()));
-    let actuator = LocalActuator::new(ActuatorConfig {
-        sim_bin: binaries.0,
-        agent_bin: binaries.1,
-        cold_start: args.local.cold_start,
-        scale_down_stabilization: args.local.scale_down_stabilization,
-        agent_interval: args.local.agent_interval,
-        initial_replicas: args.local.initial_replicas,
-        aggregator_url: format!("http://{grpc_addr}"),
-    });
+    let actuator = LocalActuator::new(ActuatorConfig::from_args(
+        &args.local,
+        format!("http://{grpc_addr}"),
+    )?);
     let settings = Settings {
         min_analysis_interval: args.min_analysis_interval,
         analysis_interval: args.analysis_interval,

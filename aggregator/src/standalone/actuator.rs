@@ -9,12 +9,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::replica::{self, ReplicaEvent, ReplicaSpec};
 use super::stabilize::Stabilizer;
+use crate::args::LocalActuatorArgs;
 use crate::decision::Decision;
 use crate::engine::ReplicaCounts;
 use crate::service::{Decisions, Replicas, Variants};
@@ -32,6 +34,38 @@ pub struct ActuatorConfig {
     pub agent_interval: Duration,
     pub initial_replicas: u32,
     pub aggregator_url: String,
+}
+
+impl ActuatorConfig {
+    /// The configuration the flags describe; fails when a binary is missing.
+    pub fn from_args(args: &LocalActuatorArgs, aggregator_url: String) -> anyhow::Result<Self> {
+        Ok(ActuatorConfig {
+            sim_bin: binary(&args.sim_bin, "vllm-sim")?,
+            agent_bin: binary(&args.agent_bin, "wva-agent")?,
+            cold_start: args.cold_start,
+            scale_down_stabilization: args.scale_down_stabilization,
+            agent_interval: args.agent_interval,
+            initial_replicas: args.initial_replicas,
+            aggregator_url,
+        })
+    }
+}
+
+/// The binary at `flag`, or else the one named `name` beside this executable.
+fn binary(flag: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
+    let path = match flag {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .context("cannot locate this executable")?
+            .with_file_name(name),
+    };
+    if !path.is_file() {
+        anyhow::bail!(
+            "{name} binary not found at {} (build the workspace with `cargo build --workspace --bins`, or pass its path)",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 /// A ready replica that takes requests.
