@@ -173,6 +173,9 @@ impl Engine {
                     Some(p) => (p, Fallback::PreviousDesired),
                     None => (counts.current, Fallback::CurrentReplicas),
                 };
+                // A previous 0 (decided while the variant had no replica) must
+                // not take away the replica the model is guaranteed.
+                let value = value.max(state.min_replicas.min(counts.current));
                 if self.in_safety_net.insert(key.clone()) {
                     warn!(
                         variant = %key,

@@ -71,7 +71,8 @@ mod tests {
             3,
             "the highest left in the window"
         );
-        assert_eq!(s.next(at(t0, 14), 3, 2), 2);
+        assert_eq!(s.next(at(t0, 14), 3, 2), 3, "3 was recommended at 10 s");
+        assert_eq!(s.next(at(t0, 21), 3, 2), 2, "only 2s are left");
     }
 
     #[test]
