@@ -169,13 +169,13 @@ impl Engine {
         {
             let previous = self.previous.get(&key).copied();
             let (desired, basis) = if data == DataState::Missing {
-                let (value, source) = match previous {
-                    Some(p) => (p, Fallback::PreviousDesired),
-                    None => (counts.current, Fallback::CurrentReplicas),
+                // Never below the replica the model is guaranteed, even when the
+                // previous 0 was decided while the variant had no replica.
+                let value = state.held_target();
+                let source = match previous {
+                    Some(_) => Fallback::PreviousDesired,
+                    None => Fallback::CurrentReplicas,
                 };
-                // A previous 0 (decided while the variant had no replica) must
-                // not take away the replica the model is guaranteed.
-                let value = value.max(state.min_replicas.min(counts.current));
                 if self.in_safety_net.insert(key.clone()) {
                     warn!(
                         variant = %key,

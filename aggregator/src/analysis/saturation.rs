@@ -99,11 +99,12 @@ impl VariantState {
             || self.replicas.len() < self.ready_replicas as usize
     }
 
-    /// The target re-published while the model converges: the previous desired
-    /// value (so the HPA keeps moving toward it), but never a scale-down below
+    /// The target re-published while the model converges, and the safety net's
+    /// value: the previous desired value (so the HPA keeps moving toward it),
+    /// or the current replicas when there is none, but never a scale-down below
     /// `min_replicas` (the minimum can rise after the desired value was set, for
     /// example when a cheaper variant is removed).
-    fn held_target(&self) -> u32 {
+    pub fn held_target(&self) -> u32 {
         let held = self.previous_desired.unwrap_or(self.current_replicas);
         if held < self.current_replicas {
             held.max(self.min_replicas.min(self.current_replicas))
