@@ -14,6 +14,9 @@ use clap::{Parser, ValueEnum};
     about = "Ingests wva-agent telemetry, analyses saturation per model and publishes desired replicas"
 )]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Run without Kubernetes: VariantAutoscalings come from --variants.
     #[arg(long, env = "WVA_STANDALONE")]
     pub standalone: bool,
@@ -88,6 +91,12 @@ pub struct Args {
 
     #[command(flatten)]
     pub local: LocalActuatorArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Print the VariantAutoscaling CustomResourceDefinition as YAML and exit.
+    PrintCrd,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

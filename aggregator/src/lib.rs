@@ -10,6 +10,7 @@ pub mod engine;
 pub mod gauges;
 pub mod http;
 pub mod ingest;
+pub mod k8s;
 pub mod service;
 pub mod shutdown;
 pub mod standalone;

@@ -9,14 +9,18 @@ use tokio::sync::watch;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
-use wva_aggregator::args::{ActuatorKind, Args};
+use wva_aggregator::args::{ActuatorKind, Args, Command};
 use wva_aggregator::config::saturation::SaturationConfigSet;
 use wva_aggregator::service::{self, Settings, Sources};
 use wva_aggregator::standalone::actuator::{ActuatorConfig, LocalActuator};
-use wva_aggregator::{demo, variants, watchfile};
+use wva_aggregator::{demo, k8s, variants, watchfile};
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::PrintCrd) = args.command {
+        print!("{}", k8s::crd::crd_yaml());
+        return ExitCode::SUCCESS;
+    }
     let default_level = if args.demo { "warn" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(

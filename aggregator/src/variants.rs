@@ -286,6 +286,36 @@ impl Index {
 }
 
 fn validate(position: Position, raw: RawObject) -> Result<Located, VariantsError> {
+    let at = Location {
+        position,
+        kind: raw.kind.clone(),
+        name: raw.metadata.name.clone(),
+    };
+    match check(raw) {
+        Ok(va) => Ok((va, at)),
+        Err(FieldError { field, problem }) => Err(invalid(at, field, problem)),
+    }
+}
+
+/// A field of one object that is missing or wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{field} {problem}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+/// Validates one object given as JSON (as the API server returns it) and
+/// applies the defaults, exactly as for a file.
+pub fn from_json(object: serde_json::Value) -> Result<VariantAutoscaling, FieldError> {
+    let raw = RawObject::deserialize(object).map_err(|e| FieldError {
+        field: "object",
+        problem: format!("does not have the VariantAutoscaling shape: {e}"),
+    })?;
+    check(raw)
+}
+
+fn check(raw: RawObject) -> Result<VariantAutoscaling, FieldError> {
     let RawObject {
         api_version,
         kind,
@@ -294,12 +324,7 @@ fn validate(position: Position, raw: RawObject) -> Result<Located, VariantsError
         items,
         _status,
     } = raw;
-    let at = Location {
-        position,
-        kind: kind.clone(),
-        name: metadata.name.clone(),
-    };
-    let fail = |field, problem: String| Err(invalid(at.clone(), field, problem));
+    let fail = |field, problem: String| Err(FieldError { field, problem });
 
     if api_version.as_deref() != Some(API_VERSION) {
         return fail(
@@ -360,7 +385,7 @@ fn validate(position: Position, raw: RawObject) -> Result<Located, VariantsError
         );
     };
 
-    let va = VariantAutoscaling {
+    Ok(VariantAutoscaling {
         accelerator: metadata
             .labels
             .get(ACCELERATOR_LABEL)
@@ -377,8 +402,7 @@ fn validate(position: Position, raw: RawObject) -> Result<Located, VariantsError
         cost,
         labels: metadata.labels,
         annotations: metadata.annotations,
-    };
-    Ok((va, at))
+    })
 }
 
 fn shown(value: &Option<String>) -> String {

@@ -1,0 +1,6 @@
+//! Kubernetes mode: the VariantAutoscaling resource, its status and the
+//! controller that keeps both in step with the analysis.
+
+pub mod conditions;
+pub mod crd;
+pub mod status;
