@@ -3,4 +3,6 @@
 
 pub mod conditions;
 pub mod crd;
+pub mod events;
+pub mod resolve;
 pub mod status;

@@ -1,0 +1,292 @@
+//! Joins the watched VariantAutoscalings with their target Deployments: which
+//! variants the analysis sees, with which replica counts, and where every
+//! object stands for its status. Pure: the caller passes what the watches hold.
+
+use std::collections::HashMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+
+use super::crd;
+use crate::engine::ReplicaCounts;
+use crate::variants::{self, DEFAULT_TARGET_KIND, FieldError, VariantAutoscaling, VariantKey};
+
+/// The label that assigns a VariantAutoscaling to one controller instance.
+pub const CONTROLLER_INSTANCE_LABEL: &str = "wva.llmd.ai/controller-instance";
+
+/// Where one managed VariantAutoscaling stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Standing {
+    Invalid(FieldError),
+    TargetMissing { name: String },
+    Running { name: String, replicas: ReplicaCounts },
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Resolved {
+    /// Valid variants whose target exists: what the analysis sees.
+    pub variants: Vec<VariantAutoscaling>,
+    pub replicas: HashMap<VariantKey, ReplicaCounts>,
+    /// Every managed object, ordered by key.
+    pub standings: Vec<(VariantKey, Standing)>,
+}
+
+/// Whether this controller instance manages `va`: all objects when no
+/// instance is set, else only those labelled with it.
+pub fn manages(va: &crd::VariantAutoscaling, instance: Option<&str>) -> bool {
+    match instance {
+        None => true,
+        Some(want) => va
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(CONTROLLER_INSTANCE_LABEL))
+            .is_some_and(|have| have == want),
+    }
+}
+
+/// Replica counts of a Deployment: `spec.replicas` (Kubernetes defaults it
+/// to 1) and `status.readyReplicas`.
+pub fn replica_counts(deployment: &Deployment) -> ReplicaCounts {
+    let current = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let ready = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    ReplicaCounts {
+        current: u32::try_from(current).unwrap_or(0),
+        ready: u32::try_from(ready).unwrap_or(0),
+    }
+}
+
+/// Resolves the managed objects among `vas` against `deployment(namespace, name)`.
+/// When two objects scale one Deployment, the older (then the first by name)
+/// keeps it and the other is invalid.
+pub fn resolve<'d>(
+    vas: &[&crd::VariantAutoscaling],
+    deployment: impl Fn(&str, &str) -> Option<&'d Deployment>,
+) -> Resolved {
+    let mut ordered: Vec<&crd::VariantAutoscaling> = vas.to_vec();
+    ordered.sort_by(|a, b| {
+        let created = |va: &crd::VariantAutoscaling| va.metadata.creation_timestamp.clone();
+        created(a)
+            .cmp(&created(b))
+            .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+    });
+    let mut out = Resolved::default();
+    let mut owners: HashMap<(String, String), VariantKey> = HashMap::new();
+    for object in ordered {
+        let key = VariantKey::new(
+            object.metadata.namespace.clone().unwrap_or_default(),
+            object.metadata.name.clone().unwrap_or_default(),
+        );
+        let validated = serde_json::to_value(object)
+            .map_err(|e| FieldError {
+                field: "object",
+                problem: format!("cannot be encoded: {e}"),
+            })
+            .and_then(variants::from_json);
+        let standing = match validated {
+            Err(error) => Standing::Invalid(error),
+            Ok(va) => standing(va, &mut owners, &deployment, &mut out),
+        };
+        out.standings.push((key, standing));
+    }
+    out.standings.sort_by(|a, b| a.0.cmp(&b.0));
+    out.variants.sort_by_key(VariantAutoscaling::key);
+    out
+}
+
+fn standing<'d>(
+    va: VariantAutoscaling,
+    owners: &mut HashMap<(String, String), VariantKey>,
+    deployment: &impl Fn(&str, &str) -> Option<&'d Deployment>,
+    out: &mut Resolved,
+) -> Standing {
+    if va.target.kind != DEFAULT_TARGET_KIND {
+        return Standing::Invalid(FieldError {
+            field: "spec.scaleTargetRef.kind",
+            problem: format!("{:?} is not supported: only Deployment", va.target.kind),
+        });
+    }
+    let target = (va.namespace.clone(), va.target.name.clone());
+    if let Some(owner) = owners.get(&target) {
+        return Standing::Invalid(FieldError {
+            field: "spec.scaleTargetRef.name",
+            problem: format!(
+                "{:?} is already the target of VariantAutoscaling {owner}",
+                va.target.name
+            ),
+        });
+    }
+    owners.insert(target, va.key());
+    let name = va.target.name.clone();
+    match deployment(&va.namespace, &name) {
+        None => Standing::TargetMissing { name },
+        Some(d) => {
+            let replicas = replica_counts(d);
+            out.replicas.insert(va.key(), replicas);
+            out.variants.push(va);
+            Standing::Running { name, replicas }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+    use crate::k8s::crd::{ScaleTargetRef, VariantAutoscalingSpec};
+
+    fn va(name: &str, target: &str, created: i64) -> crd::VariantAutoscaling {
+        let mut va = crd::VariantAutoscaling::new(
+            name,
+            VariantAutoscalingSpec {
+                scale_target_ref: ScaleTargetRef {
+                    kind: "Deployment".into(),
+                    name: target.into(),
+                    api_version: Some("apps/v1".into()),
+                },
+                model_id: "meta/llama".into(),
+                variant_cost: "10.0".into(),
+            },
+        );
+        va.metadata.namespace = Some("llm".into());
+        va.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));
+        va.metadata.labels = Some(BTreeMap::from([(
+            variants::ACCELERATOR_LABEL.to_string(),
+            "L4".to_string(),
+        )]));
+        va
+    }
+
+    fn deployment(replicas: Option<i32>, ready: Option<i32>) -> Deployment {
+        Deployment {
+            metadata: ObjectMeta {
+                name: Some("llama".into()),
+                namespace: Some("llm".into()),
+                ..Default::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas,
+                ..Default::default()
+            }),
+            status: Some(DeploymentStatus {
+                ready_replicas: ready,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_variant_with_its_deployment_runs_with_the_deployments_counts() {
+        let d = deployment(Some(3), Some(2));
+        let a = va("a", "llama", 1);
+        let resolved = resolve(&[&a], |ns, name| (ns == "llm" && name == "llama").then_some(&d));
+        let key = VariantKey::new("llm", "a");
+        let counts = ReplicaCounts {
+            current: 3,
+            ready: 2,
+        };
+        assert_eq!(resolved.replicas.get(&key), Some(&counts));
+        assert_eq!(resolved.variants.len(), 1);
+        assert_eq!(resolved.variants[0].accelerator, "L4");
+        assert_eq!(
+            resolved.standings,
+            vec![(
+                key,
+                Standing::Running {
+                    name: "llama".into(),
+                    replicas: counts
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn a_variant_without_its_deployment_is_not_analysed() {
+        let a = va("a", "llama", 1);
+        let resolved = resolve(&[&a], |_, _| None);
+        assert!(resolved.variants.is_empty());
+        assert!(resolved.replicas.is_empty());
+        assert_eq!(
+            resolved.standings[0].1,
+            Standing::TargetMissing {
+                name: "llama".into()
+            }
+        );
+    }
+
+    #[test]
+    fn the_deployment_defaults_apply() {
+        let counts = replica_counts(&deployment(None, None));
+        assert_eq!(
+            counts,
+            ReplicaCounts {
+                current: 1,
+                ready: 0
+            }
+        );
+    }
+
+    #[test]
+    fn an_invalid_object_is_reported_and_not_analysed() {
+        let mut bad = va("bad", "llama", 1);
+        bad.spec.variant_cost = "cheap".into();
+        let d = deployment(Some(1), Some(1));
+        let resolved = resolve(&[&bad], |_, _| Some(&d));
+        assert!(resolved.variants.is_empty());
+        let Standing::Invalid(error) = &resolved.standings[0].1 else {
+            panic!("{:?}", resolved.standings)
+        };
+        assert_eq!(error.field, "spec.variantCost");
+    }
+
+    #[test]
+    fn only_deployments_are_supported_targets() {
+        let mut sts = va("a", "llama", 1);
+        sts.spec.scale_target_ref.kind = "StatefulSet".into();
+        let resolved = resolve(&[&sts], |_, _| None);
+        let Standing::Invalid(error) = &resolved.standings[0].1 else {
+            panic!("{:?}", resolved.standings)
+        };
+        assert_eq!(error.field, "spec.scaleTargetRef.kind");
+    }
+
+    #[test]
+    fn the_older_of_two_objects_keeps_a_shared_target() {
+        let d = deployment(Some(1), Some(1));
+        let newer = va("a-newer", "llama", 20);
+        let older = va("z-older", "llama", 10);
+        let resolved = resolve(&[&newer, &older], |_, _| Some(&d));
+        assert_eq!(resolved.variants.len(), 1);
+        assert_eq!(resolved.variants[0].name, "z-older");
+        let (key, Standing::Invalid(error)) = &resolved.standings[0] else {
+            panic!("{:?}", resolved.standings)
+        };
+        assert_eq!(key.name, "a-newer");
+        assert!(error.problem.contains("llm/z-older"), "{}", error.problem);
+    }
+
+    #[test]
+    fn controller_instance_selects_labelled_objects() {
+        let mut a = va("a", "llama", 1);
+        assert!(manages(&a, None));
+        assert!(!manages(&a, Some("blue")));
+        a.metadata
+            .labels
+            .get_or_insert_default()
+            .insert(CONTROLLER_INSTANCE_LABEL.into(), "blue".into());
+        assert!(manages(&a, Some("blue")));
+        assert!(!manages(&a, Some("green")));
+    }
+}
