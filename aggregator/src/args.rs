@@ -33,6 +33,14 @@ pub struct Args {
     #[arg(long, env = "WVA_VARIANTS_FILE")]
     pub variants: Option<PathBuf>,
 
+    /// Kubernetes mode: watch only this namespace (default: the whole cluster).
+    #[arg(long, env = "WATCH_NAMESPACE", conflicts_with = "standalone")]
+    pub watch_namespace: Option<String>,
+
+    /// This pod's name, naming the reporting instance in Events (downward API).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
     /// Address of the gRPC ingest for agents.
     #[arg(long, env = "WVA_GRPC_ADDR", default_value = "0.0.0.0:9443")]
     pub grpc_addr: SocketAddr,

@@ -187,3 +187,266 @@ impl DecisionGauges {
         self.data_age.remove(labels);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use prometheus_client::encoding::text::encode;
+
+    use super::*;
+    use crate::analysis::saturation::Reason;
+    use crate::decision::{Basis, DataState};
+
+    fn decision(name: &str, accelerator: &str, current: u32, desired: u32) -> Decision {
+        Decision {
+            variant: VariantKey::new("ns", name),
+            model_id: "m".to_string(),
+            accelerator: accelerator.to_string(),
+            cost: 10.0,
+            current_replicas: current,
+            ready_replicas: current,
+            desired_replicas: desired,
+            basis: Basis::Analysis(Reason::Steady),
+            data: DataState::Fresh,
+            data_age: None,
+            inputs: Vec::new(),
+            decided_at: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    fn event(name: &str, from: u32, to: u32, reason: &'static str) -> ScalingEvent {
+        ScalingEvent {
+            variant: VariantKey::new("ns", name),
+            from,
+            to,
+            reason,
+        }
+    }
+
+    fn setup(legacy: bool, instance: Option<&str>) -> (Registry, DecisionGauges) {
+        let mut registry = Registry::default();
+        let gauges = DecisionGauges::register(&mut registry, legacy, instance.map(str::to_string));
+        (registry, gauges)
+    }
+
+    fn render(registry: &Registry) -> String {
+        let mut text = String::new();
+        encode(&mut text, registry).unwrap();
+        text
+    }
+
+    /// The sample lines (not `#` comments) of the exposition.
+    fn samples(registry: &Registry) -> Vec<String> {
+        render(registry)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The value of the series with exactly this name and label text.
+    fn value(registry: &Registry, series: &str) -> Option<f64> {
+        samples(registry).iter().find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().unwrap())
+        })
+    }
+
+    const L4: &str = r#"{variant_name="v",namespace="ns",accelerator_type="L4"}"#;
+
+    #[test]
+    fn publishes_wva_and_legacy_series_with_variant_labels() {
+        let (registry, gauges) = setup(true, None);
+        gauges.publish(&[decision("v", "L4", 2, 3)], &[]);
+        for prefix in ["wva", "inferno"] {
+            assert_eq!(
+                value(&registry, &format!("{prefix}_desired_replicas{L4}")),
+                Some(3.0)
+            );
+            assert_eq!(
+                value(&registry, &format!("{prefix}_current_replicas{L4}")),
+                Some(2.0)
+            );
+            assert_eq!(
+                value(&registry, &format!("{prefix}_desired_ratio{L4}")),
+                Some(1.5)
+            );
+        }
+        let text = render(&registry);
+        assert!(text.contains("# TYPE wva_desired_replicas gauge"), "{text}");
+        assert!(
+            text.contains("# TYPE inferno_desired_ratio gauge"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ratio_is_desired_when_current_is_zero() {
+        let (registry, gauges) = setup(false, None);
+        gauges.publish(&[decision("v", "L4", 0, 2)], &[]);
+        assert_eq!(
+            value(&registry, &format!("wva_desired_ratio{L4}")),
+            Some(2.0)
+        );
+    }
+
+    #[test]
+    fn controller_instance_label_is_added_when_set() {
+        let (registry, gauges) = setup(true, Some("blue"));
+        gauges.publish(
+            &[decision("v", "L4", 1, 1)],
+            &[event("v", 2, 1, "spare_capacity")],
+        );
+        let labels =
+            r#"{variant_name="v",namespace="ns",accelerator_type="L4",controller_instance="blue"}"#;
+        for prefix in ["wva", "inferno"] {
+            assert_eq!(
+                value(&registry, &format!("{prefix}_desired_replicas{labels}")),
+                Some(1.0)
+            );
+        }
+        let counter = r#"wva_replica_scaling_total{variant_name="v",namespace="ns",accelerator_type="L4",controller_instance="blue",direction="down",reason="spare_capacity"}"#;
+        assert_eq!(value(&registry, counter), Some(1.0));
+        assert_eq!(value(&registry, &format!("wva_desired_replicas{L4}")), None);
+    }
+
+    #[test]
+    fn legacy_names_are_absent_when_disabled() {
+        let (registry, gauges) = setup(false, None);
+        gauges.publish(
+            &[decision("v", "L4", 1, 2)],
+            &[event("v", 1, 2, "saturation")],
+        );
+        let text = render(&registry);
+        assert!(!text.contains("inferno"), "{text}");
+        assert_eq!(
+            value(&registry, &format!("wva_desired_replicas{L4}")),
+            Some(2.0)
+        );
+    }
+
+    #[test]
+    fn vanished_variant_loses_its_series() {
+        let (registry, gauges) = setup(true, None);
+        gauges.publish(&[decision("v", "L4", 1, 1), decision("w", "L4", 2, 2)], &[]);
+        assert_eq!(
+            value(
+                &registry,
+                r#"inferno_current_replicas{variant_name="w",namespace="ns",accelerator_type="L4"}"#
+            ),
+            Some(2.0)
+        );
+
+        gauges.publish(&[decision("v", "L4", 1, 1)], &[]);
+        let gauge_lines: Vec<String> = samples(&registry)
+            .into_iter()
+            .filter(|l| !l.contains("_scaling_total"))
+            .collect();
+        assert!(
+            gauge_lines
+                .iter()
+                .all(|l| !l.contains(r#"variant_name="w""#)),
+            "{gauge_lines:#?}"
+        );
+        assert_eq!(
+            gauge_lines
+                .iter()
+                .filter(|l| l.contains(r#"variant_name="v""#))
+                .count(),
+            6,
+            "three series under two names: {gauge_lines:#?}"
+        );
+
+        gauges.publish(&[], &[]);
+        assert_eq!(samples(&registry), Vec::<String>::new());
+    }
+
+    #[test]
+    fn changed_accelerator_replaces_the_series() {
+        let (registry, gauges) = setup(false, None);
+        gauges.publish(&[decision("v", "L4", 1, 1)], &[]);
+        gauges.publish(&[decision("v", "H100", 1, 1)], &[]);
+        let h100 = r#"{variant_name="v",namespace="ns",accelerator_type="H100"}"#;
+        assert_eq!(
+            value(&registry, &format!("wva_desired_replicas{h100}")),
+            Some(1.0)
+        );
+        assert_eq!(value(&registry, &format!("wva_desired_replicas{L4}")), None);
+        assert_eq!(value(&registry, &format!("wva_current_replicas{L4}")), None);
+    }
+
+    #[test]
+    fn values_follow_the_latest_decision() {
+        let (registry, gauges) = setup(false, None);
+        gauges.publish(&[decision("v", "L4", 1, 2)], &[]);
+        gauges.publish(&[decision("v", "L4", 2, 2)], &[]);
+        assert_eq!(
+            value(&registry, &format!("wva_current_replicas{L4}")),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&registry, &format!("wva_desired_ratio{L4}")),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn scaling_counter_counts_by_direction_and_reason() {
+        let (registry, gauges) = setup(true, None);
+        let series = |prefix: &str, direction: &str, reason: &str| {
+            format!(
+                r#"{prefix}_replica_scaling_total{{variant_name="v",namespace="ns",accelerator_type="L4",direction="{direction}",reason="{reason}"}}"#
+            )
+        };
+        let d = [decision("v", "L4", 1, 2)];
+        gauges.publish(&d, &[event("v", 1, 2, "saturation")]);
+        gauges.publish(&d, &[]);
+        gauges.publish(&d, &[event("v", 2, 3, "saturation")]);
+        gauges.publish(&d, &[event("v", 3, 2, "safety_net")]);
+        for prefix in ["wva", "inferno"] {
+            assert_eq!(
+                value(&registry, &series(prefix, "up", "saturation")),
+                Some(2.0)
+            );
+            assert_eq!(
+                value(&registry, &series(prefix, "down", "safety_net")),
+                Some(1.0)
+            );
+            assert_eq!(
+                value(&registry, &series(prefix, "down", "saturation")),
+                None
+            );
+        }
+        let text = render(&registry);
+        assert!(
+            text.contains("# TYPE wva_replica_scaling counter"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn events_of_unpublished_variants_are_not_counted() {
+        let (registry, gauges) = setup(false, None);
+        gauges.publish(
+            &[decision("v", "L4", 1, 1)],
+            &[event("ghost", 1, 2, "saturation")],
+        );
+        let text = render(&registry);
+        assert!(!text.contains("ghost"), "{text}");
+        assert!(!text.contains("wva_replica_scaling_total{"), "{text}");
+    }
+
+    #[test]
+    fn data_age_is_published_only_with_fresh_data() {
+        let (registry, gauges) = setup(false, None);
+        let mut d = decision("v", "L4", 1, 1);
+        d.data_age = Some(Duration::from_millis(1500));
+        gauges.publish(std::slice::from_ref(&d), &[]);
+        let series = format!("wva_variant_metrics_age_seconds{L4}");
+        assert_eq!(value(&registry, &series), Some(1.5));
+        d.data_age = None;
+        gauges.publish(&[d], &[]);
+        assert_eq!(value(&registry, &series), None);
+    }
+}

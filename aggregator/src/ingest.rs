@@ -280,3 +280,209 @@ impl Ingest {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry;
+    use wva_proto::v1::ModelSignals;
+
+    use super::*;
+
+    fn hello() -> Hello {
+        Hello {
+            pod: "llama-0".to_string(),
+            namespace: "ns".to_string(),
+            role: Role::Vllm as i32,
+            variant: "llama-l4".to_string(),
+            ..Hello::default()
+        }
+    }
+
+    fn signals(kv: f64, waiting: f64, running: f64) -> ModelSignals {
+        ModelSignals {
+            model: "meta/llama".to_string(),
+            kv_cache_usage: kv,
+            requests_waiting: waiting,
+            requests_running: running,
+            ..ModelSignals::default()
+        }
+    }
+
+    fn sample(models: Vec<ModelSignals>) -> Sample {
+        Sample {
+            seq: 1,
+            up: true,
+            models,
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn valid_hello_passes_for_both_roles() {
+        assert_eq!(validate_hello(&hello()), Ok(()));
+        let epp = Hello {
+            role: Role::Epp as i32,
+            ..hello()
+        };
+        assert_eq!(validate_hello(&epp), Ok(()));
+    }
+
+    #[test]
+    fn hello_without_identity_names_the_field() {
+        type Blank = fn(&mut Hello);
+        let cases: [(&str, Blank); 3] = [
+            ("hello.pod", |h| h.pod.clear()),
+            ("hello.namespace", |h| h.namespace = "  ".to_string()),
+            ("hello.variant", |h| h.variant = "\t".to_string()),
+        ];
+        for (field, blank) in cases {
+            let mut h = hello();
+            blank(&mut h);
+            assert_eq!(
+                validate_hello(&h),
+                Err(format!("{field} must not be empty")),
+                "{field}"
+            );
+        }
+    }
+
+    #[test]
+    fn hello_role_must_be_vllm_or_epp() {
+        for role in [Role::Unspecified as i32, 7, -1] {
+            let h = Hello { role, ..hello() };
+            assert_eq!(
+                validate_hello(&h),
+                Err(format!("hello.role must be VLLM or EPP, got {role}"))
+            );
+        }
+    }
+
+    #[test]
+    fn valid_samples_pass_including_bounds() {
+        for s in [
+            sample(vec![]),
+            sample(vec![signals(0.0, 0.0, 0.0)]),
+            sample(vec![signals(1.0, 250.0, 32.0), signals(0.4, 0.0, 1.0)]),
+        ] {
+            assert_eq!(validate_sample(&s), Ok(()), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn sample_with_unusable_signals_names_model_and_field() {
+        let cases = [
+            (
+                signals(1.5, 0.0, 0.0),
+                "kv_cache_usage = 1.5 is outside 0..=1",
+            ),
+            (
+                signals(-0.1, 0.0, 0.0),
+                "kv_cache_usage = -0.1 is outside 0..=1",
+            ),
+            (
+                signals(f64::NAN, 0.0, 0.0),
+                "kv_cache_usage = NaN is outside 0..=1",
+            ),
+            (signals(0.5, -1.0, 0.0), "requests_waiting = -1 is outside"),
+            (
+                signals(0.5, f64::INFINITY, 0.0),
+                "requests_waiting = inf is outside",
+            ),
+            (
+                signals(0.5, 0.0, f64::NAN),
+                "requests_running = NaN is outside",
+            ),
+        ];
+        for (bad, expected) in cases {
+            let err = validate_sample(&sample(vec![bad])).expect_err(expected);
+            assert!(err.starts_with(r#"model "meta/llama": "#), "{err}");
+            assert!(err.contains(expected), "{err} should contain {expected:?}");
+        }
+    }
+
+    #[test]
+    fn one_bad_model_rejects_the_sample() {
+        let mut bad = signals(2.0, 0.0, 0.0);
+        bad.model = "second".to_string();
+        let err = validate_sample(&sample(vec![signals(0.1, 0.0, 0.0), bad])).unwrap_err();
+        assert!(
+            err.starts_with(r#"model "second": kv_cache_usage"#),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn failed_scrape_is_not_checked() {
+        let down = Sample {
+            up: false,
+            error: "connection refused".to_string(),
+            ..sample(vec![signals(f64::NAN, -1.0, -1.0)])
+        };
+        assert_eq!(validate_sample(&down), Ok(()));
+    }
+
+    fn ingest(token: Option<&str>) -> Ingest {
+        let mut registry = Registry::default();
+        Ingest::new(
+            Arc::new(PodStore::default()),
+            Arc::new(Trigger::default()),
+            Arc::new(SelfMetrics::register(&mut registry)),
+            token.map(str::to_string),
+            watch::channel(false).1,
+        )
+    }
+
+    fn request(authorization: Option<&str>) -> Request<()> {
+        let mut request = Request::new(());
+        if let Some(value) = authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.parse().unwrap());
+        }
+        request
+    }
+
+    #[test]
+    fn without_a_configured_token_every_stream_is_admitted() {
+        let open = ingest(None);
+        assert!(open.check_token(&request(None)).is_ok());
+        assert!(open.check_token(&request(Some("Bearer anything"))).is_ok());
+    }
+
+    #[test]
+    fn bearer_token_is_checked() {
+        let guarded = ingest(Some("s3cret"));
+        assert!(guarded.check_token(&request(Some("Bearer s3cret"))).is_ok());
+        for (authorization, message) in [
+            (None, "missing authorization metadata (Bearer token)"),
+            (
+                Some("s3cret"),
+                "authorization metadata must be `Bearer <token>`",
+            ),
+            (
+                Some("Basic s3cret"),
+                "authorization metadata must be `Bearer <token>`",
+            ),
+            (Some("Bearer s3cre"), "bearer token rejected"),
+            (Some("Bearer s3cret2"), "bearer token rejected"),
+            (Some("Bearer "), "bearer token rejected"),
+        ] {
+            let status = guarded.check_token(&request(authorization)).unwrap_err();
+            assert_eq!(
+                status.code(),
+                tonic::Code::Unauthenticated,
+                "{authorization:?}"
+            );
+            assert_eq!(status.message(), message, "{authorization:?}");
+        }
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_slices() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(constant_time_eq(b"", b""));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"ab", b"abc"));
+    }
+}

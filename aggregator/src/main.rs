@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use kube::runtime::events::Reporter;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
@@ -11,6 +12,7 @@ use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 use wva_aggregator::args::{ActuatorKind, Args, Command};
 use wva_aggregator::config::saturation::SaturationConfigSet;
+use wva_aggregator::k8s::controller::{self, Controller};
 use wva_aggregator::service::{self, Settings, Sources};
 use wva_aggregator::standalone::actuator::{ActuatorConfig, LocalActuator};
 use wva_aggregator::{demo, k8s, variants, watchfile};
@@ -74,22 +76,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    if !args.standalone {
-        bail!(
-            "Kubernetes mode is not available yet: pass --standalone with --variants FILE (or --demo)"
-        );
-    }
-    let variants_file = args
-        .variants
-        .clone()
-        .context("--variants FILE (WVA_VARIANTS_FILE) is required in standalone mode")?;
-
-    let variants_rx = watchfile::load_and_watch(
-        variants_file,
-        "variants",
-        variants::parse_variants,
-        shutdown.clone(),
-    )?;
     let saturation_rx = match &args.saturation_config {
         Some(path) => watchfile::load_and_watch(
             path.clone(),
@@ -109,16 +95,42 @@ async fn run(args: Args) -> anyhow::Result<()> {
         agent_token: read_token(args.agent_token_file.as_deref())?,
         tls: tls_config(&args)?,
     };
+    if args.standalone {
+        run_standalone(args, settings, saturation_rx, shutdown).await
+    } else {
+        run_kubernetes(args, settings, saturation_rx, shutdown).await
+    }
+}
 
+async fn listen(args: &Args) -> anyhow::Result<(TcpListener, TcpListener)> {
     let grpc = TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on --grpc-addr {}", args.grpc_addr))?;
     let http = TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
-    let grpc_addr = grpc.local_addr()?;
-    info!(grpc = %grpc_addr, metrics = %http.local_addr()?, "aggregator listening");
+    info!(grpc = %grpc.local_addr()?, metrics = %http.local_addr()?, "aggregator listening");
+    Ok((grpc, http))
+}
 
+async fn run_standalone(
+    args: Args,
+    settings: Settings,
+    saturation_rx: watch::Receiver<Arc<SaturationConfigSet>>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let variants_file = args
+        .variants
+        .clone()
+        .context("--variants FILE (WVA_VARIANTS_FILE) is required in standalone mode")?;
+    let variants_rx = watchfile::load_and_watch(
+        variants_file,
+        "variants",
+        variants::parse_variants,
+        shutdown.clone(),
+    )?;
+    let (grpc, http) = listen(&args).await?;
+    let grpc_addr = grpc.local_addr()?;
     let actuator = match args.actuator {
         ActuatorKind::None => None,
         ActuatorKind::Local => Some(LocalActuator::new(ActuatorConfig::from_args(
@@ -143,6 +155,49 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(task) = actuator_task {
         task.await?;
     }
+    info!("stopped");
+    Ok(())
+}
+
+async fn run_kubernetes(
+    args: Args,
+    settings: Settings,
+    saturation_rx: watch::Receiver<Arc<SaturationConfigSet>>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    if args.actuator != ActuatorKind::None {
+        bail!("--actuator local is for standalone mode; in a cluster the HPA scales");
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot configure the Kubernetes client (in-cluster config or KUBECONFIG)")?;
+    let (controller, feeds) = Controller::new(
+        client,
+        controller::Options {
+            // An empty WATCH_NAMESPACE, as charts often render it, means all.
+            namespace: args.watch_namespace.clone().filter(|ns| !ns.is_empty()),
+            controller_instance: args.controller_instance.clone(),
+            reporter: Reporter {
+                controller: "wva-aggregator".to_string(),
+                instance: args.pod_name.clone(),
+            },
+        },
+    );
+    let (grpc, http) = listen(&args).await?;
+    let running = service::start(
+        settings,
+        grpc,
+        http,
+        Sources {
+            variants: feeds.variants,
+            saturation: saturation_rx,
+            replicas: Some(feeds.replicas),
+        },
+        shutdown.clone(),
+    );
+    let controller_task = tokio::spawn(controller.run(running.decisions.clone(), shutdown));
+    running.join().await?;
+    controller_task.await??;
     info!("stopped");
     Ok(())
 }

@@ -136,3 +136,231 @@ impl PodStore {
         self.pods.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STALENESS: Duration = Duration::from_secs(5);
+
+    fn key(pod: &str) -> PodKey {
+        PodKey {
+            namespace: "ns".to_string(),
+            pod: pod.to_string(),
+        }
+    }
+
+    fn hello(pod: &str, variant: &str) -> Hello {
+        Hello {
+            pod: pod.to_string(),
+            namespace: "ns".to_string(),
+            variant: variant.to_string(),
+            ..Hello::default()
+        }
+    }
+
+    fn sample(seq: u64) -> Sample {
+        Sample {
+            seq,
+            up: true,
+            ..Sample::default()
+        }
+    }
+
+    /// `(stream_id, seq of the latest sample)` of a pod, if it is in the store.
+    fn state(store: &PodStore, key: &PodKey) -> Option<(u64, Option<u64>)> {
+        store.with_pods(|pods| {
+            pods.get(key)
+                .map(|e| (e.stream_id, e.latest.as_ref().map(|(s, _)| s.seq)))
+        })
+    }
+
+    #[test]
+    fn register_offer_and_remove_by_stream_id() {
+        let store = PodStore::default();
+        let t0 = Instant::now();
+        assert!(store.is_empty());
+        assert_eq!(store.register(key("p"), 1, hello("p", "v"), t0), None);
+        assert_eq!(store.len(), 1);
+        assert_eq!(state(&store, &key("p")), Some((1, None)));
+
+        assert_eq!(store.offer(&key("p"), 1, sample(1), t0), Offer::Accepted);
+        assert_eq!(state(&store, &key("p")), Some((1, Some(1))));
+
+        assert!(store.remove(&key("p"), 1));
+        assert!(store.is_empty());
+        assert!(
+            !store.remove(&key("p"), 1),
+            "a second removal finds nothing"
+        );
+    }
+
+    #[test]
+    fn pods_are_keyed_by_namespace_and_name() {
+        let store = PodStore::default();
+        let t0 = Instant::now();
+        let other_ns = PodKey {
+            namespace: "other".to_string(),
+            pod: "p".to_string(),
+        };
+        store.register(key("p"), 1, hello("p", "v"), t0);
+        assert_eq!(
+            store.register(other_ns.clone(), 2, hello("p", "v"), t0),
+            None
+        );
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.offer(&other_ns, 1, sample(1), t0), Offer::Superseded);
+        assert_eq!(store.offer(&key("p"), 1, sample(1), t0), Offer::Accepted);
+        assert_eq!(state(&store, &other_ns), Some((2, None)));
+    }
+
+    #[test]
+    fn offer_for_an_unknown_pod_is_superseded() {
+        let store = PodStore::default();
+        assert_eq!(
+            store.offer(&key("ghost"), 1, sample(1), Instant::now()),
+            Offer::Superseded
+        );
+        assert!(store.is_empty(), "an offer never creates an entry");
+    }
+
+    #[test]
+    fn newer_stream_supersedes_the_older_one() {
+        let store = PodStore::default();
+        let t0 = Instant::now();
+        store.register(key("p"), 1, hello("p", "old"), t0);
+        assert_eq!(store.offer(&key("p"), 1, sample(10), t0), Offer::Accepted);
+
+        assert_eq!(
+            store.register(key("p"), 2, hello("p", "new"), t0),
+            Some(1),
+            "register reports the stream it replaced"
+        );
+        // The new stream starts clean: no sample carried over from the old one.
+        assert_eq!(state(&store, &key("p")), Some((2, None)));
+        // A restarted agent starts its sequence again at 1.
+        assert_eq!(store.offer(&key("p"), 2, sample(1), t0), Offer::Accepted);
+        store.with_pods(|pods| assert_eq!(pods[&key("p")].hello.variant, "new"));
+    }
+
+    #[test]
+    fn old_stream_cannot_disturb_the_new_one() {
+        let store = PodStore::default();
+        let t0 = Instant::now();
+        store.register(key("p"), 1, hello("p", "v"), t0);
+        store.register(key("p"), 2, hello("p", "v"), t0);
+        assert_eq!(store.offer(&key("p"), 2, sample(3), t0), Offer::Accepted);
+
+        // Late samples of the old stream are refused and change nothing.
+        assert_eq!(store.offer(&key("p"), 1, sample(99), t0), Offer::Superseded);
+        assert_eq!(state(&store, &key("p")), Some((2, Some(3))));
+
+        // The old stream ending does not remove the pod.
+        assert!(!store.remove(&key("p"), 1));
+        assert_eq!(state(&store, &key("p")), Some((2, Some(3))));
+
+        // The new stream ending does.
+        assert!(store.remove(&key("p"), 2));
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn sequence_numbers_must_advance() {
+        let store = PodStore::default();
+        let t0 = Instant::now();
+        store.register(key("p"), 1, hello("p", "v"), t0);
+        assert_eq!(store.offer(&key("p"), 1, sample(5), t0), Offer::Accepted);
+        assert_eq!(
+            store.offer(&key("p"), 1, sample(5), t0),
+            Offer::OutOfOrder { last: 5 },
+            "duplicate"
+        );
+        assert_eq!(
+            store.offer(&key("p"), 1, sample(4), t0),
+            Offer::OutOfOrder { last: 5 },
+            "reordered"
+        );
+        assert_eq!(state(&store, &key("p")), Some((1, Some(5))));
+        assert_eq!(store.offer(&key("p"), 1, sample(7), t0), Offer::Accepted);
+        assert_eq!(state(&store, &key("p")), Some((1, Some(7))));
+    }
+
+    #[test]
+    fn rejected_sample_keeps_the_previous_arrival_time() {
+        let store = PodStore::default();
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(3);
+        store.register(key("p"), 1, hello("p", "v"), t0);
+        store.offer(&key("p"), 1, sample(2), t0);
+        store.offer(&key("p"), 1, sample(1), later);
+        store.with_pods(|pods| {
+            let (s, at) = pods[&key("p")].latest.as_ref().unwrap();
+            assert_eq!((s.seq, *at), (2, t0));
+        });
+    }
+
+    #[test]
+    fn fresh_sample_respects_the_staleness_bound() {
+        let store = PodStore::default();
+        let t0 = Instant::now();
+        store.register(key("p"), 1, hello("p", "v"), t0);
+        store.with_pods(|pods| {
+            assert!(pods[&key("p")].fresh_sample(t0, STALENESS).is_none());
+        });
+        store.offer(&key("p"), 1, sample(1), t0);
+        store.with_pods(|pods| {
+            let entry = &pods[&key("p")];
+            let (s, at) = entry.fresh_sample(t0 + STALENESS, STALENESS).unwrap();
+            assert_eq!((s.seq, at), (1, t0), "exactly at the bound is still fresh");
+            assert!(
+                entry
+                    .fresh_sample(t0 + STALENESS + Duration::from_millis(1), STALENESS)
+                    .is_none()
+            );
+            // A clock reading before the arrival does not underflow.
+            assert!(entry.fresh_sample(t0, STALENESS).is_some());
+        });
+    }
+
+    #[test]
+    fn expire_drops_pods_whose_last_sample_is_too_old() {
+        let store = PodStore::default();
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(4);
+        for (i, pod) in ["silent", "stale", "fresh"].into_iter().enumerate() {
+            store.register(key(pod), i as u64, hello(pod, "v"), t0);
+        }
+        store.offer(&key("stale"), 1, sample(1), t0);
+        store.offer(&key("fresh"), 2, sample(1), t1);
+
+        let now = t0 + STALENESS + Duration::from_millis(1);
+        let mut removed = store.expire(now, STALENESS);
+        removed.sort();
+        assert_eq!(removed, [key("silent"), key("stale")]);
+        assert_eq!(store.len(), 1);
+        assert!(state(&store, &key("fresh")).is_some());
+    }
+
+    #[test]
+    fn expire_keeps_pods_at_the_bound_and_uses_registration_without_samples() {
+        let store = PodStore::default();
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(10);
+        store.register(key("old"), 1, hello("old", "v"), t0);
+        store.offer(&key("old"), 1, sample(1), t1);
+        store.register(key("new"), 2, hello("new", "v"), t1);
+
+        // Registered long ago, but a recent sample keeps it; a just-registered
+        // pod without samples is kept too.
+        assert_eq!(
+            store.expire(t1 + STALENESS, STALENESS),
+            Vec::<PodKey>::new()
+        );
+        assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn pod_key_displays_namespace_slash_pod() {
+        assert_eq!(key("p-0").to_string(), "ns/p-0");
+    }
+}

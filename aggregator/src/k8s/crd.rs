@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::variants::{DEFAULT_COST, DEFAULT_TARGET_KIND};
 
+// Each printcolumn(...) repeats the same keys, which clippy mistakes for
+// duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "llmd.ai",

@@ -70,10 +70,18 @@ pub fn between(
     let metrics_false = conditions::find(&next.conditions, METRICS_AVAILABLE)
         .is_some_and(|c| c.status == conditions::Status::False.as_str());
     if running && metrics_false && entered(METRICS_AVAILABLE, reason::METRICS_MISSING) {
-        note(true, event_reason::METRICS_MISSING, message(METRICS_AVAILABLE));
+        note(
+            true,
+            event_reason::METRICS_MISSING,
+            message(METRICS_AVAILABLE),
+        );
     }
     if running && entered(METRICS_AVAILABLE, reason::METRICS_STALE) {
-        note(true, event_reason::METRICS_STALE, message(METRICS_AVAILABLE));
+        note(
+            true,
+            event_reason::METRICS_STALE,
+            message(METRICS_AVAILABLE),
+        );
     }
     if entered(OPTIMIZATION_READY, reason::OPTIMIZATION_FAILED)
         && decision.is_some_and(|d| matches!(d.basis, Basis::SafetyNet(_)))
@@ -152,7 +160,12 @@ mod tests {
 
     #[test]
     fn each_lifecycle_transition_fires_once() {
-        let missing = status::next(None, Situation::TargetMissing { name: "llama" }, None, &at(1));
+        let missing = status::next(
+            None,
+            Situation::TargetMissing { name: "llama" },
+            None,
+            &at(1),
+        );
         let notes = between(None, &missing, None);
         assert_eq!(reasons(&notes), [event_reason::DEPLOYMENT_NOT_FOUND]);
         assert!(notes[0].warning);
@@ -171,7 +184,11 @@ mod tests {
     #[test]
     fn a_desired_change_names_its_direction_and_reason() {
         let one = decision(1, Basis::Analysis(Reason::Steady), DataState::Fresh);
-        let three = decision(3, Basis::Analysis(Reason::ScaleUpSaturation), DataState::Fresh);
+        let three = decision(
+            3,
+            Basis::Analysis(Reason::ScaleUpSaturation),
+            DataState::Fresh,
+        );
         let before = status::next(None, running(&one), None, &at(1));
         let after = status::next(Some(&before), running(&three), None, &at(2));
         let notes = between(Some(&before), &after, Some(&three));

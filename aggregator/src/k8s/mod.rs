@@ -2,7 +2,9 @@
 //! controller that keeps both in step with the analysis.
 
 pub mod conditions;
+pub mod controller;
 pub mod crd;
 pub mod events;
 pub mod resolve;
 pub mod status;
+pub mod writer;

@@ -17,8 +17,13 @@ pub const CONTROLLER_INSTANCE_LABEL: &str = "wva.llmd.ai/controller-instance";
 #[derive(Debug, Clone, PartialEq)]
 pub enum Standing {
     Invalid(FieldError),
-    TargetMissing { name: String },
-    Running { name: String, replicas: ReplicaCounts },
+    TargetMissing {
+        name: String,
+    },
+    Running {
+        name: String,
+        replicas: ReplicaCounts,
+    },
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -44,6 +49,14 @@ pub fn manages(va: &crd::VariantAutoscaling, instance: Option<&str>) -> bool {
     }
 }
 
+/// `namespace/name` of an object from the API server (which always sets both).
+pub fn key_of(va: &crd::VariantAutoscaling) -> VariantKey {
+    VariantKey::new(
+        va.metadata.namespace.clone().unwrap_or_default(),
+        va.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
 /// Replica counts of a Deployment: `spec.replicas` (Kubernetes defaults it
 /// to 1) and `status.readyReplicas`.
 pub fn replica_counts(deployment: &Deployment) -> ReplicaCounts {
@@ -63,12 +76,13 @@ pub fn replica_counts(deployment: &Deployment) -> ReplicaCounts {
     }
 }
 
-/// Resolves the managed objects among `vas` against `deployment(namespace, name)`.
+/// Resolves `vas` against `target(namespace, name)`, the replica counts of
+/// that Deployment when it exists.
 /// When two objects scale one Deployment, the older (then the first by name)
 /// keeps it and the other is invalid.
-pub fn resolve<'d>(
+pub fn resolve(
     vas: &[&crd::VariantAutoscaling],
-    deployment: impl Fn(&str, &str) -> Option<&'d Deployment>,
+    target: impl Fn(&str, &str) -> Option<ReplicaCounts>,
 ) -> Resolved {
     let mut ordered: Vec<&crd::VariantAutoscaling> = vas.to_vec();
     ordered.sort_by(|a, b| {
@@ -80,10 +94,7 @@ pub fn resolve<'d>(
     let mut out = Resolved::default();
     let mut owners: HashMap<(String, String), VariantKey> = HashMap::new();
     for object in ordered {
-        let key = VariantKey::new(
-            object.metadata.namespace.clone().unwrap_or_default(),
-            object.metadata.name.clone().unwrap_or_default(),
-        );
+        let key = key_of(object);
         let validated = serde_json::to_value(object)
             .map_err(|e| FieldError {
                 field: "object",
@@ -92,7 +103,7 @@ pub fn resolve<'d>(
             .and_then(variants::from_json);
         let standing = match validated {
             Err(error) => Standing::Invalid(error),
-            Ok(va) => standing(va, &mut owners, &deployment, &mut out),
+            Ok(va) => standing(va, &mut owners, &target, &mut out),
         };
         out.standings.push((key, standing));
     }
@@ -101,10 +112,10 @@ pub fn resolve<'d>(
     out
 }
 
-fn standing<'d>(
+fn standing(
     va: VariantAutoscaling,
     owners: &mut HashMap<(String, String), VariantKey>,
-    deployment: &impl Fn(&str, &str) -> Option<&'d Deployment>,
+    target: &impl Fn(&str, &str) -> Option<ReplicaCounts>,
     out: &mut Resolved,
 ) -> Standing {
     if va.target.kind != DEFAULT_TARGET_KIND {
@@ -113,8 +124,8 @@ fn standing<'d>(
             problem: format!("{:?} is not supported: only Deployment", va.target.kind),
         });
     }
-    let target = (va.namespace.clone(), va.target.name.clone());
-    if let Some(owner) = owners.get(&target) {
+    let claim = (va.namespace.clone(), va.target.name.clone());
+    if let Some(owner) = owners.get(&claim) {
         return Standing::Invalid(FieldError {
             field: "spec.scaleTargetRef.name",
             problem: format!(
@@ -123,12 +134,11 @@ fn standing<'d>(
             ),
         });
     }
-    owners.insert(target, va.key());
+    owners.insert(claim, va.key());
     let name = va.target.name.clone();
-    match deployment(&va.namespace, &name) {
+    match target(&va.namespace, &name) {
         None => Standing::TargetMissing { name },
-        Some(d) => {
-            let replicas = replica_counts(d);
+        Some(replicas) => {
             out.replicas.insert(va.key(), replicas);
             out.variants.push(va);
             Standing::Running { name, replicas }
@@ -191,7 +201,9 @@ mod tests {
     fn a_variant_with_its_deployment_runs_with_the_deployments_counts() {
         let d = deployment(Some(3), Some(2));
         let a = va("a", "llama", 1);
-        let resolved = resolve(&[&a], |ns, name| (ns == "llm" && name == "llama").then_some(&d));
+        let resolved = resolve(&[&a], |ns, name| {
+            (ns == "llm" && name == "llama").then(|| replica_counts(&d))
+        });
         let key = VariantKey::new("llm", "a");
         let counts = ReplicaCounts {
             current: 3,
@@ -243,7 +255,7 @@ mod tests {
         let mut bad = va("bad", "llama", 1);
         bad.spec.variant_cost = "cheap".into();
         let d = deployment(Some(1), Some(1));
-        let resolved = resolve(&[&bad], |_, _| Some(&d));
+        let resolved = resolve(&[&bad], |_, _| Some(replica_counts(&d)));
         assert!(resolved.variants.is_empty());
         let Standing::Invalid(error) = &resolved.standings[0].1 else {
             panic!("{:?}", resolved.standings)
@@ -267,7 +279,7 @@ mod tests {
         let d = deployment(Some(1), Some(1));
         let newer = va("a-newer", "llama", 20);
         let older = va("z-older", "llama", 10);
-        let resolved = resolve(&[&newer, &older], |_, _| Some(&d));
+        let resolved = resolve(&[&newer, &older], |_, _| Some(replica_counts(&d)));
         assert_eq!(resolved.variants.len(), 1);
         assert_eq!(resolved.variants[0].name, "z-older");
         let (key, Standing::Invalid(error)) = &resolved.standings[0] else {

@@ -1,0 +1,212 @@
+//! The VariantAutoscaling controller: watches VariantAutoscalings and
+//! Deployments, feeds the analysis the variants whose targets exist with their
+//! replica counts, and writes each object's status from the decisions.
+//!
+//! Every watch event re-resolves at once, so a Deployment created after its
+//! VariantAutoscaling is picked up by the watch, not by a periodic tick.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::crd::VariantAutoscaling;
+use super::resolve::{self, Resolved};
+use super::writer::{StatusWriter, Target};
+use crate::decision::Decision;
+use crate::service::{Decisions, Replicas, Variants};
+use crate::variants::VariantKey;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Watch one namespace; `None` watches the whole cluster.
+    pub namespace: Option<String>,
+    /// Manage only VariantAutoscalings labelled with this instance.
+    pub controller_instance: Option<String>,
+    /// Names this controller in Events.
+    pub reporter: Reporter,
+}
+
+/// The analysis inputs the controller maintains.
+pub struct Feeds {
+    pub variants: watch::Receiver<Variants>,
+    pub replicas: watch::Receiver<Replicas>,
+}
+
+pub struct Controller {
+    client: Client,
+    options: Options,
+    variants: watch::Sender<Variants>,
+    replicas: watch::Sender<Replicas>,
+}
+
+/// Which watch an event came from, and whether it ends that watch's initial list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Variants { listed: bool },
+    Deployments { listed: bool },
+}
+
+fn listed<K>(event: &watcher::Event<K>) -> bool {
+    matches!(event, watcher::Event::InitDone)
+}
+
+impl Controller {
+    pub fn new(client: Client, options: Options) -> (Self, Feeds) {
+        let (variants, variants_rx) = watch::channel(Variants::default());
+        let (replicas, replicas_rx) = watch::channel(Replicas::default());
+        let controller = Controller {
+            client,
+            options,
+            variants,
+            replicas,
+        };
+        let feeds = Feeds {
+            variants: variants_rx,
+            replicas: replicas_rx,
+        };
+        (controller, feeds)
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match &self.options.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
+
+    /// Runs until shutdown. Status is written after both watches have listed
+    /// once, so a Deployment not yet seen is never reported missing.
+    pub async fn run(
+        self,
+        mut decisions: watch::Receiver<Decisions>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let (va_store, va_writer) = reflector::store::<VariantAutoscaling>();
+        let (deploy_store, deploy_writer) = reflector::store::<Deployment>();
+        let vas = reflector::reflector(
+            va_writer,
+            watcher(self.api::<VariantAutoscaling>(), watcher::Config::default()),
+        )
+        .default_backoff()
+        .map(|e| e.map(|e| Change::Variants { listed: listed(&e) }));
+        let deployments = reflector::reflector(
+            deploy_writer,
+            watcher(self.api::<Deployment>(), watcher::Config::default()),
+        )
+        .default_backoff()
+        .map(|e| e.map(|e| Change::Deployments { listed: listed(&e) }));
+        let mut changes: BoxStream<'_, _> = futures::stream::select(vas, deployments).boxed();
+
+        let mut writer = StatusWriter::new(self.client.clone(), self.options.reporter.clone());
+        let (mut vas_listed, mut deployments_listed) = (false, false);
+        loop {
+            tokio::select! {
+                change = changes.next() => match change {
+                    Some(Ok(Change::Variants { listed })) => vas_listed |= listed,
+                    Some(Ok(Change::Deployments { listed })) => deployments_listed |= listed,
+                    Some(Err(e)) => {
+                        warn!(error = %e, "watch failed; retrying with backoff");
+                        continue;
+                    }
+                    None => anyhow::bail!("the Kubernetes watches ended"),
+                },
+                changed = decisions.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
+                _ = crate::shutdown::requested(&mut shutdown) => return Ok(()),
+            }
+            if !(vas_listed && deployments_listed) {
+                continue;
+            }
+            let resolved = self.resolve(&va_store, &deploy_store);
+            self.publish(&resolved);
+            let decisions = decisions.borrow_and_update().clone();
+            let objects = va_store.state();
+            let targets = targets(&objects, &resolved, &decisions);
+            let now = Time(Timestamp::now());
+            let written = writer.sync(&targets, &now).await;
+            if written > 0 {
+                info!(written, "VariantAutoscaling statuses written");
+            }
+        }
+    }
+
+    fn resolve(
+        &self,
+        vas: &Store<VariantAutoscaling>,
+        deployments: &Store<Deployment>,
+    ) -> Resolved {
+        let objects = vas.state();
+        let managed: Vec<&VariantAutoscaling> = objects
+            .iter()
+            .map(Arc::as_ref)
+            .filter(|va| resolve::manages(va, self.options.controller_instance.as_deref()))
+            .collect();
+        resolve::resolve(&managed, |ns, name| {
+            deployments
+                .get(&ObjectRef::new(name).within(ns))
+                .map(|d| resolve::replica_counts(&d))
+        })
+    }
+
+    /// Sends the analysis inputs when they changed, so an unrelated event does
+    /// not trigger an analysis.
+    fn publish(&self, resolved: &Resolved) {
+        self.variants.send_if_modified(|current| {
+            let changed = current.as_slice() != resolved.variants.as_slice();
+            if changed {
+                *current = Arc::new(resolved.variants.clone());
+            }
+            changed
+        });
+        self.replicas.send_if_modified(|current| {
+            let changed = **current != resolved.replicas;
+            if changed {
+                *current = Arc::new(resolved.replicas.clone());
+            }
+            changed
+        });
+    }
+}
+
+/// Pairs each managed object with its standing and its decision.
+fn targets<'a>(
+    objects: &'a [Arc<VariantAutoscaling>],
+    resolved: &'a Resolved,
+    decisions: &'a Decisions,
+) -> Vec<Target<'a>> {
+    let objects: HashMap<VariantKey, &VariantAutoscaling> = objects
+        .iter()
+        .map(|o| (resolve::key_of(o), o.as_ref()))
+        .collect();
+    let decisions: HashMap<&VariantKey, &Decision> =
+        decisions.iter().map(|d| (&d.variant, d)).collect();
+    resolved
+        .standings
+        .iter()
+        .filter_map(|(key, standing)| {
+            Some(Target {
+                object: objects.get(key)?,
+                standing,
+                decision: decisions.get(key).copied(),
+            })
+        })
+        .collect()
+}
