@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 TcpListener::from_std(grpc)?,
                 TcpListener::from_std(http)?,
-                Sources { variants, saturation, replicas: None },
+                Sources::alone(variants, saturation, None),
                 stop_rx,
             );
             running.join().await

@@ -37,9 +37,18 @@ pub struct Args {
     #[arg(long, env = "WATCH_NAMESPACE", conflicts_with = "standalone")]
     pub watch_namespace: Option<String>,
 
-    /// This pod's name, naming the reporting instance in Events (downward API).
+    /// This pod's name (downward API): the leader-election identity and the
+    /// reporting instance in Events.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+
+    /// This pod's namespace (downward API): where the leader Lease and the
+    /// configuration ConfigMaps live.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+
+    #[command(flatten)]
+    pub election: ElectionArgs,
 
     /// Address of the gRPC ingest for agents.
     #[arg(long, env = "WVA_GRPC_ADDR", default_value = "0.0.0.0:9443")]
@@ -99,6 +108,35 @@ pub struct Args {
 
     #[command(flatten)]
     pub local: LocalActuatorArgs,
+}
+
+/// Leader election among aggregator replicas (Kubernetes mode).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ElectionArgs {
+    /// Elect one leader through a Lease; only it writes status and publishes
+    /// decision gauges. Off: this replica always leads (run one replica only).
+    #[arg(long, env = "LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_ID",
+        default_value = "wva-aggregator-leader"
+    )]
+    pub leader_election_id: String,
+
+    /// How long a leader that stopped renewing keeps the Lease.
+    #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+
+    /// A leader that could not renew for this long steps down (< --lease-duration).
+    #[arg(long, env = "RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub renew_deadline: Duration,
+
+    /// Interval between election rounds.
+    #[arg(long, env = "RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub retry_period: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]

@@ -13,6 +13,7 @@ use tracing_subscriber::EnvFilter;
 use wva_aggregator::args::{ActuatorKind, Args, Command};
 use wva_aggregator::config::saturation::SaturationConfigSet;
 use wva_aggregator::k8s::controller::{self, Controller};
+use wva_aggregator::k8s::leader;
 use wva_aggregator::service::{self, Settings, Sources};
 use wva_aggregator::standalone::actuator::{ActuatorConfig, LocalActuator};
 use wva_aggregator::{demo, k8s, variants, watchfile};
@@ -142,11 +143,11 @@ async fn run_standalone(
         settings,
         grpc,
         http,
-        Sources {
-            variants: variants_rx.clone(),
-            saturation: saturation_rx,
-            replicas: actuator.as_ref().map(LocalActuator::counts),
-        },
+        Sources::alone(
+            variants_rx.clone(),
+            saturation_rx,
+            actuator.as_ref().map(LocalActuator::counts),
+        ),
         shutdown.clone(),
     );
     let actuator_task =
@@ -168,14 +169,21 @@ async fn run_kubernetes(
     if args.actuator != ActuatorKind::None {
         bail!("--actuator local is for standalone mode; in a cluster the HPA scales");
     }
+    let election = election_config(&args)?;
     let client = kube::Client::try_default()
         .await
         .context("cannot configure the Kubernetes client (in-cluster config or KUBECONFIG)")?;
+    // An empty WATCH_NAMESPACE, as charts often render it, means all.
+    let namespace = args.watch_namespace.clone().filter(|ns| !ns.is_empty());
+    let previous = controller::stored_decisions(client.clone(), namespace.as_deref()).await?;
+    info!(
+        variants = previous.len(),
+        "continuing from the decisions in status"
+    );
     let (controller, feeds) = Controller::new(
-        client,
+        client.clone(),
         controller::Options {
-            // An empty WATCH_NAMESPACE, as charts often render it, means all.
-            namespace: args.watch_namespace.clone().filter(|ns| !ns.is_empty()),
+            namespace,
             controller_instance: args.controller_instance.clone(),
             reporter: Reporter {
                 controller: "wva-aggregator".to_string(),
@@ -183,6 +191,9 @@ async fn run_kubernetes(
             },
         },
     );
+    let (leading_tx, leading) = watch::channel(election.is_none());
+    let election_task = election
+        .map(|config| tokio::spawn(leader::run(client, config, leading_tx, shutdown.clone())));
     let (grpc, http) = listen(&args).await?;
     let running = service::start(
         settings,
@@ -192,14 +203,51 @@ async fn run_kubernetes(
             variants: feeds.variants,
             saturation: saturation_rx,
             replicas: Some(feeds.replicas),
+            leading: leading.clone(),
+            previous,
         },
         shutdown.clone(),
     );
-    let controller_task = tokio::spawn(controller.run(running.decisions.clone(), shutdown));
+    let controller_task =
+        tokio::spawn(controller.run(running.decisions.clone(), leading, shutdown));
     running.join().await?;
     controller_task.await??;
+    if let Some(task) = election_task {
+        task.await??;
+    }
     info!("stopped");
     Ok(())
+}
+
+/// The election settings, or `None` when election is off.
+fn election_config(args: &Args) -> anyhow::Result<Option<leader::ElectionConfig>> {
+    let e = &args.election;
+    if !e.leader_elect {
+        return Ok(None);
+    }
+    if e.renew_deadline >= e.lease_duration {
+        bail!(
+            "RENEW_DEADLINE ({:?}) must be shorter than LEASE_DURATION ({:?}) so a leader steps down before another may take over",
+            e.renew_deadline,
+            e.lease_duration
+        );
+    }
+    let namespace = args
+        .pod_namespace
+        .clone()
+        .filter(|ns| !ns.is_empty())
+        .context("POD_NAMESPACE (--pod-namespace) is required for leader election: the Lease lives there")?;
+    let identity = args.pod_name.clone().filter(|n| !n.is_empty()).context(
+        "POD_NAME (--pod-name) is required for leader election: it names this replica in the Lease",
+    )?;
+    Ok(Some(leader::ElectionConfig {
+        namespace,
+        name: e.leader_election_id.clone(),
+        identity,
+        lease_duration: e.lease_duration,
+        renew_deadline: e.renew_deadline,
+        retry_period: e.retry_period,
+    }))
 }
 
 /// Agents started locally reach a wildcard listener through loopback.

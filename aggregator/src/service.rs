@@ -50,6 +50,29 @@ pub struct Sources {
     pub saturation: watch::Receiver<Arc<SaturationConfigSet>>,
     /// Replica counts from an actuator; `None` derives them from reporting pods.
     pub replicas: Option<watch::Receiver<Replicas>>,
+    /// Whether this replica leads; only a leader publishes decision gauges,
+    /// so Prometheus never sees two competing series.
+    pub leading: watch::Receiver<bool>,
+    /// Desired replicas decided before this process started (from status).
+    pub previous: HashMap<VariantKey, u32>,
+}
+
+impl Sources {
+    /// Sources of an aggregator that runs alone and starts afresh (standalone
+    /// mode): it always leads and has no earlier decisions.
+    pub fn alone(
+        variants: watch::Receiver<Variants>,
+        saturation: watch::Receiver<Arc<SaturationConfigSet>>,
+        replicas: Option<watch::Receiver<Replicas>>,
+    ) -> Self {
+        Sources {
+            variants,
+            saturation,
+            replicas,
+            leading: watch::channel(true).1,
+            previous: HashMap::new(),
+        }
+    }
 }
 
 /// A started aggregator.
@@ -176,7 +199,7 @@ struct AnalysisLoop {
 
 impl AnalysisLoop {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let mut engine = Engine::default();
+        let mut engine = Engine::with_previous(std::mem::take(&mut self.sources.previous));
         // Wake often enough to expire silent pods within the staleness bound.
         let period = self
             .settings
@@ -194,6 +217,7 @@ impl AnalysisLoop {
                     _ = self.trigger.fired() => {}
                     _ = changed(&mut self.sources.variants) => {}
                     _ = changed_opt(&mut self.sources.replicas) => {}
+                    _ = changed(&mut self.sources.leading) => {}
                     _ = tokio::time::sleep_until((last + period).max(earliest).into()) => {}
                     _ = crate::shutdown::requested(&mut shutdown) => return Ok(()),
                 }
@@ -231,7 +255,11 @@ impl AnalysisLoop {
         for e in &events {
             info!(variant = %e.variant, from = e.from, to = e.to, direction = e.direction(), reason = e.reason, "desired replicas changed");
         }
-        self.gauges.publish(&decisions, &events);
+        if *self.sources.leading.borrow_and_update() {
+            self.gauges.publish(&decisions, &events);
+        } else {
+            self.gauges.publish(&[], &[]);
+        }
         self.decisions.send_replace(Arc::new(decisions));
         self.ready.send_replace(true);
         self.metrics

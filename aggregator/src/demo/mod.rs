@@ -69,11 +69,7 @@ pub async fn run(args: &Args, mut shutdown: watch::Receiver<bool>) -> anyhow::Re
         settings,
         grpc,
         http,
-        Sources {
-            variants: variants_rx.clone(),
-            saturation: saturation_rx,
-            replicas: Some(actuator.counts()),
-        },
+        Sources::alone(variants_rx.clone(), saturation_rx, Some(actuator.counts())),
         stop.clone(),
     );
     let decisions = running.decisions.clone();

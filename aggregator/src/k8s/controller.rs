@@ -89,11 +89,13 @@ impl Controller {
         }
     }
 
-    /// Runs until shutdown. Status is written after both watches have listed
-    /// once, so a Deployment not yet seen is never reported missing.
+    /// Runs until shutdown. Status is written only while `leading`, and only
+    /// after both watches have listed once, so a Deployment not yet seen is
+    /// never reported missing.
     pub async fn run(
         self,
         mut decisions: watch::Receiver<Decisions>,
+        mut leading: watch::Receiver<bool>,
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let (va_store, va_writer) = reflector::store::<VariantAutoscaling>();
@@ -130,6 +132,11 @@ impl Controller {
                         return Ok(());
                     }
                 }
+                Ok(()) = leading.changed() => {
+                    // Another leader may have written meanwhile: start from
+                    // what the API server holds.
+                    writer.forget();
+                }
                 _ = crate::shutdown::requested(&mut shutdown) => return Ok(()),
             }
             if !(vas_listed && deployments_listed) {
@@ -137,6 +144,9 @@ impl Controller {
             }
             let resolved = self.resolve(&va_store, &deploy_store);
             self.publish(&resolved);
+            if !*leading.borrow_and_update() {
+                continue;
+            }
             let decisions = decisions.borrow_and_update().clone();
             let objects = va_store.state();
             let targets = targets(&objects, &resolved, &decisions);
@@ -184,6 +194,35 @@ impl Controller {
             changed
         });
     }
+}
+
+/// The desired replicas the statuses hold, to seed the analysis so a restart
+/// or a failover continues from them instead of starting over. Fails with a
+/// clear message when the CRD is missing or the API refuses the list.
+pub async fn stored_decisions(
+    client: Client,
+    namespace: Option<&str>,
+) -> anyhow::Result<HashMap<VariantKey, u32>> {
+    let api: Api<VariantAutoscaling> = match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    let list = match api.list(&Default::default()).await {
+        Ok(list) => list,
+        Err(kube::Error::Api(e)) if e.code == 404 => anyhow::bail!(
+            "the VariantAutoscaling CRD (variantautoscalings.llmd.ai) is not installed: {}",
+            e.message
+        ),
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot list VariantAutoscalings")),
+    };
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|va| {
+            let desired = va.status.as_ref()?.desired_optimized_alloc.num_replicas?;
+            Some((resolve::key_of(va), u32::try_from(desired).ok()?))
+        })
+        .collect())
 }
 
 /// Pairs each managed object with its standing and its decision.

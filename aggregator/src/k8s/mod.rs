@@ -5,6 +5,7 @@ pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod events;
+pub mod leader;
 pub mod resolve;
 pub mod status;
 pub mod writer;

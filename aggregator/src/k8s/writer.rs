@@ -49,6 +49,11 @@ impl StatusWriter {
         }
     }
 
+    /// Drops what this writer remembers having written.
+    pub fn forget(&mut self) {
+        self.written.clear();
+    }
+
     /// Brings every target's status up to date; returns how many were written.
     /// A failed write is logged and retried at the next sync; it never stops
     /// the others.
