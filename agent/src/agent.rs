@@ -11,11 +11,12 @@ use tracing::info;
 
 use crate::args::{Args, scrape_timeout};
 use crate::extract::Extractor;
+use crate::fanout::{self, Targets};
 use crate::latest;
 use crate::sampler::Sampler;
 use crate::scrape::{InvalidTarget, Scraper};
 use crate::server::{self, Health};
-use crate::stream::{self, StreamConfig, StreamError};
+use crate::stream::{StreamConfig, StreamError};
 use crate::telemetry::Telemetry;
 use crate::tls::TlsError;
 
@@ -92,7 +93,8 @@ impl Agent {
         } = self;
         info!(
             target_url = %args.target,
-            aggregator = %args.aggregator,
+            aggregator = ?args.aggregator.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            fan_out = args.aggregator_fan_out,
             interval = %humantime::format_duration(args.interval),
             "agent running"
         );
@@ -113,10 +115,14 @@ impl Agent {
         };
         tokio::join!(
             scrape_until_shutdown,
-            stream::run(
+            fanout::run(
                 stream,
+                Targets {
+                    urls: args.aggregator.clone(),
+                    fan_out: args.aggregator_fan_out,
+                },
                 subscriber,
-                interval_tx,
+                Arc::new(interval_tx),
                 telemetry.clone(),
                 stop_rx.clone()
             ),

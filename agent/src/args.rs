@@ -30,9 +30,16 @@ pub struct Args {
     #[arg(long, env = "WVA_TARGET", value_parser = parse_target)]
     pub target: Uri,
 
-    /// gRPC URL of the aggregator (http:// or https://).
-    #[arg(long, env = "WVA_AGGREGATOR", value_parser = parse_aggregator)]
-    pub aggregator: Uri,
+    /// gRPC URL of the aggregator (http:// or https://); several,
+    /// comma-separated, get a stream each.
+    #[arg(long, env = "WVA_AGGREGATOR", value_parser = parse_aggregator, value_delimiter = ',', required = true)]
+    pub aggregator: Vec<Uri>,
+
+    /// Stream to every address each aggregator host resolves to (a headless
+    /// Service), re-resolved every 30 s: every aggregator replica then sees
+    /// every pod, so a leader failover loses no data.
+    #[arg(long, env = "WVA_AGGREGATOR_FAN_OUT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub aggregator_fan_out: bool,
 
     /// Name of the pod this agent runs in.
     #[arg(long, env = "POD_NAME")]
@@ -122,9 +129,11 @@ pub fn scrape_timeout(explicit: Option<Duration>, interval: Duration) -> Duratio
 }
 
 impl Args {
-    /// Whether the aggregator URL asks for TLS.
+    /// Whether the aggregator URLs ask for TLS (they all use one scheme).
     pub fn aggregator_tls(&self) -> bool {
-        self.aggregator.scheme_str() == Some("https")
+        self.aggregator
+            .first()
+            .is_some_and(|u| u.scheme_str() == Some("https"))
     }
 }
 

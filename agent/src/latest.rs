@@ -25,7 +25,11 @@ pub fn channel() -> (Publisher, Subscriber) {
             tx,
             sent: sent.clone(),
         },
-        Subscriber { rx, sent },
+        Subscriber {
+            rx,
+            sent,
+            mine: Arc::default(),
+        },
     )
 }
 
@@ -33,7 +37,7 @@ pub fn channel() -> (Publisher, Subscriber) {
 #[derive(Debug)]
 pub struct Publisher {
     tx: watch::Sender<Slot>,
-    /// Highest `seq` handed to a stream, shared with the subscriber.
+    /// Highest `seq` handed to any stream, shared with the subscribers.
     sent: Arc<AtomicU64>,
 }
 
@@ -46,14 +50,28 @@ impl Publisher {
     }
 }
 
-/// The stream's end; cloned per connection.
+/// A stream's end: cloned per connection to one target, so a reconnect does
+/// not repeat what that target already has.
 #[derive(Debug, Clone)]
 pub struct Subscriber {
     rx: watch::Receiver<Slot>,
+    /// Highest `seq` handed to any stream (drop accounting).
     sent: Arc<AtomicU64>,
+    /// Highest `seq` handed to this target's streams.
+    mine: Arc<AtomicU64>,
 }
 
 impl Subscriber {
+    /// A subscriber for one more target: it gets every sample, whatever the
+    /// others were sent.
+    pub fn for_another_target(&self) -> Subscriber {
+        Subscriber {
+            rx: self.rx.clone(),
+            sent: self.sent.clone(),
+            mine: Arc::default(),
+        }
+    }
+
     /// Samples not yet sent on any stream: first the current one if it is
     /// unsent, then each newer one as it is published. Ends when the
     /// publisher is gone.
@@ -61,6 +79,7 @@ impl Subscriber {
         Unsent {
             inner: WatchStream::new(self.rx.clone()),
             sent: self.sent.clone(),
+            mine: self.mine.clone(),
         }
     }
 }
@@ -68,6 +87,7 @@ impl Subscriber {
 pub struct Unsent {
     inner: WatchStream<Slot>,
     sent: Arc<AtomicU64>,
+    mine: Arc<AtomicU64>,
 }
 
 impl Stream for Unsent {
@@ -80,8 +100,9 @@ impl Stream for Unsent {
                 return Poll::Ready(None);
             };
             let Some(sample) = slot else { continue };
-            // A sample already sent on an earlier stream is not repeated.
-            if this.sent.fetch_max(sample.seq, Ordering::AcqRel) < sample.seq {
+            // A sample this target already got on an earlier stream is not repeated.
+            if this.mine.fetch_max(sample.seq, Ordering::AcqRel) < sample.seq {
+                this.sent.fetch_max(sample.seq, Ordering::AcqRel);
                 return Poll::Ready(Some(Arc::unwrap_or_clone(sample)));
             }
         }
@@ -120,6 +141,17 @@ mod tests {
         let mut second = subscriber.unsent();
         publisher.publish(sample(2));
         assert_eq!(second.next().await.unwrap().seq, 2);
+    }
+
+    #[tokio::test]
+    async fn every_target_gets_the_current_sample() {
+        let (publisher, subscriber) = channel();
+        let other = subscriber.for_another_target();
+        publisher.publish(sample(1));
+        assert_eq!(subscriber.unsent().next().await.unwrap().seq, 1);
+        assert_eq!(other.unsent().next().await.unwrap().seq, 1);
+        // Sent on at least one stream: replacing it is not a drop.
+        assert!(!publisher.publish(sample(2)));
     }
 
     #[tokio::test]

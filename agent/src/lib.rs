@@ -8,6 +8,7 @@ pub mod parse;
 pub mod agent;
 pub mod args;
 pub mod backoff;
+pub mod fanout;
 pub mod latest;
 pub mod sampler;
 pub mod scrape;

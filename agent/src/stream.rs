@@ -115,15 +115,28 @@ impl StreamConfig {
             client: args.tls_cert.clone().zip(args.tls_key.clone()),
             server_name: args.tls_server_name.clone(),
         };
-        let tls = if args.aggregator_tls() {
+        let urls = || {
+            let all: Vec<String> = args.aggregator.iter().map(Uri::to_string).collect();
+            all.join(",")
+        };
+        let https = args.aggregator_tls();
+        if args
+            .aggregator
+            .iter()
+            .any(|u| (u.scheme_str() == Some("https")) != https)
+        {
+            return Err(TlsError::MixedSchemes(urls()));
+        }
+        let tls = if https {
             Some(tls)
         } else if tls.ca.is_some() || tls.client.is_some() || tls.server_name.is_some() {
-            return Err(TlsError::NeedsHttps(args.aggregator.to_string()));
+            return Err(TlsError::NeedsHttps(urls()));
         } else {
             None
         };
         Ok(StreamConfig {
-            aggregator: args.aggregator.clone(),
+            // The first target; the fan-out gives each stream its own.
+            aggregator: args.aggregator[0].clone(),
             tls,
             token_file: args.token_file.clone(),
             hello: Hello {
@@ -138,6 +151,20 @@ impl StreamConfig {
                 pod_uid: args.pod_uid.clone().unwrap_or_default(),
             },
         })
+    }
+
+    /// This configuration aimed at `uri`, an address of the configured `url`;
+    /// TLS still verifies the configured host's name.
+    pub fn for_target(&self, uri: Uri, url: &Uri) -> StreamConfig {
+        let mut config = self.clone();
+        if let Some(tls) = &mut config.tls
+            && tls.server_name.is_none()
+            && uri.host() != url.host()
+        {
+            tls.server_name = url.host().map(str::to_string);
+        }
+        config.aggregator = uri;
+        config
     }
 
     /// Reads the credentials once, so a misconfigured agent fails at start
@@ -194,7 +221,7 @@ pub async fn connect(config: &StreamConfig) -> Result<Channel, StreamError> {
 pub async fn run(
     config: StreamConfig,
     samples: Subscriber,
-    interval: watch::Sender<Duration>,
+    interval: Arc<watch::Sender<Duration>>,
     telemetry: Arc<Telemetry>,
     stop: watch::Receiver<()>,
 ) {
@@ -212,7 +239,7 @@ pub async fn run(
 struct Streamer {
     config: StreamConfig,
     samples: Subscriber,
-    interval: watch::Sender<Duration>,
+    interval: Arc<watch::Sender<Duration>>,
     telemetry: Arc<Telemetry>,
     stop: watch::Receiver<()>,
 }
@@ -223,7 +250,9 @@ impl Streamer {
         loop {
             let mut connected_at = None;
             let result = self.session(&mut connected_at).await;
-            self.telemetry.stream_connected.set(0);
+            if connected_at.is_some() {
+                self.telemetry.stream_connected.dec();
+            }
             let Err(error) = result else { return };
             self.telemetry.stream_failure(error.metric_label()).inc();
             if connected_at.is_some_and(|at: Instant| at.elapsed() >= HEALTHY_AFTER) {
@@ -284,7 +313,7 @@ impl Streamer {
         // The receiver is gone only if the outbound half already ended.
         let _ = accept.send(());
         *connected_at = Some(Instant::now());
-        self.telemetry.stream_connected.set(1);
+        self.telemetry.stream_connected.inc();
         info!(aggregator = %self.config.aggregator, "stream to aggregator open");
         loop {
             tokio::select! {

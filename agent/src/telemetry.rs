@@ -75,7 +75,7 @@ impl Telemetry {
         );
         registry.register(
             "wva_agent_stream_connected",
-            "1 while the stream to the aggregator is open",
+            "Streams to aggregator replicas that are open",
             stream_connected.clone(),
         );
         registry.register(

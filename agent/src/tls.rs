@@ -24,6 +24,8 @@ pub enum TlsError {
     Config(String),
     #[error("TLS flags need an https:// aggregator URL, not {0}")]
     NeedsHttps(String),
+    #[error("aggregator URLs mix http:// and https://: {0}")]
+    MixedSchemes(String),
 }
 
 /// Where the TLS material lives; `None` fields fall back to defaults.

@@ -67,7 +67,7 @@ impl Agent {
         let task = tokio::spawn(stream::run(
             config,
             subscriber,
-            interval_tx,
+            Arc::new(interval_tx),
             telemetry.clone(),
             stop_rx,
         ));
