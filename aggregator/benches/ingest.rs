@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use wva_aggregator::config::saturation::SaturationConfigSet;
-use wva_aggregator::service::{self, Settings, Sources};
+use wva_aggregator::service::{self, Settings, Sources, Tuning};
 use wva_aggregator::variants::parse_variants;
 use wva_proto::v1::telemetry_client::TelemetryClient;
 use wva_proto::v1::{AgentMessage, Counters, Hello, ModelSignals, Role, Sample, agent_message};
@@ -48,9 +48,6 @@ fn main() -> anyhow::Result<()> {
             let (_stx, saturation) = watch::channel(Arc::new(SaturationConfigSet::default()));
             let running = service::start(
                 Settings {
-                    min_analysis_interval: Duration::from_secs(1),
-                    analysis_interval: Duration::from_secs(30),
-                    staleness: Duration::from_secs(10),
                     legacy_metrics: true,
                     controller_instance: None,
                     scale_to_zero: false,
@@ -59,7 +56,16 @@ fn main() -> anyhow::Result<()> {
                 },
                 TcpListener::from_std(grpc)?,
                 TcpListener::from_std(http)?,
-                Sources::alone(variants, saturation, None),
+                Sources::alone(
+                    variants,
+                    saturation,
+                    None,
+                    Tuning {
+                        min_analysis_interval: Duration::from_secs(1),
+                        analysis_interval: Duration::from_secs(30),
+                        staleness: Duration::from_secs(10),
+                    },
+                ),
                 stop_rx,
             );
             running.join().await

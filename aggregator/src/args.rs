@@ -47,6 +47,23 @@ pub struct Args {
     #[arg(long, env = "POD_NAMESPACE")]
     pub pod_namespace: Option<String>,
 
+    /// Main configuration ConfigMap, in POD_NAMESPACE (Kubernetes mode).
+    #[arg(
+        long,
+        env = "CONFIG_MAP_NAME",
+        default_value = "workload-variant-autoscaler-variantautoscaling-config"
+    )]
+    pub config_map_name: String,
+
+    /// Saturation-scaling ConfigMap, in POD_NAMESPACE (Kubernetes mode;
+    /// --saturation-config takes precedence).
+    #[arg(
+        long,
+        env = "SATURATION_CONFIG_MAP_NAME",
+        default_value = "saturation-scaling-config"
+    )]
+    pub saturation_config_map_name: String,
+
     #[command(flatten)]
     pub election: ElectionArgs,
 

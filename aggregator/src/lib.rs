@@ -14,6 +14,7 @@ pub mod k8s;
 pub mod service;
 pub mod shutdown;
 pub mod standalone;
+pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod trigger;

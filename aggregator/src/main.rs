@@ -1,25 +1,22 @@
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
-use kube::runtime::events::Reporter;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 use wva_aggregator::args::{ActuatorKind, Args, Command};
 use wva_aggregator::config::saturation::SaturationConfigSet;
-use wva_aggregator::k8s::controller::{self, Controller};
-use wva_aggregator::k8s::leader;
-use wva_aggregator::service::{self, Settings, Sources};
+use wva_aggregator::service::{self, Sources, Tuning};
 use wva_aggregator::standalone::actuator::{ActuatorConfig, LocalActuator};
-use wva_aggregator::{demo, k8s, variants, watchfile};
+use wva_aggregator::{demo, k8s, startup, variants, watchfile};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // Kept to parse again with each configuration ConfigMap.
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let args = Args::parse_from(&argv);
     if let Some(Command::PrintCrd) = args.command {
         print!("{}", k8s::crd::crd_yaml());
         return ExitCode::SUCCESS;
@@ -43,7 +40,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(argv, args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -53,7 +50,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(argv: Vec<OsString>, args: Args) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     if args.demo {
         let summary = demo::run(&args, shutdown).await?;
@@ -77,49 +74,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let saturation_rx = match &args.saturation_config {
-        Some(path) => watchfile::load_and_watch(
-            path.clone(),
-            "saturation config",
-            SaturationConfigSet::from_yaml_file_contents,
-            shutdown.clone(),
-        )?,
-        None => watch::channel(Arc::new(SaturationConfigSet::default())).1,
-    };
-    let settings = Settings {
-        min_analysis_interval: args.min_analysis_interval,
-        analysis_interval: args.analysis_interval,
-        staleness: args.staleness,
-        legacy_metrics: args.legacy_metrics,
-        controller_instance: args.controller_instance.clone(),
-        scale_to_zero: args.scale_to_zero,
-        agent_token: read_token(args.agent_token_file.as_deref())?,
-        tls: tls_config(&args)?,
-    };
     if args.standalone {
-        run_standalone(args, settings, saturation_rx, shutdown).await
+        run_standalone(args, shutdown).await
     } else {
-        run_kubernetes(args, settings, saturation_rx, shutdown).await
+        k8s::mode::run(argv, args, shutdown).await
     }
 }
 
-async fn listen(args: &Args) -> anyhow::Result<(TcpListener, TcpListener)> {
-    let grpc = TcpListener::bind(args.grpc_addr)
-        .await
-        .with_context(|| format!("cannot listen on --grpc-addr {}", args.grpc_addr))?;
-    let http = TcpListener::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
-    info!(grpc = %grpc.local_addr()?, metrics = %http.local_addr()?, "aggregator listening");
-    Ok((grpc, http))
-}
-
-async fn run_standalone(
-    args: Args,
-    settings: Settings,
-    saturation_rx: watch::Receiver<Arc<SaturationConfigSet>>,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+async fn run_standalone(args: Args, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let settings = startup::settings(&args)?;
+    let saturation_rx = startup::saturation_file(&args, shutdown.clone())?
+        .unwrap_or_else(|| watch::channel(Arc::new(SaturationConfigSet::default())).1);
     let variants_file = args
         .variants
         .clone()
@@ -130,13 +95,13 @@ async fn run_standalone(
         variants::parse_variants,
         shutdown.clone(),
     )?;
-    let (grpc, http) = listen(&args).await?;
+    let (grpc, http) = startup::listen(&args).await?;
     let grpc_addr = grpc.local_addr()?;
     let actuator = match args.actuator {
         ActuatorKind::None => None,
         ActuatorKind::Local => Some(LocalActuator::new(ActuatorConfig::from_args(
             &args.local,
-            format!("http://{}", loopback(grpc_addr)),
+            format!("http://{}", startup::loopback(grpc_addr)),
         )?)),
     };
     let running = service::start(
@@ -147,6 +112,7 @@ async fn run_standalone(
             variants_rx.clone(),
             saturation_rx,
             actuator.as_ref().map(LocalActuator::counts),
+            Tuning::from_args(&args),
         ),
         shutdown.clone(),
     );
@@ -158,133 +124,6 @@ async fn run_standalone(
     }
     info!("stopped");
     Ok(())
-}
-
-async fn run_kubernetes(
-    args: Args,
-    settings: Settings,
-    saturation_rx: watch::Receiver<Arc<SaturationConfigSet>>,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    if args.actuator != ActuatorKind::None {
-        bail!("--actuator local is for standalone mode; in a cluster the HPA scales");
-    }
-    let election = election_config(&args)?;
-    let client = kube::Client::try_default()
-        .await
-        .context("cannot configure the Kubernetes client (in-cluster config or KUBECONFIG)")?;
-    // An empty WATCH_NAMESPACE, as charts often render it, means all.
-    let namespace = args.watch_namespace.clone().filter(|ns| !ns.is_empty());
-    let previous = controller::stored_decisions(client.clone(), namespace.as_deref()).await?;
-    info!(
-        variants = previous.len(),
-        "continuing from the decisions in status"
-    );
-    let (controller, feeds) = Controller::new(
-        client.clone(),
-        controller::Options {
-            namespace,
-            controller_instance: args.controller_instance.clone(),
-            reporter: Reporter {
-                controller: "wva-aggregator".to_string(),
-                instance: args.pod_name.clone(),
-            },
-        },
-    );
-    let (leading_tx, leading) = watch::channel(election.is_none());
-    let election_task = election
-        .map(|config| tokio::spawn(leader::run(client, config, leading_tx, shutdown.clone())));
-    let (grpc, http) = listen(&args).await?;
-    let running = service::start(
-        settings,
-        grpc,
-        http,
-        Sources {
-            variants: feeds.variants,
-            saturation: saturation_rx,
-            replicas: Some(feeds.replicas),
-            leading: leading.clone(),
-            previous,
-        },
-        shutdown.clone(),
-    );
-    let controller_task =
-        tokio::spawn(controller.run(running.decisions.clone(), leading, shutdown));
-    running.join().await?;
-    controller_task.await??;
-    if let Some(task) = election_task {
-        task.await??;
-    }
-    info!("stopped");
-    Ok(())
-}
-
-/// The election settings, or `None` when election is off.
-fn election_config(args: &Args) -> anyhow::Result<Option<leader::ElectionConfig>> {
-    let e = &args.election;
-    if !e.leader_elect {
-        return Ok(None);
-    }
-    if e.renew_deadline >= e.lease_duration {
-        bail!(
-            "RENEW_DEADLINE ({:?}) must be shorter than LEASE_DURATION ({:?}) so a leader steps down before another may take over",
-            e.renew_deadline,
-            e.lease_duration
-        );
-    }
-    let namespace = args
-        .pod_namespace
-        .clone()
-        .filter(|ns| !ns.is_empty())
-        .context("POD_NAMESPACE (--pod-namespace) is required for leader election: the Lease lives there")?;
-    let identity = args.pod_name.clone().filter(|n| !n.is_empty()).context(
-        "POD_NAME (--pod-name) is required for leader election: it names this replica in the Lease",
-    )?;
-    Ok(Some(leader::ElectionConfig {
-        namespace,
-        name: e.leader_election_id.clone(),
-        identity,
-        lease_duration: e.lease_duration,
-        renew_deadline: e.renew_deadline,
-        retry_period: e.retry_period,
-    }))
-}
-
-/// Agents started locally reach a wildcard listener through loopback.
-fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
-    let mut addr = addr;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    addr
-}
-
-fn read_token(path: Option<&Path>) -> anyhow::Result<Option<String>> {
-    let Some(path) = path else { return Ok(None) };
-    let token = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read --agent-token-file {}", path.display()))?;
-    let token = token.trim().to_string();
-    if token.is_empty() {
-        bail!("--agent-token-file {} is empty", path.display());
-    }
-    Ok(Some(token))
-}
-
-fn tls_config(args: &Args) -> anyhow::Result<Option<ServerTlsConfig>> {
-    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
-        return Ok(None);
-    };
-    let read = |p: &PathBuf, flag: &str| {
-        std::fs::read(p).with_context(|| format!("cannot read {flag} {}", p.display()))
-    };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
-        read(cert, "--tls-cert")?,
-        read(key, "--tls-key")?,
-    ));
-    if let Some(ca) = &args.tls_client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read(ca, "--tls-client-ca")?));
-    }
-    Ok(Some(tls))
 }
 
 /// Flips to true on SIGTERM or Ctrl-C.

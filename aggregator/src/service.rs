@@ -32,11 +32,26 @@ pub type Variants = Arc<Vec<VariantAutoscaling>>;
 pub type Replicas = Arc<HashMap<VariantKey, ReplicaCounts>>;
 pub type Decisions = Arc<Vec<Decision>>;
 
-#[derive(Debug, Clone)]
-pub struct Settings {
+/// The timing of the analysis; may change while running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
     pub min_analysis_interval: Duration,
     pub analysis_interval: Duration,
     pub staleness: Duration,
+}
+
+impl Tuning {
+    pub fn from_args(args: &crate::args::Args) -> Self {
+        Tuning {
+            min_analysis_interval: args.min_analysis_interval,
+            analysis_interval: args.analysis_interval,
+            staleness: args.staleness,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
     pub legacy_metrics: bool,
     pub controller_instance: Option<String>,
     pub scale_to_zero: bool,
@@ -55,6 +70,7 @@ pub struct Sources {
     pub leading: watch::Receiver<bool>,
     /// Desired replicas decided before this process started (from status).
     pub previous: HashMap<VariantKey, u32>,
+    pub tuning: watch::Receiver<Tuning>,
 }
 
 impl Sources {
@@ -64,6 +80,7 @@ impl Sources {
         variants: watch::Receiver<Variants>,
         saturation: watch::Receiver<Arc<SaturationConfigSet>>,
         replicas: Option<watch::Receiver<Replicas>>,
+        tuning: Tuning,
     ) -> Self {
         Sources {
             variants,
@@ -71,6 +88,7 @@ impl Sources {
             replicas,
             leading: watch::channel(true).1,
             previous: HashMap::new(),
+            tuning: watch::channel(tuning).1,
         }
     }
 }
@@ -200,15 +218,13 @@ struct AnalysisLoop {
 impl AnalysisLoop {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut engine = Engine::with_previous(std::mem::take(&mut self.sources.previous));
-        // Wake often enough to expire silent pods within the staleness bound.
-        let period = self
-            .settings
-            .analysis_interval
-            .min(self.settings.staleness / 2);
         let mut last_run: Option<Instant> = None;
         loop {
+            let tuning = *self.sources.tuning.borrow_and_update();
+            // Wake often enough to expire silent pods within the staleness bound.
+            let period = tuning.analysis_interval.min(tuning.staleness / 2);
             if let Some(last) = last_run {
-                let earliest = last + self.settings.min_analysis_interval;
+                let earliest = last + tuning.min_analysis_interval;
                 tokio::select! {
                     _ = tokio::time::sleep_until(earliest.into()) => {}
                     _ = crate::shutdown::requested(&mut shutdown) => return Ok(()),
@@ -218,20 +234,21 @@ impl AnalysisLoop {
                     _ = changed(&mut self.sources.variants) => {}
                     _ = changed_opt(&mut self.sources.replicas) => {}
                     _ = changed(&mut self.sources.leading) => {}
+                    _ = changed(&mut self.sources.tuning) => {}
                     _ = tokio::time::sleep_until((last + period).max(earliest).into()) => {}
                     _ = crate::shutdown::requested(&mut shutdown) => return Ok(()),
                 }
             }
             last_run = Some(Instant::now());
-            self.analyse(&mut engine);
+            self.analyse(&mut engine, tuning.staleness);
         }
     }
 
-    fn analyse(&mut self, engine: &mut Engine) {
+    fn analyse(&mut self, engine: &mut Engine, staleness: Duration) {
         let now = Instant::now();
         let pending_since = self.trigger.take();
-        for pod in self.store.expire(now, self.settings.staleness) {
-            warn!(%pod, staleness = ?self.settings.staleness, "no sample within the staleness bound; pod left the analysis");
+        for pod in self.store.expire(now, staleness) {
+            warn!(%pod, ?staleness, "no sample within the staleness bound; pod left the analysis");
         }
         let variants = self.sources.variants.borrow_and_update().clone();
         let config = self.sources.saturation.borrow().clone();
@@ -248,7 +265,7 @@ impl AnalysisLoop {
                 pods,
                 replicas: replicas.as_deref(),
                 config: &config,
-                staleness: self.settings.staleness,
+                staleness,
                 scale_to_zero: self.settings.scale_to_zero,
             })
         });

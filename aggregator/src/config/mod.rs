@@ -1,2 +1,3 @@
 //! Configuration files and their validation.
+pub mod params;
 pub mod saturation;

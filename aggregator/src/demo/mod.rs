@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::args::Args;
 use crate::config::saturation::SaturationConfigSet;
-use crate::service::{self, Settings, Sources};
+use crate::service::{self, Settings, Sources, Tuning};
 use crate::standalone::actuator::{ActuatorConfig, LocalActuator};
 use crate::variants::{VariantKey, parse_variants};
 use dashboard::Frame;
@@ -56,9 +56,6 @@ pub async fn run(args: &Args, mut shutdown: watch::Receiver<bool>) -> anyhow::Re
         format!("http://{grpc_addr}"),
     )?);
     let settings = Settings {
-        min_analysis_interval: args.min_analysis_interval,
-        analysis_interval: args.analysis_interval,
-        staleness: args.staleness,
         legacy_metrics: args.legacy_metrics,
         controller_instance: args.controller_instance.clone(),
         scale_to_zero: false,
@@ -69,7 +66,12 @@ pub async fn run(args: &Args, mut shutdown: watch::Receiver<bool>) -> anyhow::Re
         settings,
         grpc,
         http,
-        Sources::alone(variants_rx.clone(), saturation_rx, Some(actuator.counts())),
+        Sources::alone(
+            variants_rx.clone(),
+            saturation_rx,
+            Some(actuator.counts()),
+            Tuning::from_args(args),
+        ),
         stop.clone(),
     );
     let decisions = running.decisions.clone();

@@ -1,0 +1,152 @@
+//! Kubernetes mode: configuration from flags, environment and ConfigMaps,
+//! the controller, leader election and the analysis service, started
+//! together and stopped together.
+
+use std::ffi::OsString;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use kube::runtime::events::Reporter;
+use tokio::sync::watch;
+use tracing::info;
+
+use super::configmaps::{self, Names, Outputs};
+use super::controller::{self, Controller};
+use super::leader;
+use crate::args::{ActuatorKind, Args};
+use crate::config::params;
+use crate::service::{self, Sources, Tuning};
+use crate::startup;
+
+/// Runs until shutdown. Missing or invalid configuration fails before
+/// anything is served, naming the key and the problem.
+pub async fn run(
+    argv: Vec<OsString>,
+    first: Args,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    if first.actuator != ActuatorKind::None {
+        bail!("--actuator local is for standalone mode; in a cluster the HPA scales");
+    }
+    let namespace = first
+        .pod_namespace
+        .clone()
+        .filter(|ns| !ns.is_empty())
+        .context("POD_NAMESPACE (--pod-namespace) is required in Kubernetes mode: the configuration ConfigMaps and the leader Lease live there")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot configure the Kubernetes client (in-cluster config or KUBECONFIG)")?;
+    let names = Names {
+        namespace,
+        main: first.config_map_name.clone(),
+        saturation: first
+            .saturation_config
+            .is_none()
+            .then(|| first.saturation_config_map_name.clone()),
+    };
+    let initial = configmaps::read(client.clone(), &names).await?;
+    let parsed = params::parse(&argv, &names.main, &initial.main)?;
+    let args = parsed.args.clone();
+    let settings = startup::settings(&args)?;
+    let election = election_config(&args)?;
+    let reporter = Reporter {
+        controller: "wva-aggregator".to_string(),
+        instance: args.pod_name.clone(),
+    };
+
+    let (tuning_tx, tuning) = watch::channel(Tuning::from_args(&args));
+    let (saturation, saturation_tx) = match startup::saturation_file(&args, shutdown.clone())? {
+        Some(rx) => (rx, None),
+        None => {
+            let config = initial.saturation.unwrap_or_default();
+            let (tx, rx) = watch::channel(Arc::new(config));
+            (rx, Some(tx))
+        }
+    };
+    let config_task = tokio::spawn(configmaps::run(
+        client.clone(),
+        configmaps::Running {
+            names,
+            argv,
+            parsed,
+            main: initial.main,
+            reporter: reporter.clone(),
+        },
+        Outputs {
+            tuning: tuning_tx,
+            saturation: saturation_tx,
+        },
+        shutdown.clone(),
+    ));
+
+    // An empty WATCH_NAMESPACE, as charts often render it, means all.
+    let watch_namespace = args.watch_namespace.clone().filter(|ns| !ns.is_empty());
+    let previous = controller::stored_decisions(client.clone(), watch_namespace.as_deref()).await?;
+    info!(
+        variants = previous.len(),
+        "continuing from the decisions in status"
+    );
+    let (controller, feeds) = Controller::new(
+        client.clone(),
+        controller::Options {
+            namespace: watch_namespace,
+            controller_instance: args.controller_instance.clone(),
+            reporter,
+        },
+    );
+    let (leading_tx, leading) = watch::channel(election.is_none());
+    let election_task = election
+        .map(|config| tokio::spawn(leader::run(client, config, leading_tx, shutdown.clone())));
+    let (grpc, http) = startup::listen(&args).await?;
+    let running = service::start(
+        settings,
+        grpc,
+        http,
+        Sources {
+            variants: feeds.variants,
+            saturation,
+            replicas: Some(feeds.replicas),
+            leading: leading.clone(),
+            previous,
+            tuning,
+        },
+        shutdown.clone(),
+    );
+    let controller_task =
+        tokio::spawn(controller.run(running.decisions.clone(), leading, shutdown));
+    running.join().await?;
+    controller_task.await??;
+    config_task.await??;
+    if let Some(task) = election_task {
+        task.await??;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// The election settings, or `None` when election is off.
+fn election_config(args: &Args) -> anyhow::Result<Option<leader::ElectionConfig>> {
+    let e = &args.election;
+    if !e.leader_elect {
+        return Ok(None);
+    }
+    if e.renew_deadline >= e.lease_duration {
+        bail!(
+            "RENEW_DEADLINE ({:?}) must be shorter than LEASE_DURATION ({:?}) so a leader steps down before another may take over",
+            e.renew_deadline,
+            e.lease_duration
+        );
+    }
+    let namespace = args.pod_namespace.clone().unwrap_or_default();
+    let identity = args.pod_name.clone().filter(|n| !n.is_empty()).context(
+        "POD_NAME (--pod-name) is required for leader election: it names this replica in the Lease",
+    )?;
+    Ok(Some(leader::ElectionConfig {
+        namespace,
+        name: e.leader_election_id.clone(),
+        identity,
+        lease_duration: e.lease_duration,
+        renew_deadline: e.renew_deadline,
+        retry_period: e.retry_period,
+    }))
+}

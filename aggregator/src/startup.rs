@@ -1,0 +1,93 @@
+//! Start-up steps shared by the standalone and Kubernetes modes: settings
+//! from the flags, the listeners, the saturation config file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tracing::info;
+
+use crate::args::Args;
+use crate::config::saturation::SaturationConfigSet;
+use crate::service::Settings;
+use crate::watchfile;
+
+/// The static settings; reads the token and TLS files, failing on a bad one.
+pub fn settings(args: &Args) -> anyhow::Result<Settings> {
+    Ok(Settings {
+        legacy_metrics: args.legacy_metrics,
+        controller_instance: args.controller_instance.clone(),
+        scale_to_zero: args.scale_to_zero,
+        agent_token: read_token(args.agent_token_file.as_deref())?,
+        tls: tls_config(args)?,
+    })
+}
+
+/// Binds the gRPC ingest and the HTTP (metrics, probes) listeners.
+pub async fn listen(args: &Args) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let grpc = TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on --grpc-addr {}", args.grpc_addr))?;
+    let http = TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
+    info!(grpc = %grpc.local_addr()?, metrics = %http.local_addr()?, "aggregator listening");
+    Ok((grpc, http))
+}
+
+/// The saturation config from `--saturation-config`, watched; `None` without one.
+pub fn saturation_file(
+    args: &Args,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Option<watch::Receiver<Arc<SaturationConfigSet>>>> {
+    let Some(path) = &args.saturation_config else {
+        return Ok(None);
+    };
+    Ok(Some(watchfile::load_and_watch(
+        path.clone(),
+        "saturation config",
+        SaturationConfigSet::from_yaml_file_contents,
+        shutdown,
+    )?))
+}
+
+/// Agents started locally reach a wildcard listener through loopback.
+pub fn loopback(addr: SocketAddr) -> SocketAddr {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
+fn read_token(path: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let Some(path) = path else { return Ok(None) };
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --agent-token-file {}", path.display()))?;
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        bail!("--agent-token-file {} is empty", path.display());
+    }
+    Ok(Some(token))
+}
+
+fn tls_config(args: &Args) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &PathBuf, flag: &str| {
+        std::fs::read(p).with_context(|| format!("cannot read {flag} {}", p.display()))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(cert, "--tls-cert")?,
+        read(key, "--tls-key")?,
+    ));
+    if let Some(ca) = &args.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca, "--tls-client-ca")?));
+    }
+    Ok(Some(tls))
+}
