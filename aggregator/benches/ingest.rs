@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use wva_aggregator::admission::SharedToken;
 use wva_aggregator::config::saturation::SaturationConfigSet;
 use wva_aggregator::service::{self, Settings, Sources, Tuning};
 use wva_aggregator::variants::parse_variants;
@@ -51,7 +52,7 @@ fn main() -> anyhow::Result<()> {
                     legacy_metrics: true,
                     controller_instance: None,
                     scale_to_zero: false,
-                    agent_token: None,
+                    admission: Arc::new(SharedToken(None)),
                     tls: None,
                 },
                 TcpListener::from_std(grpc)?,

@@ -19,6 +19,7 @@ use wva_proto::v1::{
     Accepted, AgentMessage, ControlMessage, Hello, Role, Sample, agent_message, control_message,
 };
 
+use crate::admission::{self, Admission, Refusal};
 use crate::store::{Offer, PodKey, PodStore};
 use crate::telemetry::SelfMetrics;
 use crate::trigger::Trigger;
@@ -33,8 +34,7 @@ pub struct Ingest {
     store: Arc<PodStore>,
     trigger: Arc<Trigger>,
     metrics: Arc<SelfMetrics>,
-    /// Shared secret agents must present as `authorization: Bearer <token>`.
-    token: Option<String>,
+    admission: Arc<dyn Admission>,
     next_stream: AtomicU64,
     /// Ends every stream with UNAVAILABLE so agents move on at once.
     shutdown: watch::Receiver<bool>,
@@ -45,39 +45,22 @@ impl Ingest {
         store: Arc<PodStore>,
         trigger: Arc<Trigger>,
         metrics: Arc<SelfMetrics>,
-        token: Option<String>,
+        admission: Arc<dyn Admission>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Ingest {
             store,
             trigger,
             metrics,
-            token,
+            admission,
             next_stream: AtomicU64::new(1),
             shutdown,
         }
     }
 
-    fn check_token<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let Some(expected) = &self.token else {
-            return Ok(());
-        };
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| {
-                Status::unauthenticated("missing authorization metadata (Bearer token)")
-            })?
-            .to_str()
-            .map_err(|_| Status::unauthenticated("authorization metadata is not ASCII"))?;
-        let token = presented.strip_prefix("Bearer ").ok_or_else(|| {
-            Status::unauthenticated("authorization metadata must be `Bearer <token>`")
-        })?;
-        if constant_time_eq(token.trim().as_bytes(), expected.as_bytes()) {
-            Ok(())
-        } else {
-            Err(Status::unauthenticated("bearer token rejected"))
-        }
+    fn refuse(&self, refusal: Refusal) -> Status {
+        self.metrics.stream_refused(refusal.reason);
+        self.reject(refusal.status)
     }
 
     fn reject(&self, status: Status) -> Status {
@@ -85,10 +68,6 @@ impl Ingest {
         warn!(code = ?status.code(), message = status.message(), "rejected agent stream");
         status
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Checks the identity an agent claims; the error names the field.
@@ -162,7 +141,8 @@ impl Ingest {
         self: &Arc<Self>,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<ControlStream>, Status> {
-        self.check_token(&request).map_err(|s| self.reject(s))?;
+        let token = admission::bearer(request.metadata().get("authorization"))
+            .map_err(|r| self.refuse(r))?;
         let mut inbound = request.into_inner();
 
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
@@ -178,6 +158,13 @@ impl Ingest {
             }
         };
         validate_hello(&hello).map_err(|e| self.reject(Status::invalid_argument(e)))?;
+        let mut hello = hello;
+        // The cluster, not the agent, says which variant a pod feeds.
+        hello.variant = self
+            .admission
+            .admit(token.as_deref(), &hello)
+            .await
+            .map_err(|r| self.refuse(r))?;
 
         let key = PodKey {
             namespace: hello.namespace.clone(),
@@ -283,7 +270,6 @@ impl Ingest {
 
 #[cfg(test)]
 mod tests {
-    use prometheus_client::registry::Registry;
     use wva_proto::v1::ModelSignals;
 
     use super::*;
@@ -419,70 +405,5 @@ mod tests {
             ..sample(vec![signals(f64::NAN, -1.0, -1.0)])
         };
         assert_eq!(validate_sample(&down), Ok(()));
-    }
-
-    fn ingest(token: Option<&str>) -> Ingest {
-        let mut registry = Registry::default();
-        Ingest::new(
-            Arc::new(PodStore::default()),
-            Arc::new(Trigger::default()),
-            Arc::new(SelfMetrics::register(&mut registry)),
-            token.map(str::to_string),
-            watch::channel(false).1,
-        )
-    }
-
-    fn request(authorization: Option<&str>) -> Request<()> {
-        let mut request = Request::new(());
-        if let Some(value) = authorization {
-            request
-                .metadata_mut()
-                .insert("authorization", value.parse().unwrap());
-        }
-        request
-    }
-
-    #[test]
-    fn without_a_configured_token_every_stream_is_admitted() {
-        let open = ingest(None);
-        assert!(open.check_token(&request(None)).is_ok());
-        assert!(open.check_token(&request(Some("Bearer anything"))).is_ok());
-    }
-
-    #[test]
-    fn bearer_token_is_checked() {
-        let guarded = ingest(Some("s3cret"));
-        assert!(guarded.check_token(&request(Some("Bearer s3cret"))).is_ok());
-        for (authorization, message) in [
-            (None, "missing authorization metadata (Bearer token)"),
-            (
-                Some("s3cret"),
-                "authorization metadata must be `Bearer <token>`",
-            ),
-            (
-                Some("Basic s3cret"),
-                "authorization metadata must be `Bearer <token>`",
-            ),
-            (Some("Bearer s3cre"), "bearer token rejected"),
-            (Some("Bearer s3cret2"), "bearer token rejected"),
-            (Some("Bearer "), "bearer token rejected"),
-        ] {
-            let status = guarded.check_token(&request(authorization)).unwrap_err();
-            assert_eq!(
-                status.code(),
-                tonic::Code::Unauthenticated,
-                "{authorization:?}"
-            );
-            assert_eq!(status.message(), message, "{authorization:?}");
-        }
-    }
-
-    #[test]
-    fn constant_time_eq_compares_whole_slices() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(constant_time_eq(b"", b""));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        assert!(!constant_time_eq(b"ab", b"abc"));
     }
 }

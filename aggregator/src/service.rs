@@ -14,6 +14,7 @@ use tonic::transport::{Server, ServerTlsConfig};
 use tracing::{info, warn};
 use wva_proto::v1::telemetry_server::TelemetryServer;
 
+use crate::admission::Admission;
 use crate::config::saturation::SaturationConfigSet;
 use crate::decision::Decision;
 use crate::engine::{Engine, Inputs, ReplicaCounts};
@@ -50,12 +51,13 @@ impl Tuning {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub legacy_metrics: bool,
     pub controller_instance: Option<String>,
     pub scale_to_zero: bool,
-    pub agent_token: Option<String>,
+    /// Who may stream, and which variant each pod feeds.
+    pub admission: Arc<dyn Admission>,
     pub tls: Option<ServerTlsConfig>,
 }
 
@@ -132,7 +134,7 @@ pub fn start(
         Arc::clone(&store),
         Arc::clone(&trigger),
         Arc::clone(&metrics),
-        settings.agent_token.clone(),
+        Arc::clone(&settings.admission),
         shutdown.clone(),
     ));
     let grpc_task = tokio::spawn(serve_grpc(

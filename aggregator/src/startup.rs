@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::info;
 
+use crate::admission::SharedToken;
 use crate::args::Args;
 use crate::config::saturation::SaturationConfigSet;
 use crate::service::Settings;
@@ -22,7 +23,7 @@ pub fn settings(args: &Args) -> anyhow::Result<Settings> {
         legacy_metrics: args.legacy_metrics,
         controller_instance: args.controller_instance.clone(),
         scale_to_zero: args.scale_to_zero,
-        agent_token: read_token(args.agent_token_file.as_deref())?,
+        admission: Arc::new(SharedToken(read_token(args.agent_token_file.as_deref())?)),
         tls: tls_config(args)?,
     })
 }

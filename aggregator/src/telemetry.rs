@@ -17,6 +17,7 @@ pub struct SelfMetrics {
     samples_received: Counter,
     samples_rejected: Family<ReasonLabel, Counter>,
     streams_rejected: Family<ReasonLabel, Counter>,
+    streams_refused: Family<ReasonLabel, Counter>,
     ingest_to_decision: Histogram,
     analysis_runs: Counter,
 }
@@ -28,6 +29,7 @@ impl SelfMetrics {
             samples_received: Counter::default(),
             samples_rejected: Family::default(),
             streams_rejected: Family::default(),
+            streams_refused: Family::default(),
             // 0.5 ms .. ~16 s
             ingest_to_decision: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             analysis_runs: Counter::default(),
@@ -53,6 +55,11 @@ impl SelfMetrics {
             m.streams_rejected.clone(),
         );
         registry.register(
+            "wva_agent_stream_refusals",
+            "Agent streams refused on credentials or identity, by reason",
+            m.streams_refused.clone(),
+        );
+        registry.register(
             "wva_ingest_to_decision_seconds",
             "Time from the arrival of the oldest unanalysed sample to the decision that used it",
             m.ingest_to_decision.clone(),
@@ -75,6 +82,12 @@ impl SelfMetrics {
 
     pub fn sample_rejected(&self, reason: &'static str) {
         self.samples_rejected
+            .get_or_create(&[("reason", reason.to_string())])
+            .inc();
+    }
+
+    pub fn stream_refused(&self, reason: &'static str) {
+        self.streams_refused
             .get_or_create(&[("reason", reason.to_string())])
             .inc();
     }

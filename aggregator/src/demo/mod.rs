@@ -14,6 +14,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admission::SharedToken;
 use crate::args::Args;
 use crate::config::saturation::SaturationConfigSet;
 use crate::service::{self, Settings, Sources, Tuning};
@@ -59,7 +60,7 @@ pub async fn run(args: &Args, mut shutdown: watch::Receiver<bool>) -> anyhow::Re
         legacy_metrics: args.legacy_metrics,
         controller_instance: args.controller_instance.clone(),
         scale_to_zero: false,
-        agent_token: None,
+        admission: Arc::new(SharedToken(None)),
         tls: None,
     };
     let running = service::start(
