@@ -103,6 +103,17 @@ pub struct Args {
     #[arg(long, env = "WVA_SCALE_TO_ZERO", default_value_t = false, action = clap::ArgAction::Set)]
     pub scale_to_zero: bool,
 
+    /// Kubernetes mode: verify each agent's projected service-account token
+    /// with a TokenReview and take its variant from the pod's owning
+    /// Deployment. Off: agents are trusted (with --agent-token-file, one
+    /// shared secret).
+    #[arg(long, env = "WVA_VERIFY_AGENT_IDENTITY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub verify_agent_identity: bool,
+
+    /// Audience the agents' projected tokens are minted for.
+    #[arg(long, env = "WVA_TOKEN_AUDIENCE", default_value = "wva-aggregator")]
+    pub token_audience: String,
+
     /// File holding the bearer token agents must present.
     #[arg(long, env = "WVA_AGENT_TOKEN_FILE")]
     pub agent_token_file: Option<PathBuf>,

@@ -58,6 +58,8 @@ pub const PARAMS: &[Param] = &[
     param("WVA_GRPC_TLS_KEY", "tls_key", Static),
     param("WVA_GRPC_TLS_CLIENT_CA", "tls_client_ca", Static),
     param("WVA_AGENT_TOKEN_FILE", "agent_token_file", Static),
+    param("WVA_VERIFY_AGENT_IDENTITY", "verify_agent_identity", Static),
+    param("WVA_TOKEN_AUDIENCE", "token_audience", Static),
     param("WVA_LEGACY_METRICS", "legacy_metrics", Static),
     param("WVA_SCALE_TO_ZERO", "scale_to_zero", Static),
     param("CONTROLLER_INSTANCE", "controller_instance", Static),

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use super::crd::VariantAutoscaling;
 use super::resolve::{self, Resolved};
+use super::scoped;
 use super::writer::{StatusWriter, Target};
 use crate::decision::Decision;
 use crate::service::{Decisions, Replicas, Variants};
@@ -78,17 +79,6 @@ impl Controller {
         (controller, feeds)
     }
 
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        K::DynamicType: Default,
-    {
-        match &self.options.namespace {
-            Some(ns) => Api::namespaced(self.client.clone(), ns),
-            None => Api::all(self.client.clone()),
-        }
-    }
-
     /// Runs until shutdown. Status is written only while `leading`, and only
     /// after both watches have listed once, so a Deployment not yet seen is
     /// never reported missing.
@@ -102,13 +92,19 @@ impl Controller {
         let (deploy_store, deploy_writer) = reflector::store::<Deployment>();
         let vas = reflector::reflector(
             va_writer,
-            watcher(self.api::<VariantAutoscaling>(), watcher::Config::default()),
+            watcher(
+                scoped(self.client.clone(), self.options.namespace.as_deref()),
+                watcher::Config::default(),
+            ),
         )
         .default_backoff()
         .map(|e| e.map(|e| Change::Variants { listed: listed(&e) }));
         let deployments = reflector::reflector(
             deploy_writer,
-            watcher(self.api::<Deployment>(), watcher::Config::default()),
+            watcher(
+                scoped::<Deployment>(self.client.clone(), self.options.namespace.as_deref()),
+                watcher::Config::default(),
+            ),
         )
         .default_backoff()
         .map(|e| e.map(|e| Change::Deployments { listed: listed(&e) }));
@@ -203,10 +199,7 @@ pub async fn stored_decisions(
     client: Client,
     namespace: Option<&str>,
 ) -> anyhow::Result<HashMap<VariantKey, u32>> {
-    let api: Api<VariantAutoscaling> = match namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
-    };
+    let api: Api<VariantAutoscaling> = scoped(client, namespace);
     let list = match api.list(&Default::default()).await {
         Ok(list) => list,
         Err(kube::Error::Api(e)) if e.code == 404 => anyhow::bail!(

@@ -6,8 +6,22 @@ pub mod configmaps;
 pub mod controller;
 pub mod crd;
 pub mod events;
+pub mod identity;
 pub mod leader;
 pub mod mode;
+pub mod pods;
 pub mod resolve;
 pub mod status;
 pub mod writer;
+
+/// An API for one namespace, or for all when `namespace` is `None`.
+pub(crate) fn scoped<K>(client: kube::Client, namespace: Option<&str>) -> kube::Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => kube::Api::namespaced(client, ns),
+        None => kube::Api::all(client),
+    }
+}

@@ -12,7 +12,8 @@ use tracing::info;
 
 use super::configmaps::{self, Names, Outputs};
 use super::controller::{self, Controller};
-use super::leader;
+use super::identity::ClusterAdmission;
+use super::{leader, pods};
 use crate::args::{ActuatorKind, Args};
 use crate::config::params;
 use crate::service::{self, Sources, Tuning};
@@ -47,7 +48,7 @@ pub async fn run(
     let initial = configmaps::read(client.clone(), &names).await?;
     let parsed = params::parse(&argv, &names.main, &initial.main)?;
     let args = parsed.args.clone();
-    let settings = startup::settings(&args)?;
+    let mut settings = startup::settings(&args)?;
     let election = election_config(&args)?;
     let reporter = Reporter {
         controller: "wva-aggregator".to_string(),
@@ -86,6 +87,20 @@ pub async fn run(
         variants = previous.len(),
         "continuing from the decisions in status"
     );
+    if args.verify_agent_identity {
+        if args.agent_token_file.is_some() {
+            bail!(
+                "WVA_AGENT_TOKEN_FILE (--agent-token-file) and agent identity verification exclude each other: agents present their own pod's token; set WVA_VERIFY_AGENT_IDENTITY=false to use a shared token"
+            );
+        }
+        let (index, _) = pods::start(client.clone(), watch_namespace.as_deref(), shutdown.clone());
+        settings.admission = Arc::new(ClusterAdmission::new(
+            client.clone(),
+            args.token_audience.clone(),
+            index.pods,
+            index.replica_sets,
+        ));
+    }
     let (controller, feeds) = Controller::new(
         client.clone(),
         controller::Options {
