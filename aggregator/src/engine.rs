@@ -85,9 +85,17 @@ impl Engine {
                 .or_default()
                 .push(va);
         }
-        let mut by_variant: HashMap<(&str, &str), Vec<PodView<'_>>> = HashMap::new();
+        let mut reporting = Reporting {
+            by_variant: HashMap::new(),
+            targets: inputs
+                .variants
+                .iter()
+                .map(|va| (va.namespace.as_str(), va.target.name.as_str()))
+                .collect(),
+        };
         for (key, entry) in inputs.pods {
-            by_variant
+            reporting
+                .by_variant
                 .entry((key.namespace.as_str(), entry.hello.variant.as_str()))
                 .or_default()
                 .push(PodView {
@@ -100,7 +108,7 @@ impl Engine {
         for ((namespace, model_id), variants) in by_model {
             self.evaluate_model(
                 inputs,
-                &by_variant,
+                &reporting,
                 (namespace, model_id),
                 &variants,
                 (&mut decisions, &mut events),
@@ -116,7 +124,7 @@ impl Engine {
     fn evaluate_model(
         &mut self,
         inputs: &Inputs<'_>,
-        pods_by_variant: &HashMap<(&str, &str), Vec<PodView<'_>>>,
+        reporting: &Reporting<'_, '_>,
         (namespace, model_id): (&str, &str),
         variants: &[&VariantAutoscaling],
         (decisions, events): (&mut Vec<Decision>, &mut Vec<ScalingEvent>),
@@ -131,7 +139,7 @@ impl Engine {
         let mut facts = Vec::with_capacity(variants.len());
         for va in variants {
             let key = va.key();
-            let pods = pods_of(pods_by_variant, va);
+            let pods = reporting.pods_of(va);
             let (loads, oldest) = fresh_loads(&pods, model_id, inputs.now, inputs.staleness);
             let counts = match inputs.replicas {
                 Some(map) => map.get(&key).copied().unwrap_or_default(),
@@ -221,21 +229,31 @@ impl Engine {
     }
 }
 
-/// The pods that report for a variant: same namespace, and the agent's
-/// variant is the VA's target Deployment's name or the VA's own name.
-fn pods_of<'p, 'a>(
-    by_variant: &'p HashMap<(&str, &str), Vec<PodView<'a>>>,
-    va: &'p VariantAutoscaling,
-) -> Vec<&'p PodView<'a>> {
-    let mut names = vec![va.target.name.as_str()];
-    if va.name != va.target.name {
-        names.push(va.name.as_str());
+/// The pods grouped by the variant they report for.
+struct Reporting<'v, 'p> {
+    by_variant: HashMap<(&'p str, &'p str), Vec<PodView<'p>>>,
+    /// `(namespace, Deployment)` of every VA's target.
+    targets: HashSet<(&'v str, &'v str)>,
+}
+
+impl<'p> Reporting<'_, 'p> {
+    /// The pods that report for a variant: same namespace, and the agent's
+    /// variant is the VA's target Deployment's name, or the VA's own name
+    /// when that is no VA's target (so a pod never counts for two variants).
+    fn pods_of<'s>(&'s self, va: &'s VariantAutoscaling) -> Vec<&'s PodView<'p>> {
+        let ns = va.namespace.as_str();
+        let mut pods: Vec<&'s PodView<'p>> = Vec::new();
+        if let Some(by_target) = self.by_variant.get(&(ns, va.target.name.as_str())) {
+            pods.extend(by_target);
+        }
+        if va.name != va.target.name
+            && !self.targets.contains(&(ns, va.name.as_str()))
+            && let Some(by_name) = self.by_variant.get(&(ns, va.name.as_str()))
+        {
+            pods.extend(by_name);
+        }
+        pods
     }
-    names
-        .into_iter()
-        .filter_map(|name| by_variant.get(&(va.namespace.as_str(), name)))
-        .flatten()
-        .collect()
 }
 
 /// Fresh, healthy loads for `model_id`, sorted by pod, and the oldest arrival among them.
@@ -443,6 +461,23 @@ mod tests {
         assert_eq!(pods_of(&d), ["by-target", "by-va-name"]);
         assert_eq!((d.current_replicas, d.ready_replicas), (2, 2));
         assert_eq!(d.data, DataState::Fresh);
+    }
+
+    #[test]
+    fn a_pod_of_a_targeted_deployment_never_counts_for_a_va_of_that_name() {
+        // VA "a" scales Deployment "b"; VA "b" scales Deployment "c". A pod of
+        // Deployment "b" feeds "a" only.
+        let mut w = World::new();
+        w.reporting("b-0", "b", IDLE).reporting("c-0", "c", IDLE);
+        let (decisions, _) = w.run(
+            &mut Engine::default(),
+            &[va("ns", "a", "b", 10.0), va("ns", "b", "c", 20.0)],
+        );
+        let inputs: Vec<(&str, Vec<&str>)> = decisions
+            .iter()
+            .map(|d| (d.variant.name.as_str(), pods_of(d)))
+            .collect();
+        assert_eq!(inputs, [("a", vec!["b-0"]), ("b", vec!["c-0"])]);
     }
 
     #[test]
