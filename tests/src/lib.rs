@@ -2,6 +2,8 @@
 //! observes them through their HTTP endpoints.
 #![forbid(unsafe_code)]
 
+pub mod apiserver;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
