@@ -223,17 +223,6 @@ impl RawEntry {
     }
 }
 
-/// The parts of a ConfigMap document this file needs; the rest (metadata,
-/// `binaryData`, `immutable`) is Kubernetes' business.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawConfigMap {
-    api_version: Option<String>,
-    kind: Option<String>,
-    #[serde(default)]
-    data: BTreeMap<String, String>,
-}
-
 impl SaturationConfigSet {
     /// Validates a ConfigMap's `data` map (as the Kubernetes controller sees it).
     pub fn from_data(data: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
@@ -281,23 +270,7 @@ impl SaturationConfigSet {
 
     /// Validates a file holding the whole ConfigMap (`apiVersion: v1`, `kind: ConfigMap`).
     pub fn from_yaml_file_contents(text: &str) -> Result<Self, ConfigError> {
-        let file = |m: String| ConfigError::File(m);
-        let raw = serde_yaml::from_str::<Option<RawConfigMap>>(text)
-            .map_err(|e| file(format!("invalid YAML: {e}")))?
-            .ok_or_else(|| file("empty document; expected a ConfigMap".to_string()))?;
-        if raw.kind.as_deref() != Some("ConfigMap") {
-            return Err(file(format!(
-                "kind must be \"ConfigMap\", got {}",
-                quoted_or_missing(raw.kind.as_deref())
-            )));
-        }
-        if raw.api_version.as_deref() != Some("v1") {
-            return Err(file(format!(
-                "apiVersion must be \"v1\", got {}",
-                quoted_or_missing(raw.api_version.as_deref())
-            )));
-        }
-        Self::from_data(&raw.data)
+        Self::from_data(&super::config_map_data(text).map_err(ConfigError::File)?)
     }
 
     /// The thresholds for one model: its override when one names exactly this
@@ -317,10 +290,6 @@ impl SaturationConfigSet {
     pub fn overrides(&self) -> impl Iterator<Item = &ModelOverride> {
         self.overrides.values()
     }
-}
-
-fn quoted_or_missing(value: Option<&str>) -> String {
-    value.map_or_else(|| "nothing".to_string(), |v| format!("{v:?}"))
 }
 
 #[cfg(test)]
