@@ -64,6 +64,15 @@ pub struct Args {
     )]
     pub saturation_config_map_name: String,
 
+    /// Scale-to-zero ConfigMap, in POD_NAMESPACE (Kubernetes mode;
+    /// --scale-to-zero-config takes precedence).
+    #[arg(
+        long,
+        env = "SCALE_TO_ZERO_CONFIG_MAP_NAME",
+        default_value = "model-scale-to-zero-config"
+    )]
+    pub scale_to_zero_config_map_name: String,
+
     #[command(flatten)]
     pub election: ElectionArgs,
 
@@ -78,6 +87,11 @@ pub struct Args {
     /// Saturation-scaling ConfigMap (YAML manifest or bare data map); reloaded when it changes.
     #[arg(long, env = "WVA_SATURATION_CONFIG")]
     pub saturation_config: Option<PathBuf>,
+
+    /// Scale-to-zero ConfigMap (YAML manifest); reloaded when it changes.
+    /// Applies only with --scale-to-zero.
+    #[arg(long, env = "WVA_SCALE_TO_ZERO_CONFIG")]
+    pub scale_to_zero_config: Option<PathBuf>,
 
     /// Fewest time between two analyses; arriving data triggers them.
     #[arg(long, env = "WVA_MIN_ANALYSIS_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::{info, warn};
 use wva_proto::v1::Sample;
 
-use crate::analysis::saturation::{self, ReplicaLoad, VariantState};
+use crate::activity::{ActivityTracker, ModelKey};
+use crate::analysis::saturation::{self, Reason, ReplicaLoad, VariantState};
 use crate::config::saturation::SaturationConfigSet;
+use crate::config::scale_to_zero::ScaleToZeroConfigSet;
 use crate::decision::{Basis, DataState, Decision, Fallback};
 use crate::store::{PodEntry, PodKey};
 use crate::variants::{VariantAutoscaling, VariantKey};
@@ -49,8 +51,9 @@ pub struct Inputs<'a> {
     pub replicas: Option<&'a HashMap<VariantKey, ReplicaCounts>>,
     pub config: &'a SaturationConfigSet,
     pub staleness: Duration,
-    /// With scale to zero off, the cheapest variant of a model keeps ≥ 1 replica.
-    pub scale_to_zero: bool,
+    /// Per-model scale-to-zero policies; `None` when scale to zero is off,
+    /// and the cheapest variant of every model keeps at least 1 replica.
+    pub scale_to_zero: Option<&'a ScaleToZeroConfigSet>,
 }
 
 /// Remembers what was published so the next step can detect convergence and
@@ -59,6 +62,7 @@ pub struct Inputs<'a> {
 pub struct Engine {
     previous: HashMap<VariantKey, u32>,
     in_safety_net: HashSet<VariantKey>,
+    activity: ActivityTracker,
 }
 
 /// The signals one pod contributes to one variant.
@@ -72,7 +76,7 @@ impl Engine {
     pub fn with_previous(previous: HashMap<VariantKey, u32>) -> Self {
         Engine {
             previous,
-            in_safety_net: HashSet::new(),
+            ..Engine::default()
         }
     }
 
@@ -115,6 +119,11 @@ impl Engine {
             );
         }
         let live: HashSet<&VariantKey> = decisions.iter().map(|d| &d.variant).collect();
+        let models: HashSet<ModelKey> = decisions
+            .iter()
+            .map(|d| (d.variant.namespace.clone(), d.model_id.clone()))
+            .collect();
+        self.activity.retain(&models, &inputs.pods.keys().collect());
         self.previous.retain(|k, _| live.contains(k));
         self.in_safety_net.retain(|k| live.contains(k));
         decisions.sort_by(|a, b| a.variant.cmp(&b.variant));
@@ -135,23 +144,34 @@ impl Engine {
             .min_by(|a, b| a.cost.total_cmp(&b.cost).then_with(|| a.name.cmp(&b.name)))
             .map(|va| va.key());
 
+        let observed: Vec<(Vec<&PodView<'_>>, ReplicaCounts)> = variants
+            .iter()
+            .map(|va| {
+                let pods = reporting.pods_of(va);
+                let counts = match inputs.replicas {
+                    Some(map) => map.get(&va.key()).copied().unwrap_or_default(),
+                    None => derived_counts(&pods),
+                };
+                (pods, counts)
+            })
+            .collect();
+        let idle = self.model_idle(inputs, (namespace, model_id), &observed);
+
         let mut states = Vec::with_capacity(variants.len());
         let mut facts = Vec::with_capacity(variants.len());
-        for va in variants {
+        for (va, (pods, counts)) in variants.iter().zip(&observed) {
             let key = va.key();
-            let pods = reporting.pods_of(va);
-            let (loads, oldest) = fresh_loads(&pods, model_id, inputs.now, inputs.staleness);
-            let counts = match inputs.replicas {
-                Some(map) => map.get(&key).copied().unwrap_or_default(),
-                None => derived_counts(&pods),
-            };
+            let counts = *counts;
+            let (loads, oldest) = fresh_loads(pods, model_id, inputs.now, inputs.staleness);
             let data = match (counts.ready, loads.len()) {
                 (0, _) => DataState::Idle,
                 (_, 0) => DataState::Missing,
                 (ready, n) if (n as u32) < ready => DataState::Partial,
                 _ => DataState::Fresh,
             };
-            let min_replicas = u32::from(!inputs.scale_to_zero && cheapest.as_ref() == Some(&key));
+            // Only an idle model goes to zero; until then its cheapest
+            // variant keeps one replica.
+            let min_replicas = u32::from(!idle && cheapest.as_ref() == Some(&key));
             states.push(VariantState {
                 name: va.name.clone(),
                 cost: va.cost,
@@ -198,7 +218,11 @@ impl Engine {
                 if self.in_safety_net.remove(&key) {
                     info!(variant = %key, "Safety net released: fresh metrics are back");
                 }
-                (target.target_replicas, Basis::Analysis(target.reason))
+                if idle {
+                    (0, Basis::Analysis(Reason::ScaleToZero))
+                } else {
+                    (target.target_replicas, Basis::Analysis(target.reason))
+                }
             };
 
             let from = previous.unwrap_or(counts.current);
@@ -226,6 +250,35 @@ impl Engine {
                 decided_at: inputs.wall,
             });
         }
+    }
+}
+
+impl Engine {
+    /// Whether the model has had no request for its scale-to-zero retention
+    /// period (always false when scale to zero is off for it).
+    fn model_idle(
+        &mut self,
+        inputs: &Inputs<'_>,
+        (namespace, model_id): (&str, &str),
+        observed: &[(Vec<&PodView<'_>>, ReplicaCounts)],
+    ) -> bool {
+        let signals = observed
+            .iter()
+            .flat_map(|(pods, _)| pods)
+            .filter_map(|pod| {
+                let (sample, at) = pod.sample?;
+                let fresh =
+                    sample.up && inputs.now.saturating_duration_since(at) <= inputs.staleness;
+                let signals = sample.models.iter().find(|m| m.model == model_id)?;
+                fresh.then_some((pod.key, signals))
+            });
+        let current: u32 = observed.iter().map(|(_, c)| c.current).sum();
+        let key = (namespace.to_string(), model_id.to_string());
+        let idle_for = self.activity.observe(inputs.now, &key, signals, current);
+        inputs
+            .scale_to_zero
+            .map(|c| c.for_model(model_id, namespace))
+            .is_some_and(|p| p.enabled && idle_for >= p.retention)
     }
 }
 
@@ -349,7 +402,7 @@ mod tests {
         pods: HashMap<PodKey, PodEntry>,
         replicas: Option<HashMap<VariantKey, ReplicaCounts>>,
         config: SaturationConfigSet,
-        scale_to_zero: bool,
+        scale_to_zero: Option<ScaleToZeroConfigSet>,
     }
 
     impl World {
@@ -359,7 +412,7 @@ mod tests {
                 pods: HashMap::new(),
                 replicas: None,
                 config: SaturationConfigSet::default(),
-                scale_to_zero: false,
+                scale_to_zero: None,
             }
         }
 
@@ -422,7 +475,7 @@ mod tests {
                 replicas: self.replicas.as_ref(),
                 config: &self.config,
                 staleness: STALENESS,
-                scale_to_zero: self.scale_to_zero,
+                scale_to_zero: self.scale_to_zero.as_ref(),
             })
         }
 
@@ -689,7 +742,8 @@ mod tests {
             }]
         );
 
-        w.scale_to_zero = true;
+        // A model idle past its retention may be held at zero.
+        w.scale_to_zero = Some(scale_to_zero_after("0s"));
         let (decisions, _) = w.run(&mut Engine::with_previous(previous()), &variants);
         assert_eq!(desired(&decisions), [("cheap", 0), ("pricey", 0)]);
     }
@@ -730,10 +784,106 @@ mod tests {
         assert_eq!(decisions[0].basis, Basis::Analysis(Reason::Steady));
         assert_eq!(events, []);
 
-        w.scale_to_zero = true;
+        // Scale to zero on, but the model has not been idle long enough.
+        w.scale_to_zero = Some(scale_to_zero_after("10m"));
         let (decisions, _) = w.run(&mut Engine::default(), &variants);
+        assert_eq!(desired(&decisions), [("cheap", 1), ("pricey", 0)]);
+    }
+
+    fn scale_to_zero_after(retention: &str) -> ScaleToZeroConfigSet {
+        let data = BTreeMap::from([(
+            crate::config::scale_to_zero::DEFAULTS_KEY.to_string(),
+            format!("retention_period: {retention}"),
+        )]);
+        ScaleToZeroConfigSet::from_data(&data).unwrap()
+    }
+
+    fn with_successes(successes: f64, running: f64) -> Sample {
+        let mut s = sample(MODEL, IDLE);
+        s.models[0].requests_running = running;
+        s.models[0].counters = Some(wva_proto::v1::Counters {
+            request_success: successes,
+            ..Default::default()
+        });
+        s
+    }
+
+    #[test]
+    fn a_model_without_requests_for_its_retention_goes_to_zero() {
+        let variants = [
+            va("ns", "cheap", "cheap", 10.0),
+            va("ns", "pricey", "pricey", 30.0),
+        ];
+        let mut engine = Engine::default();
+        let mut w = World::new();
+        w.scale_to_zero = Some(scale_to_zero_after("5m"));
+        w.counts("cheap", 1, 1).counts("pricey", 0, 0);
+        let report = |w: &mut World, successes: f64| {
+            w.pod(
+                "ns",
+                "c-0",
+                "cheap",
+                Some((with_successes(successes, 0.0), Duration::ZERO)),
+            );
+        };
+        report(&mut w, 10.0);
+        let (decisions, _) = w.run(&mut engine, &variants);
+        assert_eq!(desired(&decisions), [("cheap", 1), ("pricey", 0)]);
+
+        // A request succeeded after 4 minutes: the idle period restarts.
+        w.now += Duration::from_secs(240);
+        report(&mut w, 11.0);
+        let (decisions, _) = w.run(&mut engine, &variants);
+        assert_eq!(desired(&decisions), [("cheap", 1), ("pricey", 0)]);
+
+        // 4 more quiet minutes: not yet.
+        w.now += Duration::from_secs(240);
+        report(&mut w, 11.0);
+        let (decisions, _) = w.run(&mut engine, &variants);
+        assert_eq!(desired(&decisions)[0], ("cheap", 1));
+
+        // 5 quiet minutes since the last success: zero, and it says why.
+        w.now += Duration::from_secs(60);
+        report(&mut w, 11.0);
+        let (decisions, events) = w.run(&mut engine, &variants);
         assert_eq!(desired(&decisions), [("cheap", 0), ("pricey", 0)]);
-        assert_eq!(decisions[0].basis, Basis::Analysis(Reason::ScaleDownSpare));
+        assert_eq!(decisions[0].basis, Basis::Analysis(Reason::ScaleToZero));
+        assert_eq!(events[0].reason, "scale_to_zero");
+    }
+
+    #[test]
+    fn running_requests_keep_a_model_awake_and_a_disabled_model_never_sleeps() {
+        let variants = [va("ns", "v", "v", 10.0)];
+        let mut engine = Engine::default();
+        let mut w = World::new();
+        w.scale_to_zero = Some(scale_to_zero_after("1m"));
+        w.counts("v", 1, 1);
+        for _ in 0..3 {
+            w.pod(
+                "ns",
+                "v-0",
+                "v",
+                Some((with_successes(0.0, 1.0), Duration::ZERO)),
+            );
+            let (decisions, _) = w.run(&mut engine, &variants);
+            assert_eq!(desired(&decisions), [("v", 1)]);
+            w.now += Duration::from_secs(60);
+        }
+
+        let data = BTreeMap::from([(
+            "m".to_string(),
+            format!("model_id: {MODEL}\nenable_scale_to_zero: false\nretention_period: 1s"),
+        )]);
+        w.scale_to_zero = Some(ScaleToZeroConfigSet::from_data(&data).unwrap());
+        w.pod(
+            "ns",
+            "v-0",
+            "v",
+            Some((with_successes(0.0, 0.0), Duration::ZERO)),
+        );
+        w.now += Duration::from_secs(3600);
+        let (decisions, _) = w.run(&mut engine, &variants);
+        assert_eq!(desired(&decisions), [("v", 1)]);
     }
 
     #[test]

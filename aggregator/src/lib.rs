@@ -1,6 +1,7 @@
 //! wva-aggregator: ingest agent telemetry, analyse saturation per model, publish decisions.
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod admission;
 pub mod analysis;
 pub mod args;

@@ -8,7 +8,6 @@ use tokio::sync::watch;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 use wva_aggregator::args::{ActuatorKind, Args, Command};
-use wva_aggregator::config::saturation::SaturationConfigSet;
 use wva_aggregator::service::{self, Sources, Tuning};
 use wva_aggregator::standalone::actuator::{ActuatorConfig, LocalActuator};
 use wva_aggregator::{demo, k8s, startup, variants, watchfile};
@@ -84,7 +83,9 @@ async fn run(argv: Vec<OsString>, args: Args) -> anyhow::Result<()> {
 async fn run_standalone(args: Args, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let settings = startup::settings(&args)?;
     let saturation_rx = startup::saturation_file(&args, shutdown.clone())?
-        .unwrap_or_else(|| watch::channel(Arc::new(SaturationConfigSet::default())).1);
+        .unwrap_or_else(|| watch::channel(Arc::default()).1);
+    let scale_to_zero_rx = startup::scale_to_zero_file(&args, shutdown.clone())?
+        .unwrap_or_else(|| watch::channel(Arc::default()).1);
     let variants_file = args
         .variants
         .clone()
@@ -111,6 +112,7 @@ async fn run_standalone(args: Args, shutdown: watch::Receiver<bool>) -> anyhow::
         Sources::alone(
             variants_rx.clone(),
             saturation_rx,
+            scale_to_zero_rx,
             actuator.as_ref().map(LocalActuator::counts),
             Tuning::from_args(&args),
         ),

@@ -16,6 +16,7 @@ use wva_proto::v1::telemetry_server::TelemetryServer;
 
 use crate::admission::Admission;
 use crate::config::saturation::SaturationConfigSet;
+use crate::config::scale_to_zero::ScaleToZeroConfigSet;
 use crate::decision::Decision;
 use crate::engine::{Engine, Inputs, ReplicaCounts};
 use crate::gauges::DecisionGauges;
@@ -65,6 +66,8 @@ pub struct Settings {
 pub struct Sources {
     pub variants: watch::Receiver<Variants>,
     pub saturation: watch::Receiver<Arc<SaturationConfigSet>>,
+    /// Per-model scale-to-zero policies (used when `Settings::scale_to_zero`).
+    pub scale_to_zero: watch::Receiver<Arc<ScaleToZeroConfigSet>>,
     /// Replica counts from an actuator; `None` derives them from reporting pods.
     pub replicas: Option<watch::Receiver<Replicas>>,
     /// Whether this replica leads; only a leader publishes decision gauges,
@@ -81,12 +84,14 @@ impl Sources {
     pub fn alone(
         variants: watch::Receiver<Variants>,
         saturation: watch::Receiver<Arc<SaturationConfigSet>>,
+        scale_to_zero: watch::Receiver<Arc<ScaleToZeroConfigSet>>,
         replicas: Option<watch::Receiver<Replicas>>,
         tuning: Tuning,
     ) -> Self {
         Sources {
             variants,
             saturation,
+            scale_to_zero,
             replicas,
             leading: watch::channel(true).1,
             previous: HashMap::new(),
@@ -254,6 +259,7 @@ impl AnalysisLoop {
         }
         let variants = self.sources.variants.borrow_and_update().clone();
         let config = self.sources.saturation.borrow().clone();
+        let scale_to_zero = self.sources.scale_to_zero.borrow().clone();
         let replicas = self
             .sources
             .replicas
@@ -268,7 +274,7 @@ impl AnalysisLoop {
                 replicas: replicas.as_deref(),
                 config: &config,
                 staleness,
-                scale_to_zero: self.settings.scale_to_zero,
+                scale_to_zero: self.settings.scale_to_zero.then_some(&*scale_to_zero),
             })
         });
         for e in &events {

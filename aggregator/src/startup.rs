@@ -14,6 +14,7 @@ use tracing::info;
 use crate::admission::SharedToken;
 use crate::args::Args;
 use crate::config::saturation::SaturationConfigSet;
+use crate::config::scale_to_zero::ScaleToZeroConfigSet;
 use crate::service::Settings;
 use crate::watchfile;
 
@@ -40,20 +41,50 @@ pub async fn listen(args: &Args) -> anyhow::Result<(TcpListener, TcpListener)> {
     Ok((grpc, http))
 }
 
-/// The saturation config from `--saturation-config`, watched; `None` without one.
+/// A per-model config kept in a file, watched; `None` without a file.
+pub fn config_file<T, E>(
+    path: Option<&PathBuf>,
+    what: &'static str,
+    parse: fn(&str) -> Result<T, E>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Option<watch::Receiver<Arc<T>>>>
+where
+    T: Send + Sync + 'static,
+    E: std::fmt::Display + 'static,
+{
+    let Some(path) = path else { return Ok(None) };
+    Ok(Some(watchfile::load_and_watch(
+        path.clone(),
+        what,
+        parse,
+        shutdown,
+    )?))
+}
+
+/// The saturation config from `--saturation-config`, if given.
 pub fn saturation_file(
     args: &Args,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<watch::Receiver<Arc<SaturationConfigSet>>>> {
-    let Some(path) = &args.saturation_config else {
-        return Ok(None);
-    };
-    Ok(Some(watchfile::load_and_watch(
-        path.clone(),
+    config_file(
+        args.saturation_config.as_ref(),
         "saturation config",
         SaturationConfigSet::from_yaml_file_contents,
         shutdown,
-    )?))
+    )
+}
+
+/// The scale-to-zero config from `--scale-to-zero-config`, if given.
+pub fn scale_to_zero_file(
+    args: &Args,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Option<watch::Receiver<Arc<ScaleToZeroConfigSet>>>> {
+    config_file(
+        args.scale_to_zero_config.as_ref(),
+        "scale-to-zero config",
+        ScaleToZeroConfigSet::from_yaml_file_contents,
+        shutdown,
+    )
 }
 
 /// Agents started locally reach a wildcard listener through loopback.

@@ -63,6 +63,8 @@ pub enum Reason {
     Converging,
     /// A scale-down not yet carried out, called off because the model saturated meanwhile.
     ScaleDownWithdrawn,
+    /// The model had no request for its scale-to-zero retention period.
+    ScaleToZero,
 }
 
 impl Reason {
@@ -74,6 +76,7 @@ impl Reason {
             Reason::Steady => "steady",
             Reason::Converging => "converging",
             Reason::ScaleDownWithdrawn => "scale_down_withdrawn",
+            Reason::ScaleToZero => "scale_to_zero",
         }
     }
 }

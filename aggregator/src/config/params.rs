@@ -62,6 +62,8 @@ pub const PARAMS: &[Param] = &[
     param("WVA_TOKEN_AUDIENCE", "token_audience", Static),
     param("WVA_LEGACY_METRICS", "legacy_metrics", Static),
     param("WVA_SCALE_TO_ZERO", "scale_to_zero", Static),
+    param("WVA_SATURATION_CONFIG", "saturation_config", Static),
+    param("WVA_SCALE_TO_ZERO_CONFIG", "scale_to_zero_config", Static),
     param("CONTROLLER_INSTANCE", "controller_instance", Static),
     param("WATCH_NAMESPACE", "watch_namespace", Static),
     param("LEADER_ELECT", "leader_elect", Static),

@@ -70,6 +70,7 @@ pub async fn run(args: &Args, mut shutdown: watch::Receiver<bool>) -> anyhow::Re
         Sources::alone(
             variants_rx.clone(),
             saturation_rx,
+            watch::channel(Arc::default()).1,
             Some(actuator.counts()),
             Tuning::from_args(args),
         ),

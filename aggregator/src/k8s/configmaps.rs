@@ -1,8 +1,8 @@
 //! The configuration ConfigMaps in the aggregator's own namespace: read once
 //! at start (failing fast on an invalid one), then watched. Dynamic changes
 //! apply at once and are logged old → new; a change to a static parameter is
-//! rejected with a Warning Event, and an invalid saturation config keeps the
-//! previous one.
+//! rejected with a Warning Event, and an invalid per-model config (saturation,
+//! scale to zero) keeps the previous one.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -18,58 +18,103 @@ use tracing::{error, info, warn};
 
 use crate::config::params::{self, Parsed};
 use crate::config::saturation::SaturationConfigSet;
+use crate::config::scale_to_zero::ScaleToZeroConfigSet;
 use crate::service::Tuning;
 
 pub const IMMUTABLE_REJECTED: &str = "ImmutableConfigChangeRejected";
-pub const INVALID_SATURATION_CONFIG: &str = "InvalidSaturationConfig";
 
-/// Which ConfigMaps, where.
+/// A per-model configuration held in a ConfigMap of its own.
+pub trait ModelConfig: PartialEq + Default + Send + Sync + Sized + 'static {
+    /// How logs name it.
+    const WHAT: &'static str;
+    /// Reason of the Warning Event for an invalid edit.
+    const INVALID: &'static str;
+    fn from_data(data: &BTreeMap<String, String>) -> Result<Self, String>;
+    /// Number of entries, for the update log.
+    fn entries(&self) -> usize;
+}
+
+impl ModelConfig for SaturationConfigSet {
+    const WHAT: &'static str = "saturation config";
+    const INVALID: &'static str = "InvalidSaturationConfig";
+    fn from_data(data: &BTreeMap<String, String>) -> Result<Self, String> {
+        SaturationConfigSet::from_data(data).map_err(|e| e.to_string())
+    }
+    fn entries(&self) -> usize {
+        self.overrides().count() + 1
+    }
+}
+
+impl ModelConfig for ScaleToZeroConfigSet {
+    const WHAT: &'static str = "scale-to-zero config";
+    const INVALID: &'static str = "InvalidScaleToZeroConfig";
+    fn from_data(data: &BTreeMap<String, String>) -> Result<Self, String> {
+        ScaleToZeroConfigSet::from_data(data).map_err(|e| e.to_string())
+    }
+    fn entries(&self) -> usize {
+        self.models() + 1
+    }
+}
+
+/// Which ConfigMaps, where. A per-model one is `None` when a file provides
+/// it instead.
 #[derive(Debug, Clone)]
 pub struct Names {
     pub namespace: String,
     pub main: String,
-    /// `None` when a file (`--saturation-config`) provides it instead.
     pub saturation: Option<String>,
+    pub scale_to_zero: Option<String>,
 }
 
 /// The ConfigMaps as read at start.
 pub struct Initial {
     pub main: BTreeMap<String, String>,
     pub saturation: Option<SaturationConfigSet>,
+    pub scale_to_zero: Option<ScaleToZeroConfigSet>,
 }
 
-/// Reads both ConfigMaps; a missing one is empty (defaults), an unreadable or
+/// Reads the ConfigMaps; a missing one is empty (defaults), an unreadable or
 /// invalid one is an error naming it.
 pub async fn read(client: Client, names: &Names) -> anyhow::Result<Initial> {
     let api: Api<ConfigMap> = Api::namespaced(client, &names.namespace);
-    let data = |cm: Option<ConfigMap>| cm.and_then(|c| c.data).unwrap_or_default();
-    let main = api.get_opt(&names.main).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot read ConfigMap {}/{}: {e}",
-            names.namespace,
-            names.main
-        )
-    })?;
-    let main = data(main);
-    let saturation = match &names.saturation {
-        None => None,
-        Some(name) => {
-            let cm = api.get_opt(name).await.map_err(|e| {
-                anyhow::anyhow!("cannot read ConfigMap {}/{name}: {e}", names.namespace)
-            })?;
-            Some(
-                SaturationConfigSet::from_data(&data(cm))
-                    .map_err(|e| anyhow::anyhow!("ConfigMap {}/{name}: {e}", names.namespace))?,
-            )
-        }
-    };
-    Ok(Initial { main, saturation })
+    let main = data_of(&api, &names.namespace, &names.main).await?;
+    Ok(Initial {
+        main,
+        saturation: read_model_config(&api, &names.namespace, names.saturation.as_deref()).await?,
+        scale_to_zero: read_model_config(&api, &names.namespace, names.scale_to_zero.as_deref())
+            .await?,
+    })
+}
+
+async fn data_of(
+    api: &Api<ConfigMap>,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let cm = api
+        .get_opt(name)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read ConfigMap {namespace}/{name}: {e}"))?;
+    Ok(cm.and_then(|c| c.data).unwrap_or_default())
+}
+
+async fn read_model_config<T: ModelConfig>(
+    api: &Api<ConfigMap>,
+    namespace: &str,
+    name: Option<&str>,
+) -> anyhow::Result<Option<T>> {
+    let Some(name) = name else { return Ok(None) };
+    let data = data_of(api, namespace, name).await?;
+    let config =
+        T::from_data(&data).map_err(|e| anyhow::anyhow!("ConfigMap {namespace}/{name}: {e}"))?;
+    Ok(Some(config))
 }
 
 /// Where changes go.
 pub struct Outputs {
     pub tuning: watch::Sender<Tuning>,
     pub saturation: Option<watch::Sender<Arc<SaturationConfigSet>>>,
+    pub scale_to_zero: Option<watch::Sender<Arc<ScaleToZeroConfigSet>>>,
 }
 
 /// What the watch compares changes against.
@@ -136,7 +181,11 @@ impl Watched {
         if name == self.names.main {
             self.main_changed(cm, data).await;
         } else if Some(name) == self.names.saturation.as_deref() {
-            self.saturation_changed(cm, &data).await;
+            self.model_config_changed(cm, &data, &self.outputs.saturation)
+                .await;
+        } else if Some(name) == self.names.scale_to_zero.as_deref() {
+            self.model_config_changed(cm, &data, &self.outputs.scale_to_zero)
+                .await;
         }
     }
 
@@ -178,22 +227,24 @@ impl Watched {
         }
     }
 
-    async fn saturation_changed(&mut self, cm: &ConfigMap, data: &BTreeMap<String, String>) {
-        let Some(tx) = &self.outputs.saturation else {
-            return;
-        };
-        match SaturationConfigSet::from_data(data) {
+    async fn model_config_changed<T: ModelConfig>(
+        &self,
+        cm: &ConfigMap,
+        data: &BTreeMap<String, String>,
+        tx: &Option<watch::Sender<Arc<T>>>,
+    ) {
+        let Some(tx) = tx else { return };
+        match T::from_data(data) {
             Ok(config) => {
-                let old_entries = tx.borrow().overrides().count() + 1;
-                let new_entries = config.overrides().count() + 1;
+                let old_entries = tx.borrow().entries();
+                let new_entries = config.entries();
                 if tx.send_if_modified(|c| replace(c, Arc::new(config))) {
-                    info!(old_entries, new_entries, "Updated saturation config");
+                    info!(old_entries, new_entries, "Updated {}", T::WHAT);
                 }
             }
             Err(e) => {
-                error!(error = %e, "invalid saturation config ignored; the previous one stays");
-                self.warn(cm, INVALID_SATURATION_CONFIG, e.to_string())
-                    .await;
+                error!(error = %e, "invalid {} ignored; the previous one stays", T::WHAT);
+                self.warn(cm, T::INVALID, e).await;
             }
         }
     }

@@ -44,6 +44,10 @@ pub async fn run(
             .saturation_config
             .is_none()
             .then(|| first.saturation_config_map_name.clone()),
+        scale_to_zero: first
+            .scale_to_zero_config
+            .is_none()
+            .then(|| first.scale_to_zero_config_map_name.clone()),
     };
     let initial = configmaps::read(client.clone(), &names).await?;
     let parsed = params::parse(&argv, &names.main, &initial.main)?;
@@ -56,14 +60,14 @@ pub async fn run(
     };
 
     let (tuning_tx, tuning) = watch::channel(Tuning::from_args(&args));
-    let (saturation, saturation_tx) = match startup::saturation_file(&args, shutdown.clone())? {
-        Some(rx) => (rx, None),
-        None => {
-            let config = initial.saturation.unwrap_or_default();
-            let (tx, rx) = watch::channel(Arc::new(config));
-            (rx, Some(tx))
-        }
-    };
+    let (saturation, saturation_tx) = from_file_or_config_map(
+        startup::saturation_file(&args, shutdown.clone())?,
+        initial.saturation,
+    );
+    let (scale_to_zero, scale_to_zero_tx) = from_file_or_config_map(
+        startup::scale_to_zero_file(&args, shutdown.clone())?,
+        initial.scale_to_zero,
+    );
     let config_task = tokio::spawn(configmaps::run(
         client.clone(),
         configmaps::Running {
@@ -76,6 +80,7 @@ pub async fn run(
         Outputs {
             tuning: tuning_tx,
             saturation: saturation_tx,
+            scale_to_zero: scale_to_zero_tx,
         },
         shutdown.clone(),
     ));
@@ -120,6 +125,7 @@ pub async fn run(
         Sources {
             variants: feeds.variants,
             saturation,
+            scale_to_zero,
             replicas: Some(feeds.replicas),
             leading: leading.clone(),
             previous,
@@ -137,6 +143,23 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
+}
+
+type Feed<T> = watch::Sender<Arc<T>>;
+
+/// The file's channel when a file is configured; otherwise a channel seeded
+/// from the ConfigMap read at start, and its sender for the ConfigMap watch.
+fn from_file_or_config_map<T: Default + Send + Sync + 'static>(
+    file: Option<watch::Receiver<Arc<T>>>,
+    initial: Option<T>,
+) -> (watch::Receiver<Arc<T>>, Option<Feed<T>>) {
+    match file {
+        Some(rx) => (rx, None),
+        None => {
+            let (tx, rx) = watch::channel(Arc::new(initial.unwrap_or_default()));
+            (rx, Some(tx))
+        }
+    }
 }
 
 /// The election settings, or `None` when election is off.

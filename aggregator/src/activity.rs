@@ -1,0 +1,167 @@
+//! How long each model has been idle, for scale to zero.
+//!
+//! A model is active at an analysis when one of its pods has requests running
+//! or waiting, or its successful-request counter grew since the previous
+//! sample of that pod. A model seen for the first time, or brought back from
+//! zero replicas (by whoever scaled it), starts a fresh idle period, so it is
+//! never sent to zero before a whole retention period has been observed.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use wva_proto::v1::ModelSignals;
+
+use crate::store::PodKey;
+
+/// `(namespace, model_id)`.
+pub type ModelKey = (String, String);
+
+#[derive(Debug)]
+struct Model {
+    last_active: Instant,
+    had_replicas: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct ActivityTracker {
+    models: HashMap<ModelKey, Model>,
+    /// Last successful-request total per pod and model.
+    successes: HashMap<(PodKey, String), f64>,
+}
+
+impl ActivityTracker {
+    /// Records one analysis of `model`: the fresh signals of its pods and its
+    /// total current replicas. Returns how long it has been idle.
+    pub fn observe<'a>(
+        &mut self,
+        now: Instant,
+        model: &ModelKey,
+        signals: impl IntoIterator<Item = (&'a PodKey, &'a ModelSignals)>,
+        current_replicas: u32,
+    ) -> Duration {
+        let mut active = false;
+        for (pod, s) in signals {
+            if s.requests_running > 0.0 || s.requests_waiting > 0.0 {
+                active = true;
+            }
+            let total = s.counters.as_ref().map_or(0.0, |c| c.request_success);
+            let previous = self.successes.insert((pod.clone(), model.1.clone()), total);
+            // A restarted pod's counter starts over: only growth counts.
+            if previous.is_some_and(|p| total > p) {
+                active = true;
+            }
+        }
+        let has_replicas = current_replicas > 0;
+        let entry = self.models.entry(model.clone()).or_insert(Model {
+            last_active: now,
+            had_replicas: has_replicas,
+        });
+        if active || (has_replicas && !entry.had_replicas) {
+            entry.last_active = now;
+        }
+        entry.had_replicas = has_replicas;
+        now.saturating_duration_since(entry.last_active)
+    }
+
+    /// Forgets models and pods that are gone.
+    pub fn retain(&mut self, models: &HashSet<ModelKey>, pods: &HashSet<&PodKey>) {
+        self.models.retain(|k, _| models.contains(k));
+        self.successes.retain(|(pod, _), _| pods.contains(pod));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wva_proto::v1::Counters;
+
+    use super::*;
+
+    fn key() -> ModelKey {
+        ("ns".into(), "m".into())
+    }
+
+    fn pod(name: &str) -> PodKey {
+        PodKey {
+            namespace: "ns".into(),
+            pod: name.into(),
+        }
+    }
+
+    fn signals(running: f64, successes: f64) -> ModelSignals {
+        ModelSignals {
+            model: "m".into(),
+            requests_running: running,
+            counters: Some(Counters {
+                request_success: successes,
+                ..Counters::default()
+            }),
+            ..ModelSignals::default()
+        }
+    }
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn idle_time_starts_at_first_sight_and_grows_without_requests() {
+        let mut t = ActivityTracker::default();
+        let t0 = Instant::now();
+        let p = pod("p");
+        let quiet = signals(0.0, 5.0);
+        assert_eq!(t.observe(t0, &key(), [(&p, &quiet)], 1), Duration::ZERO);
+        assert_eq!(t.observe(t0 + MIN, &key(), [(&p, &quiet)], 1), MIN);
+    }
+
+    #[test]
+    fn a_growing_success_counter_or_running_requests_are_activity() {
+        let mut t = ActivityTracker::default();
+        let t0 = Instant::now();
+        let p = pod("p");
+        t.observe(t0, &key(), [(&p, &signals(0.0, 5.0))], 1);
+        let served = signals(0.0, 6.0);
+        assert_eq!(
+            t.observe(t0 + MIN, &key(), [(&p, &served)], 1),
+            Duration::ZERO
+        );
+        let busy = signals(2.0, 6.0);
+        assert_eq!(
+            t.observe(t0 + 2 * MIN, &key(), [(&p, &busy)], 1),
+            Duration::ZERO
+        );
+        let quiet = signals(0.0, 6.0);
+        assert_eq!(t.observe(t0 + 3 * MIN, &key(), [(&p, &quiet)], 1), MIN);
+    }
+
+    #[test]
+    fn a_restarted_pods_counter_is_not_activity() {
+        let mut t = ActivityTracker::default();
+        let t0 = Instant::now();
+        let p = pod("p");
+        t.observe(t0, &key(), [(&p, &signals(0.0, 50.0))], 1);
+        let restarted = signals(0.0, 0.0);
+        assert_eq!(t.observe(t0 + MIN, &key(), [(&p, &restarted)], 1), MIN);
+    }
+
+    #[test]
+    fn coming_back_from_zero_starts_a_new_idle_period() {
+        let mut t = ActivityTracker::default();
+        let t0 = Instant::now();
+        assert_eq!(t.observe(t0, &key(), [], 1), Duration::ZERO);
+        assert_eq!(t.observe(t0 + MIN, &key(), [], 0), MIN);
+        // Someone scaled it up again: the clock restarts.
+        assert_eq!(t.observe(t0 + 2 * MIN, &key(), [], 1), Duration::ZERO);
+    }
+
+    #[test]
+    fn gone_models_and_pods_are_forgotten() {
+        let mut t = ActivityTracker::default();
+        let t0 = Instant::now();
+        let p = pod("p");
+        t.observe(t0, &key(), [(&p, &signals(0.0, 5.0))], 1);
+        t.retain(&HashSet::new(), &HashSet::new());
+        // Seen afresh: no idle time carried over, no counter baseline.
+        assert_eq!(
+            t.observe(t0 + MIN, &key(), [(&p, &signals(0.0, 9.0))], 1),
+            Duration::ZERO
+        );
+    }
+}
