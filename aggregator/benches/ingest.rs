@@ -60,6 +60,7 @@ fn main() -> anyhow::Result<()> {
                 Sources::alone(
                     variants,
                     saturation,
+                    watch::channel(Arc::default()).1,
                     None,
                     Tuning {
                         min_analysis_interval: Duration::from_secs(1),
