@@ -84,7 +84,7 @@ pub struct Args {
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
 
-    /// Saturation-scaling ConfigMap (YAML manifest or bare data map); reloaded when it changes.
+    /// Saturation-scaling ConfigMap (YAML manifest); reloaded when it changes.
     #[arg(long, env = "WVA_SATURATION_CONFIG")]
     pub saturation_config: Option<PathBuf>,
 
@@ -113,7 +113,9 @@ pub struct Args {
     #[arg(long, env = "CONTROLLER_INSTANCE")]
     pub controller_instance: Option<String>,
 
-    /// Allow the cheapest variant of a model to scale to zero.
+    /// Let a model with no request for its retention period (scale-to-zero
+    /// config, default 10m) go to zero replicas; off, the cheapest variant of
+    /// every model keeps one.
     #[arg(long, env = "WVA_SCALE_TO_ZERO", default_value_t = false, action = clap::ArgAction::Set)]
     pub scale_to_zero: bool,
 

@@ -277,6 +277,19 @@ mod tests {
     }
 
     #[test]
+    fn every_parameter_is_documented() {
+        let docs = include_str!("../../../docs/configuration.md");
+        for arg in Args::command().get_arguments() {
+            if let Some(env) = arg.get_env().and_then(|e| e.to_str()) {
+                assert!(
+                    docs.contains(&format!("`{env}`")),
+                    "docs/configuration.md does not document {env}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn the_config_map_fills_in_what_flags_leave_unset() {
         let parsed = parse(
             &argv(&["--staleness", "4s"]),
