@@ -242,3 +242,71 @@ fn targets<'a>(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use http::{Method, StatusCode};
+    use serde_json::json;
+
+    use super::*;
+    use crate::k8s::scripted::{self, failure, respond};
+
+    fn va(name: &str, status: serde_json::Value) -> serde_json::Value {
+        json!({
+            "apiVersion": "llmd.ai/v1alpha1", "kind": "VariantAutoscaling",
+            "metadata": {"name": name, "namespace": "llm"},
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": name}, "modelID": "m"},
+            "status": status
+        })
+    }
+
+    #[tokio::test]
+    async fn stored_decisions_continue_from_status() {
+        let (client, mut handle) = scripted::client();
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), Method::GET);
+            assert_eq!(
+                request.uri().path(),
+                "/apis/llmd.ai/v1alpha1/namespaces/llm/variantautoscalings"
+            );
+            let list = json!({
+                "apiVersion": "llmd.ai/v1alpha1", "kind": "VariantAutoscalingList",
+                "metadata": {"resourceVersion": "9"},
+                "items": [
+                    va("decided", json!({"desiredOptimizedAlloc": {"numReplicas": 4, "accelerator": "L4"}})),
+                    va("cleared", json!({"desiredOptimizedAlloc": {}})),
+                    va("new", serde_json::Value::Null),
+                ]
+            });
+            respond(send, StatusCode::OK, &list);
+        });
+        let stored = stored_decisions(client, Some("llm")).await.unwrap();
+        assert_eq!(
+            stored,
+            HashMap::from([(VariantKey::new("llm", "decided"), 4)])
+        );
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_crd_is_named() {
+        let (client, mut handle) = scripted::client();
+        let server = tokio::spawn(async move {
+            let (_, send) = handle.next_request().await.unwrap();
+            let status = failure(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+            respond(send, StatusCode::NOT_FOUND, &status);
+        });
+        let error = stored_decisions(client, None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("variantautoscalings.llmd.ai"), "{error}");
+        assert!(error.contains("not installed"), "{error}");
+        server.await.unwrap();
+    }
+}

@@ -296,3 +296,137 @@ mod tests {
         ));
     }
 }
+
+/// The election's requests, scripted with `tower-test` as kube-rs does.
+#[cfg(test)]
+mod api_tests {
+    use http::{Method, StatusCode};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::k8s::scripted::{self, failure, json_body, respond};
+
+    const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/wva-system/leases/wva-leader";
+
+    fn config() -> ElectionConfig {
+        ElectionConfig {
+            namespace: "wva-system".into(),
+            name: "wva-leader".into(),
+            identity: "wva-0".into(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+
+    fn api() -> (Api<Lease>, scripted::Handle) {
+        let (client, handle) = scripted::client();
+        (Api::namespaced(client, "wva-system"), handle)
+    }
+
+    fn lease_json(holder: &str, resource_version: &str) -> Value {
+        json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "wva-leader", "namespace": "wva-system",
+                         "resourceVersion": resource_version},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                     "renewTime": "2026-11-23T10:00:00.000000Z", "leaseTransitions": 2}
+        })
+    }
+
+    #[tokio::test]
+    async fn a_missing_lease_is_created_holding_it() {
+        let (api, mut handle) = api();
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(
+                (request.method(), request.uri().path()),
+                (&Method::GET, PATH)
+            );
+            respond(
+                send,
+                StatusCode::NOT_FOUND,
+                &failure(404, "NotFound", "NotFound"),
+            );
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), Method::POST);
+            assert_eq!(
+                request.uri().path(),
+                "/apis/coordination.k8s.io/v1/namespaces/wva-system/leases"
+            );
+            let created = json_body(request).await;
+            assert_eq!(created["spec"]["holderIdentity"], "wva-0");
+            assert_eq!(created["spec"]["leaseDurationSeconds"], 15);
+            respond(send, StatusCode::CREATED, &created);
+        });
+        let mut observer = Observer::default();
+        assert!(
+            round(&api, &config(), &mut observer, Instant::now())
+                .await
+                .unwrap()
+        );
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_renewal_replaces_with_the_read_resource_version() {
+        let (api, mut handle) = api();
+        let server = tokio::spawn(async move {
+            let (_, send) = handle.next_request().await.unwrap();
+            respond(send, StatusCode::OK, &lease_json("wva-0", "41"));
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(
+                (request.method(), request.uri().path()),
+                (&Method::PUT, PATH)
+            );
+            let replaced = json_body(request).await;
+            assert_eq!(replaced["metadata"]["resourceVersion"], "41");
+            assert_eq!(replaced["spec"]["holderIdentity"], "wva-0");
+            assert_ne!(replaced["spec"]["renewTime"], "2026-11-23T10:00:00.000000Z");
+            respond(send, StatusCode::OK, &replaced);
+        });
+        let mut observer = Observer::default();
+        assert!(
+            round(&api, &config(), &mut observer, Instant::now())
+                .await
+                .unwrap()
+        );
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn losing_the_race_for_an_expired_lease_is_not_leading() {
+        let (api, mut handle) = api();
+        let t0 = Instant::now();
+        let mut observer = Observer::default();
+        // First sight of a live holder: follow, write nothing.
+        let server = tokio::spawn(async move {
+            let (_, send) = handle.next_request().await.unwrap();
+            respond(send, StatusCode::OK, &lease_json("wva-1", "7"));
+            handle
+        });
+        assert!(!round(&api, &config(), &mut observer, t0).await.unwrap());
+        let mut handle = server.await.unwrap();
+
+        // The same record 15 s later: take over, incrementing the transitions;
+        // another replica wrote first, so the replace conflicts.
+        let server = tokio::spawn(async move {
+            let (_, send) = handle.next_request().await.unwrap();
+            respond(send, StatusCode::OK, &lease_json("wva-1", "7"));
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), Method::PUT);
+            let taken = json_body(request).await;
+            assert_eq!(taken["metadata"]["resourceVersion"], "7");
+            assert_eq!(taken["spec"]["holderIdentity"], "wva-0");
+            assert_eq!(taken["spec"]["leaseTransitions"], 3);
+            respond(
+                send,
+                StatusCode::CONFLICT,
+                &failure(409, "Conflict", "Conflict"),
+            );
+        });
+        let later = t0 + Duration::from_secs(15);
+        assert!(!round(&api, &config(), &mut observer, later).await.unwrap());
+        server.await.unwrap();
+    }
+}

@@ -11,6 +11,8 @@ pub mod leader;
 pub mod mode;
 pub mod pods;
 pub mod resolve;
+#[cfg(test)]
+pub(crate) mod scripted;
 pub mod status;
 pub mod writer;
 

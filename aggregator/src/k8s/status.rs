@@ -116,10 +116,15 @@ fn invalid(error: &FieldError) -> Vec<Wanted> {
 }
 
 fn target_missing(previous: &VariantAutoscalingStatus, name: &str) -> Vec<Wanted> {
+    let gone = format!("Target deployment '{name}' no longer exists");
+    // The target was found before: just now (TargetResolved was True), or
+    // earlier, as the status already says, so the next sync keeps saying it.
     let was_found = conditions::find(&previous.conditions, TARGET_RESOLVED)
-        .is_some_and(|c| c.status == Status::True.as_str());
+        .is_some_and(|c| c.status == Status::True.as_str())
+        || conditions::find(&previous.conditions, READY)
+            .is_some_and(|c| c.reason == reason::DEPLOYMENT_NOT_FOUND && c.message == gone);
     let ready_message = if was_found {
-        format!("Target deployment '{name}' no longer exists")
+        gone
     } else {
         format!("Target deployment '{name}' not found")
     };
@@ -359,6 +364,23 @@ mod tests {
         let json = serde_json::to_value(&gone).unwrap();
         assert!(json["desiredOptimizedAlloc"]["numReplicas"].is_null());
         assert!(json.as_object().unwrap().contains_key("currentAlloc"));
+        // The next sync keeps saying so: nothing to write.
+        let still = next(
+            Some(&gone),
+            Situation::TargetMissing { name: "llama-8b" },
+            Some(1),
+            &at(3),
+        );
+        assert_eq!(still, gone);
+        // Another missing target was never found.
+        let other = next(
+            Some(&gone),
+            Situation::TargetMissing { name: "llama-70b" },
+            Some(2),
+            &at(4),
+        );
+        let ready = conditions::find(&other.conditions, READY).unwrap();
+        assert_eq!(ready.message, "Target deployment 'llama-70b' not found");
     }
 
     #[test]

@@ -152,27 +152,21 @@ fn event(note: &Note) -> Event {
 
 #[cfg(test)]
 mod tests {
-    use http::{Method, Request, Response, StatusCode};
+    use http::{Method, StatusCode};
     use k8s_openapi::jiff::Timestamp;
-    use kube::client::Body;
     use serde_json::Value;
-    use tower_test::mock;
 
     use super::*;
     use crate::k8s::crd::{ScaleTargetRef, VariantAutoscalingSpec};
-
-    type Handle = mock::Handle<Request<Body>, Response<Body>>;
+    use crate::k8s::scripted::{self, Handle, failure, json_body, respond};
 
     fn writer() -> (StatusWriter, Handle) {
-        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let (client, handle) = scripted::client();
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: Some("wva-0".into()),
         };
-        (
-            StatusWriter::new(Client::new(service, "default"), reporter),
-            handle,
-        )
+        (StatusWriter::new(client, reporter), handle)
     }
 
     fn object() -> VariantAutoscaling {
@@ -202,19 +196,6 @@ mod tests {
 
     fn now() -> Time {
         Time(Timestamp::from_second(1_800_000_000).unwrap())
-    }
-
-    async fn json_body(request: Request<Body>) -> Value {
-        let bytes = request.into_body().collect_bytes().await.unwrap();
-        serde_json::from_slice(&bytes).unwrap()
-    }
-
-    fn respond(send: mock::SendResponse<Response<Body>>, status: StatusCode, body: &Value) {
-        let response = Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(body).unwrap()))
-            .unwrap();
-        send.send_response(response);
     }
 
     /// Answers the status patch with the patched object and returns its body.
@@ -300,11 +281,8 @@ mod tests {
         }];
         let server = tokio::spawn(async move {
             let (_, send) = handle.next_request().await.expect("a status patch");
-            let failure = serde_json::json!({
-                "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500
-            });
-            respond(send, StatusCode::INTERNAL_SERVER_ERROR, &failure);
+            let timeout = failure(500, "InternalError", "etcdserver: request timed out");
+            respond(send, StatusCode::INTERNAL_SERVER_ERROR, &timeout);
             handle
         });
         assert_eq!(writer.sync(&targets, &now()).await, 0);
@@ -332,11 +310,11 @@ mod tests {
         }];
         let server = tokio::spawn(async move {
             let (_, send) = handle.next_request().await.expect("a status patch");
-            let gone = serde_json::json!({
-                "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                "message": "variantautoscalings.llmd.ai \"llama-8b-autoscaler\" not found",
-                "reason": "NotFound", "code": 404
-            });
+            let gone = failure(
+                404,
+                "NotFound",
+                "variantautoscalings.llmd.ai \"llama-8b-autoscaler\" not found",
+            );
             respond(send, StatusCode::NOT_FOUND, &gone);
         });
         // No event follows a write that did not happen.
