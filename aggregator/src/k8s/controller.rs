@@ -112,11 +112,19 @@ impl Controller {
 
         let mut writer = StatusWriter::new(self.client.clone(), self.options.reporter.clone());
         let (mut vas_listed, mut deployments_listed) = (false, false);
+        // Re-resolved only after a watch event; a new decision alone reuses it.
+        let mut resolved: Option<Resolved> = None;
         loop {
             tokio::select! {
                 change = changes.next() => match change {
-                    Some(Ok(Change::Variants { listed })) => vas_listed |= listed,
-                    Some(Ok(Change::Deployments { listed })) => deployments_listed |= listed,
+                    Some(Ok(Change::Variants { listed })) => {
+                        vas_listed |= listed;
+                        resolved = None;
+                    }
+                    Some(Ok(Change::Deployments { listed })) => {
+                        deployments_listed |= listed;
+                        resolved = None;
+                    }
                     Some(Err(e)) => {
                         warn!(error = %e, "watch failed; retrying with backoff");
                         continue;
@@ -138,14 +146,17 @@ impl Controller {
             if !(vas_listed && deployments_listed) {
                 continue;
             }
-            let resolved = self.resolve(&va_store, &deploy_store);
-            self.publish(&resolved);
+            let resolved = resolved.get_or_insert_with(|| {
+                let fresh = self.resolve(&va_store, &deploy_store);
+                self.publish(&fresh);
+                fresh
+            });
             if !*leading.borrow_and_update() {
                 continue;
             }
             let decisions = decisions.borrow_and_update().clone();
             let objects = va_store.state();
-            let targets = targets(&objects, &resolved, &decisions);
+            let targets = targets(&objects, resolved, &decisions);
             let now = Time(Timestamp::now());
             let written = writer.sync(&targets, &now).await;
             if written > 0 {
