@@ -25,8 +25,9 @@ struct Model {
 #[derive(Debug, Default)]
 pub struct ActivityTracker {
     models: HashMap<ModelKey, Model>,
-    /// Last successful-request total per pod and model.
-    successes: HashMap<(PodKey, String), f64>,
+    /// Last successful-request total per pod and model (nested so a lookup
+    /// allocates nothing).
+    successes: HashMap<PodKey, HashMap<String, f64>>,
 }
 
 impl ActivityTracker {
@@ -45,7 +46,7 @@ impl ActivityTracker {
                 active = true;
             }
             let total = s.counters.as_ref().map_or(0.0, |c| c.request_success);
-            let previous = self.successes.insert((pod.clone(), model.1.clone()), total);
+            let previous = self.remember(pod, &model.1, total);
             // A restarted pod's counter starts over: only growth counts.
             if previous.is_some_and(|p| total > p) {
                 active = true;
@@ -63,10 +64,25 @@ impl ActivityTracker {
         now.saturating_duration_since(entry.last_active)
     }
 
+    /// Stores the pod's latest total for the model; returns the one before.
+    fn remember(&mut self, pod: &PodKey, model: &str, total: f64) -> Option<f64> {
+        let models = match self.successes.get_mut(pod) {
+            Some(models) => models,
+            None => self.successes.entry(pod.clone()).or_default(),
+        };
+        match models.get_mut(model) {
+            Some(seen) => Some(std::mem::replace(seen, total)),
+            None => {
+                models.insert(model.to_string(), total);
+                None
+            }
+        }
+    }
+
     /// Forgets models and pods that are gone.
     pub fn retain(&mut self, models: &HashSet<ModelKey>, pods: &HashSet<&PodKey>) {
         self.models.retain(|k, _| models.contains(k));
-        self.successes.retain(|(pod, _), _| pods.contains(pod));
+        self.successes.retain(|pod, _| pods.contains(pod));
     }
 }
 
