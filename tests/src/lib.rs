@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 pub mod apiserver;
+pub mod cluster;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -198,6 +200,69 @@ pub async fn decisions(metrics: SocketAddr) -> anyhow::Result<Vec<serde_json::Va
         bail!("/v1/decisions answered {status}: {body}");
     }
     Ok(serde_json::from_str(&body)?)
+}
+
+/// One series of a `/metrics` page: its labels and value.
+pub type Series = (BTreeMap<String, String>, f64);
+
+/// The series of the metric `name` (exactly, e.g. `wva_desired_replicas` or
+/// `wva_agent_stream_refusals_total`) on the `/metrics` page at `addr`.
+pub async fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<Vec<Series>> {
+    let (status, body) = http_get(addr, "/metrics").await?;
+    if status != 200 {
+        bail!("/metrics answered {status}: {body}");
+    }
+    parse_metric(&body, name)
+}
+
+/// Parses the samples of `name` from Prometheus or OpenMetrics text.
+pub fn parse_metric(text: &str, name: &str) -> anyhow::Result<Vec<Series>> {
+    let mut series = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (labels, value) = match rest.strip_prefix('{') {
+            Some(rest) => rest.split_once("} ").context("unterminated label set")?,
+            None if rest.starts_with(' ') => ("", rest),
+            // Another metric whose name starts with `name`.
+            None => continue,
+        };
+        let mut map = BTreeMap::new();
+        for pair in labels.split(',').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').context("label without =")?;
+            map.insert(key.to_string(), value.trim_matches('"').to_string());
+        }
+        let value = value.split_whitespace().next().context("no sample value")?;
+        series.push((map, value.parse().context("sample value")?));
+    }
+    Ok(series)
+}
+
+/// Sends a completion request of about `prompt_tokens` prompt tokens and
+/// `max_tokens` output tokens to a `vllm-sim`; it stays in flight (holding
+/// its KV-cache blocks) until the returned connection is dropped or it ends.
+pub async fn hold_completion(
+    sim: SocketAddr,
+    model: &str,
+    prompt_tokens: usize,
+    max_tokens: u32,
+) -> anyhow::Result<TcpStream> {
+    let body = serde_json::json!({
+        "model": model,
+        "prompt": "abcd".repeat(prompt_tokens),
+        "max_tokens": max_tokens,
+        "ignore_eos": true,
+    })
+    .to_string();
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(sim)).await??;
+    let request = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: {sim}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    Ok(stream)
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, failing after `within`
