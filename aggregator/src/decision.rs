@@ -74,6 +74,9 @@ pub struct Decision {
     pub ready_replicas: u32,
     pub desired_replicas: u32,
     pub basis: Basis,
+    /// Why the desired value last changed (the basis of that analysis),
+    /// while later analyses may hold it for another reason.
+    pub change_reason: Option<&'static str>,
     pub data: DataState,
     /// Age of the oldest sample used, when any was.
     #[serde(serialize_with = "seconds")]

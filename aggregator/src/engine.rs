@@ -62,6 +62,8 @@ pub struct Inputs<'a> {
 pub struct Engine {
     previous: HashMap<VariantKey, u32>,
     in_safety_net: HashSet<VariantKey>,
+    /// Why each variant's desired value last changed.
+    change_reasons: HashMap<VariantKey, &'static str>,
     activity: ActivityTracker,
 }
 
@@ -126,6 +128,7 @@ impl Engine {
         self.activity.retain(&models, &inputs.pods.keys().collect());
         self.previous.retain(|k, _| live.contains(k));
         self.in_safety_net.retain(|k| live.contains(k));
+        self.change_reasons.retain(|k, _| live.contains(k));
         decisions.sort_by(|a, b| a.variant.cmp(&b.variant));
         (decisions, events)
     }
@@ -233,8 +236,10 @@ impl Engine {
                     to: desired,
                     reason: basis.as_str(),
                 });
+                self.change_reasons.insert(key.clone(), basis.as_str());
             }
             self.previous.insert(key.clone(), desired);
+            let change_reason = self.change_reasons.get(&key).copied();
             decisions.push(Decision {
                 variant: key,
                 model_id: model_id.to_string(),
@@ -244,6 +249,7 @@ impl Engine {
                 ready_replicas: counts.ready,
                 desired_replicas: desired,
                 basis,
+                change_reason,
                 data,
                 data_age: age,
                 inputs: state.replicas,
@@ -936,6 +942,21 @@ mod tests {
         let (decisions, events) = w.run(&mut engine, &v);
         assert_eq!(desired(&decisions), [("v", 2)]);
         assert_eq!(events, []);
+    }
+
+    #[test]
+    fn a_decision_remembers_why_its_value_last_changed() {
+        let v = [va("ns", "v", "v", 10.0)];
+        let mut engine = Engine::default();
+        let mut w = World::new();
+        w.reporting("p-0", "v", SATURATED).counts("v", 1, 1);
+        let (decisions, _) = w.run(&mut engine, &v);
+        assert_eq!(decisions[0].desired_replicas, 2);
+        assert_eq!(decisions[0].change_reason, Some("saturation"));
+        // Held while the Deployment converges: the basis changes, the reason stays.
+        let (decisions, _) = w.run(&mut engine, &v);
+        assert_eq!(decisions[0].basis, Basis::Analysis(Reason::Converging));
+        assert_eq!(decisions[0].change_reason, Some("saturation"));
     }
 
     #[test]

@@ -208,6 +208,7 @@ mod tests {
             ready_replicas: current,
             desired_replicas: desired,
             basis: Basis::Analysis(Reason::Steady),
+            change_reason: None,
             data: DataState::Fresh,
             data_age: None,
             inputs: Vec::new(),

@@ -142,6 +142,7 @@ pub async fn run(
         names: running.names,
         argv: running.argv,
         running: running.parsed,
+        main_seen: running.main.clone(),
         main: running.main,
         recorder,
         outputs,
@@ -171,6 +172,9 @@ struct Watched {
     running: Parsed,
     /// The main ConfigMap's data in force (rejected keys kept as they were).
     main: BTreeMap<String, String>,
+    /// The main ConfigMap's data as last seen, so a re-list that shows the
+    /// same data (a rejected key included) is not a new edit.
+    main_seen: BTreeMap<String, String>,
     recorder: Recorder,
     outputs: Outputs,
 }
@@ -190,6 +194,10 @@ impl Watched {
     }
 
     async fn main_changed(&mut self, cm: &ConfigMap, data: BTreeMap<String, String>) {
+        if data == self.main_seen {
+            return;
+        }
+        self.main_seen = data.clone();
         let edit = params::edit(&self.running, &self.main, &data);
         if !edit.rejected.is_empty() {
             warn!(

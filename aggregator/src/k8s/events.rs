@@ -102,7 +102,10 @@ pub fn between(
         note(
             false,
             reason,
-            format!("desired replicas {from} → {to} ({})", d.basis.as_str()),
+            format!(
+                "desired replicas {from} → {to} ({})",
+                d.change_reason.unwrap_or(d.basis.as_str())
+            ),
         );
     }
     notes
@@ -136,6 +139,7 @@ mod tests {
             ready_replicas: 1,
             desired_replicas: desired,
             basis,
+            change_reason: None,
             data,
             data_age: None,
             inputs: Vec::new(),
@@ -200,6 +204,19 @@ mod tests {
             reasons(&between(Some(&after), &back, Some(&one))),
             [event_reason::SCALED_DOWN]
         );
+    }
+
+    #[test]
+    fn a_change_seen_late_names_the_reason_that_made_it() {
+        // The status writer may first see a new value on a later analysis that
+        // holds it while the Deployment converges.
+        let one = decision(1, Basis::Analysis(Reason::Steady), DataState::Fresh);
+        let mut held = decision(3, Basis::Analysis(Reason::Converging), DataState::Fresh);
+        held.change_reason = Some("saturation");
+        let before = status::next(None, running(&one), None, &at(1));
+        let after = status::next(Some(&before), running(&held), None, &at(2));
+        let notes = between(Some(&before), &after, Some(&held));
+        assert_eq!(notes[0].message, "desired replicas 1 → 3 (saturation)");
     }
 
     #[test]

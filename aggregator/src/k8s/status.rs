@@ -281,6 +281,7 @@ mod tests {
             ready_replicas: 2,
             desired_replicas: desired,
             basis,
+            change_reason: None,
             data,
             data_age: None,
             inputs: (0..reporting)
