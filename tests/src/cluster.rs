@@ -22,6 +22,8 @@ pub const SYSTEM_NAMESPACE: &str = "wva-system";
 pub const MAIN_CONFIG_MAP: &str = "workload-variant-autoscaler-variantautoscaling-config";
 /// The saturation ConfigMap's default name.
 pub const SATURATION_CONFIG_MAP: &str = "saturation-scaling-config";
+/// The scale-to-zero ConfigMap's default name.
+pub const SCALE_TO_ZERO_CONFIG_MAP: &str = "model-scale-to-zero-config";
 /// The default leader Lease.
 pub const LEASE: &str = "wva-aggregator-leader";
 /// The accelerator every test VariantAutoscaling is labelled with.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use wva_e2e::apiserver::{ChangeKind, Resource};
 use wva_e2e::cluster::*;
 use wva_e2e::*;
@@ -693,5 +693,101 @@ async fn a_follower_takes_over_from_a_killed_leader_and_keeps_the_decision() -> 
             );
         }
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_model_without_requests_for_its_retention_scales_to_zero() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cluster = Cluster::start(dir.path(), &[NS]).await?;
+    cluster
+        .apply_config_map(MAIN_CONFIG_MAP, &[("WVA_SCALE_TO_ZERO", "true")])
+        .await?;
+    cluster
+        .apply_config_map(
+            SCALE_TO_ZERO_CONFIG_MAP,
+            &[("__defaults__", "retention_period: 2s\n")],
+        )
+        .await?;
+    let aggregator = cluster.start_aggregator("wva-0", &[])?;
+    cluster.variant_autoscaling(NS, CHAT, CHAT, MODEL).await?;
+    let Workload { pod, .. } = workload(&cluster, "chat-a", 1).await?;
+    let (_sim, _addr, _agent) = serve_pod(&cluster, &pod, &aggregator.url(), &[]).await?;
+
+    // The idle sim serves no request: once the retention has passed since
+    // the model was first seen, every variant goes to zero and says why.
+    let decision = decision_where(aggregator.metrics, "the model at zero", |d| {
+        d["desiredReplicas"] == 0
+    })
+    .await?;
+    assert_eq!(decision["basis"], "scale_to_zero", "{decision}");
+    assert_eq!(decision["data"], "fresh", "it had data and saw no request");
+    va_where(&cluster, "zero in status", |va| {
+        desired_in_status(va) == Some(0)
+    })
+    .await?;
+    let event = va_event(&cluster, "DesiredReplicasDecreased", 1).await?;
+    assert_eq!(event.note, "desired replicas 1 → 0 (scale_to_zero)");
+    gauge_becomes(aggregator.metrics, Some(0.0)).await
+}
+
+#[tokio::test]
+async fn flags_and_env_win_over_the_config_map_which_wins_over_defaults() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cluster = Cluster::start(dir.path(), &[NS]).await?;
+    let labelled = |name: &'static str, instance: &'static str| {
+        let cluster = &cluster;
+        async move {
+            let va = cluster.variant_autoscaling(NS, name, name, MODEL).await?;
+            let label = json!({"metadata": {"labels": {
+                "wva.llmd.ai/controller-instance": instance}}});
+            cluster
+                .merge_patch(
+                    Resource::VariantAutoscalings,
+                    NS,
+                    name_of(&va),
+                    label,
+                    false,
+                )
+                .await
+        }
+    };
+    // Objects are synced in name order, so once the last managed one has a
+    // status, an earlier unmanaged one would have had one too.
+    labelled("a-green", "green").await?;
+    labelled("b-blue", "blue").await?;
+    labelled("c-green", "green").await?;
+    labelled("d-blue", "blue").await?;
+    let has_status = |name: &str| {
+        cluster
+            .api
+            .get(Resource::VariantAutoscalings, Some(NS), name)
+            .is_some_and(|va| !va["status"].is_null())
+    };
+    let written = |name: &'static str| {
+        let has_status = &has_status;
+        eventually(WITHIN, name, move || async move {
+            Ok(has_status(name).then_some(()))
+        })
+    };
+
+    // The ConfigMap sets the instance (over the default: manage everything).
+    cluster
+        .apply_config_map(MAIN_CONFIG_MAP, &[("CONTROLLER_INSTANCE", "blue")])
+        .await?;
+    let blue = cluster.start_aggregator("wva-0", &[])?;
+    written("d-blue").await?;
+    assert!(has_status("b-blue"));
+    assert!(!has_status("a-green") && !has_status("c-green"));
+    blue.proc.kill().await;
+
+    // The environment wins over the ConfigMap.
+    let mut command = cluster.aggregator_command("wva-1", free_addr(), free_addr(), &[]);
+    command.env("CONTROLLER_INSTANCE", "green");
+    let _green = Proc {
+        child: command.spawn()?,
+    };
+    written("c-green").await?;
+    assert!(has_status("a-green"));
     Ok(())
 }
