@@ -41,3 +41,12 @@ pub fn config_map_data(text: &str) -> Result<BTreeMap<String, String>, String> {
     }
     Ok(raw.data)
 }
+
+/// A ConfigMap `data` map from pairs, for tests.
+#[cfg(test)]
+pub(crate) fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

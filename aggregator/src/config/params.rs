@@ -244,18 +244,12 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::config::data;
 
     fn argv(extra: &[&str]) -> Vec<OsString> {
         std::iter::once("wva-aggregator")
             .chain(extra.iter().copied())
             .map(OsString::from)
-            .collect()
-    }
-
-    fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     }
 

@@ -324,6 +324,14 @@ mod api_tests {
         (Api::namespaced(client, "wva-system"), handle)
     }
 
+    /// One round of a fresh replica; whether it leads after it.
+    async fn first_round(api: &Api<Lease>) -> bool {
+        let mut observer = Observer::default();
+        round(api, &config(), &mut observer, Instant::now())
+            .await
+            .unwrap()
+    }
+
     fn lease_json(holder: &str, resource_version: &str) -> Value {
         json!({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -359,12 +367,7 @@ mod api_tests {
             assert_eq!(created["spec"]["leaseDurationSeconds"], 15);
             respond(send, StatusCode::CREATED, &created);
         });
-        let mut observer = Observer::default();
-        assert!(
-            round(&api, &config(), &mut observer, Instant::now())
-                .await
-                .unwrap()
-        );
+        assert!(first_round(&api).await);
         server.await.unwrap();
     }
 
@@ -385,12 +388,7 @@ mod api_tests {
             assert_ne!(replaced["spec"]["renewTime"], "2026-11-23T10:00:00.000000Z");
             respond(send, StatusCode::OK, &replaced);
         });
-        let mut observer = Observer::default();
-        assert!(
-            round(&api, &config(), &mut observer, Instant::now())
-                .await
-                .unwrap()
-        );
+        assert!(first_round(&api).await);
         server.await.unwrap();
     }
 

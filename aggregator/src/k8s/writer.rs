@@ -194,6 +194,15 @@ mod tests {
         }
     }
 
+    /// The one target of a sync.
+    fn alone<'a>(object: &'a VariantAutoscaling, standing: &'a Standing) -> [Target<'a>; 1] {
+        [Target {
+            object,
+            standing,
+            decision: None,
+        }]
+    }
+
     fn now() -> Time {
         Time(Timestamp::from_second(1_800_000_000).unwrap())
     }
@@ -229,13 +238,8 @@ mod tests {
     #[tokio::test]
     async fn a_missing_target_is_written_once_with_a_warning_event() {
         let (mut writer, mut handle) = writer();
-        let va = object();
-        let standing = missing();
-        let targets = [Target {
-            object: &va,
-            standing: &standing,
-            decision: None,
-        }];
+        let (va, standing) = (object(), missing());
+        let targets = alone(&va, &standing);
         let server = tokio::spawn(async move {
             let patch = expect_status_patch(&mut handle).await;
             let (request, send) = handle.next_request().await.expect("an event");
@@ -272,13 +276,8 @@ mod tests {
     #[tokio::test]
     async fn a_failed_write_is_retried_at_the_next_sync() {
         let (mut writer, mut handle) = writer();
-        let va = object();
-        let standing = missing();
-        let targets = [Target {
-            object: &va,
-            standing: &standing,
-            decision: None,
-        }];
+        let (va, standing) = (object(), missing());
+        let targets = alone(&va, &standing);
         let server = tokio::spawn(async move {
             let (_, send) = handle.next_request().await.expect("a status patch");
             let timeout = failure(500, "InternalError", "etcdserver: request timed out");
@@ -301,13 +300,8 @@ mod tests {
     #[tokio::test]
     async fn an_object_deleted_meanwhile_is_skipped_quietly() {
         let (mut writer, mut handle) = writer();
-        let va = object();
-        let standing = missing();
-        let targets = [Target {
-            object: &va,
-            standing: &standing,
-            decision: None,
-        }];
+        let (va, standing) = (object(), missing());
+        let targets = alone(&va, &standing);
         let server = tokio::spawn(async move {
             let (_, send) = handle.next_request().await.expect("a status patch");
             let gone = failure(

@@ -287,19 +287,29 @@ fn list(shared: &Shared, route: &Route, query: &Query) -> Result<Response<Body>,
             metadata["remainingItemCount"] = json!(remaining);
         }
     }
-    let items: Vec<Value> = page
-        .into_iter()
-        .map(|(_, o)| list_item(route.resource, o))
-        .collect();
-    Ok(json_response(
+    Ok(list_response(
+        route.resource,
+        metadata,
+        page.into_iter().map(|(_, o)| o),
+    ))
+}
+
+/// A `<Kind>List` of `objects`.
+fn list_response<'a>(
+    resource: Resource,
+    metadata: Value,
+    objects: impl Iterator<Item = &'a Value>,
+) -> Response<Body> {
+    let items: Vec<Value> = objects.map(|o| list_item(resource, o)).collect();
+    json_response(
         StatusCode::OK,
         &json!({
-            "kind": format!("{}List", route.resource.kind()),
-            "apiVersion": route.resource.api_version(),
+            "kind": format!("{}List", resource.kind()),
+            "apiVersion": resource.api_version(),
             "metadata": metadata,
             "items": items,
         }),
-    ))
+    )
 }
 
 /// Built-in types' list items carry no `kind`/`apiVersion` (the list names
@@ -355,18 +365,10 @@ fn delete_collection(
         &fields,
     );
     let resource_version = state.store.resource_version();
-    let items: Vec<Value> = deleted
-        .iter()
-        .map(|o| list_item(route.resource, o))
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "kind": format!("{}List", route.resource.kind()),
-            "apiVersion": route.resource.api_version(),
-            "metadata": { "resourceVersion": resource_version.to_string() },
-            "items": items,
-        }),
+    Ok(list_response(
+        route.resource,
+        json!({ "resourceVersion": resource_version.to_string() }),
+        deleted.iter(),
     ))
 }
 
