@@ -1,8 +1,8 @@
 //! How long each model has been idle, for scale to zero.
 //!
 //! A model is active at an analysis when one of its pods has requests running
-//! or waiting, or its successful-request counter grew since the previous
-//! sample of that pod. A model seen for the first time, or brought back from
+//! or waiting, its successful-request counter grew since the previous sample
+//! of that pod, or requests wait for it in an endpoint picker's queue. A model seen for the first time, or brought back from
 //! zero replicas (by whoever scaled it), starts a fresh idle period, so it is
 //! never sent to zero before a whole retention period has been observed.
 
@@ -31,16 +31,18 @@ pub struct ActivityTracker {
 }
 
 impl ActivityTracker {
-    /// Records one analysis of `model`: the fresh signals of its pods and its
-    /// total current replicas. Returns how long it has been idle.
+    /// Records one analysis of `model`: the fresh signals of its pods, its
+    /// total current replicas, and whether requests wait for it at a gateway.
+    /// Returns how long it has been idle.
     pub fn observe<'a>(
         &mut self,
         now: Instant,
         model: &ModelKey,
         signals: impl IntoIterator<Item = (&'a PodKey, &'a ModelSignals)>,
         current_replicas: u32,
+        waiting: bool,
     ) -> Duration {
-        let mut active = false;
+        let mut active = waiting;
         for (pod, s) in signals {
             if s.requests_running > 0.0 || s.requests_waiting > 0.0 {
                 active = true;
@@ -123,8 +125,11 @@ mod tests {
         let t0 = Instant::now();
         let p = pod("p");
         let quiet = signals(0.0, 5.0);
-        assert_eq!(t.observe(t0, &key(), [(&p, &quiet)], 1), Duration::ZERO);
-        assert_eq!(t.observe(t0 + MIN, &key(), [(&p, &quiet)], 1), MIN);
+        assert_eq!(
+            t.observe(t0, &key(), [(&p, &quiet)], 1, false),
+            Duration::ZERO
+        );
+        assert_eq!(t.observe(t0 + MIN, &key(), [(&p, &quiet)], 1, false), MIN);
     }
 
     #[test]
@@ -132,19 +137,31 @@ mod tests {
         let mut t = ActivityTracker::default();
         let t0 = Instant::now();
         let p = pod("p");
-        t.observe(t0, &key(), [(&p, &signals(0.0, 5.0))], 1);
+        t.observe(t0, &key(), [(&p, &signals(0.0, 5.0))], 1, false);
         let served = signals(0.0, 6.0);
         assert_eq!(
-            t.observe(t0 + MIN, &key(), [(&p, &served)], 1),
+            t.observe(t0 + MIN, &key(), [(&p, &served)], 1, false),
             Duration::ZERO
         );
         let busy = signals(2.0, 6.0);
         assert_eq!(
-            t.observe(t0 + 2 * MIN, &key(), [(&p, &busy)], 1),
+            t.observe(t0 + 2 * MIN, &key(), [(&p, &busy)], 1, false),
             Duration::ZERO
         );
         let quiet = signals(0.0, 6.0);
-        assert_eq!(t.observe(t0 + 3 * MIN, &key(), [(&p, &quiet)], 1), MIN);
+        assert_eq!(
+            t.observe(t0 + 3 * MIN, &key(), [(&p, &quiet)], 1, false),
+            MIN
+        );
+    }
+
+    #[test]
+    fn requests_waiting_at_a_gateway_are_activity() {
+        let mut t = ActivityTracker::default();
+        let t0 = Instant::now();
+        t.observe(t0, &key(), [], 0, false);
+        assert_eq!(t.observe(t0 + MIN, &key(), [], 0, false), MIN);
+        assert_eq!(t.observe(t0 + 2 * MIN, &key(), [], 0, true), Duration::ZERO);
     }
 
     #[test]
@@ -152,19 +169,25 @@ mod tests {
         let mut t = ActivityTracker::default();
         let t0 = Instant::now();
         let p = pod("p");
-        t.observe(t0, &key(), [(&p, &signals(0.0, 50.0))], 1);
+        t.observe(t0, &key(), [(&p, &signals(0.0, 50.0))], 1, false);
         let restarted = signals(0.0, 0.0);
-        assert_eq!(t.observe(t0 + MIN, &key(), [(&p, &restarted)], 1), MIN);
+        assert_eq!(
+            t.observe(t0 + MIN, &key(), [(&p, &restarted)], 1, false),
+            MIN
+        );
     }
 
     #[test]
     fn coming_back_from_zero_starts_a_new_idle_period() {
         let mut t = ActivityTracker::default();
         let t0 = Instant::now();
-        assert_eq!(t.observe(t0, &key(), [], 1), Duration::ZERO);
-        assert_eq!(t.observe(t0 + MIN, &key(), [], 0), MIN);
+        assert_eq!(t.observe(t0, &key(), [], 1, false), Duration::ZERO);
+        assert_eq!(t.observe(t0 + MIN, &key(), [], 0, false), MIN);
         // Someone scaled it up again: the clock restarts.
-        assert_eq!(t.observe(t0 + 2 * MIN, &key(), [], 1), Duration::ZERO);
+        assert_eq!(
+            t.observe(t0 + 2 * MIN, &key(), [], 1, false),
+            Duration::ZERO
+        );
     }
 
     #[test]
@@ -172,11 +195,11 @@ mod tests {
         let mut t = ActivityTracker::default();
         let t0 = Instant::now();
         let p = pod("p");
-        t.observe(t0, &key(), [(&p, &signals(0.0, 5.0))], 1);
+        t.observe(t0, &key(), [(&p, &signals(0.0, 5.0))], 1, false);
         t.retain(&HashSet::new(), &HashSet::new());
         // Seen afresh: no idle time carried over, no counter baseline.
         assert_eq!(
-            t.observe(t0 + MIN, &key(), [(&p, &signals(0.0, 9.0))], 1),
+            t.observe(t0 + MIN, &key(), [(&p, &signals(0.0, 9.0))], 1, false),
             Duration::ZERO
         );
     }

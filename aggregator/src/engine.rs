@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
-use wva_proto::v1::Sample;
+use wva_proto::v1::{Role, Sample};
 
 use crate::activity::{ActivityTracker, ModelKey};
 use crate::analysis::saturation::{self, Reason, ReplicaLoad, VariantState};
@@ -98,8 +98,12 @@ impl Engine {
                 .iter()
                 .map(|va| (va.namespace.as_str(), va.target.name.as_str()))
                 .collect(),
+            epp_queues: HashMap::new(),
         };
         for (key, entry) in inputs.pods {
+            if entry.hello.role == Role::Epp as i32 {
+                reporting.add_epp(key, entry, inputs.now, inputs.staleness);
+            }
             reporting
                 .by_variant
                 .entry((key.namespace.as_str(), entry.hello.variant.as_str()))
@@ -158,7 +162,9 @@ impl Engine {
                 (pods, counts)
             })
             .collect();
-        let idle = self.model_idle(inputs, (namespace, model_id), &observed);
+        let waiting = reporting.epp_queue(namespace, model_id) > 0.0;
+        let at_zero = observed.iter().all(|(_, counts)| counts.current == 0);
+        let idle = self.model_idle(inputs, (namespace, model_id), &observed, waiting);
 
         let mut states = Vec::with_capacity(variants.len());
         let mut facts = Vec::with_capacity(variants.len());
@@ -221,7 +227,11 @@ impl Engine {
                 if self.in_safety_net.remove(&key) {
                     info!(variant = %key, "Safety net released: fresh metrics are back");
                 }
-                if idle {
+                if waiting && at_zero && cheapest.as_ref() == Some(&key) {
+                    // Requests wait at the gateway and no replica can serve them.
+                    let wanted = target.target_replicas.max(1);
+                    (wanted, Basis::Analysis(Reason::ScaleFromZero))
+                } else if idle {
                     (0, Basis::Analysis(Reason::ScaleToZero))
                 } else {
                     (target.target_replicas, Basis::Analysis(target.reason))
@@ -262,11 +272,13 @@ impl Engine {
 impl Engine {
     /// Whether the model has had no request for its scale-to-zero retention
     /// period (always false when scale to zero is off for it).
+    /// Requests waiting at the gateway (`waiting`) count as activity.
     fn model_idle(
         &mut self,
         inputs: &Inputs<'_>,
         (namespace, model_id): (&str, &str),
         observed: &[(Vec<&PodView<'_>>, ReplicaCounts)],
+        waiting: bool,
     ) -> bool {
         let signals = observed
             .iter()
@@ -280,7 +292,9 @@ impl Engine {
             });
         let current: u32 = observed.iter().map(|(_, c)| c.current).sum();
         let key = (namespace.to_string(), model_id.to_string());
-        let idle_for = self.activity.observe(inputs.now, &key, signals, current);
+        let idle_for = self
+            .activity
+            .observe(inputs.now, &key, signals, current, waiting);
         inputs
             .scale_to_zero
             .map(|c| c.for_model(model_id, namespace))
@@ -293,9 +307,35 @@ struct Reporting<'v, 'p> {
     by_variant: HashMap<(&'p str, &'p str), Vec<PodView<'p>>>,
     /// `(namespace, Deployment)` of every VA's target.
     targets: HashSet<(&'v str, &'v str)>,
+    /// Requests held in the endpoint pickers' flow-control queues, per
+    /// `(namespace, model)`: the largest any fresh EPP sample reports.
+    epp_queues: HashMap<(&'p str, &'p str), f64>,
 }
 
 impl<'p> Reporting<'_, 'p> {
+    fn add_epp(&mut self, key: &'p PodKey, entry: &'p PodEntry, now: Instant, staleness: Duration) {
+        let Some((sample, at)) = &entry.latest else {
+            return;
+        };
+        if !sample.up || now.saturating_duration_since(*at) > staleness {
+            return;
+        }
+        for queue in sample.epp.iter().flat_map(|e| &e.queues) {
+            let slot = self
+                .epp_queues
+                .entry((key.namespace.as_str(), queue.model.as_str()))
+                .or_default();
+            *slot = slot.max(queue.queue_size);
+        }
+    }
+
+    fn epp_queue(&self, namespace: &str, model: &str) -> f64 {
+        self.epp_queues
+            .get(&(namespace, model))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
     /// The pods that report for a variant: same namespace, and the agent's
     /// variant is the VA's target Deployment's name, or the VA's own name
     /// when that is no VA's target (so a pod never counts for two variants).
@@ -855,6 +895,90 @@ mod tests {
         assert_eq!(desired(&decisions), [("cheap", 0), ("pricey", 0)]);
         assert_eq!(decisions[0].basis, Basis::Analysis(Reason::ScaleToZero));
         assert_eq!(events[0].reason, "scale_to_zero");
+    }
+
+    /// An endpoint picker in `ns` holding `queued` requests for [`MODEL`].
+    fn epp(w: &mut World, queued: f64) {
+        let sample = Sample {
+            seq: 1,
+            up: true,
+            epp: Some(wva_proto::v1::EppSignals {
+                queues: vec![wva_proto::v1::EppModelQueue {
+                    model: MODEL.to_string(),
+                    queue_size: queued,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Sample::default()
+        };
+        w.pod("ns", "epp-0", "gateway-epp", Some((sample, Duration::ZERO)));
+        let entry = w
+            .pods
+            .values_mut()
+            .find(|e| e.hello.pod == "epp-0")
+            .unwrap();
+        entry.hello.role = Role::Epp as i32;
+    }
+
+    #[test]
+    fn requests_queued_at_the_gateway_bring_the_cheapest_variant_back_from_zero() {
+        let variants = [
+            va("ns", "cheap", "cheap", 10.0),
+            va("ns", "pricey", "pricey", 30.0),
+        ];
+        let mut engine = Engine::default();
+        let mut w = World::new();
+        w.scale_to_zero = Some(scale_to_zero_after("1m"));
+        w.counts("cheap", 0, 0).counts("pricey", 0, 0);
+        epp(&mut w, 0.0);
+        let (decisions, _) = w.run(&mut engine, &variants);
+        assert_eq!(desired(&decisions), [("cheap", 0), ("pricey", 0)]);
+
+        epp(&mut w, 3.0);
+        let (decisions, events) = w.run(&mut engine, &variants);
+        assert_eq!(desired(&decisions), [("cheap", 1), ("pricey", 0)]);
+        assert_eq!(decisions[0].basis, Basis::Analysis(Reason::ScaleFromZero));
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].reason, "scale_from_zero");
+
+        // A stale EPP sample is no demand.
+        w.now += STALENESS + Duration::from_secs(1);
+        let (decisions, _) = w.run(&mut engine, &variants);
+        assert_ne!(decisions[0].basis, Basis::Analysis(Reason::ScaleFromZero));
+    }
+
+    #[test]
+    fn a_queue_for_another_model_or_namespace_wakes_nothing() {
+        let variants = [va("ns", "v", "v", 10.0)];
+        let mut w = World::new();
+        w.scale_to_zero = Some(scale_to_zero_after("0s"));
+        w.counts("v", 0, 0);
+        let sample = Sample {
+            seq: 1,
+            up: true,
+            epp: Some(wva_proto::v1::EppSignals {
+                queues: vec![wva_proto::v1::EppModelQueue {
+                    model: "other/model".to_string(),
+                    queue_size: 9.0,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Sample::default()
+        };
+        w.pod(
+            "elsewhere",
+            "epp-1",
+            "epp",
+            Some((sample.clone(), Duration::ZERO)),
+        );
+        w.pod("ns", "epp-0", "epp", Some((sample, Duration::ZERO)));
+        for entry in w.pods.values_mut() {
+            entry.hello.role = Role::Epp as i32;
+        }
+        let (decisions, _) = w.run(&mut Engine::default(), &variants);
+        assert_eq!(desired(&decisions), [("v", 0)]);
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub enum Reason {
     ScaleDownWithdrawn,
     /// The model had no request for its scale-to-zero retention period.
     ScaleToZero,
+    /// Requests wait in an endpoint picker's queue while the model has no replica.
+    ScaleFromZero,
 }
 
 impl Reason {
@@ -77,6 +79,7 @@ impl Reason {
             Reason::Converging => "converging",
             Reason::ScaleDownWithdrawn => "scale_down_withdrawn",
             Reason::ScaleToZero => "scale_to_zero",
+            Reason::ScaleFromZero => "scale_from_zero",
         }
     }
 }
