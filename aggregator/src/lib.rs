@@ -13,6 +13,7 @@ pub mod gauges;
 pub mod http;
 pub mod ingest;
 pub mod k8s;
+pub mod promql;
 pub mod service;
 pub mod shutdown;
 pub mod standalone;

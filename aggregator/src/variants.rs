@@ -424,10 +424,10 @@ fn parse_cost(text: &str) -> Option<f64> {
     text.parse::<f64>().ok().filter(|c| c.is_finite())
 }
 
-const DNS_LABEL: &str = "must be a DNS-1123 label (at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)";
+pub(crate) const DNS_LABEL: &str = "must be a DNS-1123 label (at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)";
 const DNS_SUBDOMAIN: &str = "must be a DNS-1123 subdomain (at most 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit)";
 
-fn is_dns_label(s: &str) -> bool {
+pub(crate) fn is_dns_label(s: &str) -> bool {
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     let bytes = s.as_bytes();
     matches!((bytes.first(), bytes.last()), (Some(&a), Some(&z)) if alnum(a) && alnum(z))
