@@ -107,10 +107,13 @@ mod tests {
 
     use super::*;
 
+    /// `(label, operator, value)`.
+    type Matcher = (String, String, String);
+
     /// Parses `name{l="v",…}` as PromQL lexes it: the metric name and the
     /// label matchers with their operators and unescaped values. `None` when
     /// the text is not one selector of `=` matchers.
-    fn parse_selector(text: &str) -> Option<(String, Vec<(String, String, String)>)> {
+    fn parse_selector(text: &str) -> Option<(String, Vec<Matcher>)> {
         let open = text.find('{')?;
         let name = text[..open].to_string();
         let mut rest = text[open + 1..].chars().peekable();
@@ -156,7 +159,7 @@ mod tests {
         }
     }
 
-    fn exactly(ns: &str, model: &str) -> Vec<(String, String, String)> {
+    fn exactly(ns: &str, model: &str) -> Vec<Matcher> {
         vec![
             ("namespace".into(), "=".into(), ns.into()),
             ("model_name".into(), "=".into(), model.into()),
