@@ -74,13 +74,24 @@ impl ScrapeError {
 
 /// Scrapes one target; reuse it for every scrape of that target.
 #[derive(Debug)]
+/// Where the target's bearer token comes from.
+enum Bearer {
+    /// Read again at every scrape (a rotated projected token).
+    File(PathBuf),
+    Value(HeaderValue),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the bearer token holds characters not allowed in a header")]
+pub struct InvalidToken;
+
 pub struct Scraper {
     client: Client<HttpConnector, Empty<Bytes>>,
     target: Uri,
     authority: String,
     max_body_bytes: usize,
     /// Bearer token for targets that protect their metrics (EPP).
-    token_file: Option<PathBuf>,
+    bearer: Option<Bearer>,
     /// Whether to ask for gzip; a gzip body is decoded either way.
     accept_gzip: bool,
     /// Body as received (possibly gzip).
@@ -109,7 +120,7 @@ impl Scraper {
             target,
             authority,
             max_body_bytes,
-            token_file: None,
+            bearer: None,
             accept_gzip: false,
             raw: Vec::new(),
             decoded: Vec::new(),
@@ -120,8 +131,17 @@ impl Scraper {
     /// Sends `authorization: Bearer <token>` from this file, read again at
     /// every scrape.
     pub fn with_token_file(mut self, path: PathBuf) -> Self {
-        self.token_file = Some(path);
+        self.bearer = Some(Bearer::File(path));
         self
+    }
+
+    /// Sends `authorization: Bearer <token>` with this token.
+    pub fn with_token(mut self, token: &str) -> Result<Self, InvalidToken> {
+        let mut value =
+            HeaderValue::try_from(format!("Bearer {}", token.trim())).map_err(|_| InvalidToken)?;
+        value.set_sensitive(true);
+        self.bearer = Some(Bearer::Value(value));
+        Ok(self)
     }
 
     /// Asks for a gzip body. Off by default: on loopback, inflating costs
@@ -160,10 +180,14 @@ impl Scraper {
                 ACCEPT_ENCODING,
                 if self.accept_gzip { "gzip" } else { "identity" },
             );
-        if let Some(path) = &self.token_file {
-            let mut bearer: HeaderValue = read_bearer(path)?;
-            bearer.set_sensitive(true);
-            request = request.header(AUTHORIZATION, bearer);
+        match &self.bearer {
+            Some(Bearer::File(path)) => {
+                let mut bearer: HeaderValue = read_bearer(path)?;
+                bearer.set_sensitive(true);
+                request = request.header(AUTHORIZATION, bearer);
+            }
+            Some(Bearer::Value(bearer)) => request = request.header(AUTHORIZATION, bearer),
+            None => {}
         }
         let request = request
             .body(Empty::new())

@@ -14,6 +14,7 @@ pub mod http;
 pub mod ingest;
 pub mod k8s;
 pub mod promql;
+pub mod scraping;
 pub mod service;
 pub mod shutdown;
 pub mod standalone;
