@@ -72,9 +72,8 @@ impl ScrapeError {
     }
 }
 
-/// Scrapes one target; reuse it for every scrape of that target.
-#[derive(Debug)]
 /// Where the target's bearer token comes from.
+#[derive(Debug)]
 enum Bearer {
     /// Read again at every scrape (a rotated projected token).
     File(PathBuf),
@@ -85,6 +84,8 @@ enum Bearer {
 #[error("the bearer token holds characters not allowed in a header")]
 pub struct InvalidToken;
 
+/// Scrapes one target; reuse it for every scrape of that target.
+#[derive(Debug)]
 pub struct Scraper {
     client: Client<HttpConnector, Empty<Bytes>>,
     target: Uri,
