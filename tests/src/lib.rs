@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod cluster;
+pub mod prometheus;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
