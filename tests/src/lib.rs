@@ -77,6 +77,18 @@ fn command(name: &str) -> Command {
     cmd
 }
 
+/// Flags of a sim with a small KV cache whose requests decode one token a
+/// second: a long request from [`hold_completion`] holds a large share of the
+/// cache, running, for the whole of a test.
+pub const SLOW_DECODING_SIM: [&str; 6] = [
+    "--num-gpu-blocks",
+    "64",
+    "--max-model-len",
+    "1024",
+    "--itl-base",
+    "1s",
+];
+
 /// Starts a `vllm-sim` on an ephemeral port and returns it with its address.
 pub async fn start_sim(model: &str, extra: &[&str]) -> anyhow::Result<(Proc, SocketAddr)> {
     let mut child = command("vllm-sim")

@@ -19,16 +19,6 @@ const MODEL: &str = "e2e/llama";
 const CHAT: &str = "chat";
 /// Upper bound for anything a watch or an analysis should bring about.
 const WITHIN: Duration = Duration::from_secs(20);
-/// A sim whose one in-flight request from [`load`] fills ~40% of its KV cache
-/// and decodes slowly enough to hold it for the whole test.
-const LOADABLE_SIM: [&str; 6] = [
-    "--num-gpu-blocks",
-    "64",
-    "--max-model-len",
-    "1024",
-    "--itl-base",
-    "1s",
-];
 
 /// A Deployment as its controller leaves it: one ReplicaSet, one Pod.
 struct Workload {
@@ -58,7 +48,7 @@ async fn serve_pod(
 }
 
 /// Puts `sim` under a steady load: one request holding ~40% of a
-/// [`LOADABLE_SIM`]'s KV cache for minutes, until the connection is dropped.
+/// [`SLOW_DECODING_SIM`]'s KV cache for minutes, until the connection is dropped.
 async fn load(sim: SocketAddr) -> anyhow::Result<tokio::net::TcpStream> {
     hold_completion(sim, MODEL, 400, 500).await
 }
@@ -485,7 +475,8 @@ async fn saturation_config_applies_live_and_a_static_change_is_rejected() -> any
     let metrics = aggregator.metrics;
     cluster.variant_autoscaling(NS, CHAT, CHAT, MODEL).await?;
     let Workload { pod, .. } = workload(&cluster, "chat-a", 1).await?;
-    let (_sim, sim, _agent) = serve_pod(&cluster, &pod, &aggregator.url(), &LOADABLE_SIM).await?;
+    let (_sim, sim, _agent) =
+        serve_pod(&cluster, &pod, &aggregator.url(), &SLOW_DECODING_SIM).await?;
     let _request = load(sim).await?;
 
     // ~40% KV usage is comfortably below 0.8: one replica is enough.
@@ -615,7 +606,7 @@ async fn a_follower_takes_over_from_a_killed_leader_and_keeps_the_decision() -> 
     cluster.variant_autoscaling(NS, CHAT, CHAT, MODEL).await?;
     let Workload { pod, .. } = workload(&cluster, "chat-a", 1).await?;
     let both = format!("{},{}", first.url(), second.url());
-    let (_sim, sim, _agent) = serve_pod(&cluster, &pod, &both, &LOADABLE_SIM).await?;
+    let (_sim, sim, _agent) = serve_pod(&cluster, &pod, &both, &SLOW_DECODING_SIM).await?;
     let _request = load(sim).await?;
 
     // Both analyse the same data; only the leader publishes and writes.

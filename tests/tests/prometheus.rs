@@ -15,18 +15,6 @@ use wva_e2e::*;
 const MODEL: &str = "e2e/prom";
 /// Upper bound for Prometheus to start, scrape and answer.
 const WITHIN: Duration = Duration::from_secs(20);
-/// A sim whose requests decode one token a second, so held requests stay
-/// running (or waiting, with `--max-num-seqs 1`) for the whole test.
-const SLOW_SIM: [&str; 8] = [
-    "--num-gpu-blocks",
-    "64",
-    "--max-model-len",
-    "1024",
-    "--itl-base",
-    "1s",
-    "--max-num-seqs",
-    "1",
-];
 
 /// Three sims of [`MODEL`] scraped every second: `sim-a` (one request
 /// running, one waiting) and `sim-b` (one request done) in `prod`, and
@@ -41,9 +29,11 @@ struct Scraped {
 
 impl Scraped {
     async fn start() -> anyhow::Result<Self> {
-        let (a, a_addr) = start_sim(MODEL, &SLOW_SIM).await?;
+        // One request runs, the next waits, for the whole test.
+        let one_at_a_time = [&SLOW_DECODING_SIM[..], &["--max-num-seqs", "1"]].concat();
+        let (a, a_addr) = start_sim(MODEL, &one_at_a_time).await?;
         let (b, b_addr) = start_sim(MODEL, &[]).await?;
-        let (c, c_addr) = start_sim(MODEL, &SLOW_SIM).await?;
+        let (c, c_addr) = start_sim(MODEL, &one_at_a_time).await?;
         let load = vec![
             hold_completion(a_addr, MODEL, 400, 500).await?,
             hold_completion(a_addr, MODEL, 100, 500).await?,
