@@ -53,6 +53,8 @@ fn main() -> anyhow::Result<()> {
                     controller_instance: None,
                     scale_to_zero: false,
                     admission: Arc::new(SharedToken(None)),
+                    polled: Vec::new(),
+                    poll_interval: Duration::from_secs(5),
                     tls: None,
                 },
                 TcpListener::from_std(grpc)?,

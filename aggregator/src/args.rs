@@ -101,6 +101,11 @@ pub struct Args {
     #[arg(long, env = "GLOBAL_OPT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub analysis_interval: Duration,
 
+    /// How often variants annotated `wva.llmd.ai/metrics-source: prometheus`
+    /// are queried.
+    #[arg(long, env = "WVA_POLL_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+
     /// A pod whose latest sample is older than this leaves the analysis.
     #[arg(long, env = "WVA_STALENESS", default_value = "10s", value_parser = humantime::parse_duration)]
     pub staleness: Duration,

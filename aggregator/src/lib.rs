@@ -18,6 +18,7 @@ pub mod promql;
 pub mod scraping;
 pub mod service;
 pub mod shutdown;
+pub mod sources;
 pub mod standalone;
 pub mod startup;
 pub mod store;

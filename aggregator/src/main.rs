@@ -81,7 +81,7 @@ async fn run(argv: Vec<OsString>, args: Args) -> anyhow::Result<()> {
 }
 
 async fn run_standalone(args: Args, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let settings = startup::settings(&args)?;
+    let settings = startup::settings(&args, |key| std::env::var(key).ok())?;
     let saturation_rx = startup::saturation_file(&args, shutdown.clone())?
         .unwrap_or_else(|| watch::channel(Arc::default()).1);
     let scale_to_zero_rx = startup::scale_to_zero_file(&args, shutdown.clone())?

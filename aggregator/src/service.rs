@@ -22,6 +22,7 @@ use crate::engine::{Engine, Inputs, ReplicaCounts};
 use crate::gauges::DecisionGauges;
 use crate::http::{self, HttpState};
 use crate::ingest::{Ingest, IngestService, MAX_MESSAGE_BYTES};
+use crate::sources::{PolledSource, Poller};
 use crate::store::PodStore;
 use crate::telemetry::SelfMetrics;
 use crate::trigger::Trigger;
@@ -60,6 +61,9 @@ pub struct Settings {
     /// Who may stream, and which variant each pod feeds.
     pub admission: Arc<dyn Admission>,
     pub tls: Option<ServerTlsConfig>,
+    /// Sources asked for the pods of variants that name one, and how often.
+    pub polled: Vec<Arc<dyn PolledSource>>,
+    pub poll_interval: Duration,
 }
 
 /// Where decisions come from.
@@ -160,6 +164,18 @@ pub fn start(
         Ok(())
     });
 
+    let mut tasks = vec![grpc_task, http_task];
+    if !settings.polled.is_empty() {
+        let poller = Poller::new(
+            Arc::clone(&store),
+            Arc::clone(&trigger),
+            settings.polled.clone(),
+            settings.poll_interval,
+        );
+        tasks.push(tokio::spawn(
+            poller.run(sources.variants.clone(), shutdown.clone()),
+        ));
+    }
     let analysis = AnalysisLoop {
         settings,
         store,
@@ -170,10 +186,10 @@ pub fn start(
         decisions: decisions_tx,
         ready: ready_tx,
     };
-    let analysis_task = tokio::spawn(analysis.run(shutdown));
+    tasks.push(tokio::spawn(analysis.run(shutdown)));
     Running {
         decisions: decisions_rx,
-        tasks: vec![grpc_task, http_task, analysis_task],
+        tasks,
     }
 }
 

@@ -15,12 +15,24 @@ use crate::admission::SharedToken;
 use crate::args::Args;
 use crate::config::saturation::SaturationConfigSet;
 use crate::config::scale_to_zero::ScaleToZeroConfigSet;
+use crate::prometheus::{self, PrometheusClient, PrometheusConfig};
 use crate::service::Settings;
+use crate::sources::PolledSource;
 use crate::watchfile;
 
 /// The static settings; reads the token and TLS files, failing on a bad one.
-pub fn settings(args: &Args) -> anyhow::Result<Settings> {
+/// `lookup` reads keys that have no flag (`PROMETHEUS_*`): the environment,
+/// then in a cluster the main ConfigMap.
+pub fn settings(args: &Args, lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
+    let mut polled: Vec<Arc<dyn PolledSource>> = Vec::new();
+    if lookup(prometheus::KEY_BASE_URL).is_some_and(|v| !v.trim().is_empty()) {
+        let config = PrometheusConfig::from_lookup(&lookup)?;
+        info!(url = %config.base_url, "Prometheus source configured");
+        polled.push(Arc::new(PrometheusClient::new(config)?));
+    }
     Ok(Settings {
+        polled,
+        poll_interval: args.poll_interval,
         legacy_metrics: args.legacy_metrics,
         controller_instance: args.controller_instance.clone(),
         scale_to_zero: args.scale_to_zero,

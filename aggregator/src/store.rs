@@ -74,6 +74,27 @@ impl PodStore {
     }
 
     /// Stores the latest sample of a stream.
+    /// Registers `key` for `stream_id` unless another stream holds it (an
+    /// agent's stream wins over a polled source); returns whether it did.
+    pub fn claim(&self, key: PodKey, stream_id: u64, hello: Hello, at: Instant) -> bool {
+        let mut pods = self.lock();
+        match pods.get(&key) {
+            Some(entry) => entry.stream_id == stream_id,
+            None => {
+                pods.insert(
+                    key,
+                    PodEntry {
+                        stream_id,
+                        hello,
+                        registered_at: at,
+                        latest: None,
+                    },
+                );
+                true
+            }
+        }
+    }
+
     pub fn offer(&self, key: &PodKey, stream_id: u64, sample: Sample, at: Instant) -> Offer {
         let mut pods = self.lock();
         let Some(entry) = pods.get_mut(key).filter(|e| e.stream_id == stream_id) else {

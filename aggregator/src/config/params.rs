@@ -52,6 +52,7 @@ pub const PARAMS: &[Param] = &[
         Dynamic,
     ),
     param("WVA_STALENESS", "staleness", Dynamic),
+    param("WVA_POLL_INTERVAL", "poll_interval", Static),
     param("METRICS_ADDR", "metrics_addr", Static),
     param("WVA_GRPC_ADDR", "grpc_addr", Static),
     param("WVA_GRPC_TLS_CERT", "tls_cert", Static),
@@ -73,9 +74,9 @@ pub const PARAMS: &[Param] = &[
     param("RETRY_PERIOD", "retry_period", Static),
 ];
 
-/// Keys WVA's ConfigMap may hold that this release reads nowhere; they are
-/// accepted (so an existing ConfigMap works unchanged) and logged.
-pub const NOT_USED: &[&str] = &[
+/// Static keys without a flag: the environment, then the ConfigMap, sets
+/// them (the Prometheus source's connection).
+pub const STATIC_WITHOUT_FLAG: &[&str] = &[
     "PROMETHEUS_BASE_URL",
     "PROMETHEUS_TLS_INSECURE_SKIP_VERIFY",
     "PROMETHEUS_CA_CERT_PATH",
@@ -83,8 +84,6 @@ pub const NOT_USED: &[&str] = &[
     "PROMETHEUS_CLIENT_KEY_PATH",
     "PROMETHEUS_SERVER_NAME",
     "PROMETHEUS_BEARER_TOKEN",
-    "WVA_LIMITED_MODE",
-    "PROBE_ADDR",
 ];
 
 pub fn find(key: &str) -> Option<&'static Param> {
@@ -203,6 +202,17 @@ pub fn edit(
     new: &BTreeMap<String, String>,
 ) -> Edit {
     let mut out = Edit::default();
+    for key in STATIC_WITHOUT_FLAG {
+        let (before, after) = (old.get(*key), new.get(*key));
+        if before.map(|v| v.trim()) == after.map(|v| v.trim()) {
+            continue;
+        }
+        if std::env::var_os(key).is_some() {
+            out.overridden.push(key);
+        } else {
+            out.rejected.push(key);
+        }
+    }
     for param in PARAMS {
         let (before, after) = (old.get(param.key), new.get(param.key));
         if before.map(|v| v.trim()) == after.map(|v| v.trim()) {

@@ -62,6 +62,8 @@ pub async fn run(args: &Args, mut shutdown: watch::Receiver<bool>) -> anyhow::Re
         scale_to_zero: false,
         admission: Arc::new(SharedToken(None)),
         tls: None,
+        polled: Vec::new(),
+        poll_interval: args.poll_interval,
     };
     let running = service::start(
         settings,

@@ -52,7 +52,14 @@ pub async fn run(
     let initial = configmaps::read(client.clone(), &names).await?;
     let parsed = params::parse(&argv, &names.main, &initial.main)?;
     let args = parsed.args.clone();
-    let mut settings = startup::settings(&args)?;
+    // Keys without a flag (PROMETHEUS_*): the environment, then the ConfigMap.
+    let config_map = &initial.main;
+    let mut settings = startup::settings(&args, |key| {
+        std::env::var(key)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .or_else(|| config_map.get(key).cloned())
+    })?;
     let election = election_config(&args)?;
     let reporter = Reporter {
         controller: "wva-aggregator".to_string(),

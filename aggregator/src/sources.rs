@@ -1,0 +1,264 @@
+//! Where a variant's signals come from.
+//!
+//! Agents push their pods' samples into the pod store. A variant may instead
+//! name a polled source with the annotation `wva.llmd.ai/metrics-source`
+//! (`agent`, the default, or `prometheus`); the [`Poller`] then asks that
+//! source for the variant's pods at every poll and puts the answers into the
+//! same pod store, as samples of the same shape, so the analysis reads every
+//! source alike.
+//!
+//! Order of precedence for one pod: an agent's stream wins over a polled
+//! source (a polled sample never replaces a streaming pod's); a pod that no
+//! source reports fresh data for leaves the analysis, and a variant with no
+//! fresh data is held by the safety net.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+use wva_proto::v1::{Counters, Hello, ModelSignals, Role, Sample};
+
+use crate::prometheus::{PodSignals, PrometheusClient};
+use crate::promql::Namespace;
+use crate::service::Variants;
+use crate::store::{PodKey, PodStore};
+use crate::trigger::Trigger;
+use crate::variants::{VariantAutoscaling, VariantKey};
+
+pub const SOURCE_ANNOTATION: &str = "wva.llmd.ai/metrics-source";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceKind {
+    Agent,
+    Prometheus,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Agent => "agent",
+            SourceKind::Prometheus => "prometheus",
+        }
+    }
+
+    /// The source a variant's annotation names; an unknown name is an error
+    /// that names the accepted ones.
+    pub fn of(va: &VariantAutoscaling) -> Result<SourceKind, String> {
+        match va.annotations.get(SOURCE_ANNOTATION).map(|s| s.trim()) {
+            None | Some("agent") => Ok(SourceKind::Agent),
+            Some("prometheus") => Ok(SourceKind::Prometheus),
+            Some(other) => Err(format!(
+                "annotation {SOURCE_ANNOTATION}={other:?} names no source (agent, prometheus)"
+            )),
+        }
+    }
+}
+
+/// A source asked for a variant's pods.
+#[tonic::async_trait]
+pub trait PolledSource: Send + Sync + 'static {
+    fn kind(&self) -> SourceKind;
+    /// The variant's pods and their signals for its model, now.
+    async fn poll(&self, va: &VariantAutoscaling) -> Result<Vec<(String, ModelSignals)>, String>;
+}
+
+#[tonic::async_trait]
+impl PolledSource for PrometheusClient {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Prometheus
+    }
+
+    async fn poll(&self, va: &VariantAutoscaling) -> Result<Vec<(String, ModelSignals)>, String> {
+        let namespace = Namespace::parse(&va.namespace).map_err(|e| e.to_string())?;
+        let pods = self
+            .pod_signals(&namespace, &va.model_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(pods
+            .into_iter()
+            .map(|(pod, s)| (pod, signals(&va.model_id, &s)))
+            .collect())
+    }
+}
+
+/// Prometheus' answer in the agents' shape; a signal Prometheus lacks is 0.
+fn signals(model: &str, s: &PodSignals) -> ModelSignals {
+    ModelSignals {
+        model: model.to_string(),
+        kv_cache_usage: s.kv_cache_usage.unwrap_or(0.0),
+        requests_waiting: s.requests_waiting.unwrap_or(0.0),
+        requests_running: s.requests_running.unwrap_or(0.0),
+        counters: Some(Counters {
+            request_success: s.request_success.unwrap_or(0.0),
+            ..Counters::default()
+        }),
+        ..ModelSignals::default()
+    }
+}
+
+/// Stream ids of polled pods live above the agents' (which count up from 1).
+const POLLED_IDS: u64 = 1 << 63;
+
+/// Polls the sources of the variants that name one.
+pub struct Poller {
+    store: Arc<PodStore>,
+    trigger: Arc<Trigger>,
+    sources: HashMap<SourceKind, Arc<dyn PolledSource>>,
+    interval: Duration,
+    /// The pods this poller put in the store: their stream ids and variants.
+    polled: HashMap<PodKey, (u64, VariantKey)>,
+    next_id: u64,
+    seq: u64,
+    /// Variants whose last poll failed, to log a failure once.
+    failing: HashSet<String>,
+}
+
+impl Poller {
+    pub fn new(
+        store: Arc<PodStore>,
+        trigger: Arc<Trigger>,
+        sources: Vec<Arc<dyn PolledSource>>,
+        interval: Duration,
+    ) -> Self {
+        Poller {
+            store,
+            trigger,
+            sources: sources.into_iter().map(|s| (s.kind(), s)).collect(),
+            interval,
+            polled: HashMap::new(),
+            next_id: POLLED_IDS,
+            seq: 0,
+            failing: HashSet::new(),
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        variants: watch::Receiver<Variants>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        loop {
+            let current = variants.borrow().clone();
+            self.poll_once(&current).await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = crate::shutdown::requested(&mut shutdown) => return Ok(()),
+            }
+        }
+    }
+
+    /// Polls every variant with a polled source once and updates the store.
+    pub async fn poll_once(&mut self, variants: &[VariantAutoscaling]) {
+        self.seq += 1;
+        let mut seen = HashSet::new();
+        for va in variants {
+            let kind = match SourceKind::of(va) {
+                Ok(SourceKind::Agent) => continue,
+                Ok(kind) => kind,
+                Err(e) => {
+                    self.failed(va, e);
+                    continue;
+                }
+            };
+            let Some(source) = self.sources.get(&kind).cloned() else {
+                let e = format!("source {} is not configured", kind.as_str());
+                self.failed(va, e);
+                continue;
+            };
+            match source.poll(va).await {
+                Ok(pods) => {
+                    if self.failing.remove(&va.key().to_string()) {
+                        info!(variant = %va.key(), source = kind.as_str(), "metrics source answers again");
+                    }
+                    for (pod, signals) in pods {
+                        let key = PodKey {
+                            namespace: va.namespace.clone(),
+                            pod,
+                        };
+                        if self.offer(va, &key, signals) {
+                            seen.insert(key);
+                        }
+                    }
+                }
+                // The pods stay until their samples go stale: the safety net
+                // then holds the variant.
+                Err(e) => {
+                    let variant = va.key();
+                    seen.extend(
+                        self.polled
+                            .iter()
+                            .filter(|(_, (_, v))| *v == variant)
+                            .map(|(k, _)| k.clone()),
+                    );
+                    self.failed(va, e);
+                }
+            }
+        }
+        let gone: Vec<(PodKey, u64)> = self
+            .polled
+            .iter()
+            .filter(|(k, _)| !seen.contains(*k))
+            .map(|(k, (id, _))| (k.clone(), *id))
+            .collect();
+        for (key, id) in gone {
+            self.polled.remove(&key);
+            if self.store.remove(&key, id) {
+                self.trigger.fire(Instant::now());
+            }
+        }
+    }
+
+    /// Puts one polled sample in the store unless an agent streams for the
+    /// pod; returns whether it did.
+    fn offer(&mut self, va: &VariantAutoscaling, key: &PodKey, signals: ModelSignals) -> bool {
+        let now = Instant::now();
+        let id = match self.polled.get(key) {
+            Some((id, _)) => *id,
+            None => {
+                let id = self.next_id;
+                self.next_id += 1;
+                let hello = Hello {
+                    pod: key.pod.clone(),
+                    namespace: key.namespace.clone(),
+                    role: Role::Vllm as i32,
+                    models: vec![va.model_id.clone()],
+                    variant: va.target.name.clone(),
+                    ..Hello::default()
+                };
+                if !self.store.claim(key.clone(), id, hello, now) {
+                    return false;
+                }
+                self.polled.insert(key.clone(), (id, va.key()));
+                id
+            }
+        };
+        let sample = Sample {
+            seq: self.seq,
+            up: true,
+            scraped_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            models: vec![signals],
+            ..Sample::default()
+        };
+        match self.store.offer(key, id, sample, now) {
+            crate::store::Offer::Accepted => {
+                self.trigger.fire(now);
+                true
+            }
+            // An agent took the pod over meanwhile: it wins.
+            _ => {
+                self.polled.remove(key);
+                false
+            }
+        }
+    }
+
+    fn failed(&mut self, va: &VariantAutoscaling, error: String) {
+        if self.failing.insert(va.key().to_string()) {
+            warn!(variant = %va.key(), %error, "metrics source failed; the safety net holds the variant when its data goes stale");
+        }
+    }
+}
