@@ -262,3 +262,166 @@ impl Poller {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::variants::ScaleTarget;
+
+    /// A source answering what the test sets.
+    struct Scripted(Mutex<Result<Vec<String>, String>>);
+
+    impl Default for Scripted {
+        fn default() -> Self {
+            Scripted(Mutex::new(Ok(Vec::new())))
+        }
+    }
+
+    impl Scripted {
+        fn answer(&self, answer: Result<&[&str], &str>) {
+            *self.0.lock().unwrap() = answer
+                .map(|pods| pods.iter().map(|p| p.to_string()).collect())
+                .map_err(str::to_string);
+        }
+    }
+
+    #[tonic::async_trait]
+    impl PolledSource for Scripted {
+        fn kind(&self) -> SourceKind {
+            SourceKind::Prometheus
+        }
+        async fn poll(
+            &self,
+            va: &VariantAutoscaling,
+        ) -> Result<Vec<(String, ModelSignals)>, String> {
+            let pods = self.0.lock().unwrap().clone()?;
+            Ok(pods
+                .into_iter()
+                .map(|p| {
+                    let s = ModelSignals {
+                        model: va.model_id.clone(),
+                        requests_waiting: 2.0,
+                        ..ModelSignals::default()
+                    };
+                    (p, s)
+                })
+                .collect())
+        }
+    }
+
+    fn va(source: Option<&str>) -> VariantAutoscaling {
+        VariantAutoscaling {
+            name: "chat".into(),
+            namespace: "llm".into(),
+            model_id: "m".into(),
+            target: ScaleTarget {
+                kind: "Deployment".into(),
+                name: "chat-deploy".into(),
+                api_version: None,
+            },
+            cost: 10.0,
+            accelerator: String::new(),
+            labels: BTreeMap::new(),
+            annotations: source
+                .map(|s| BTreeMap::from([(SOURCE_ANNOTATION.to_string(), s.to_string())]))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn key(pod: &str) -> PodKey {
+        PodKey {
+            namespace: "llm".into(),
+            pod: pod.into(),
+        }
+    }
+
+    fn setup() -> (Poller, Arc<Scripted>, Arc<PodStore>) {
+        let store = Arc::new(PodStore::default());
+        let source = Arc::new(Scripted::default());
+        let poller = Poller::new(
+            Arc::clone(&store),
+            Arc::default(),
+            vec![source.clone() as Arc<dyn PolledSource>],
+            Duration::from_secs(1),
+        );
+        (poller, source, store)
+    }
+
+    fn pods(store: &PodStore) -> Vec<(String, String)> {
+        let mut pods = store.with_pods(|p| {
+            p.iter()
+                .map(|(k, e)| (k.pod.clone(), e.hello.variant.clone()))
+                .collect::<Vec<_>>()
+        });
+        pods.sort();
+        pods
+    }
+
+    #[test]
+    fn the_annotation_names_the_source() {
+        assert_eq!(SourceKind::of(&va(None)), Ok(SourceKind::Agent));
+        assert_eq!(
+            SourceKind::of(&va(Some("prometheus"))),
+            Ok(SourceKind::Prometheus)
+        );
+        let error = SourceKind::of(&va(Some("carrier-pigeon"))).unwrap_err();
+        assert!(error.contains("agent, prometheus"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn polled_pods_feed_the_store_as_the_variants_target_and_leave_when_gone() {
+        let (mut poller, source, store) = setup();
+        let variants = [va(Some("prometheus"))];
+        source.answer(Ok(&["p-0", "p-1"]));
+        poller.poll_once(&variants).await;
+        assert_eq!(
+            pods(&store),
+            [
+                ("p-0".into(), "chat-deploy".into()),
+                ("p-1".into(), "chat-deploy".into())
+            ]
+        );
+        source.answer(Ok(&["p-1"]));
+        poller.poll_once(&variants).await;
+        assert_eq!(pods(&store), [("p-1".into(), "chat-deploy".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_failing_source_keeps_its_pods_until_they_go_stale() {
+        let (mut poller, source, store) = setup();
+        let variants = [va(Some("prometheus"))];
+        source.answer(Ok(&["p-0"]));
+        poller.poll_once(&variants).await;
+        source.answer(Err("connection refused"));
+        poller.poll_once(&variants).await;
+        assert_eq!(pods(&store).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_agents_stream_wins_over_a_polled_answer() {
+        let (mut poller, source, store) = setup();
+        let hello = Hello {
+            pod: "p-0".into(),
+            namespace: "llm".into(),
+            variant: "chat-deploy".into(),
+            ..Hello::default()
+        };
+        store.register(key("p-0"), 7, hello, Instant::now());
+        source.answer(Ok(&["p-0"]));
+        poller.poll_once(&[va(Some("prometheus"))]).await;
+        let stream = store.with_pods(|p| p[&key("p-0")].stream_id);
+        assert_eq!(stream, 7);
+        assert!(store.with_pods(|p| p[&key("p-0")].latest.is_none()));
+    }
+
+    #[tokio::test]
+    async fn agent_variants_are_not_polled() {
+        let (mut poller, source, store) = setup();
+        source.answer(Ok(&["p-0"]));
+        poller.poll_once(&[va(None)]).await;
+        assert!(pods(&store).is_empty());
+    }
+}

@@ -141,15 +141,15 @@ pub fn start_agent(spec: &AgentSpec<'_>) -> anyhow::Result<Proc> {
     Ok(Proc { child })
 }
 
-/// Starts `wva-aggregator --standalone` on the given addresses.
-pub fn start_aggregator(
+/// The command of `wva-aggregator --standalone` on the given addresses.
+pub fn standalone_aggregator(
     variants: &Path,
     grpc: SocketAddr,
     metrics: SocketAddr,
     extra: &[&str],
-) -> anyhow::Result<Proc> {
-    let child = command("wva-aggregator")
-        .arg("--standalone")
+) -> Command {
+    let mut cmd = command("wva-aggregator");
+    cmd.arg("--standalone")
         .arg("--variants")
         .arg(variants)
         .args([
@@ -161,7 +161,18 @@ pub fn start_aggregator(
         .args(["--min-analysis-interval", "100ms", "--staleness", "3s"])
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    cmd
+}
+
+/// Starts `wva-aggregator --standalone` on the given addresses.
+pub fn start_aggregator(
+    variants: &Path,
+    grpc: SocketAddr,
+    metrics: SocketAddr,
+    extra: &[&str],
+) -> anyhow::Result<Proc> {
+    let child = standalone_aggregator(variants, grpc, metrics, extra)
         .spawn()
         .context("start wva-aggregator")?;
     Ok(Proc { child })

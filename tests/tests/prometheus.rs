@@ -382,3 +382,53 @@ async fn the_bearer_token_and_the_encoded_query_reach_the_server() -> anyhow::Re
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_variant_annotated_for_prometheus_is_driven_by_it() -> anyhow::Result<()> {
+    let scraped = Scraped::start().await?;
+    let dir = tempfile::tempdir()?;
+    let variants = dir.path().join("variants.yaml");
+    std::fs::write(
+        &variants,
+        format!(
+            "apiVersion: llmd.ai/v1alpha1\nkind: VariantAutoscaling\n\
+             metadata:\n  name: chat\n  namespace: prod\n  \
+             annotations: {{wva.llmd.ai/metrics-source: prometheus}}\n\
+             spec: {{scaleTargetRef: {{kind: Deployment, name: chat}}, modelID: {MODEL}}}\n"
+        ),
+    )?;
+    let (grpc, metrics) = (free_addr(), free_addr());
+    let mut command =
+        standalone_aggregator(&variants, grpc, metrics, &["--poll-interval", "500ms"]);
+    command
+        .env(
+            "PROMETHEUS_BASE_URL",
+            format!("http://{}", scraped.prometheus.addr),
+        )
+        .env("PROMETHEUS_TLS_INSECURE_SKIP_VERIFY", "true");
+    let _aggregator = Proc {
+        child: command.spawn()?,
+    };
+    // No agent runs: the decision's inputs are the prod pods Prometheus knows,
+    // with the queue each sim reports.
+    let expected = sim_signals(scraped.sims["sim-a"]).await?;
+    let decision = eventually(WITHIN, "a decision from Prometheus' pods", || async move {
+        let all = decisions(metrics).await?;
+        Ok(all.into_iter().find(|d| {
+            let pods: Vec<&str> = d["inputs"]
+                .as_array()
+                .map(|i| i.iter().filter_map(|p| p["pod"].as_str()).collect())
+                .unwrap_or_default();
+            pods == ["sim-a", "sim-b"]
+        }))
+    })
+    .await?;
+    let sim_a = &decision["inputs"][0];
+    assert_eq!(
+        sim_a["queueLength"].as_f64(),
+        expected.requests_waiting,
+        "{decision}"
+    );
+    assert_eq!(decision["data"], "fresh", "{decision}");
+    Ok(())
+}
