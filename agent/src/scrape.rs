@@ -138,11 +138,16 @@ impl Scraper {
 
     /// Sends `authorization: Bearer <token>` with this token.
     pub fn with_token(mut self, token: &str) -> Result<Self, InvalidToken> {
+        self.bearer = Some(Bearer::Value(Self::check_token(token)?));
+        Ok(self)
+    }
+
+    /// The `authorization` value for `token`, if a header can carry it.
+    pub fn check_token(token: &str) -> Result<HeaderValue, InvalidToken> {
         let mut value =
             HeaderValue::try_from(format!("Bearer {}", token.trim())).map_err(|_| InvalidToken)?;
         value.set_sensitive(true);
-        self.bearer = Some(Bearer::Value(value));
-        Ok(self)
+        Ok(value)
     }
 
     /// Asks for a gzip body. Off by default: on loopback, inflating costs

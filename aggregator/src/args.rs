@@ -106,6 +106,18 @@ pub struct Args {
     #[arg(long, env = "WVA_POLL_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
 
+    /// Pod scraping source: time limit of one pod's scrape.
+    #[arg(long, env = "WVA_SCRAPE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub scrape_timeout: Duration,
+
+    /// Pod scraping source: pods scraped at once.
+    #[arg(long, env = "WVA_MAX_CONCURRENT_SCRAPES", default_value_t = 10)]
+    pub max_concurrent_scrapes: usize,
+
+    /// Pod scraping source: how long a scrape's result is kept.
+    #[arg(long, env = "WVA_SCRAPE_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub scrape_cache_ttl: Duration,
+
     /// A pod whose latest sample is older than this leaves the analysis.
     #[arg(long, env = "WVA_STALENESS", default_value = "10s", value_parser = humantime::parse_duration)]
     pub staleness: Duration,

@@ -136,6 +136,19 @@ impl PodScraper {
         ))
     }
 
+    /// Changes the bearer token (a rotated Secret); the pods' scrapers are
+    /// rebuilt with it at the next refresh.
+    pub fn set_token(&mut self, token: Option<String>) -> Result<(), ScrapingError> {
+        if token != self.config.token {
+            if let Some(t) = &token {
+                Scraper::check_token(t)?;
+            }
+            self.config.token = token;
+            self.samplers.clear();
+        }
+        Ok(())
+    }
+
     /// The pod's latest sample while it is younger than the TTL.
     pub fn get(&self, pod: &PodKey, now: Instant) -> Option<&Sample> {
         self.cache

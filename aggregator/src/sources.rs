@@ -2,7 +2,7 @@
 //!
 //! Agents push their pods' samples into the pod store. A variant may instead
 //! name a polled source with the annotation `wva.llmd.ai/metrics-source`
-//! (`agent`, the default, or `prometheus`); the [`Poller`] then asks that
+//! (`agent`, the default, `pod-scraping` or `prometheus`); the [`Poller`] then asks that
 //! source for the variant's pods at every poll and puts the answers into the
 //! same pod store, as samples of the same shape, so the analysis reads every
 //! source alike.
@@ -32,6 +32,7 @@ pub const SOURCE_ANNOTATION: &str = "wva.llmd.ai/metrics-source";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SourceKind {
     Agent,
+    PodScraping,
     Prometheus,
 }
 
@@ -39,6 +40,7 @@ impl SourceKind {
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Agent => "agent",
+            SourceKind::PodScraping => "pod-scraping",
             SourceKind::Prometheus => "prometheus",
         }
     }
@@ -48,9 +50,10 @@ impl SourceKind {
     pub fn of(va: &VariantAutoscaling) -> Result<SourceKind, String> {
         match va.annotations.get(SOURCE_ANNOTATION).map(|s| s.trim()) {
             None | Some("agent") => Ok(SourceKind::Agent),
+            Some("pod-scraping") => Ok(SourceKind::PodScraping),
             Some("prometheus") => Ok(SourceKind::Prometheus),
             Some(other) => Err(format!(
-                "annotation {SOURCE_ANNOTATION}={other:?} names no source (agent, prometheus)"
+                "annotation {SOURCE_ANNOTATION}={other:?} names no source (agent, pod-scraping, prometheus)"
             )),
         }
     }
@@ -368,7 +371,7 @@ mod tests {
             Ok(SourceKind::Prometheus)
         );
         let error = SourceKind::of(&va(Some("carrier-pigeon"))).unwrap_err();
-        assert!(error.contains("agent, prometheus"), "{error}");
+        assert!(error.contains("agent, pod-scraping, prometheus"), "{error}");
     }
 
     #[tokio::test]

@@ -214,11 +214,12 @@ impl Cluster {
             .await
     }
 
-    /// A Pod owned by `replica_set`.
+    /// A Pod owned by `replica_set`, with its template's labels.
     pub async fn pod(&self, replica_set: &Value, name: &str) -> anyhow::Result<Value> {
         let pod = json!({
             "metadata": {
                 "name": name,
+                "labels": replica_set["spec"]["template"]["metadata"]["labels"],
                 "ownerReferences": [owner(replica_set, Resource::ReplicaSets)],
             },
             "spec": replica_set["spec"]["template"]["spec"],

@@ -91,8 +91,19 @@ pub const SLOW_DECODING_SIM: [&str; 6] = [
 
 /// Starts a `vllm-sim` on an ephemeral port and returns it with its address.
 pub async fn start_sim(model: &str, extra: &[&str]) -> anyhow::Result<(Proc, SocketAddr)> {
+    start_sim_at("127.0.0.1:0".parse()?, model, extra).await
+}
+
+/// Starts a `vllm-sim` on `addr` (port 0 picks one) and returns it with the
+/// address it bound.
+pub async fn start_sim_at(
+    addr: SocketAddr,
+    model: &str,
+    extra: &[&str],
+) -> anyhow::Result<(Proc, SocketAddr)> {
     let mut child = command("vllm-sim")
-        .args(["--port", "0", "--model", model])
+        .args(["--host", &addr.ip().to_string()])
+        .args(["--port", &addr.port().to_string(), "--model", model])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -782,3 +782,66 @@ async fn flags_and_env_win_over_the_config_map_which_wins_over_defaults() -> any
     assert!(has_status("a-green"));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_variant_annotated_for_pod_scraping_is_driven_by_its_services_ready_pods()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cluster = Cluster::start(dir.path(), &[NS]).await?;
+    // Two pod IPs on loopback, one port, as a Service's pods have.
+    let (first, a) = start_sim_at("127.0.0.2:0".parse()?, MODEL, &SLOW_DECODING_SIM).await?;
+    let b_addr = SocketAddr::new("127.0.0.3".parse()?, a.port());
+    let (second, _) = start_sim_at(b_addr, MODEL, &[]).await?;
+    let _sims = (first, second);
+    let _request = load(a).await?;
+
+    let aggregator = cluster.start_aggregator("wva-0", &[])?;
+    let va = cluster.variant_autoscaling(NS, CHAT, CHAT, MODEL).await?;
+    let port = a.port().to_string();
+    let annotations = json!({"metadata": {"annotations": {
+        "wva.llmd.ai/metrics-source": "pod-scraping",
+        "wva.llmd.ai/metrics-service": "chat-metrics",
+        "wva.llmd.ai/metrics-port": port,
+    }}});
+    cluster
+        .merge_patch(
+            Resource::VariantAutoscalings,
+            NS,
+            name_of(&va),
+            annotations,
+            false,
+        )
+        .await?;
+    let service = json!({"metadata": {"name": "chat-metrics"},
+        "spec": {"selector": {"app": CHAT}, "ports": [{"port": 8000}]}});
+    cluster
+        .create(Resource::Services, Some(NS), service)
+        .await?;
+    let Workload { replica_set, pod } = workload(&cluster, "chat-a", 2).await?;
+    let other = cluster.pod(&replica_set, "chat-b").await?;
+    let unready = cluster.pod(&replica_set, "chat-c").await?;
+    for (pod, ip, ready) in [
+        (&pod, "127.0.0.2", "True"),
+        (&other, "127.0.0.3", "True"),
+        (&unready, "127.0.0.4", "False"),
+    ] {
+        let status = json!({"status": {"podIP": ip,
+            "conditions": [{"type": "Ready", "status": ready}]}});
+        cluster
+            .merge_patch(Resource::Pods, NS, name_of(pod), status, true)
+            .await?;
+    }
+
+    // No agent runs: the Ready pods behind the Service are scraped directly.
+    let decision = decision_where(aggregator.metrics, "inputs from both ready pods", |d| {
+        input_pods(d) == ["chat-a", "chat-b"]
+    })
+    .await?;
+    assert_eq!(decision["data"], "fresh", "{decision}");
+    let busy = &decision["inputs"][0];
+    assert!(
+        busy["kvCacheUsage"].as_f64().unwrap_or_default() > 0.0,
+        "the loaded sim's KV usage is seen: {decision}"
+    );
+    Ok(())
+}

@@ -53,6 +53,13 @@ pub const PARAMS: &[Param] = &[
     ),
     param("WVA_STALENESS", "staleness", Dynamic),
     param("WVA_POLL_INTERVAL", "poll_interval", Static),
+    param("WVA_SCRAPE_TIMEOUT", "scrape_timeout", Static),
+    param(
+        "WVA_MAX_CONCURRENT_SCRAPES",
+        "max_concurrent_scrapes",
+        Static,
+    ),
+    param("WVA_SCRAPE_CACHE_TTL", "scrape_cache_ttl", Static),
     param("METRICS_ADDR", "metrics_addr", Static),
     param("WVA_GRPC_ADDR", "grpc_addr", Static),
     param("WVA_GRPC_TLS_CERT", "tls_cert", Static),
@@ -74,8 +81,8 @@ pub const PARAMS: &[Param] = &[
     param("RETRY_PERIOD", "retry_period", Static),
 ];
 
-/// Static keys without a flag: the environment, then the ConfigMap, sets
-/// them (the Prometheus source's connection).
+/// Static keys without a flag (secrets and the Prometheus connection): the
+/// environment, then the ConfigMap, sets them.
 pub const STATIC_WITHOUT_FLAG: &[&str] = &[
     "PROMETHEUS_BASE_URL",
     "PROMETHEUS_TLS_INSECURE_SKIP_VERIFY",
@@ -84,6 +91,7 @@ pub const STATIC_WITHOUT_FLAG: &[&str] = &[
     "PROMETHEUS_CLIENT_KEY_PATH",
     "PROMETHEUS_SERVER_NAME",
     "PROMETHEUS_BEARER_TOKEN",
+    "WVA_SCRAPE_BEARER_TOKEN",
 ];
 
 pub fn find(key: &str) -> Option<&'static Param> {

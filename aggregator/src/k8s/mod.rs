@@ -11,6 +11,7 @@ pub mod leader;
 pub mod mode;
 pub mod pods;
 pub mod resolve;
+pub mod scrape_source;
 #[cfg(test)]
 pub(crate) mod scripted;
 pub mod status;

@@ -13,9 +13,11 @@ use tracing::info;
 use super::configmaps::{self, Names, Outputs};
 use super::controller::{self, Controller};
 use super::identity::ClusterAdmission;
+use super::scrape_source::PodScrapingSource;
 use super::{leader, pods};
 use crate::args::{ActuatorKind, Args};
 use crate::config::params;
+use crate::scraping::ScrapeConfig;
 use crate::service::{self, Sources, Tuning};
 use crate::startup;
 
@@ -54,12 +56,23 @@ pub async fn run(
     let args = parsed.args.clone();
     // Keys without a flag (PROMETHEUS_*): the environment, then the ConfigMap.
     let config_map = &initial.main;
-    let mut settings = startup::settings(&args, |key| {
+    let lookup = |key: &str| {
         std::env::var(key)
             .ok()
             .filter(|v| !v.trim().is_empty())
             .or_else(|| config_map.get(key).cloned())
-    })?;
+    };
+    let mut settings = startup::settings(&args, lookup)?;
+    settings.polled.push(Arc::new(PodScrapingSource::new(
+        client.clone(),
+        ScrapeConfig {
+            timeout: args.scrape_timeout,
+            max_concurrent: args.max_concurrent_scrapes,
+            ttl: args.scrape_cache_ttl,
+            token: lookup("WVA_SCRAPE_BEARER_TOKEN").map(|t| t.trim().to_string()),
+            role: wva_proto::v1::Role::Vllm,
+        },
+    )));
     let election = election_config(&args)?;
     let reporter = Reporter {
         controller: "wva-aggregator".to_string(),
