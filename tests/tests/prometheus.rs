@@ -432,3 +432,100 @@ async fn a_variant_annotated_for_prometheus_is_driven_by_it() -> anyhow::Result<
     assert_eq!(decision["data"], "fresh", "{decision}");
     Ok(())
 }
+
+#[tokio::test]
+async fn agent_pod_scraping_and_prometheus_see_the_same_signals() -> anyhow::Result<()> {
+    use wva_aggregator::scraping::{PodScraper, PodTarget, ScrapeConfig};
+    use wva_aggregator::store::PodKey;
+
+    let scraped = Scraped::start().await?;
+    let sim = scraped.sims["sim-a"];
+
+    // The agent path: a real agent streaming to a standalone aggregator.
+    let dir = tempfile::tempdir()?;
+    let variants = dir.path().join("variants.yaml");
+    std::fs::write(
+        &variants,
+        format!(
+            "apiVersion: llmd.ai/v1alpha1\nkind: VariantAutoscaling\n\
+             metadata: {{name: chat, namespace: prod}}\n\
+             spec: {{scaleTargetRef: {{kind: Deployment, name: chat}}, modelID: {MODEL}}}\n"
+        ),
+    )?;
+    let (grpc, metrics) = (free_addr(), free_addr());
+    let _aggregator = start_aggregator(&variants, grpc, metrics, &[])?;
+    let aggregator = format!("http://{grpc}");
+    let _agent = start_agent(&AgentSpec {
+        target: sim,
+        aggregator: &aggregator,
+        pod: "sim-a",
+        namespace: "prod",
+        variant: "chat",
+        model: MODEL,
+        interval: "200ms",
+        extra: &[],
+    })?;
+    let by_agent = eventually(WITHIN, "the agent's sample", || async move {
+        let all = decisions(metrics).await?;
+        Ok(all
+            .into_iter()
+            .find_map(|d| d["inputs"].as_array()?.first().cloned()))
+    })
+    .await?;
+
+    // The pod-scraping path: the aggregator's scraper on the same pod.
+    let mut scraper = PodScraper::new(ScrapeConfig::default());
+    let target = PodTarget {
+        pod: PodKey {
+            namespace: "prod".into(),
+            pod: "sim-a".into(),
+        },
+        url: format!("http://{sim}/metrics").parse()?,
+    };
+    scraper.refresh(std::slice::from_ref(&target)).await?;
+    let sample = scraper
+        .get(&target.pod, std::time::Instant::now())
+        .expect("a scrape");
+    let by_scrape = sample
+        .models
+        .iter()
+        .find(|m| m.model == MODEL)
+        .expect("the model's signals");
+
+    // The Prometheus path, once it has scraped the held load.
+    let ns = Namespace::parse("prod")?;
+    let client = scraped.client();
+    let by_prometheus = eventually(WITHIN, "Prometheus' view of sim-a", || {
+        let (client, ns) = (&client, &ns);
+        async move {
+            let pods = client.pod_signals(ns, MODEL).await?;
+            Ok(pods
+                .get("sim-a")
+                .filter(|s| s.requests_waiting == Some(by_scrape.requests_waiting))
+                .cloned())
+        }
+    })
+    .await?;
+
+    // The held requests keep the load steady: queues agree exactly, KV usage
+    // within the drift of one decoded block.
+    assert_eq!(
+        by_agent["queueLength"].as_f64(),
+        Some(by_scrape.requests_waiting)
+    );
+    assert_eq!(
+        by_prometheus.requests_running,
+        Some(by_scrape.requests_running)
+    );
+    let kv = [
+        by_agent["kvCacheUsage"].as_f64().unwrap_or(-1.0),
+        by_scrape.kv_cache_usage,
+        by_prometheus.kv_cache_usage.unwrap_or(-1.0),
+    ];
+    assert!(kv[1] > 0.0, "the load shows: {kv:?}");
+    assert!(
+        kv.iter().all(|k| (k - kv[1]).abs() <= 0.05),
+        "agent, scrape and Prometheus disagree: {kv:?}"
+    );
+    Ok(())
+}
