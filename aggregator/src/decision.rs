@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::analysis::saturation::{Reason, ReplicaLoad};
+use crate::sources::SourceFailure;
 use crate::variants::VariantKey;
 
 /// Where a safety-net value came from.
@@ -77,6 +78,8 @@ pub struct Decision {
     /// Why the desired value last changed (the basis of that analysis),
     /// while later analyses may hold it for another reason.
     pub change_reason: Option<&'static str>,
+    /// Why the variant's polled metrics source gave no answer, if it did not.
+    pub source_failure: Option<SourceFailure>,
     pub data: DataState,
     /// Age of the oldest sample used, when any was.
     #[serde(serialize_with = "seconds")]

@@ -260,6 +260,7 @@ impl Engine {
                 desired_replicas: desired,
                 basis,
                 change_reason,
+                source_failure: None,
                 data,
                 data_age: age,
                 inputs: state.replicas,

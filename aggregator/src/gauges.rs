@@ -209,6 +209,7 @@ mod tests {
             desired_replicas: desired,
             basis: Basis::Analysis(Reason::Steady),
             change_reason: None,
+            source_failure: None,
             data: DataState::Fresh,
             data_age: None,
             inputs: Vec::new(),

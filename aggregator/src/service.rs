@@ -22,7 +22,7 @@ use crate::engine::{Engine, Inputs, ReplicaCounts};
 use crate::gauges::DecisionGauges;
 use crate::http::{self, HttpState};
 use crate::ingest::{Ingest, IngestService, MAX_MESSAGE_BYTES};
-use crate::sources::{PolledSource, Poller};
+use crate::sources::{Failures, PolledSource, Poller};
 use crate::store::PodStore;
 use crate::telemetry::SelfMetrics;
 use crate::trigger::Trigger;
@@ -165,18 +165,21 @@ pub fn start(
     });
 
     let mut tasks = vec![grpc_task, http_task];
+    let (failures_tx, failures) = watch::channel(Failures::default());
     if !settings.polled.is_empty() {
         let poller = Poller::new(
             Arc::clone(&store),
             Arc::clone(&trigger),
             settings.polled.clone(),
             settings.poll_interval,
+            failures_tx,
         );
         tasks.push(tokio::spawn(
             poller.run(sources.variants.clone(), shutdown.clone()),
         ));
     }
     let analysis = AnalysisLoop {
+        failures,
         settings,
         store,
         trigger,
@@ -228,6 +231,8 @@ async fn serve_grpc(
 }
 
 struct AnalysisLoop {
+    /// Failures of polled sources, shown on the decisions they hold.
+    failures: watch::Receiver<Failures>,
     settings: Settings,
     store: Arc<PodStore>,
     trigger: Arc<Trigger>,
@@ -281,7 +286,7 @@ impl AnalysisLoop {
             .replicas
             .as_mut()
             .map(|rx| rx.borrow_and_update().clone());
-        let (decisions, events) = self.store.with_pods(|pods| {
+        let (mut decisions, events) = self.store.with_pods(|pods| {
             engine.evaluate(&Inputs {
                 now,
                 wall: SystemTime::now(),
@@ -300,6 +305,10 @@ impl AnalysisLoop {
             self.gauges.publish(&decisions, &events);
         } else {
             self.gauges.publish(&[], &[]);
+        }
+        let failures = self.failures.borrow().clone();
+        for d in &mut decisions {
+            d.source_failure = failures.get(&d.variant).cloned();
         }
         self.decisions.send_replace(Arc::new(decisions));
         self.ready.send_replace(true);

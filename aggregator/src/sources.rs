@@ -114,9 +114,20 @@ pub struct Poller {
     polled: HashMap<PodKey, (u64, VariantKey)>,
     next_id: u64,
     seq: u64,
-    /// Variants whose last poll failed, to log a failure once.
-    failing: HashSet<String>,
+    /// Variants whose last poll failed, and why; published for status.
+    failing: HashMap<VariantKey, SourceFailure>,
+    failures: watch::Sender<Failures>,
 }
+
+/// Why a variant's polled source gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SourceFailure {
+    pub source: &'static str,
+    pub error: String,
+}
+
+/// The current failures of polled sources, by variant.
+pub type Failures = Arc<HashMap<VariantKey, SourceFailure>>;
 
 impl Poller {
     pub fn new(
@@ -124,6 +135,7 @@ impl Poller {
         trigger: Arc<Trigger>,
         sources: Vec<Arc<dyn PolledSource>>,
         interval: Duration,
+        failures: watch::Sender<Failures>,
     ) -> Self {
         Poller {
             store,
@@ -133,7 +145,8 @@ impl Poller {
             polled: HashMap::new(),
             next_id: POLLED_IDS,
             seq: 0,
-            failing: HashSet::new(),
+            failing: HashMap::new(),
+            failures,
         }
     }
 
@@ -161,18 +174,18 @@ impl Poller {
                 Ok(SourceKind::Agent) => continue,
                 Ok(kind) => kind,
                 Err(e) => {
-                    self.failed(va, e);
+                    self.failed(va, "annotation", e);
                     continue;
                 }
             };
             let Some(source) = self.sources.get(&kind).cloned() else {
                 let e = format!("source {} is not configured", kind.as_str());
-                self.failed(va, e);
+                self.failed(va, kind.as_str(), e);
                 continue;
             };
             match source.poll(va).await {
                 Ok(pods) => {
-                    if self.failing.remove(&va.key().to_string()) {
+                    if self.failing.remove(&va.key()).is_some() {
                         info!(variant = %va.key(), source = kind.as_str(), "metrics source answers again");
                     }
                     for (pod, signals) in pods {
@@ -195,10 +208,20 @@ impl Poller {
                             .filter(|(_, (_, v))| *v == variant)
                             .map(|(k, _)| k.clone()),
                     );
-                    self.failed(va, e);
+                    self.failed(va, kind.as_str(), e);
                 }
             }
         }
+        let live: HashSet<VariantKey> = variants.iter().map(VariantAutoscaling::key).collect();
+        self.failing.retain(|k, _| live.contains(k));
+        let current = Arc::new(self.failing.clone());
+        self.failures.send_if_modified(|f| {
+            let changed = **f != *current;
+            if changed {
+                *f = current;
+            }
+            changed
+        });
         let gone: Vec<(PodKey, u64)> = self
             .polled
             .iter()
@@ -259,9 +282,11 @@ impl Poller {
         }
     }
 
-    fn failed(&mut self, va: &VariantAutoscaling, error: String) {
-        if self.failing.insert(va.key().to_string()) {
-            warn!(variant = %va.key(), %error, "metrics source failed; the safety net holds the variant when its data goes stale");
+    fn failed(&mut self, va: &VariantAutoscaling, source: &'static str, error: String) {
+        let failure = SourceFailure { source, error };
+        if self.failing.get(&va.key()) != Some(&failure) {
+            warn!(variant = %va.key(), source, error = %failure.error, "metrics source failed; the safety net holds the variant when its data goes stale");
+            self.failing.insert(va.key(), failure);
         }
     }
 }
@@ -349,6 +374,7 @@ mod tests {
             Arc::default(),
             vec![source.clone() as Arc<dyn PolledSource>],
             Duration::from_secs(1),
+            watch::channel(Failures::default()).0,
         );
         (poller, source, store)
     }
@@ -398,9 +424,24 @@ mod tests {
         let variants = [va(Some("prometheus"))];
         source.answer(Ok(&["p-0"]));
         poller.poll_once(&variants).await;
+        let failures = poller.failures.subscribe();
         source.answer(Err("connection refused"));
         poller.poll_once(&variants).await;
         assert_eq!(pods(&store).len(), 1);
+        let failure = failures.borrow()[&variants[0].key()].clone();
+        assert_eq!(
+            failure,
+            SourceFailure {
+                source: "prometheus",
+                error: "connection refused".into()
+            }
+        );
+        source.answer(Ok(&["p-0"]));
+        poller.poll_once(&variants).await;
+        assert!(
+            failures.borrow().is_empty(),
+            "a recovered source is no failure"
+        );
     }
 
     #[tokio::test]

@@ -430,6 +430,24 @@ async fn a_variant_annotated_for_prometheus_is_driven_by_it() -> anyhow::Result<
         "{decision}"
     );
     assert_eq!(decision["data"], "fresh", "{decision}");
+
+    // Prometheus goes away: the decision says why its data stops.
+    scraped.prometheus.stop().await;
+    let failed = eventually(
+        WITHIN,
+        "the source failure on the decision",
+        || async move {
+            let all = decisions(metrics).await?;
+            Ok(all
+                .into_iter()
+                .find(|d| d["sourceFailure"]["source"] == "prometheus"))
+        },
+    )
+    .await?;
+    let error = failed["sourceFailure"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.contains("Prometheus"), "{failed}");
     Ok(())
 }
 

@@ -18,6 +18,9 @@ pub mod reason {
     pub const METRICS_FOUND: &str = "MetricsFound";
     pub const METRICS_MISSING: &str = "MetricsMissing";
     pub const METRICS_STALE: &str = "MetricsStale";
+    pub const PROMETHEUS_ERROR: &str = "PrometheusError";
+    pub const POD_SCRAPING_ERROR: &str = "PodScrapingError";
+    pub const METRICS_SOURCE_ERROR: &str = "MetricsSourceError";
     pub const OPTIMIZATION_SUCCEEDED: &str = "OptimizationSucceeded";
     pub const OPTIMIZATION_FAILED: &str = "OptimizationFailed";
     pub const INVALID_CONFIGURATION: &str = "InvalidConfiguration";

@@ -24,6 +24,7 @@ pub mod event_reason {
     pub const SAFETY_NET: &str = "SafetyNetActivated";
     pub const METRICS_MISSING: &str = "MetricsMissing";
     pub const METRICS_STALE: &str = "MetricsStale";
+    pub const SOURCE_FAILED: &str = "MetricsSourceFailed";
 }
 
 /// The events for moving from `previous` to `next`; `decision` is what
@@ -140,6 +141,7 @@ mod tests {
             desired_replicas: desired,
             basis,
             change_reason: None,
+            source_failure: None,
             data,
             data_age: None,
             inputs: Vec::new(),

@@ -197,6 +197,19 @@ fn running(
 }
 
 fn metrics(d: &Decision) -> Wanted {
+    if let Some(failure) = &d.source_failure {
+        let why = match failure.source {
+            "prometheus" => reason::PROMETHEUS_ERROR,
+            "pod-scraping" => reason::POD_SCRAPING_ERROR,
+            _ => reason::METRICS_SOURCE_ERROR,
+        };
+        return Wanted::new(
+            METRICS_AVAILABLE,
+            Status::False,
+            why,
+            format!("{}: {}", failure.source, failure.error),
+        );
+    }
     let reporting = d.inputs.len();
     let ready = d.ready_replicas;
     match d.data {
@@ -282,6 +295,7 @@ mod tests {
             desired_replicas: desired,
             basis,
             change_reason: None,
+            source_failure: None,
             data,
             data_age: None,
             inputs: (0..reporting)
@@ -472,6 +486,31 @@ mod tests {
         assert_eq!(
             condition(&s, METRICS_AVAILABLE),
             ("False", reason::METRICS_MISSING)
+        );
+    }
+
+    #[test]
+    fn a_failing_metrics_source_is_named() {
+        let mut d = decision(
+            2,
+            Basis::SafetyNet(Fallback::PreviousDesired),
+            DataState::Missing,
+            0,
+        );
+        d.source_failure = Some(crate::sources::SourceFailure {
+            source: "prometheus",
+            error: "Prometheus query at http://p:9090 timed out after 10s".into(),
+        });
+        let s = next(None, running(Some(&d)), None, &at(1));
+        assert_eq!(
+            condition(&s, METRICS_AVAILABLE),
+            ("False", reason::PROMETHEUS_ERROR)
+        );
+        let c = conditions::find(&s.conditions, METRICS_AVAILABLE).unwrap();
+        assert!(
+            c.message.starts_with("prometheus: Prometheus query"),
+            "{}",
+            c.message
         );
     }
 
