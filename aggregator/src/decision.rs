@@ -111,6 +111,40 @@ impl Decision {
     }
 }
 
+/// A decision for variant `ns/va` of model `m` on L4, for tests:
+/// `replicas` current and ready, `reporting` pods in its inputs.
+#[cfg(test)]
+pub(crate) fn for_test(
+    replicas: u32,
+    desired: u32,
+    basis: Basis,
+    data: DataState,
+    reporting: usize,
+) -> Decision {
+    Decision {
+        variant: VariantKey::new("ns", "va"),
+        model_id: "m".into(),
+        accelerator: "L4".into(),
+        cost: 10.0,
+        current_replicas: replicas,
+        ready_replicas: replicas,
+        desired_replicas: desired,
+        basis,
+        change_reason: None,
+        source_failure: None,
+        data,
+        data_age: None,
+        inputs: (0..reporting)
+            .map(|i| ReplicaLoad {
+                pod: format!("p{i}"),
+                kv_cache_usage: 0.5,
+                queue_length: 0.0,
+            })
+            .collect(),
+        decided_at: SystemTime::UNIX_EPOCH,
+    }
+}
+
 fn seconds<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => s.serialize_some(&d.as_secs_f64()),

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use anyhow::Context;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
@@ -14,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::process::Command;
 
 use crate::apiserver::{ApiServer, Resource, TokenIdentity};
-use crate::{AgentSpec, Proc, command, free_addr, start_agent};
+use crate::{AgentSpec, Proc, aggregator, free_addr, start_agent};
 
 /// Where the aggregator runs: its configuration ConfigMaps and its Lease live here.
 pub const SYSTEM_NAMESPACE: &str = "wva-system";
@@ -306,17 +305,12 @@ impl Cluster {
         metrics: SocketAddr,
         extra: &[&str],
     ) -> Command {
-        let mut cmd = command("wva-aggregator");
+        let mut cmd = aggregator(grpc, metrics);
         cmd.env("KUBECONFIG", &self.kubeconfig)
             .env("POD_NAMESPACE", SYSTEM_NAMESPACE)
             .env("POD_NAME", pod_name)
-            .args(["--grpc-addr", &grpc.to_string()])
-            .args(["--metrics-addr", &metrics.to_string()])
-            .args(["--min-analysis-interval", "100ms", "--staleness", "3s"])
             .args(FAST_ELECTION)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .args(extra);
         cmd
     }
 

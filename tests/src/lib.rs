@@ -152,6 +152,18 @@ pub fn start_agent(spec: &AgentSpec<'_>) -> anyhow::Result<Proc> {
     Ok(Proc { child })
 }
 
+/// The command of `wva-aggregator` serving on the given addresses with the
+/// tests' fast analysis (stdout discarded, stderr inherited).
+pub fn aggregator(grpc: SocketAddr, metrics: SocketAddr) -> Command {
+    let mut cmd = command("wva-aggregator");
+    cmd.args(["--grpc-addr", &grpc.to_string()])
+        .args(["--metrics-addr", &metrics.to_string()])
+        .args(["--min-analysis-interval", "100ms", "--staleness", "3s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    cmd
+}
+
 /// The command of `wva-aggregator --standalone` on the given addresses.
 pub fn standalone_aggregator(
     variants: &Path,
@@ -159,20 +171,11 @@ pub fn standalone_aggregator(
     metrics: SocketAddr,
     extra: &[&str],
 ) -> Command {
-    let mut cmd = command("wva-aggregator");
+    let mut cmd = aggregator(grpc, metrics);
     cmd.arg("--standalone")
         .arg("--variants")
         .arg(variants)
-        .args([
-            "--grpc-addr",
-            &grpc.to_string(),
-            "--metrics-addr",
-            &metrics.to_string(),
-        ])
-        .args(["--min-analysis-interval", "100ms", "--staleness", "3s"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        .args(extra);
     cmd
 }
 

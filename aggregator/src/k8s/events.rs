@@ -114,7 +114,6 @@ pub fn between(
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
 
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
@@ -124,29 +123,13 @@ mod tests {
     use crate::decision::{DataState, Fallback};
     use crate::engine::ReplicaCounts;
     use crate::k8s::status::{self, Situation};
-    use crate::variants::VariantKey;
 
     fn at(seconds: i64) -> Time {
         Time(Timestamp::from_second(seconds).unwrap())
     }
 
     fn decision(desired: u32, basis: Basis, data: DataState) -> Decision {
-        Decision {
-            variant: VariantKey::new("ns", "va"),
-            model_id: "m".into(),
-            accelerator: "L4".into(),
-            cost: 10.0,
-            current_replicas: 1,
-            ready_replicas: 1,
-            desired_replicas: desired,
-            basis,
-            change_reason: None,
-            source_failure: None,
-            data,
-            data_age: None,
-            inputs: Vec::new(),
-            decided_at: SystemTime::UNIX_EPOCH,
-        }
+        crate::decision::for_test(1, desired, basis, data, 0)
     }
 
     fn running(d: &Decision) -> Situation<'_> {

@@ -112,13 +112,16 @@ pub async fn run(
         variants = previous.len(),
         "continuing from the decisions in status"
     );
+    let mut pods_task = None;
     if args.verify_agent_identity {
         if args.agent_token_file.is_some() {
             bail!(
                 "WVA_AGENT_TOKEN_FILE (--agent-token-file) and agent identity verification exclude each other: agents present their own pod's token; set WVA_VERIFY_AGENT_IDENTITY=false to use a shared token"
             );
         }
-        let (index, _) = pods::start(client.clone(), watch_namespace.as_deref(), shutdown.clone());
+        let (index, task) =
+            pods::start(client.clone(), watch_namespace.as_deref(), shutdown.clone());
+        pods_task = Some(task);
         settings.admission = Arc::new(ClusterAdmission::new(
             client.clone(),
             args.token_audience.clone(),
@@ -158,6 +161,9 @@ pub async fn run(
     running.join().await?;
     controller_task.await??;
     config_task.await??;
+    if let Some(task) = pods_task {
+        task.await?;
+    }
     if let Some(task) = election_task {
         task.await??;
     }

@@ -272,41 +272,18 @@ fn optimization(d: &Decision) -> Wanted {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
 
     use k8s_openapi::jiff::Timestamp;
 
     use super::*;
-    use crate::analysis::saturation::{Reason, ReplicaLoad};
-    use crate::variants::VariantKey;
+    use crate::analysis::saturation::Reason;
 
     fn at(seconds: i64) -> Time {
         Time(Timestamp::from_second(seconds).unwrap())
     }
 
     fn decision(desired: u32, basis: Basis, data: DataState, reporting: usize) -> Decision {
-        Decision {
-            variant: VariantKey::new("ns", "va"),
-            model_id: "m".into(),
-            accelerator: "L4".into(),
-            cost: 10.0,
-            current_replicas: 2,
-            ready_replicas: 2,
-            desired_replicas: desired,
-            basis,
-            change_reason: None,
-            source_failure: None,
-            data,
-            data_age: None,
-            inputs: (0..reporting)
-                .map(|i| ReplicaLoad {
-                    pod: format!("p{i}"),
-                    kv_cache_usage: 0.5,
-                    queue_length: 0.0,
-                })
-                .collect(),
-            decided_at: SystemTime::UNIX_EPOCH,
-        }
+        crate::decision::for_test(2, desired, basis, data, reporting)
     }
 
     const TWO: ReplicaCounts = ReplicaCounts {
