@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::args::{Args, scrape_timeout};
 use crate::extract::Extractor;
@@ -18,7 +18,7 @@ use crate::scrape::{InvalidTarget, Scraper};
 use crate::server::{self, Health};
 use crate::stream::{StreamConfig, StreamError};
 use crate::telemetry::Telemetry;
-use crate::tls::TlsError;
+use crate::tls::{TargetTls, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -52,8 +52,18 @@ impl Agent {
         let stream = StreamConfig::from_args(&args)?;
         stream.validate()?;
         let telemetry = Arc::new(Telemetry::new());
-        let mut scraper =
-            Scraper::new(args.target.clone(), args.max_body_bytes)?.with_gzip(args.accept_gzip);
+        let tls = TargetTls {
+            ca: args.target_ca.clone(),
+            server_name: args.target_server_name.clone(),
+            insecure_skip_verify: args.target_insecure_skip_verify,
+        };
+        if tls.insecure_skip_verify {
+            warn!(
+                "--target-insecure-skip-verify: the target's certificate is not verified; for development only"
+            );
+        }
+        let mut scraper = Scraper::with_tls(args.target.clone(), args.max_body_bytes, &tls)?
+            .with_gzip(args.accept_gzip);
         if let Some(path) = &args.target_token_file {
             scraper = scraper.with_token_file(path.clone());
         }

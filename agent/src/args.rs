@@ -26,7 +26,8 @@ const MAX_DEFAULT_SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
     about = "Scrapes a local vLLM or EPP /metrics and streams its signals to wva-aggregator"
 )]
 pub struct Args {
-    /// URL of the local metrics endpoint, e.g. http://127.0.0.1:8000/metrics.
+    /// URL of the local metrics endpoint, e.g. http://127.0.0.1:8000/metrics
+    /// (https is verified against --target-ca or the system roots).
     #[arg(long, env = "WVA_TARGET", value_parser = parse_target)]
     pub target: Uri,
 
@@ -120,6 +121,18 @@ pub struct Args {
     /// re-read at every scrape.
     #[arg(long, env = "WVA_TARGET_TOKEN_FILE")]
     pub target_token_file: Option<PathBuf>,
+
+    /// PEM file with the CA certificates of an https target [default: the system roots].
+    #[arg(long, env = "WVA_TARGET_CA")]
+    pub target_ca: Option<PathBuf>,
+
+    /// Name to verify in an https target's certificate [default: the URL's host].
+    #[arg(long, env = "WVA_TARGET_SERVER_NAME")]
+    pub target_server_name: Option<String>,
+
+    /// Accept any certificate from an https target (development only).
+    #[arg(long, env = "WVA_TARGET_INSECURE_SKIP_VERIFY")]
+    pub target_insecure_skip_verify: bool,
 }
 
 /// The scrape timeout at a given interval: the explicit one, or the interval
@@ -170,7 +183,7 @@ fn parse_url(s: &str, schemes: &[&str]) -> Result<Uri, String> {
 }
 
 fn parse_target(s: &str) -> Result<Uri, String> {
-    parse_url(s, &["http"])
+    parse_url(s, &["http", "https"])
 }
 
 fn parse_aggregator(s: &str) -> Result<Uri, String> {
@@ -305,21 +318,29 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?} was accepted");
         }
-        let https_target = Args::try_parse_from([
-            "wva-agent",
-            "--target",
-            "https://127.0.0.1:8000/metrics",
-            "--aggregator",
-            "http://a:1",
-            "--pod-name",
-            "p",
-            "--namespace",
-            "n",
-            "--variant",
-            "v",
-        ]);
-        let err = https_target.unwrap_err().to_string();
-        assert!(err.contains("URL must start with http://"), "{err}");
+        let with_target = |target| {
+            Args::try_parse_from([
+                "wva-agent",
+                "--target",
+                target,
+                "--aggregator",
+                "http://a:1",
+                "--pod-name",
+                "p",
+                "--namespace",
+                "n",
+                "--variant",
+                "v",
+            ])
+        };
+        let err = with_target("ftp://127.0.0.1:8000/metrics")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("URL must start with http:// or https://"),
+            "{err}"
+        );
+        assert!(with_target("https://127.0.0.1:8443/metrics").is_ok());
     }
 
     #[test]

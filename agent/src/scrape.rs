@@ -3,11 +3,13 @@
 //! A `Scraper` keeps one keep-alive connection and two buffers (raw body and
 //! gunzipped body) across scrapes, so a steady-state scrape does not allocate
 //! body-sized memory. The body size limit is enforced while reading and while
-//! decompressing, which bounds memory whatever the target sends.
+//! decompressing, which bounds memory whatever the target sends. Targets
+//! may be http or https.
 
 use std::io::{Cursor, Read};
 use std::mem;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,10 +17,12 @@ use flate2::bufread::GzDecoder;
 use http::header::{ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH};
 use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::tls::{TargetTls, TlsError};
 use crate::token::{TokenError, read_bearer};
 
 /// Text 0.0.4 first: vLLM serves it natively; OpenMetrics is understood too.
@@ -29,8 +33,12 @@ const ACCEPT_EXPOSITION: &str = "text/plain;version=0.0.4;q=1,application/openme
 const SHRINK_RATIO: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid scrape target {0}: expected http://host[:port]/path")]
-pub struct InvalidTarget(pub String);
+pub enum InvalidTarget {
+    #[error("invalid scrape target {0}: expected http(s)://host[:port]/path")]
+    Url(String),
+    #[error("TLS for scrape target {target}: {source}")]
+    Tls { target: String, source: TlsError },
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScrapeError {
@@ -87,7 +95,7 @@ pub struct InvalidToken;
 /// Scrapes one target; reuse it for every scrape of that target.
 #[derive(Debug)]
 pub struct Scraper {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     target: Uri,
     authority: String,
     max_body_bytes: usize,
@@ -104,13 +112,42 @@ pub struct Scraper {
 }
 
 impl Scraper {
+    /// A scraper of an http target, or of an https one verified against the
+    /// system's roots.
     pub fn new(target: Uri, max_body_bytes: usize) -> Result<Self, InvalidTarget> {
+        Self::with_tls(target, max_body_bytes, &TargetTls::default())
+    }
+
+    /// A scraper whose https target is verified as `tls` says (unused for http).
+    pub fn with_tls(
+        target: Uri,
+        max_body_bytes: usize,
+        tls: &TargetTls,
+    ) -> Result<Self, InvalidTarget> {
         let authority = match (target.scheme_str(), target.authority()) {
-            (Some("http"), Some(authority)) => authority.to_string(),
-            _ => return Err(InvalidTarget(target.to_string())),
+            (Some("http" | "https"), Some(authority)) => authority.to_string(),
+            _ => return Err(InvalidTarget::Url(target.to_string())),
         };
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let tls_error = |source| InvalidTarget::Tls {
+            target: target.to_string(),
+            source,
+        };
+        let (config, server_name) = if target.scheme_str() == Some("https") {
+            tls.client_config().map_err(tls_error)?
+        } else {
+            // An http target never uses TLS, so it loads no roots either.
+            (no_roots(), None)
+        };
+        let mut builder = HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http();
+        if let Some(name) = server_name {
+            builder = builder.with_server_name_resolver(FixedServerNameResolver::new(name));
+        }
+        let connector = builder.enable_http1().wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
@@ -258,6 +295,16 @@ impl Scraper {
             ScrapeError::Request(error_chain(&err))
         }
     }
+}
+
+/// A TLS configuration that trusts nothing.
+fn no_roots() -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
 }
 
 fn is_gzip(headers: &HeaderMap) -> Result<bool, ScrapeError> {

@@ -1,13 +1,18 @@
-//! TLS to the aggregator, loaded from PEM files.
+//! TLS to the aggregator, and to an https scrape target, loaded from PEM
+//! files.
 //!
 //! Files are read again at every connect: cert-manager and projected volumes
 //! rotate them in place, and a long-lived agent must pick up the new ones
 //! without a restart.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use rustls::pki_types::CertificateDer;
+use rustls::ClientConfig;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +91,122 @@ fn read_certs(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
             what,
             path: path.to_owned(),
         })
+    }
+}
+
+/// How to verify an https scrape target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetTls {
+    /// CA bundle for the target's certificate; the system roots otherwise.
+    pub ca: Option<PathBuf>,
+    /// Name to verify instead of the URL's host (pods are reached by IP,
+    /// their certificates usually name a Service).
+    pub server_name: Option<String>,
+    /// Accept any certificate (self-signed pods); for development only.
+    pub insecure_skip_verify: bool,
+}
+
+impl TargetTls {
+    /// The rustls configuration, with the name to verify when overridden.
+    pub fn client_config(&self) -> Result<(ClientConfig, Option<ServerName<'static>>), TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let config = if self.insecure_skip_verify {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        } else {
+            builder.with_root_certificates(roots(self.ca.as_deref())?)
+        }
+        .with_no_client_auth();
+        let server_name = self
+            .server_name
+            .as_ref()
+            .map(|name| {
+                ServerName::try_from(name.clone())
+                    .map_err(|_| TlsError::Config(format!("{name:?} is not a valid server name")))
+            })
+            .transpose()?;
+        Ok((config, server_name))
+    }
+}
+
+/// The certificates of `ca`, or the system's roots.
+pub fn roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let pem = read_certs("CA file", path)?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert =
+                    cert.map_err(|e| TlsError::Config(format!("{}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| TlsError::Config(format!("{}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(TlsError::Config(
+                    "no CA file is given and the system has no usable root certificates".into(),
+                ));
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// Accepts any server certificate but still checks the handshake
+/// signatures, for targets whose certificates cannot be verified.
+#[derive(Debug)]
+pub struct AcceptAnyCertificate(pub Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

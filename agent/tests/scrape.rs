@@ -1,5 +1,7 @@
 //! Scraper and sampler against a real HTTP target on loopback.
 
+#[path = "support/certs.rs"]
+mod certs;
 #[path = "support/target.rs"]
 mod target;
 
@@ -12,6 +14,7 @@ use wva_agent::extract::Extractor;
 use wva_agent::sampler::Sampler;
 use wva_agent::scrape::{ScrapeError, Scraper};
 use wva_agent::telemetry::Telemetry;
+use wva_agent::tls::TargetTls;
 use wva_proto::v1::Role;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -197,11 +200,51 @@ async fn slow_target_times_out() {
 }
 
 #[test]
-fn only_http_targets_are_accepted() {
-    for url in ["https://127.0.0.1:8000/metrics", "/metrics"] {
+fn only_http_and_https_targets_are_accepted() {
+    for url in ["ftp://127.0.0.1:8000/metrics", "/metrics"] {
         let err = Scraper::new(url.parse().unwrap(), LIMIT).unwrap_err();
         assert!(err.to_string().contains(url), "{err}");
     }
+}
+
+#[tokio::test]
+async fn https_targets_are_verified_against_the_given_ca_and_name() {
+    let pki = certs::Pki::new();
+    let expected = body(1_000);
+    let target = Target::start_https(Reply::Text(expected.clone()), pki.rustls_server()).await;
+    let trusted = TargetTls {
+        ca: Some(pki.ca.clone()),
+        server_name: Some(certs::SERVER_NAME.into()),
+        insecure_skip_verify: false,
+    };
+    let mut scraper = Scraper::with_tls(target.url.clone(), LIMIT, &trusted).unwrap();
+    assert_eq!(scraper.scrape(TIMEOUT).await.unwrap().as_bytes(), expected);
+
+    // The certificate names a Service, not the IP the pod is reached at.
+    let by_ip = TargetTls {
+        server_name: None,
+        ..trusted.clone()
+    };
+    let other_ca = TargetTls {
+        ca: Some(pki.other_ca()),
+        ..trusted.clone()
+    };
+    for (tls, why) in [
+        (by_ip, "certificate not valid for name"),
+        (other_ca, "UnknownIssuer"),
+    ] {
+        let mut scraper = Scraper::with_tls(target.url.clone(), LIMIT, &tls).unwrap();
+        let err = scraper.scrape(TIMEOUT).await.unwrap_err();
+        assert_eq!(err.metric_label(), "connect", "{err}");
+        assert!(err.to_string().contains(why), "{err}");
+    }
+
+    let insecure = TargetTls {
+        insecure_skip_verify: true,
+        ..TargetTls::default()
+    };
+    let mut scraper = Scraper::with_tls(target.url.clone(), LIMIT, &insecure).unwrap();
+    assert_eq!(scraper.scrape(TIMEOUT).await.unwrap().as_bytes(), expected);
 }
 
 #[tokio::test]

@@ -54,6 +54,7 @@ fn main() -> anyhow::Result<()> {
                     scale_to_zero: false,
                     admission: Arc::new(SharedToken(None)),
                     polled: Vec::new(),
+                    default_source: wva_aggregator::sources::SourceKind::Agent,
                     poll_interval: Duration::from_secs(5),
                     tls: None,
                 },

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::sources::SourceKind;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "wva-aggregator",
@@ -101,10 +103,27 @@ pub struct Args {
     #[arg(long, env = "GLOBAL_OPT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub analysis_interval: Duration,
 
-    /// How often variants annotated `wva.llmd.ai/metrics-source: prometheus`
-    /// are queried.
+    /// How often polled sources (Prometheus, pod scraping) are asked.
     #[arg(long, env = "WVA_POLL_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
+
+    /// Source of variants without a `wva.llmd.ai/metrics-source` annotation.
+    #[arg(long, env = "WVA_METRICS_SOURCE", value_enum, default_value_t = SourceKind::Agent)]
+    pub metrics_source: SourceKind,
+
+    /// Pod scraping source: PEM CA bundle for https pods [default: the system roots].
+    #[arg(long, env = "WVA_SCRAPE_CA_FILE")]
+    pub scrape_ca_file: Option<PathBuf>,
+
+    /// Pod scraping source: name to verify in https pods' certificates
+    /// [default: the pod IP].
+    #[arg(long, env = "WVA_SCRAPE_SERVER_NAME")]
+    pub scrape_server_name: Option<String>,
+
+    /// Pod scraping source: accept any certificate from https pods
+    /// (development only).
+    #[arg(long, env = "WVA_SCRAPE_INSECURE_SKIP_VERIFY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub scrape_insecure_skip_verify: bool,
 
     /// Pod scraping source: time limit of one pod's scrape.
     #[arg(long, env = "WVA_SCRAPE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]

@@ -17,6 +17,7 @@ use wva_agent::extract::Extractor;
 use wva_agent::sampler::Sampler;
 use wva_agent::scrape::{InvalidTarget, InvalidToken, Scraper};
 use wva_agent::telemetry::Telemetry;
+use wva_agent::tls::TargetTls;
 use wva_proto::v1::{Role, Sample};
 
 use crate::store::PodKey;
@@ -35,6 +36,8 @@ pub struct ScrapeConfig {
     /// Sent as `authorization: Bearer` to every pod.
     pub token: Option<String>,
     pub role: Role,
+    /// How https pods are verified.
+    pub tls: TargetTls,
 }
 
 impl Default for ScrapeConfig {
@@ -45,6 +48,7 @@ impl Default for ScrapeConfig {
             ttl: DEFAULT_TTL,
             token: None,
             role: Role::Vllm,
+            tls: TargetTls::default(),
         }
     }
 }
@@ -120,11 +124,10 @@ impl PodScraper {
     }
 
     fn sampler(&self, target: &PodTarget) -> Result<Sampler, ScrapingError> {
-        let mut scraper = Scraper::new(target.url.clone(), MAX_BODY_BYTES).map_err(|source| {
-            ScrapingError::Target {
-                pod: target.pod.clone(),
-                source,
-            }
+        let mut scraper = Scraper::with_tls(target.url.clone(), MAX_BODY_BYTES, &self.config.tls)
+            .map_err(|source| ScrapingError::Target {
+            pod: target.pod.clone(),
+            source,
         })?;
         if let Some(token) = &self.config.token {
             scraper = scraper.with_token(token)?;

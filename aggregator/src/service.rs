@@ -22,7 +22,7 @@ use crate::engine::{Engine, Inputs, ReplicaCounts};
 use crate::gauges::DecisionGauges;
 use crate::http::{self, HttpState};
 use crate::ingest::{Ingest, IngestService, MAX_MESSAGE_BYTES};
-use crate::sources::{Failures, PolledSource, Poller};
+use crate::sources::{Failures, PolledSource, Poller, SourceKind};
 use crate::store::PodStore;
 use crate::telemetry::SelfMetrics;
 use crate::trigger::Trigger;
@@ -63,6 +63,8 @@ pub struct Settings {
     pub tls: Option<ServerTlsConfig>,
     /// Sources asked for the pods of variants that name one, and how often.
     pub polled: Vec<Arc<dyn PolledSource>>,
+    /// The source of variants that name none.
+    pub default_source: SourceKind,
     pub poll_interval: Duration,
 }
 
@@ -166,11 +168,12 @@ pub fn start(
 
     let mut tasks = vec![grpc_task, http_task];
     let (failures_tx, failures) = watch::channel(Failures::default());
-    if !settings.polled.is_empty() {
+    if !settings.polled.is_empty() || settings.default_source != SourceKind::Agent {
         let poller = Poller::new(
             Arc::clone(&store),
             Arc::clone(&trigger),
             settings.polled.clone(),
+            settings.default_source,
             settings.poll_interval,
             failures_tx,
         );

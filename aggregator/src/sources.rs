@@ -2,10 +2,13 @@
 //!
 //! Agents push their pods' samples into the pod store. A variant may instead
 //! name a polled source with the annotation `wva.llmd.ai/metrics-source`
-//! (`agent`, the default, `pod-scraping` or `prometheus`); the [`Poller`] then asks that
-//! source for the variant's pods at every poll and puts the answers into the
-//! same pod store, as samples of the same shape, so the analysis reads every
-//! source alike.
+//! (`agent`, `pod-scraping` or `prometheus`); without the annotation the
+//! aggregator's default source applies (`WVA_METRICS_SOURCE`, `agent` unless
+//! set). The [`Poller`] asks a polled source for the variant's pods at every
+//! poll and puts the answers into the same pod store, as samples of the same
+//! shape, so the analysis reads every source alike. A variant may also name
+//! its endpoint picker's Service (`wva.llmd.ai/epp-service`), whose pods are
+//! then scraped for their queues whatever the variant's own source.
 //!
 //! Order of precedence for one pod: an agent's stream wins over a polled
 //! source (a polled sample never replaces a streaming pod's); a pod that no
@@ -13,6 +16,8 @@
 //! fresh data is held by the safety net.
 
 use std::collections::{HashMap, HashSet};
+
+use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,8 +33,13 @@ use crate::trigger::Trigger;
 use crate::variants::{VariantAutoscaling, VariantKey};
 
 pub const SOURCE_ANNOTATION: &str = "wva.llmd.ai/metrics-source";
+/// Names the Service of the variant's endpoint picker, in its namespace.
+pub const EPP_SERVICE_ANNOTATION: &str = "wva.llmd.ai/epp-service";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Sources asked at once during one poll.
+const CONCURRENT_POLLS: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum SourceKind {
     Agent,
     PodScraping,
@@ -45,11 +55,12 @@ impl SourceKind {
         }
     }
 
-    /// The source a variant's annotation names; an unknown name is an error
-    /// that names the accepted ones.
-    pub fn of(va: &VariantAutoscaling) -> Result<SourceKind, String> {
+    /// The source a variant's annotation names, else `default`; an unknown
+    /// name is an error that names the accepted ones.
+    pub fn of(va: &VariantAutoscaling, default: SourceKind) -> Result<SourceKind, String> {
         match va.annotations.get(SOURCE_ANNOTATION).map(|s| s.trim()) {
-            None | Some("agent") => Ok(SourceKind::Agent),
+            None => Ok(default),
+            Some("agent") => Ok(SourceKind::Agent),
             Some("pod-scraping") => Ok(SourceKind::PodScraping),
             Some("prometheus") => Ok(SourceKind::Prometheus),
             Some(other) => Err(format!(
@@ -59,12 +70,43 @@ impl SourceKind {
     }
 }
 
+/// One pod's answer to a poll.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolledPod {
+    pub pod: String,
+    pub role: Role,
+    /// The signals; the poller sets the sequence and time fields.
+    pub sample: Sample,
+}
+
+impl PolledPod {
+    /// A serving pod reporting `signals`.
+    pub fn serving(pod: String, signals: ModelSignals) -> Self {
+        PolledPod {
+            pod,
+            role: Role::Vllm,
+            sample: Sample {
+                models: vec![signals],
+                ..Sample::default()
+            },
+        }
+    }
+}
+
 /// A source asked for a variant's pods.
 #[tonic::async_trait]
 pub trait PolledSource: Send + Sync + 'static {
     fn kind(&self) -> SourceKind;
     /// The variant's pods and their signals for its model, now.
-    async fn poll(&self, va: &VariantAutoscaling) -> Result<Vec<(String, ModelSignals)>, String>;
+    async fn poll(&self, va: &VariantAutoscaling) -> Result<Vec<PolledPod>, String>;
+    /// The pods of the endpoint picker the variant names, for a source that
+    /// can reach them.
+    async fn poll_epp(&self, _va: &VariantAutoscaling) -> Result<Vec<PolledPod>, String> {
+        Err(format!(
+            "source {} cannot read endpoint pickers",
+            self.kind().as_str()
+        ))
+    }
 }
 
 #[tonic::async_trait]
@@ -73,7 +115,7 @@ impl PolledSource for PrometheusClient {
         SourceKind::Prometheus
     }
 
-    async fn poll(&self, va: &VariantAutoscaling) -> Result<Vec<(String, ModelSignals)>, String> {
+    async fn poll(&self, va: &VariantAutoscaling) -> Result<Vec<PolledPod>, String> {
         let namespace = Namespace::parse(&va.namespace).map_err(|e| e.to_string())?;
         let pods = self
             .pod_signals(&namespace, &va.model_id)
@@ -81,7 +123,7 @@ impl PolledSource for PrometheusClient {
             .map_err(|e| e.to_string())?;
         Ok(pods
             .into_iter()
-            .map(|(pod, s)| (pod, signals(&va.model_id, &s)))
+            .map(|(pod, s)| PolledPod::serving(pod, signals(&va.model_id, &s)))
             .collect())
     }
 }
@@ -110,8 +152,11 @@ pub struct Poller {
     trigger: Arc<Trigger>,
     sources: HashMap<SourceKind, Arc<dyn PolledSource>>,
     interval: Duration,
-    /// The pods this poller put in the store: their stream ids and variants.
-    polled: HashMap<PodKey, (u64, VariantKey)>,
+    /// The source of variants without an annotation.
+    default_source: SourceKind,
+    /// The pods this poller put in the store: their stream ids, the variant
+    /// they were polled for and what for.
+    polled: HashMap<PodKey, (u64, VariantKey, Job)>,
     next_id: u64,
     seq: u64,
     /// Variants whose last poll failed, and why; published for status.
@@ -134,6 +179,7 @@ impl Poller {
         store: Arc<PodStore>,
         trigger: Arc<Trigger>,
         sources: Vec<Arc<dyn PolledSource>>,
+        default_source: SourceKind,
         interval: Duration,
         failures: watch::Sender<Failures>,
     ) -> Self {
@@ -141,6 +187,7 @@ impl Poller {
             store,
             trigger,
             sources: sources.into_iter().map(|s| (s.kind(), s)).collect(),
+            default_source,
             interval,
             polled: HashMap::new(),
             next_id: POLLED_IDS,
@@ -165,35 +212,62 @@ impl Poller {
         }
     }
 
-    /// Polls every variant with a polled source once and updates the store.
+    /// Polls every variant with a polled source, and every endpoint picker
+    /// a variant names, once (several at a time), and updates the store.
     pub async fn poll_once(&mut self, variants: &[VariantAutoscaling]) {
         self.seq += 1;
-        let mut seen = HashSet::new();
+        let mut failing: HashMap<VariantKey, SourceFailure> = HashMap::new();
+        let mut jobs = Vec::new();
+        let mut pickers = HashSet::new();
         for va in variants {
-            let kind = match SourceKind::of(va) {
-                Ok(SourceKind::Agent) => continue,
-                Ok(kind) => kind,
-                Err(e) => {
-                    self.failed(va, "annotation", e);
-                    continue;
-                }
-            };
-            let Some(source) = self.sources.get(&kind).cloned() else {
-                let e = format!("source {} is not configured", kind.as_str());
-                self.failed(va, kind.as_str(), e);
-                continue;
-            };
-            match source.poll(va).await {
-                Ok(pods) => {
-                    if self.failing.remove(&va.key()).is_some() {
-                        info!(variant = %va.key(), source = kind.as_str(), "metrics source answers again");
+            match SourceKind::of(va, self.default_source) {
+                Ok(SourceKind::Agent) => {}
+                Ok(kind) => match self.sources.get(&kind) {
+                    Some(source) => jobs.push((va.clone(), Job::Variant, Arc::clone(source))),
+                    None => {
+                        let e = format!("source {} is not configured", kind.as_str());
+                        fail(&mut failing, va, kind.as_str(), e);
                     }
-                    for (pod, signals) in pods {
+                },
+                Err(e) => fail(&mut failing, va, "annotation", e),
+            }
+            // Variants of one model usually share their picker: scrape it once.
+            if let Some(service) = va.annotations.get(EPP_SERVICE_ANNOTATION)
+                && pickers.insert((va.namespace.as_str(), service.as_str()))
+            {
+                match self.sources.get(&SourceKind::PodScraping) {
+                    Some(source) => jobs.push((va.clone(), Job::Picker, Arc::clone(source))),
+                    None => fail(
+                        &mut failing,
+                        va,
+                        SourceKind::PodScraping.as_str(),
+                        format!(
+                            "{EPP_SERVICE_ANNOTATION} needs the pod-scraping source (Kubernetes mode)"
+                        ),
+                    ),
+                }
+            }
+        }
+        // Futures made before the stream, not in a closure the stream holds
+        // across awaits: that would trip the compiler's `Send` inference.
+        let asks: Vec<_> = jobs
+            .into_iter()
+            .map(|(va, job, source)| ask(va, job, source))
+            .collect();
+        let answers: Vec<_> = futures::stream::iter(asks)
+            .buffer_unordered(CONCURRENT_POLLS)
+            .collect()
+            .await;
+        let mut seen = HashSet::new();
+        for (va, job, kind, answer) in answers {
+            match answer {
+                Ok(pods) => {
+                    for polled in pods {
                         let key = PodKey {
                             namespace: va.namespace.clone(),
-                            pod,
+                            pod: polled.pod.clone(),
                         };
-                        if self.offer(va, &key, signals) {
+                        if self.offer(&va, &key, polled) {
                             seen.insert(key);
                         }
                     }
@@ -205,28 +279,23 @@ impl Poller {
                     seen.extend(
                         self.polled
                             .iter()
-                            .filter(|(_, (_, v))| *v == variant)
+                            .filter(|(_, (_, v, j))| *v == variant && *j == job)
                             .map(|(k, _)| k.clone()),
                     );
-                    self.failed(va, kind.as_str(), e);
+                    let e = match job {
+                        Job::Variant => e,
+                        Job::Picker => format!("endpoint picker: {e}"),
+                    };
+                    fail(&mut failing, &va, kind.as_str(), e);
                 }
             }
         }
-        let live: HashSet<VariantKey> = variants.iter().map(VariantAutoscaling::key).collect();
-        self.failing.retain(|k, _| live.contains(k));
-        let current = Arc::new(self.failing.clone());
-        self.failures.send_if_modified(|f| {
-            let changed = **f != *current;
-            if changed {
-                *f = current;
-            }
-            changed
-        });
+        self.report(failing);
         let gone: Vec<(PodKey, u64)> = self
             .polled
             .iter()
             .filter(|(k, _)| !seen.contains(*k))
-            .map(|(k, (id, _))| (k.clone(), *id))
+            .map(|(k, (id, _, _))| (k.clone(), *id))
             .collect();
         for (key, id) in gone {
             self.polled.remove(&key);
@@ -236,27 +305,57 @@ impl Poller {
         }
     }
 
+    /// Logs the failures that started or ended and publishes the current ones.
+    fn report(&mut self, failing: HashMap<VariantKey, SourceFailure>) {
+        for (variant, failure) in &failing {
+            if self.failing.get(variant) != Some(failure) {
+                warn!(variant = %variant, source = failure.source, error = %failure.error, "metrics source failed; the safety net holds the variant when its data goes stale");
+            }
+        }
+        for (variant, failure) in &self.failing {
+            if !failing.contains_key(variant) {
+                info!(variant = %variant, source = failure.source, "metrics source answers again");
+            }
+        }
+        self.failing = failing;
+        let current = Arc::new(self.failing.clone());
+        self.failures.send_if_modified(|f| {
+            let changed = **f != *current;
+            if changed {
+                *f = current;
+            }
+            changed
+        });
+    }
+
     /// Puts one polled sample in the store unless an agent streams for the
     /// pod; returns whether it did.
-    fn offer(&mut self, va: &VariantAutoscaling, key: &PodKey, signals: ModelSignals) -> bool {
+    fn offer(&mut self, va: &VariantAutoscaling, key: &PodKey, polled: PolledPod) -> bool {
         let now = Instant::now();
         let id = match self.polled.get(key) {
-            Some((id, _)) => *id,
+            Some((id, _, _)) => *id,
             None => {
                 let id = self.next_id;
                 self.next_id += 1;
+                let picker = polled.role == Role::Epp;
                 let hello = Hello {
                     pod: key.pod.clone(),
                     namespace: key.namespace.clone(),
-                    role: Role::Vllm as i32,
+                    role: polled.role as i32,
                     models: vec![va.model_id.clone()],
-                    variant: va.target.name.clone(),
+                    // A picker serves the model, not one variant.
+                    variant: if picker {
+                        String::new()
+                    } else {
+                        va.target.name.clone()
+                    },
                     ..Hello::default()
                 };
                 if !self.store.claim(key.clone(), id, hello, now) {
                     return false;
                 }
-                self.polled.insert(key.clone(), (id, va.key()));
+                let job = if picker { Job::Picker } else { Job::Variant };
+                self.polled.insert(key.clone(), (id, va.key(), job));
                 id
             }
         };
@@ -266,8 +365,7 @@ impl Poller {
             scraped_at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-            models: vec![signals],
-            ..Sample::default()
+            ..polled.sample
         };
         match self.store.offer(key, id, sample, now) {
             crate::store::Offer::Accepted => {
@@ -281,51 +379,108 @@ impl Poller {
             }
         }
     }
+}
 
-    fn failed(&mut self, va: &VariantAutoscaling, source: &'static str, error: String) {
-        let failure = SourceFailure { source, error };
-        if self.failing.get(&va.key()) != Some(&failure) {
-            warn!(variant = %va.key(), source, error = %failure.error, "metrics source failed; the safety net holds the variant when its data goes stale");
-            self.failing.insert(va.key(), failure);
-        }
-    }
+/// What a poll asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Job {
+    /// The variant's serving pods.
+    Variant,
+    /// The pods of the endpoint picker the variant names.
+    Picker,
+}
+
+async fn ask(
+    va: VariantAutoscaling,
+    job: Job,
+    source: Arc<dyn PolledSource>,
+) -> (
+    VariantAutoscaling,
+    Job,
+    SourceKind,
+    Result<Vec<PolledPod>, String>,
+) {
+    let answer = match job {
+        Job::Variant => source.poll(&va).await,
+        Job::Picker => source.poll_epp(&va).await,
+    };
+    (va, job, source.kind(), answer)
+}
+
+/// Records a variant's failure; a second one this poll is added to the first.
+fn fail(
+    failing: &mut HashMap<VariantKey, SourceFailure>,
+    va: &VariantAutoscaling,
+    source: &'static str,
+    error: String,
+) {
+    failing
+        .entry(va.key())
+        .and_modify(|f| {
+            f.error.push_str("; ");
+            f.error.push_str(&error);
+        })
+        .or_insert(SourceFailure { source, error });
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
     use crate::variants::ScaleTarget;
 
-    /// A source answering what the test sets.
-    struct Scripted(Mutex<Result<Vec<String>, String>>);
+    type Answer = Result<Vec<String>, String>;
 
-    impl Default for Scripted {
-        fn default() -> Self {
-            Scripted(Mutex::new(Ok(Vec::new())))
-        }
+    /// A source answering what the test sets.
+    struct Scripted {
+        kind: SourceKind,
+        pods: Mutex<Answer>,
+        pickers: Mutex<Answer>,
+        picker_polls: AtomicUsize,
+        /// When set, every poll waits here: polls meet only if concurrent.
+        meet: Option<tokio::sync::Barrier>,
     }
 
     impl Scripted {
-        fn answer(&self, answer: Result<&[&str], &str>) {
-            *self.0.lock().unwrap() = answer
-                .map(|pods| pods.iter().map(|p| p.to_string()).collect())
-                .map_err(str::to_string);
+        fn new(kind: SourceKind) -> Self {
+            Scripted {
+                kind,
+                pods: Mutex::new(Ok(Vec::new())),
+                pickers: Mutex::new(Ok(Vec::new())),
+                picker_polls: AtomicUsize::new(0),
+                meet: None,
+            }
         }
+
+        fn answer(&self, answer: Result<&[&str], &str>) {
+            *self.pods.lock().unwrap() = owned(answer);
+        }
+
+        fn answer_pickers(&self, answer: Result<&[&str], &str>) {
+            *self.pickers.lock().unwrap() = owned(answer);
+        }
+    }
+
+    fn owned(answer: Result<&[&str], &str>) -> Answer {
+        answer
+            .map(|pods| pods.iter().map(|p| p.to_string()).collect())
+            .map_err(str::to_string)
     }
 
     #[tonic::async_trait]
     impl PolledSource for Scripted {
         fn kind(&self) -> SourceKind {
-            SourceKind::Prometheus
+            self.kind
         }
-        async fn poll(
-            &self,
-            va: &VariantAutoscaling,
-        ) -> Result<Vec<(String, ModelSignals)>, String> {
-            let pods = self.0.lock().unwrap().clone()?;
+
+        async fn poll(&self, va: &VariantAutoscaling) -> Result<Vec<PolledPod>, String> {
+            if let Some(meet) = &self.meet {
+                meet.wait().await;
+            }
+            let pods = self.pods.lock().unwrap().clone()?;
             Ok(pods
                 .into_iter()
                 .map(|p| {
@@ -334,7 +489,20 @@ mod tests {
                         requests_waiting: 2.0,
                         ..ModelSignals::default()
                     };
-                    (p, s)
+                    PolledPod::serving(p, s)
+                })
+                .collect())
+        }
+
+        async fn poll_epp(&self, _va: &VariantAutoscaling) -> Result<Vec<PolledPod>, String> {
+            self.picker_polls.fetch_add(1, Ordering::Relaxed);
+            let pods = self.pickers.lock().unwrap().clone()?;
+            Ok(pods
+                .into_iter()
+                .map(|pod| PolledPod {
+                    pod,
+                    role: Role::Epp,
+                    sample: Sample::default(),
                 })
                 .collect())
         }
@@ -367,16 +535,29 @@ mod tests {
     }
 
     fn setup() -> (Poller, Arc<Scripted>, Arc<PodStore>) {
+        setup_with(Scripted::new(SourceKind::Prometheus), SourceKind::Agent)
+    }
+
+    fn setup_with(source: Scripted, default: SourceKind) -> (Poller, Arc<Scripted>, Arc<PodStore>) {
         let store = Arc::new(PodStore::default());
-        let source = Arc::new(Scripted::default());
+        let source = Arc::new(source);
         let poller = Poller::new(
             Arc::clone(&store),
             Arc::default(),
             vec![source.clone() as Arc<dyn PolledSource>],
+            default,
             Duration::from_secs(1),
             watch::channel(Failures::default()).0,
         );
         (poller, source, store)
+    }
+
+    fn with_picker(mut va: VariantAutoscaling, name: &str, service: &str) -> VariantAutoscaling {
+        va.name = name.into();
+        va.target.name = format!("{name}-deploy");
+        va.annotations
+            .insert(EPP_SERVICE_ANNOTATION.into(), service.into());
+        va
     }
 
     fn pods(store: &PodStore) -> Vec<(String, String)> {
@@ -390,14 +571,92 @@ mod tests {
     }
 
     #[test]
-    fn the_annotation_names_the_source() {
-        assert_eq!(SourceKind::of(&va(None)), Ok(SourceKind::Agent));
+    fn the_annotation_names_the_source_and_the_default_applies_without_one() {
         assert_eq!(
-            SourceKind::of(&va(Some("prometheus"))),
+            SourceKind::of(&va(None), SourceKind::Agent),
+            Ok(SourceKind::Agent)
+        );
+        assert_eq!(
+            SourceKind::of(&va(None), SourceKind::PodScraping),
+            Ok(SourceKind::PodScraping)
+        );
+        assert_eq!(
+            SourceKind::of(&va(Some("agent")), SourceKind::Prometheus),
+            Ok(SourceKind::Agent)
+        );
+        assert_eq!(
+            SourceKind::of(&va(Some("prometheus")), SourceKind::Agent),
             Ok(SourceKind::Prometheus)
         );
-        let error = SourceKind::of(&va(Some("carrier-pigeon"))).unwrap_err();
+        let error = SourceKind::of(&va(Some("carrier-pigeon")), SourceKind::Agent).unwrap_err();
         assert!(error.contains("agent, pod-scraping, prometheus"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn variants_without_annotation_use_the_default_source() {
+        let (mut poller, source, store) = setup_with(
+            Scripted::new(SourceKind::Prometheus),
+            SourceKind::Prometheus,
+        );
+        source.answer(Ok(&["p-0"]));
+        poller.poll_once(&[va(None)]).await;
+        assert_eq!(pods(&store), [("p-0".into(), "chat-deploy".into())]);
+    }
+
+    #[tokio::test]
+    async fn variants_are_polled_concurrently() {
+        let mut source = Scripted::new(SourceKind::Prometheus);
+        // Both polls must be in flight at once to get past the barrier.
+        source.meet = Some(tokio::sync::Barrier::new(2));
+        let (mut poller, source, store) = setup_with(source, SourceKind::Agent);
+        source.answer(Ok(&["p-0"]));
+        let mut other = va(Some("prometheus"));
+        other.name = "other".into();
+        other.namespace = "elsewhere".into();
+        let variants = [va(Some("prometheus")), other];
+        tokio::time::timeout(Duration::from_secs(10), poller.poll_once(&variants))
+            .await
+            .expect("the second poll never started while the first waited");
+        assert_eq!(pods(&store).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_shared_picker_is_scraped_once_and_its_pods_serve_the_model() {
+        let (mut poller, source, store) =
+            setup_with(Scripted::new(SourceKind::PodScraping), SourceKind::Agent);
+        source.answer_pickers(Ok(&["epp-0"]));
+        // Both variants stream through agents; only their picker is polled.
+        let variants = [
+            with_picker(va(None), "a", "gateway-epp"),
+            with_picker(va(None), "b", "gateway-epp"),
+        ];
+        poller.poll_once(&variants).await;
+        assert_eq!(source.picker_polls.load(Ordering::Relaxed), 1);
+        let picker = store.with_pods(|p| p[&key("epp-0")].hello.clone());
+        assert_eq!(picker.role, Role::Epp as i32);
+        assert_eq!(picker.variant, "", "a picker belongs to no variant");
+        assert_eq!(picker.models, ["m"]);
+
+        let failures = poller.failures.subscribe();
+        source.answer_pickers(Err("connection refused"));
+        poller.poll_once(&variants).await;
+        let failure = failures.borrow()[&variants[0].key()].clone();
+        assert_eq!(failure.source, "pod-scraping");
+        assert_eq!(failure.error, "endpoint picker: connection refused");
+        assert_eq!(pods(&store).len(), 1, "kept until stale");
+    }
+
+    #[tokio::test]
+    async fn a_picker_without_pod_scraping_is_a_failure_of_the_variant() {
+        let (mut poller, _source, _store) = setup();
+        let failures = poller.failures.subscribe();
+        let variant = with_picker(va(None), "a", "gateway-epp");
+        poller.poll_once(std::slice::from_ref(&variant)).await;
+        let failure = failures.borrow()[&variant.key()].clone();
+        assert!(
+            failure.error.contains("needs the pod-scraping source"),
+            "{failure:?}"
+        );
     }
 
     #[tokio::test]

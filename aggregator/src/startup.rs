@@ -17,7 +17,7 @@ use crate::config::saturation::SaturationConfigSet;
 use crate::config::scale_to_zero::ScaleToZeroConfigSet;
 use crate::prometheus::{self, PrometheusClient, PrometheusConfig};
 use crate::service::Settings;
-use crate::sources::PolledSource;
+use crate::sources::{PolledSource, SourceKind};
 use crate::watchfile;
 
 /// The static settings; reads the token and TLS files, failing on a bad one.
@@ -30,8 +30,15 @@ pub fn settings(args: &Args, lookup: impl Fn(&str) -> Option<String>) -> anyhow:
         info!(url = %config.base_url, "Prometheus source configured");
         polled.push(Arc::new(PrometheusClient::new(config)?));
     }
+    if args.metrics_source == SourceKind::Prometheus && polled.is_empty() {
+        bail!(
+            "WVA_METRICS_SOURCE=prometheus needs {} to be set",
+            prometheus::KEY_BASE_URL
+        );
+    }
     Ok(Settings {
         polled,
+        default_source: args.metrics_source,
         poll_interval: args.poll_interval,
         legacy_metrics: args.legacy_metrics,
         controller_instance: args.controller_instance.clone(),

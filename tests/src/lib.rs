@@ -324,13 +324,30 @@ where
     }
 }
 
+/// An endpoint picker's exposition: its flow-control queue holding `queued`
+/// requests for `model`.
+pub fn flow_control(model: &str, queued: u32) -> String {
+    format!(
+        "# TYPE llm_d_epp_flow_control_queue_size gauge\n\
+         llm_d_epp_flow_control_queue_size{{fairness_id=\"default\",priority=\"0\",inference_pool=\"pool\",model_name=\"{model}\",target_model_name=\"{model}\"}} {queued}\n"
+    )
+}
+
 /// A `/metrics` endpoint serving whatever `body` holds at each request, for
 /// targets the simulator does not imitate (an endpoint picker). Each answer
 /// closes its connection.
 pub async fn serve_metrics(
     body: std::sync::Arc<std::sync::Mutex<String>>,
 ) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    serve_metrics_at("127.0.0.1:0".parse()?, body).await
+}
+
+/// [`serve_metrics`] on `addr` (another loopback IP stands for a pod IP).
+pub async fn serve_metrics_at(
+    addr: SocketAddr,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {

@@ -845,3 +845,57 @@ async fn a_variant_annotated_for_pod_scraping_is_driven_by_its_services_ready_po
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn requests_queued_at_a_scraped_endpoint_picker_bring_a_model_back_from_zero()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cluster = Cluster::start(dir.path(), &[NS]).await?;
+    cluster
+        .apply_config_map(MAIN_CONFIG_MAP, &[("WVA_SCALE_TO_ZERO", "true")])
+        .await?;
+    // The picker's metrics, served at its own pod IP; it has no agent.
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(flow_control(MODEL, 0)));
+    let epp = serve_metrics_at("127.0.0.5:0".parse()?, queue.clone()).await?;
+    let aggregator = cluster.start_aggregator("wva-0", &["--poll-interval", "300ms"])?;
+    cluster.deployment(NS, CHAT, 0, 0).await?;
+    let va = cluster.variant_autoscaling(NS, CHAT, CHAT, MODEL).await?;
+    let annotations = json!({"metadata": {"annotations": {
+        "wva.llmd.ai/epp-service": "gateway-epp",
+        "wva.llmd.ai/epp-metrics-port": epp.port().to_string(),
+    }}});
+    cluster
+        .merge_patch(
+            Resource::VariantAutoscalings,
+            NS,
+            name_of(&va),
+            annotations,
+            false,
+        )
+        .await?;
+    let service = json!({"metadata": {"name": "gateway-epp"},
+        "spec": {"selector": {"app": "gateway-epp"}, "ports": [{"port": 9090}]}});
+    cluster
+        .create(Resource::Services, Some(NS), service)
+        .await?;
+    let pod = json!({"metadata": {"name": "gateway-epp-0", "labels": {"app": "gateway-epp"}},
+        "spec": {"containers": [{"name": "epp", "image": "epp"}]}});
+    cluster.create(Resource::Pods, Some(NS), pod).await?;
+    let status = json!({"status": {"podIP": "127.0.0.5",
+        "conditions": [{"type": "Ready", "status": "True"}]}});
+    cluster
+        .merge_patch(Resource::Pods, NS, "gateway-epp-0", status, true)
+        .await?;
+
+    decision_where(aggregator.metrics, "the idle model at zero", |d| {
+        d["desiredReplicas"] == 0
+    })
+    .await?;
+    *queue.lock().unwrap() = flow_control(MODEL, 3);
+    let decision = decision_where(aggregator.metrics, "one replica for the queue", |d| {
+        d["desiredReplicas"] == 1
+    })
+    .await?;
+    assert_eq!(decision["basis"], "scale_from_zero", "{decision}");
+    Ok(())
+}

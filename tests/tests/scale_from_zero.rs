@@ -9,13 +9,6 @@ use wva_e2e::*;
 
 const MODEL: &str = "e2e/llama";
 
-fn flow_control(queued: u32) -> String {
-    format!(
-        "# TYPE llm_d_epp_flow_control_queue_size gauge\n\
-         llm_d_epp_flow_control_queue_size{{fairness_id=\"default\",priority=\"0\",inference_pool=\"pool\",model_name=\"{MODEL}\",target_model_name=\"{MODEL}\"}} {queued}\n"
-    )
-}
-
 #[tokio::test]
 async fn requests_queued_at_the_gateway_bring_a_model_back_from_zero() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -36,7 +29,7 @@ async fn requests_queued_at_the_gateway_bring_a_model_back_from_zero() -> anyhow
 
     // No replica runs (no pod reports for either variant); the gateway's
     // endpoint picker has an agent of its own.
-    let queue = Arc::new(Mutex::new(flow_control(0)));
+    let queue = Arc::new(Mutex::new(flow_control(MODEL, 0)));
     let epp = serve_metrics(queue.clone()).await?;
     let aggregator = format!("http://{grpc}");
     let _agent = start_agent(&AgentSpec {
@@ -66,7 +59,7 @@ async fn requests_queued_at_the_gateway_bring_a_model_back_from_zero() -> anyhow
     };
     desired("cheap", 0, None).await?;
 
-    *queue.lock().unwrap() = flow_control(3);
+    *queue.lock().unwrap() = flow_control(MODEL, 3);
     desired("cheap", 1, Some("scale_from_zero")).await?;
     desired("pricey", 0, None).await?;
     Ok(())

@@ -19,6 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 
 #[derive(Clone)]
 pub enum Reply {
@@ -41,25 +42,48 @@ pub struct Target {
 
 impl Target {
     pub async fn start(reply: Reply) -> Self {
+        Self::serve(reply, None).await
+    }
+
+    /// The same target behind TLS.
+    pub async fn start_https(reply: Reply, tls: rustls::ServerConfig) -> Self {
+        Self::serve(reply, Some(TlsAcceptor::from(Arc::new(tls)))).await
+    }
+
+    async fn serve(reply: Reply, tls: Option<TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let reply = Arc::new(Mutex::new(reply));
         let (tx, requests) = mpsc::unbounded_channel();
         let shared = reply.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         tokio::spawn(async move {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
-                let (reply, tx) = (shared.clone(), tx.clone());
+                let (reply, tx, tls) = (shared.clone(), tx.clone(), tls.clone());
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let _ = tx.send(req.headers().clone());
                     let reply = reply.lock().unwrap().clone();
                     respond(reply)
                 });
-                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(tcp), service));
+                tokio::spawn(async move {
+                    let http = http1::Builder::new();
+                    match tls {
+                        // A failed handshake is the client's test to assert.
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(tcp).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+                        }
+                    }
+                });
             }
         });
         Target {
-            url: format!("http://{addr}/metrics").parse().unwrap(),
+            url: format!("{scheme}://{addr}/metrics").parse().unwrap(),
             reply,
             requests,
         }

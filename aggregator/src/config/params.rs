@@ -53,6 +53,14 @@ pub const PARAMS: &[Param] = &[
     ),
     param("WVA_STALENESS", "staleness", Dynamic),
     param("WVA_POLL_INTERVAL", "poll_interval", Static),
+    param("WVA_METRICS_SOURCE", "metrics_source", Static),
+    param("WVA_SCRAPE_CA_FILE", "scrape_ca_file", Static),
+    param("WVA_SCRAPE_SERVER_NAME", "scrape_server_name", Static),
+    param(
+        "WVA_SCRAPE_INSECURE_SKIP_VERIFY",
+        "scrape_insecure_skip_verify",
+        Static,
+    ),
     param("WVA_SCRAPE_TIMEOUT", "scrape_timeout", Static),
     param(
         "WVA_MAX_CONCURRENT_SCRAPES",

@@ -57,6 +57,7 @@ pub async fn run(args: &Args, mut shutdown: watch::Receiver<bool>) -> anyhow::Re
         format!("http://{grpc_addr}"),
     )?);
     let settings = Settings {
+        default_source: crate::sources::SourceKind::Agent,
         legacy_metrics: args.legacy_metrics,
         controller_instance: args.controller_instance.clone(),
         scale_to_zero: false,

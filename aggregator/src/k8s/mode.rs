@@ -8,7 +8,8 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use kube::runtime::events::Reporter;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
+use wva_agent::tls::TargetTls;
 
 use super::configmaps::{self, Names, Outputs};
 use super::controller::{self, Controller};
@@ -71,6 +72,7 @@ pub async fn run(
             ttl: args.scrape_cache_ttl,
             token: lookup("WVA_SCRAPE_BEARER_TOKEN").map(|t| t.trim().to_string()),
             role: wva_proto::v1::Role::Vllm,
+            tls: scrape_tls(&args)?,
         },
     )));
     let election = election_config(&args)?;
@@ -213,4 +215,24 @@ fn election_config(args: &Args) -> anyhow::Result<Option<leader::ElectionConfig>
         renew_deadline: e.renew_deadline,
         retry_period: e.retry_period,
     }))
+}
+
+/// How the pod scraping source verifies https pods; a CA file that cannot
+/// be used fails the start rather than every scrape.
+fn scrape_tls(args: &Args) -> anyhow::Result<TargetTls> {
+    if args.scrape_insecure_skip_verify {
+        warn!(
+            "WVA_SCRAPE_INSECURE_SKIP_VERIFY=true: https pods' certificates are not verified; for development only"
+        );
+    }
+    let tls = TargetTls {
+        ca: args.scrape_ca_file.clone(),
+        server_name: args.scrape_server_name.clone(),
+        insecure_skip_verify: args.scrape_insecure_skip_verify,
+    };
+    if tls.ca.is_some() || tls.server_name.is_some() {
+        tls.client_config()
+            .context("pod scraping TLS (WVA_SCRAPE_CA_FILE, WVA_SCRAPE_SERVER_NAME)")?;
+    }
+    Ok(tls)
 }
