@@ -125,6 +125,38 @@ pub struct Args {
     #[arg(long, env = "WVA_SCRAPE_INSECURE_SKIP_VERIFY", default_value_t = false, action = clap::ArgAction::Set)]
     pub scrape_insecure_skip_verify: bool,
 
+    /// Serve the agent-injection webhook (HTTPS) here (Kubernetes mode).
+    #[arg(long, env = "WVA_WEBHOOK_ADDR", requires = "injection_config")]
+    pub webhook_addr: Option<SocketAddr>,
+
+    /// The injection configuration (YAML): agent image, aggregator address,
+    /// resources.
+    #[arg(long, env = "WVA_INJECTION_CONFIG")]
+    pub injection_config: Option<PathBuf>,
+
+    /// Directory with the webhook's `tls.crt` and `tls.key` (cert-manager),
+    /// re-read when renewed [default: a certificate made and shared through
+    /// --webhook-secret].
+    #[arg(long, env = "WVA_WEBHOOK_CERT_DIR")]
+    pub webhook_cert_dir: Option<PathBuf>,
+
+    /// The Service the API server calls the webhook through; names the
+    /// self-made certificate.
+    #[arg(long, env = "WVA_WEBHOOK_SERVICE", default_value = "wva-webhook")]
+    pub webhook_service: String,
+
+    /// The Secret (in --pod-namespace) that holds the self-made certificate.
+    #[arg(long, env = "WVA_WEBHOOK_SECRET", default_value = "wva-webhook-tls")]
+    pub webhook_secret: String,
+
+    /// The MutatingWebhookConfiguration whose caBundle gets the self-made CA.
+    #[arg(
+        long,
+        env = "WVA_WEBHOOK_CONFIGURATION",
+        default_value = "wva-agent-injector"
+    )]
+    pub webhook_configuration: String,
+
     /// Pod scraping source: time limit of one pod's scrape.
     #[arg(long, env = "WVA_SCRAPE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub scrape_timeout: Duration,

@@ -26,3 +26,4 @@ pub mod telemetry;
 pub mod trigger;
 pub mod variants;
 pub mod watchfile;
+pub mod webhook;

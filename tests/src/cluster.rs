@@ -275,6 +275,11 @@ impl Cluster {
         Ok(serde_json::to_value(applied)?)
     }
 
+    /// An object as stored.
+    pub fn get(&self, resource: Resource, namespace: Option<&str>, name: &str) -> Option<Value> {
+        self.api.get(resource, namespace, name)
+    }
+
     /// The VariantAutoscaling as stored.
     pub fn va(&self, namespace: &str, name: &str) -> Option<Value> {
         self.api

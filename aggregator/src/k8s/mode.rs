@@ -21,6 +21,7 @@ use crate::config::params;
 use crate::scraping::ScrapeConfig;
 use crate::service::{self, Sources, Tuning};
 use crate::startup;
+use crate::webhook::{self, WebhookSettings};
 
 /// Runs until shutdown. Missing or invalid configuration fails before
 /// anything is served, naming the key and the problem.
@@ -75,6 +76,19 @@ pub async fn run(
             tls: scrape_tls(&args)?,
         },
     )));
+    let mut webhook_tasks = Vec::new();
+    if let Some(addr) = args.webhook_addr {
+        let settings = WebhookSettings {
+            addr,
+            injection: args.injection_config.clone().expect("required by clap"),
+            cert_dir: args.webhook_cert_dir.clone(),
+            service: args.webhook_service.clone(),
+            namespace: names.namespace.clone(),
+            secret: args.webhook_secret.clone(),
+            configuration: args.webhook_configuration.clone(),
+        };
+        webhook_tasks = webhook::start(client.clone(), settings, shutdown.clone()).await?;
+    }
     let election = election_config(&args)?;
     let reporter = Reporter {
         controller: "wva-aggregator".to_string(),
@@ -167,6 +181,9 @@ pub async fn run(
         task.await?;
     }
     if let Some(task) = election_task {
+        task.await??;
+    }
+    for task in webhook_tasks {
         task.await??;
     }
     info!("stopped");

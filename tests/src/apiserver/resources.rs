@@ -28,6 +28,8 @@ pub enum Resource {
     Leases,
     /// `authentication.k8s.io/v1 tokenreviews` (cluster-scoped, create-only, never stored).
     TokenReviews,
+    /// `admissionregistration.k8s.io/v1 mutatingwebhookconfigurations` (cluster-scoped).
+    MutatingWebhookConfigurations,
 }
 
 /// When `metadata.generation` moves, as each type's update strategy decides.
@@ -46,7 +48,7 @@ pub(crate) enum Generation {
 
 impl Resource {
     /// Every served resource, for path lookup.
-    const ALL: [Resource; 12] = [
+    const ALL: [Resource; 13] = [
         Resource::VariantAutoscalings,
         Resource::Deployments,
         Resource::ReplicaSets,
@@ -59,6 +61,7 @@ impl Resource {
         Resource::Events,
         Resource::Leases,
         Resource::TokenReviews,
+        Resource::MutatingWebhookConfigurations,
     ];
 
     /// Finds the resource served at `/api/v1/{plural}` (group `""`) or
@@ -83,6 +86,7 @@ impl Resource {
             Resource::Events => "events.k8s.io",
             Resource::Leases => "coordination.k8s.io",
             Resource::TokenReviews => "authentication.k8s.io",
+            Resource::MutatingWebhookConfigurations => "admissionregistration.k8s.io",
         }
     }
 
@@ -114,6 +118,7 @@ impl Resource {
             Resource::Namespaces => "namespaces",
             Resource::Leases => "leases",
             Resource::TokenReviews => "tokenreviews",
+            Resource::MutatingWebhookConfigurations => "mutatingwebhookconfigurations",
         }
     }
 
@@ -130,11 +135,15 @@ impl Resource {
             Resource::Namespaces => "Namespace",
             Resource::Leases => "Lease",
             Resource::TokenReviews => "TokenReview",
+            Resource::MutatingWebhookConfigurations => "MutatingWebhookConfiguration",
         }
     }
 
     pub fn namespaced(self) -> bool {
-        !matches!(self, Resource::Namespaces | Resource::TokenReviews)
+        !matches!(
+            self,
+            Resource::Namespaces | Resource::TokenReviews | Resource::MutatingWebhookConfigurations
+        )
     }
 
     /// Whether `/status` exists: then the main resource ignores `.status` and
