@@ -1,6 +1,9 @@
 //! Compiles the wire contract with `protox` (pure Rust) so no system `protoc` is needed.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/wva/v1/telemetry.proto"];
+    let files = [
+        "proto/wva/v1/telemetry.proto",
+        "proto/keda/externalscaler.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -13,6 +13,7 @@ pub mod gauges;
 pub mod http;
 pub mod ingest;
 pub mod k8s;
+pub mod keda;
 pub mod prometheus;
 pub mod promql;
 pub mod scraping;

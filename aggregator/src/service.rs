@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Server, ServerTlsConfig};
 use tracing::{info, warn};
+use wva_proto::keda::external_scaler_server::ExternalScalerServer;
 use wva_proto::v1::telemetry_server::TelemetryServer;
 
 use crate::admission::Admission;
@@ -22,6 +23,8 @@ use crate::engine::{Engine, Inputs, ReplicaCounts};
 use crate::gauges::DecisionGauges;
 use crate::http::{self, HttpState};
 use crate::ingest::{Ingest, IngestService, MAX_MESSAGE_BYTES};
+use crate::k8s::controller::Published;
+use crate::keda::Scaler;
 use crate::sources::{Failures, PolledSource, Poller, SourceKind};
 use crate::store::PodStore;
 use crate::telemetry::SelfMetrics;
@@ -82,6 +85,9 @@ pub struct Sources {
     /// Desired replicas decided before this process started (from status).
     pub previous: HashMap<VariantKey, u32>,
     pub tuning: watch::Receiver<Tuning>,
+    /// In a cluster, the desired replicas the leader published in status,
+    /// which a follower's KEDA scaler answers.
+    pub published: Option<watch::Receiver<Published>>,
 }
 
 impl Sources {
@@ -102,6 +108,7 @@ impl Sources {
             leading: watch::channel(true).1,
             previous: HashMap::new(),
             tuning: watch::channel(tuning).1,
+            published: None,
         }
     }
 }
@@ -148,8 +155,14 @@ pub fn start(
         Arc::clone(&settings.admission),
         shutdown.clone(),
     ));
+    let scaler = Scaler {
+        decisions: decisions_rx.clone(),
+        leading: sources.leading.clone(),
+        published: sources.published.clone(),
+    };
     let grpc_task = tokio::spawn(serve_grpc(
         ingest,
+        scaler,
         grpc,
         settings.tls.clone(),
         shutdown.clone(),
@@ -199,8 +212,10 @@ pub fn start(
     }
 }
 
+/// Serves agent ingest and KEDA's external scaler on one port.
 async fn serve_grpc(
     ingest: Arc<Ingest>,
+    scaler: Scaler,
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
     mut shutdown: watch::Receiver<bool>,
@@ -215,12 +230,12 @@ async fn serve_grpc(
     let service =
         TelemetryServer::new(IngestService(ingest)).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut stop = shutdown.clone();
-    let server = builder.add_service(service).serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
-        async move {
+    let server = builder
+        .add_service(service)
+        .add_service(ExternalScalerServer::new(scaler))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             crate::shutdown::requested(&mut stop).await;
-        },
-    );
+        });
     tokio::select! {
         result = server => Ok(result?),
         _ = async {

@@ -1,7 +1,13 @@
-//! Generated code for the `wva.v1` protocol.
+//! Generated code for the `wva.v1` protocol and KEDA's external scaler.
 #![forbid(unsafe_code)]
 
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("wva.v1");
+}
+
+/// KEDA's `externalscaler` package, which the aggregator serves.
+pub mod keda {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("externalscaler");
 }

@@ -38,10 +38,14 @@ pub struct Options {
     pub reporter: Reporter,
 }
 
+/// Desired replicas as the statuses hold them: the leader's published decisions.
+pub type Published = Arc<HashMap<VariantKey, u32>>;
+
 /// The analysis inputs the controller maintains.
 pub struct Feeds {
     pub variants: watch::Receiver<Variants>,
     pub replicas: watch::Receiver<Replicas>,
+    pub published: watch::Receiver<Published>,
 }
 
 pub struct Controller {
@@ -49,6 +53,7 @@ pub struct Controller {
     options: Options,
     variants: watch::Sender<Variants>,
     replicas: watch::Sender<Replicas>,
+    published: watch::Sender<Published>,
 }
 
 /// Which watch an event came from, and whether it ends that watch's initial list.
@@ -66,15 +71,18 @@ impl Controller {
     pub fn new(client: Client, options: Options) -> (Self, Feeds) {
         let (variants, variants_rx) = watch::channel(Variants::default());
         let (replicas, replicas_rx) = watch::channel(Replicas::default());
+        let (published, published_rx) = watch::channel(Published::default());
         let controller = Controller {
             client,
             options,
             variants,
             replicas,
+            published,
         };
         let feeds = Feeds {
             variants: variants_rx,
             replicas: replicas_rx,
+            published: published_rx,
         };
         (controller, feeds)
     }
@@ -149,6 +157,18 @@ impl Controller {
             let resolved = resolved.get_or_insert_with(|| {
                 let fresh = self.resolve(&va_store, &deploy_store);
                 self.publish(&fresh);
+                self.published.send_if_modified(|current| {
+                    let stored: HashMap<VariantKey, u32> = va_store
+                        .state()
+                        .iter()
+                        .filter_map(|va| Some((resolve::key_of(va), stored_desired(va)?)))
+                        .collect();
+                    let changed = **current != stored;
+                    if changed {
+                        *current = Arc::new(stored);
+                    }
+                    changed
+                });
                 fresh
             });
             if !*leading.borrow_and_update() {
@@ -222,11 +242,14 @@ pub async fn stored_decisions(
     Ok(list
         .items
         .iter()
-        .filter_map(|va| {
-            let desired = va.status.as_ref()?.desired_optimized_alloc.num_replicas?;
-            Some((resolve::key_of(va), u32::try_from(desired).ok()?))
-        })
+        .filter_map(|va| Some((resolve::key_of(va), stored_desired(va)?)))
         .collect())
+}
+
+/// The desired replicas in a VariantAutoscaling's status.
+fn stored_desired(va: &VariantAutoscaling) -> Option<u32> {
+    let desired = va.status.as_ref()?.desired_optimized_alloc.num_replicas?;
+    u32::try_from(desired).ok()
 }
 
 /// Pairs each managed object with its standing and its decision.

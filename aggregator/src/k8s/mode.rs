@@ -169,6 +169,7 @@ pub async fn run(
             leading: leading.clone(),
             previous,
             tuning,
+            published: Some(feeds.published),
         },
         shutdown.clone(),
     );
