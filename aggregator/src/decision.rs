@@ -5,7 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::analysis::saturation::{Reason, ReplicaLoad};
+use crate::analysis::saturation::{ModelAnalysis, Reason, ReplicaLoad};
+use crate::config::saturation::SaturationConfig;
 use crate::sources::SourceFailure;
 use crate::variants::VariantKey;
 
@@ -87,8 +88,18 @@ pub struct Decision {
     /// The fresh per-pod loads the analysis saw.
     #[serde(serialize_with = "loads")]
     pub inputs: Vec<ReplicaLoad>,
+    /// The model's saturation analysis and the thresholds it used.
+    pub saturation: Saturation,
     #[serde(serialize_with = "unix_ms")]
     pub decided_at: SystemTime,
+}
+
+/// The saturation analysis of a decision's model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Saturation {
+    pub analysis: ModelAnalysis,
+    pub config: SaturationConfig,
 }
 
 impl Decision {
@@ -141,6 +152,7 @@ pub(crate) fn for_test(
                 queue_length: 0.0,
             })
             .collect(),
+        saturation: Saturation::default(),
         decided_at: SystemTime::UNIX_EPOCH,
     }
 }

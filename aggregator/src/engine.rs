@@ -12,7 +12,7 @@ use crate::activity::{ActivityTracker, ModelKey};
 use crate::analysis::saturation::{self, Reason, ReplicaLoad, VariantState};
 use crate::config::saturation::SaturationConfigSet;
 use crate::config::scale_to_zero::ScaleToZeroConfigSet;
-use crate::decision::{Basis, DataState, Decision, Fallback};
+use crate::decision::{Basis, DataState, Decision, Fallback, Saturation};
 use crate::store::{PodEntry, PodKey};
 use crate::variants::{VariantAutoscaling, VariantKey};
 
@@ -264,6 +264,10 @@ impl Engine {
                 data,
                 data_age: age,
                 inputs: state.replicas,
+                saturation: Saturation {
+                    analysis: analysis.clone(),
+                    config,
+                },
                 decided_at: inputs.wall,
             });
         }

@@ -213,6 +213,7 @@ mod tests {
             data: DataState::Fresh,
             data_age: None,
             inputs: Vec::new(),
+            saturation: Default::default(),
             decided_at: SystemTime::UNIX_EPOCH,
         }
     }

@@ -37,7 +37,8 @@ pub struct VariantState {
 }
 
 /// Saturation verdict over all replicas of one model.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ModelAnalysis {
     pub total_replicas: usize,
     pub saturated_replicas: usize,
@@ -124,7 +125,7 @@ impl VariantState {
 /// non-negative and below their thresholds. Anything else (NaN, infinities,
 /// negative values) is treated as saturated, so a broken reading can ask for
 /// capacity but never make a replica look idle.
-fn is_saturated(load: &ReplicaLoad, config: &SaturationConfig) -> bool {
+pub fn is_saturated(load: &ReplicaLoad, config: &SaturationConfig) -> bool {
     let plausible = |v: f64| v.is_finite() && v >= 0.0;
     !(plausible(load.kv_cache_usage) && plausible(load.queue_length))
         || load.kv_cache_usage >= config.kv_cache_threshold
