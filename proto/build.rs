@@ -2,6 +2,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/wva/v1/telemetry.proto",
+        "proto/wva/v1/diagnostics.proto",
         "proto/keda/externalscaler.proto",
     ];
     for f in &files {

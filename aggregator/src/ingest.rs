@@ -20,6 +20,7 @@ use wva_proto::v1::{
 };
 
 use crate::admission::{self, Admission, Refusal};
+use crate::diagnostics::Taps;
 use crate::store::{Offer, PodKey, PodStore};
 use crate::telemetry::SelfMetrics;
 use crate::trigger::Trigger;
@@ -35,6 +36,8 @@ pub struct Ingest {
     trigger: Arc<Trigger>,
     metrics: Arc<SelfMetrics>,
     admission: Arc<dyn Admission>,
+    /// Pods an operator taps (diagnostics).
+    taps: Arc<Taps>,
     next_stream: AtomicU64,
     /// Ends every stream with UNAVAILABLE so agents move on at once.
     shutdown: watch::Receiver<bool>,
@@ -46,6 +49,7 @@ impl Ingest {
         trigger: Arc<Trigger>,
         metrics: Arc<SelfMetrics>,
         admission: Arc<dyn Admission>,
+        taps: Arc<Taps>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Ingest {
@@ -53,6 +57,7 @@ impl Ingest {
             trigger,
             metrics,
             admission,
+            taps,
             next_stream: AtomicU64::new(1),
             shutdown,
         }
@@ -248,6 +253,7 @@ impl Ingest {
                     }
                 }
             };
+            self.taps.offer(key, &sample);
             match self.store.offer(key, stream_id, sample, now) {
                 Offer::Accepted => {
                     self.metrics.sample_received();

@@ -8,6 +8,7 @@ pub mod args;
 pub mod config;
 pub mod decision;
 pub mod demo;
+pub mod diagnostics;
 pub mod engine;
 pub mod gauges;
 pub mod http;

@@ -13,12 +13,14 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Server, ServerTlsConfig};
 use tracing::{info, warn};
 use wva_proto::keda::external_scaler_server::ExternalScalerServer;
+use wva_proto::v1::diagnostics_server::DiagnosticsServer;
 use wva_proto::v1::telemetry_server::TelemetryServer;
 
 use crate::admission::Admission;
 use crate::config::saturation::SaturationConfigSet;
 use crate::config::scale_to_zero::ScaleToZeroConfigSet;
 use crate::decision::Decision;
+use crate::diagnostics::{DiagnosticsService, Taps};
 use crate::engine::{Engine, Inputs, ReplicaCounts};
 use crate::gauges::DecisionGauges;
 use crate::http::{self, HttpState};
@@ -148,11 +150,13 @@ pub fn start(
     let (decisions_tx, decisions_rx) = watch::channel(Decisions::default());
     let (ready_tx, ready_rx) = watch::channel(false);
 
+    let taps = Arc::new(Taps::default());
     let ingest = Arc::new(Ingest::new(
         Arc::clone(&store),
         Arc::clone(&trigger),
         Arc::clone(&metrics),
         Arc::clone(&settings.admission),
+        Arc::clone(&taps),
         shutdown.clone(),
     ));
     let scaler = Scaler {
@@ -160,9 +164,15 @@ pub fn start(
         leading: sources.leading.clone(),
         published: sources.published.clone(),
     };
+    let diagnostics = DiagnosticsService {
+        decisions: decisions_rx.clone(),
+        leading: sources.leading.clone(),
+        store: Arc::clone(&store),
+        taps,
+    };
     let grpc_task = tokio::spawn(serve_grpc(
         ingest,
-        scaler,
+        (scaler, diagnostics),
         grpc,
         settings.tls.clone(),
         shutdown.clone(),
@@ -212,10 +222,10 @@ pub fn start(
     }
 }
 
-/// Serves agent ingest and KEDA's external scaler on one port.
+/// Serves agent ingest, KEDA's external scaler and diagnostics on one port.
 async fn serve_grpc(
     ingest: Arc<Ingest>,
-    scaler: Scaler,
+    (scaler, diagnostics): (Scaler, DiagnosticsService),
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
     mut shutdown: watch::Receiver<bool>,
@@ -233,6 +243,7 @@ async fn serve_grpc(
     let server = builder
         .add_service(service)
         .add_service(ExternalScalerServer::new(scaler))
+        .add_service(DiagnosticsServer::new(diagnostics))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             crate::shutdown::requested(&mut stop).await;
         });
