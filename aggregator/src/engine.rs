@@ -23,6 +23,10 @@ pub struct ReplicaCounts {
     pub current: u32,
     /// Replicas that are ready.
     pub ready: u32,
+    /// The fewest replicas the target's scaler can set (an HPA's
+    /// `minReplicas`); 0 without one. A decision never asks for fewer, or
+    /// the model would wait forever for a step its scaler cannot take.
+    pub floor: u32,
 }
 
 /// A change of desired replicas, for the scaling counter and logs.
@@ -180,7 +184,8 @@ impl Engine {
             };
             // Only an idle model goes to zero; until then its cheapest
             // variant keeps one replica.
-            let min_replicas = u32::from(!idle && cheapest.as_ref() == Some(&key));
+            let min_replicas =
+                u32::from(!idle && cheapest.as_ref() == Some(&key)).max(counts.floor);
             states.push(VariantState {
                 name: va.name.clone(),
                 cost: va.cost,
@@ -232,7 +237,7 @@ impl Engine {
                     let wanted = target.target_replicas.max(1);
                     (wanted, Basis::Analysis(Reason::ScaleFromZero))
                 } else if idle {
-                    (0, Basis::Analysis(Reason::ScaleToZero))
+                    (counts.floor, Basis::Analysis(Reason::ScaleToZero))
                 } else {
                     (target.target_replicas, Basis::Analysis(target.reason))
                 }
@@ -397,6 +402,7 @@ fn derived_counts(pods: &[&PodView<'_>]) -> ReplicaCounts {
     ReplicaCounts {
         current: n,
         ready: n,
+        floor: 0,
     }
 }
 
@@ -506,9 +512,23 @@ mod tests {
         }
 
         fn counts(&mut self, variant: &str, current: u32, ready: u32) -> &mut Self {
+            self.floored(variant, (current, ready), 0)
+        }
+
+        /// Counts of a target whose autoscaler cannot go below `floor`.
+        fn floored(
+            &mut self,
+            variant: &str,
+            (current, ready): (u32, u32),
+            floor: u32,
+        ) -> &mut Self {
             self.replicas.get_or_insert_with(HashMap::new).insert(
                 VariantKey::new("ns", variant),
-                ReplicaCounts { current, ready },
+                ReplicaCounts {
+                    current,
+                    ready,
+                    floor,
+                },
             );
             self
         }
@@ -547,6 +567,29 @@ mod tests {
             .iter()
             .map(|d| (d.variant.name.as_str(), d.desired_replicas))
             .collect()
+    }
+
+    #[test]
+    fn a_scale_down_goes_to_a_variant_its_autoscaler_can_shrink() {
+        let variants = [va("ns", "l4", "l4", 10.0), va("ns", "h100", "h100", 40.0)];
+        let idle_model = |floor: u32| {
+            let mut w = World::new();
+            w.reporting("l4-0", "l4", IDLE)
+                .reporting("l4-1", "l4", IDLE)
+                .reporting("h100-0", "h100", IDLE)
+                .counts("l4", 2, 2)
+                .floored("h100", (1, 1), floor);
+            let (decisions, _) = w.run(&mut Engine::default(), &variants);
+            decisions
+                .iter()
+                .map(|d| (d.variant.name.clone(), d.desired_replicas))
+                .collect::<Vec<_>>()
+        };
+        // Without a floor the expensive variant goes first, to zero.
+        assert_eq!(idle_model(0), [("h100".into(), 0), ("l4".into(), 2)]);
+        // An HPA with minReplicas 1 cannot take it there: the model would
+        // wait for that step forever. The cheap variant shrinks instead.
+        assert_eq!(idle_model(1), [("h100".into(), 1), ("l4".into(), 1)]);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::Reporter;
@@ -25,6 +26,7 @@ use super::resolve::{self, Resolved};
 use super::scoped;
 use super::writer::{StatusWriter, Target};
 use crate::decision::Decision;
+use crate::engine::ReplicaCounts;
 use crate::service::{Decisions, Replicas, Variants};
 use crate::variants::VariantKey;
 
@@ -59,8 +61,15 @@ pub struct Controller {
 /// Which watch an event came from, and whether it ends that watch's initial list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Change {
-    Variants { listed: bool },
-    Deployments { listed: bool },
+    Variants {
+        listed: bool,
+    },
+    Deployments {
+        listed: bool,
+    },
+    /// HPAs only set floors: a decision waits for the two lists above, not
+    /// for this one, so a cluster that forbids reading HPAs still works.
+    Autoscalers,
 }
 
 fn listed<K>(event: &watcher::Event<K>) -> bool {
@@ -116,7 +125,21 @@ impl Controller {
         )
         .default_backoff()
         .map(|e| e.map(|e| Change::Deployments { listed: listed(&e) }));
-        let mut changes: BoxStream<'_, _> = futures::stream::select(vas, deployments).boxed();
+        let (hpa_store, hpa_writer) = reflector::store::<HorizontalPodAutoscaler>();
+        let hpas = reflector::reflector(
+            hpa_writer,
+            watcher(
+                scoped::<HorizontalPodAutoscaler>(
+                    self.client.clone(),
+                    self.options.namespace.as_deref(),
+                ),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .map(|e| e.map(|_| Change::Autoscalers));
+        let mut changes: BoxStream<'_, _> =
+            futures::stream::select(futures::stream::select(vas, deployments), hpas).boxed();
 
         let mut writer = StatusWriter::new(self.client.clone(), self.options.reporter.clone());
         let (mut vas_listed, mut deployments_listed) = (false, false);
@@ -133,6 +156,7 @@ impl Controller {
                         deployments_listed |= listed;
                         resolved = None;
                     }
+                    Some(Ok(Change::Autoscalers)) => resolved = None,
                     Some(Err(e)) => {
                         warn!(error = %e, "watch failed; retrying with backoff");
                         continue;
@@ -155,7 +179,7 @@ impl Controller {
                 continue;
             }
             let resolved = resolved.get_or_insert_with(|| {
-                let fresh = self.resolve(&va_store, &deploy_store);
+                let fresh = self.resolve(&va_store, &deploy_store, &hpa_store);
                 self.publish(&fresh);
                 self.published.send_if_modified(|current| {
                     let stored: HashMap<VariantKey, u32> = va_store
@@ -189,7 +213,9 @@ impl Controller {
         &self,
         vas: &Store<VariantAutoscaling>,
         deployments: &Store<Deployment>,
+        hpas: &Store<HorizontalPodAutoscaler>,
     ) -> Resolved {
+        let hpas = hpas.state();
         let objects = vas.state();
         let managed: Vec<&VariantAutoscaling> = objects
             .iter()
@@ -199,7 +225,10 @@ impl Controller {
         resolve::resolve(&managed, |ns, name| {
             deployments
                 .get(&ObjectRef::new(name).within(ns))
-                .map(|d| resolve::replica_counts(&d))
+                .map(|d| ReplicaCounts {
+                    floor: resolve::scaler_floor(hpas.iter().map(Arc::as_ref), ns, name),
+                    ..resolve::replica_counts(&d)
+                })
         })
     }
 

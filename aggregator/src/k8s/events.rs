@@ -138,6 +138,7 @@ mod tests {
             replicas: ReplicaCounts {
                 current: 1,
                 ready: 1,
+                floor: 0,
             },
             decision: Some(d),
         }

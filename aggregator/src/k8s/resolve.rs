@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 
 use super::crd;
 use crate::engine::ReplicaCounts;
@@ -73,7 +74,45 @@ pub fn replica_counts(deployment: &Deployment) -> ReplicaCounts {
     ReplicaCounts {
         current: u32::try_from(current).unwrap_or(0),
         ready: u32::try_from(ready).unwrap_or(0),
+        floor: 0,
     }
+}
+
+/// Marks the HPAs KEDA manages; KEDA itself takes such a target to zero.
+const KEDA_SCALED_OBJECT_LABEL: &str = "scaledobject.keda.sh/name";
+
+/// The fewest replicas the autoscalers of Deployment `namespace/name` can
+/// set: the highest `minReplicas` (default 1) of the HPAs that target it, or
+/// 0 without any. KEDA's HPAs never go below 1, but KEDA scales their target
+/// between 0 and 1 itself, so a KEDA HPA at 1 is a floor of 0.
+pub fn scaler_floor<'a>(
+    hpas: impl IntoIterator<Item = &'a HorizontalPodAutoscaler>,
+    namespace: &str,
+    name: &str,
+) -> u32 {
+    hpas.into_iter()
+        .filter(|hpa| hpa.metadata.namespace.as_deref() == Some(namespace))
+        .filter_map(|hpa| {
+            let spec = hpa.spec.as_ref()?;
+            let target = &spec.scale_target_ref;
+            let api_group = target
+                .api_version
+                .as_deref()
+                .map(|v| v.split('/').next().unwrap_or(v));
+            (target.kind == "Deployment"
+                && target.name == name
+                && matches!(api_group, None | Some("apps")))
+            .then_some(())?;
+            let min = u32::try_from(spec.min_replicas.unwrap_or(1)).unwrap_or(0);
+            let keda = hpa
+                .metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(KEDA_SCALED_OBJECT_LABEL));
+            Some(if keda && min <= 1 { 0 } else { min })
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Resolves `vas` against `target(namespace, name)`, the replica counts of
@@ -208,6 +247,7 @@ mod tests {
         let counts = ReplicaCounts {
             current: 3,
             ready: 2,
+            floor: 0,
         };
         assert_eq!(resolved.replicas.get(&key), Some(&counts));
         assert_eq!(resolved.variants.len(), 1);
@@ -245,7 +285,8 @@ mod tests {
             counts,
             ReplicaCounts {
                 current: 1,
-                ready: 0
+                ready: 0,
+                floor: 0,
             }
         );
     }
@@ -300,5 +341,47 @@ mod tests {
             .insert(CONTROLLER_INSTANCE_LABEL.into(), "blue".into());
         assert!(manages(&a, Some("blue")));
         assert!(!manages(&a, Some("green")));
+    }
+
+    fn hpa(
+        namespace: &str,
+        target: (&str, &str),
+        min: Option<i32>,
+        keda: bool,
+    ) -> HorizontalPodAutoscaler {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {
+                "name": format!("{}-hpa", target.1),
+                "namespace": namespace,
+                "labels": if keda { serde_json::json!({KEDA_SCALED_OBJECT_LABEL: "so"}) } else { serde_json::json!({}) },
+            },
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": target.0, "name": target.1},
+                "minReplicas": min,
+                "maxReplicas": 10,
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_scaler_floor_is_the_hpas_min_replicas() {
+        let hpas = [
+            hpa("llm", ("Deployment", "chat-h100"), None, false),
+            hpa("llm", ("Deployment", "chat-l4"), Some(2), false),
+            hpa("llm", ("StatefulSet", "chat-a100"), Some(3), false),
+            hpa("other", ("Deployment", "chat-a100"), Some(4), false),
+            hpa("llm", ("Deployment", "code-l4"), Some(1), true),
+            hpa("llm", ("Deployment", "code-h100"), Some(2), true),
+        ];
+        let floor = |name| scaler_floor(&hpas, "llm", name);
+        assert_eq!(floor("chat-h100"), 1, "minReplicas defaults to 1");
+        assert_eq!(floor("chat-l4"), 2);
+        assert_eq!(floor("chat-a100"), 0, "another kind, another namespace");
+        assert_eq!(floor("code-l4"), 0, "KEDA takes it from 1 to 0 itself");
+        assert_eq!(floor("code-h100"), 2);
+        assert_eq!(floor("no-hpa"), 0);
     }
 }

@@ -289,6 +289,7 @@ mod tests {
     const TWO: ReplicaCounts = ReplicaCounts {
         current: 2,
         ready: 2,
+        floor: 0,
     };
 
     fn condition<'a>(s: &'a VariantAutoscalingStatus, type_: &str) -> (&'a str, &'a str) {

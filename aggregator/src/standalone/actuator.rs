@@ -274,6 +274,8 @@ impl LocalActuator {
                 ReplicaCounts {
                     current: slots.len() as u32,
                     ready: ready.len() as u32,
+                    // The local actuator sets any count, zero included.
+                    floor: 0,
                 },
             );
             endpoints.extend(ready.iter().filter_map(|s| {
