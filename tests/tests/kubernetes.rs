@@ -690,21 +690,7 @@ async fn a_follower_takes_over_from_a_killed_leader_and_keeps_the_decision() -> 
 #[tokio::test]
 async fn a_model_without_requests_for_its_retention_scales_to_zero() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let cluster = Cluster::start(dir.path(), &[NS]).await?;
-    cluster
-        .apply_config_map(MAIN_CONFIG_MAP, &[("WVA_SCALE_TO_ZERO", "true")])
-        .await?;
-    cluster
-        .apply_config_map(
-            SCALE_TO_ZERO_CONFIG_MAP,
-            &[("__defaults__", "retention_period: 2s\n")],
-        )
-        .await?;
-    let aggregator = cluster.start_aggregator("wva-0", &[])?;
-    cluster.variant_autoscaling(NS, CHAT, CHAT, MODEL).await?;
-    let Workload { pod, .. } = workload(&cluster, "chat-a", 1).await?;
-    let (_sim, _addr, _agent) = serve_pod(&cluster, &pod, &aggregator.url(), &[]).await?;
-
+    let (cluster, aggregator, _pod) = idle_model(dir.path(), None).await?;
     // The idle sim serves no request: once the retention has passed since
     // the model was first seen, every variant goes to zero and says why.
     let decision = decision_where(aggregator.metrics, "the model at zero", |d| {
@@ -720,6 +706,66 @@ async fn a_model_without_requests_for_its_retention_scales_to_zero() -> anyhow::
     let event = va_event(&cluster, "DesiredReplicasDecreased", 1).await?;
     assert_eq!(event.note, "desired replicas 1 → 0 (scale_to_zero)");
     gauge_becomes(aggregator.metrics, Some(0.0)).await
+}
+
+#[tokio::test]
+async fn an_hpas_min_replicas_is_the_floor_of_its_variants_decisions() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hpa = json!({
+        "metadata": {"name": CHAT},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": CHAT},
+            "minReplicas": 1,
+            "maxReplicas": 4,
+            "metrics": [{"type": "External", "external": {
+                "metric": {"name": "wva_desired_replicas", "selector": {"matchLabels": {"variant_name": CHAT}}},
+                "target": {"type": "AverageValue", "averageValue": "1"}}}],
+        },
+    });
+    let (cluster, aggregator, _pod) = idle_model(dir.path(), Some(hpa)).await?;
+    // Idle past its retention, the model would go to zero; its HPA cannot
+    // go below one, so the decision stays there.
+    let decision = decision_where(aggregator.metrics, "the idle model at its floor", |d| {
+        d["basis"] == "scale_to_zero"
+    })
+    .await?;
+    assert_eq!(decision["desiredReplicas"], 1, "{decision}");
+    let events = va_events(&cluster);
+    assert!(
+        events
+            .iter()
+            .all(|e| e.reason != "DesiredReplicasDecreased"),
+        "no decrease below the floor: {events:?}"
+    );
+    Ok(())
+}
+
+/// An aggregator with scale to zero after 2 s of idleness, and `CHAT`'s one
+/// idle pod streaming to it; `hpa`, when given, scales `CHAT` from the start.
+async fn idle_model(
+    dir: &std::path::Path,
+    hpa: Option<Value>,
+) -> anyhow::Result<(Cluster, Aggregator, [Proc; 2])> {
+    let cluster = Cluster::start(dir, &[NS]).await?;
+    if let Some(hpa) = hpa {
+        cluster
+            .create(Resource::HorizontalPodAutoscalers, Some(NS), hpa)
+            .await?;
+    }
+    cluster
+        .apply_config_map(MAIN_CONFIG_MAP, &[("WVA_SCALE_TO_ZERO", "true")])
+        .await?;
+    cluster
+        .apply_config_map(
+            SCALE_TO_ZERO_CONFIG_MAP,
+            &[("__defaults__", "retention_period: 2s\n")],
+        )
+        .await?;
+    let aggregator = cluster.start_aggregator("wva-0", &[])?;
+    cluster.variant_autoscaling(NS, CHAT, CHAT, MODEL).await?;
+    let Workload { pod, .. } = workload(&cluster, "chat-a", 1).await?;
+    let (sim, _addr, agent) = serve_pod(&cluster, &pod, &aggregator.url(), &[]).await?;
+    Ok((cluster, aggregator, [sim, agent]))
 }
 
 #[tokio::test]

@@ -30,6 +30,8 @@ pub enum Resource {
     TokenReviews,
     /// `admissionregistration.k8s.io/v1 mutatingwebhookconfigurations` (cluster-scoped).
     MutatingWebhookConfigurations,
+    /// `autoscaling/v2 horizontalpodautoscalers`.
+    HorizontalPodAutoscalers,
 }
 
 /// When `metadata.generation` moves, as each type's update strategy decides.
@@ -48,7 +50,7 @@ pub(crate) enum Generation {
 
 impl Resource {
     /// Every served resource, for path lookup.
-    const ALL: [Resource; 13] = [
+    const ALL: [Resource; 14] = [
         Resource::VariantAutoscalings,
         Resource::Deployments,
         Resource::ReplicaSets,
@@ -62,6 +64,7 @@ impl Resource {
         Resource::Leases,
         Resource::TokenReviews,
         Resource::MutatingWebhookConfigurations,
+        Resource::HorizontalPodAutoscalers,
     ];
 
     /// Finds the resource served at `/api/v1/{plural}` (group `""`) or
@@ -87,12 +90,14 @@ impl Resource {
             Resource::Leases => "coordination.k8s.io",
             Resource::TokenReviews => "authentication.k8s.io",
             Resource::MutatingWebhookConfigurations => "admissionregistration.k8s.io",
+            Resource::HorizontalPodAutoscalers => "autoscaling",
         }
     }
 
     pub fn version(self) -> &'static str {
         match self {
             Resource::VariantAutoscalings => "v1alpha1",
+            Resource::HorizontalPodAutoscalers => "v2",
             _ => "v1",
         }
     }
@@ -119,6 +124,7 @@ impl Resource {
             Resource::Leases => "leases",
             Resource::TokenReviews => "tokenreviews",
             Resource::MutatingWebhookConfigurations => "mutatingwebhookconfigurations",
+            Resource::HorizontalPodAutoscalers => "horizontalpodautoscalers",
         }
     }
 
@@ -136,6 +142,7 @@ impl Resource {
             Resource::Leases => "Lease",
             Resource::TokenReviews => "TokenReview",
             Resource::MutatingWebhookConfigurations => "MutatingWebhookConfiguration",
+            Resource::HorizontalPodAutoscalers => "HorizontalPodAutoscaler",
         }
     }
 
@@ -157,6 +164,7 @@ impl Resource {
                 | Resource::Pods
                 | Resource::Services
                 | Resource::Namespaces
+                | Resource::HorizontalPodAutoscalers
         )
     }
 
@@ -181,7 +189,9 @@ impl Resource {
             Resource::VariantAutoscalings => Generation::AllButMetadataAndStatus,
             Resource::Deployments => Generation::SpecAndAnnotations,
             // Pods track a generation since Kubernetes 1.34 (PodObservedGenerationTracking).
-            Resource::ReplicaSets | Resource::Pods => Generation::Spec,
+            Resource::ReplicaSets | Resource::Pods | Resource::HorizontalPodAutoscalers => {
+                Generation::Spec
+            }
             _ => Generation::Untracked,
         }
     }
