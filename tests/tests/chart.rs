@@ -29,6 +29,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use wva_aggregator::config::{params, saturation, scale_to_zero};
+use wva_aggregator::webhook::injection::InjectionConfig;
 
 const RELEASE: &str = "wva";
 const NAMESPACE: &str = "wva-system";
@@ -1270,6 +1271,12 @@ fn injection_config_has_the_computed_defaults() {
     assert_eq!(injection, expected);
     assert_eq!(injection["fanOut"], true);
     assert_eq!(injection["tokenAudience"], "wva-aggregator");
+    // The aggregator reads it with its own parser, which rejects unknown keys.
+    let parsed = InjectionConfig::parse(&data["injection.yaml"]).expect("the aggregator reads it");
+    assert_eq!(
+        (parsed.vllm_port, parsed.epp_port, parsed.agent_port),
+        (8000, 9090, 9400)
+    );
 
     let custom = render(&[
         "injection.agent.image=registry.local/agent:dev",
