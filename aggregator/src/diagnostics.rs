@@ -38,7 +38,9 @@ pub const TAP_BACKLOG: usize = 64;
 pub struct Taps {
     /// Open taps, so ingest can skip the map while nobody taps.
     open: AtomicUsize,
-    pods: Mutex<HashMap<PodKey, broadcast::Sender<Sample>>>,
+    /// Each pod's channel, with an id telling a channel from its successor.
+    pods: Mutex<HashMap<PodKey, (usize, broadcast::Sender<Sample>)>>,
+    next_id: AtomicUsize,
 }
 
 impl Taps {
@@ -48,31 +50,48 @@ impl Taps {
             return;
         }
         let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = pods.get(pod) {
+        if let Some((_, tx)) = pods.get(pod) {
             // No receiver left is fine: it is removed when its stream ends.
             let _ = tx.send(sample.clone());
         }
     }
 
+    /// Ends the pod's taps: its agent's stream ended.
+    pub fn close(&self, pod: &PodKey) {
+        if self.open.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        // Dropping the sender ends every receiver after what it has buffered.
+        self.pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(pod);
+    }
+
     fn subscribe(self: &Arc<Self>, pod: PodKey) -> TapGuard {
         let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
-        let rx = pods
-            .entry(pod.clone())
-            .or_insert_with(|| broadcast::channel(TAP_BACKLOG).0)
-            .subscribe();
+        let (id, tx) = pods.entry(pod.clone()).or_insert_with(|| {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            (id, broadcast::channel(TAP_BACKLOG).0)
+        });
+        let rx = tx.subscribe();
         self.open.fetch_add(1, Ordering::Relaxed);
         TapGuard {
             taps: Arc::clone(self),
             pod,
+            id: *id,
             rx,
         }
     }
 }
 
-/// One open tap; closing it forgets the pod once nobody else taps it.
+/// One open tap; closing it forgets the pod's channel once nobody else
+/// taps it.
 struct TapGuard {
     taps: Arc<Taps>,
     pod: PodKey,
+    /// The channel `rx` belongs to, which a reconnected pod may have replaced.
+    id: usize,
     rx: broadcast::Receiver<Sample>,
 }
 
@@ -82,7 +101,7 @@ impl Drop for TapGuard {
         let mut pods = self.taps.pods.lock().unwrap_or_else(|p| p.into_inner());
         if pods
             .get(&self.pod)
-            .is_some_and(|tx| tx.receiver_count() <= 1)
+            .is_some_and(|(id, tx)| *id == self.id && tx.receiver_count() <= 1)
         {
             pods.remove(&self.pod);
         }
@@ -166,6 +185,9 @@ fn snapshot(decisions: &Decisions, leading: bool, filter: &DecisionFilter) -> De
             .map(to_proto)
             .collect(),
         leading,
+        at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX)),
     }
 }
 
@@ -258,7 +280,12 @@ impl Diagnostics for DiagnosticsService {
                         )));
                         return;
                     }
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let _ = cut_tx.send(Status::not_found(format!(
+                            "pod {key} stopped streaming to this aggregator"
+                        )));
+                        return;
+                    }
                 };
                 let sample = PodSample {
                     namespace: key.namespace.clone(),
@@ -410,6 +437,42 @@ mod tests {
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert!(status.message().contains("cut off"), "{status:?}");
         assert!(received <= WATCH_BACKLOG, "held {received} snapshots");
+    }
+
+    #[tokio::test]
+    async fn a_tap_ends_with_not_found_when_its_pod_stops_streaming() {
+        let w = world();
+        let key = PodKey {
+            namespace: "a".into(),
+            pod: "chat-0".into(),
+        };
+        w.service
+            .store
+            .register(key.clone(), 1, Hello::default(), Instant::now());
+        let mut tap = w
+            .service
+            .tap_pod(Request::new(TapRequest {
+                namespace: "a".into(),
+                pod: "chat-0".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let sample = Sample {
+            seq: 3,
+            ..Sample::default()
+        };
+        w.service.taps.offer(&key, &sample);
+        w.service.taps.close(&key);
+        let last = tap.next().await.unwrap().unwrap();
+        assert_eq!(last.sample.unwrap().seq, 3, "buffered samples come first");
+        let ended = tap.next().await.unwrap().unwrap_err();
+        assert_eq!(ended.code(), Code::NotFound);
+        assert!(
+            ended.message().contains("a/chat-0 stopped streaming"),
+            "{ended:?}"
+        );
+        assert!(tap.next().await.is_none());
     }
 
     #[tokio::test]

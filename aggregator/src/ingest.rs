@@ -199,6 +199,7 @@ impl Ingest {
             let end = this.pump(&key, stream_id, &mut inbound, &tx).await;
             if this.store.remove(&key, stream_id) {
                 info!(pod = %key, reason = %end, "agent disconnected; pod left the analysis");
+                this.taps.close(&key);
                 this.trigger.fire(Instant::now());
             }
             this.metrics.set_connected(this.store.len());
