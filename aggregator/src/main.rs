@@ -62,6 +62,12 @@ async fn run(argv: Vec<OsString>, args: Args) -> anyhow::Result<()> {
                 .unwrap_or_default();
             println!("{variant}: peak desired {peak}, final desired {last}");
         }
+        if let Some(lag) = summary.keda_max_lag {
+            println!(
+                "KEDA external scaler: every change seen within {} ms of its decision",
+                lag.as_millis()
+            );
+        }
         println!(
             "{} requests completed; {}",
             summary.completed,

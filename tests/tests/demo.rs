@@ -70,6 +70,14 @@ async fn demo_scales_the_cheap_variant_up_under_load_and_back_down() -> anyhow::
         stdout.contains("KV %") && stdout.contains("QUEUE"),
         "the live table is shown"
     );
+    // A KEDA-shaped client on the external scaler followed every change.
+    assert!(stdout.contains("KEDA view: llama-8b-h100"), "{stdout}");
+    let lag: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("KEDA external scaler: every change seen within "))
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no KEDA summary in:\n{stdout}"));
+    assert!(lag <= 1000, "KEDA saw a change {lag} ms after its decision");
 
     assert_eq!(
         processes_marked(&mark),

@@ -17,6 +17,10 @@ pub struct Frame<'a> {
     /// Requests per second sent to each row of `decisions`, same order.
     pub variant_rps: &'a [f64],
     pub metrics_url: &'a str,
+    /// The gRPC address: KEDA's external scaler and diagnostics.
+    pub grpc: &'a str,
+    /// What a KEDA-shaped client sees through the external scaler.
+    pub keda: String,
 }
 
 pub fn render(frame: &Frame<'_>) -> String {
@@ -62,10 +66,11 @@ pub fn render(frame: &Frame<'_>) -> String {
             d.basis.as_str()
         );
     }
+    let _ = writeln!(out, "{}", frame.keda);
     let _ = writeln!(
         out,
-        "gauges: {}   (Ctrl-C stops the demo)",
-        frame.metrics_url
+        "gauges: {}   live view: wvactl --server {} top   (Ctrl-C stops the demo)",
+        frame.metrics_url, frame.grpc
     );
     out
 }

@@ -2,6 +2,7 @@
 //! variants, the local actuator running simulated replicas, a load ramp up
 //! and down, and a live table of what the autoscaler sees and decides.
 pub mod dashboard;
+pub mod keda_view;
 pub mod loadgen;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use crate::service::{self, Settings, Sources, Tuning};
 use crate::standalone::actuator::{ActuatorConfig, LocalActuator};
 use crate::variants::{VariantKey, parse_variants};
 use dashboard::Frame;
+use keda_view::KedaView;
 use loadgen::{LoadStats, Profile, RequestShape};
 
 /// The embedded VariantAutoscalings.
@@ -36,10 +38,13 @@ pub struct Summary {
     pub final_desired: HashMap<VariantKey, u32>,
     pub completed: u64,
     pub settled: bool,
+    /// The slowest change the KEDA-shaped client saw, after its decision.
+    pub keda_max_lag: Option<Duration>,
 }
 
 pub async fn run(args: &Args, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<Summary> {
     let variants = parse_variants(VARIANTS).context("embedded demo variants")?;
+    let keys: Vec<VariantKey> = variants.iter().map(|v| v.key()).collect();
     let model = variants
         .first()
         .map(|v| v.model_id.clone())
@@ -110,20 +115,42 @@ pub async fn run(args: &Args, mut shutdown: watch::Receiver<bool>) -> anyhow::Re
         stop.clone(),
     ));
 
-    let summary = watch_and_draw(&profile, &stats, decisions, &metrics_url, &mut shutdown).await;
+    let keda = Arc::new(KedaView::default());
+    let keda_task = tokio::spawn(keda_view::follow(
+        grpc_addr,
+        keys,
+        decisions.clone(),
+        Arc::clone(&keda),
+        stop.clone(),
+    ));
+    let view = View {
+        metrics_url: &metrics_url,
+        grpc: &format!("http://{grpc_addr}"),
+        keda: &keda,
+    };
+    let mut summary = watch_and_draw(&profile, &stats, decisions, &view, &mut shutdown).await;
+    summary.keda_max_lag = *keda.max_lag.lock().unwrap_or_else(|p| p.into_inner());
 
     stop_tx.send_replace(true);
+    let _ = keda_task.await;
     let _ = load_task.await;
     let _ = actuator_task.await;
     running.join().await?;
     Ok(summary)
 }
 
+/// Where the demo's outputs can be seen, for the table's footer.
+struct View<'a> {
+    metrics_url: &'a str,
+    grpc: &'a str,
+    keda: &'a KedaView,
+}
+
 async fn watch_and_draw(
     profile: &Profile,
     stats: &LoadStats,
     decisions: watch::Receiver<service::Decisions>,
-    metrics_url: &str,
+    view: &View<'_>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Summary {
     let tty = std::io::stdout().is_terminal();
@@ -169,7 +196,9 @@ async fn watch_and_draw(
             rejected: stats.rejected.load(Ordering::Relaxed),
             decisions: &current,
             variant_rps: &rps,
-            metrics_url,
+            metrics_url: view.metrics_url,
+            grpc: view.grpc,
+            keda: view.keda.line(),
         };
         let text = dashboard::render(&frame);
         let mut out = std::io::stdout().lock();
