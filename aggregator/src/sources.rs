@@ -425,12 +425,10 @@ fn fail(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::variants::ScaleTarget;
 
     type Answer = Result<Vec<String>, String>;
 
@@ -509,22 +507,9 @@ mod tests {
     }
 
     fn va(source: Option<&str>) -> VariantAutoscaling {
-        VariantAutoscaling {
-            name: "chat".into(),
-            namespace: "llm".into(),
-            model_id: "m".into(),
-            target: ScaleTarget {
-                kind: "Deployment".into(),
-                name: "chat-deploy".into(),
-                api_version: None,
-            },
-            cost: 10.0,
-            accelerator: String::new(),
-            labels: BTreeMap::new(),
-            annotations: source
-                .map(|s| BTreeMap::from([(SOURCE_ANNOTATION.to_string(), s.to_string())]))
-                .unwrap_or_default(),
-        }
+        let annotations: Vec<(&str, &str)> =
+            source.map(|s| (SOURCE_ANNOTATION, s)).into_iter().collect();
+        crate::variants::annotated_for_test(&annotations)
     }
 
     fn key(pod: &str) -> PodKey {

@@ -439,6 +439,29 @@ fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
+/// Variant `llm/chat` of model `m`, scaling Deployment `chat-deploy`, with
+/// these annotations, for tests.
+#[cfg(test)]
+pub(crate) fn annotated_for_test(annotations: &[(&str, &str)]) -> VariantAutoscaling {
+    VariantAutoscaling {
+        name: "chat".into(),
+        namespace: "llm".into(),
+        model_id: "m".into(),
+        target: ScaleTarget {
+            kind: "Deployment".into(),
+            name: "chat-deploy".into(),
+            api_version: None,
+        },
+        cost: 10.0,
+        accelerator: String::new(),
+        labels: BTreeMap::new(),
+        annotations: annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

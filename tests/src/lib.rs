@@ -372,3 +372,57 @@ pub async fn serve_metrics_at(
     });
     Ok(addr)
 }
+
+/// The first place where `original` and `round_tripped` differ, as a path
+/// and what happened there.
+pub fn first_difference(
+    original: &serde_json::Value,
+    round_tripped: &serde_json::Value,
+    path: &str,
+) -> Option<String> {
+    use serde_json::Value;
+    match (original, round_tripped) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            keys.into_iter().find_map(|key| {
+                let here = format!("{path}.{key}");
+                match (a.get(key), b.get(key)) {
+                    (Some(x), Some(y)) => first_difference(x, y, &here),
+                    (Some(_), None) => Some(format!("{here} is dropped: not a field of the type")),
+                    _ => Some(format!("{here} appears only after the round trip")),
+                }
+            })
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (x, y))| first_difference(x, y, &format!("{path}[{i}]"))),
+        _ if original == round_tripped => None,
+        _ => Some(format!("{path}: {original} became {round_tripped}")),
+    }
+}
+
+/// `value` read as a `T` and written back unchanged; a field the type does
+/// not know (misspelled, or of another version) is dropped on the way and
+/// named in the error. `path` prefixes the names.
+pub fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
+    value: &serde_json::Value,
+    path: &str,
+) -> Result<T, String> {
+    let typed: T = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    let back = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    match first_difference(value, &back, path) {
+        Some(difference) => Err(difference),
+        None => Ok(typed),
+    }
+}
+
+/// The literal value of environment variable `name` of a container (JSON).
+pub fn container_env<'a>(container: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?["value"]
+        .as_str()
+}

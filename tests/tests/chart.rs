@@ -226,30 +226,6 @@ fn app_version() -> String {
 // Shape: every object is a well-formed instance of its kind.
 // ---------------------------------------------------------------------------
 
-/// The first place where `original` and `round_tripped` differ.
-fn first_difference(original: &Value, round_tripped: &Value, path: &str) -> Option<String> {
-    match (original, round_tripped) {
-        (Value::Object(a), Value::Object(b)) => {
-            let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-            keys.into_iter().find_map(|key| {
-                let here = format!("{path}.{key}");
-                match (a.get(key), b.get(key)) {
-                    (Some(x), Some(y)) => first_difference(x, y, &here),
-                    (Some(_), None) => Some(format!("{here} is dropped: not a field of the type")),
-                    _ => Some(format!("{here} appears only after the round trip")),
-                }
-            })
-        }
-        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
-            .iter()
-            .zip(b)
-            .enumerate()
-            .find_map(|(i, (x, y))| first_difference(x, y, &format!("{path}[{i}]"))),
-        _ if original == round_tripped => None,
-        _ => Some(format!("{path}: {original} became {round_tripped}")),
-    }
-}
-
 /// `Some(check)` when `object` is a `T` (same apiVersion and kind): it must
 /// survive a round trip through `T` unchanged.
 fn round_trip<T: Resource + DeserializeOwned + Serialize>(
@@ -259,12 +235,9 @@ fn round_trip<T: Resource + DeserializeOwned + Serialize>(
         return None;
     }
     Some(
-        serde_json::from_value::<T>(object.clone())
-            .map_err(|e| format!("is not a valid {}: {e}", T::KIND))
-            .and_then(|typed| {
-                let back = serde_json::to_value(&typed).expect("k8s-openapi serializes");
-                first_difference(object, &back, "").map_or(Ok(()), Err)
-            }),
+        wva_e2e::round_trip::<T>(object, "")
+            .map(|_| ())
+            .map_err(|e| format!("is not a valid {}: {e}", T::KIND)),
     )
 }
 
@@ -307,10 +280,9 @@ fn custom_object(object: &Value) -> Result<(), String> {
 }
 
 fn round_trip_meta(metadata: &Value) -> Result<(), String> {
-    let typed: ObjectMeta = serde_json::from_value(metadata.clone())
-        .map_err(|e| format!("metadata is not valid: {e}"))?;
-    let back = serde_json::to_value(&typed).expect("k8s-openapi serializes");
-    first_difference(metadata, &back, ".metadata").map_or(Ok(()), Err)
+    wva_e2e::round_trip::<ObjectMeta>(metadata, ".metadata")
+        .map(|_| ())
+        .map_err(|e| format!("metadata is not valid: {e}"))
 }
 
 /// cert-manager.io/v1 Certificate: the fields the chart uses.

@@ -83,39 +83,10 @@ fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{pointer} is not a string in {value}"))
 }
 
-/// The first place where `original` and `round_tripped` differ.
-fn first_difference(original: &Value, round_tripped: &Value, path: &str) -> Option<String> {
-    match (original, round_tripped) {
-        (Value::Object(a), Value::Object(b)) => {
-            let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-            keys.into_iter().find_map(|key| {
-                let here = format!("{path}.{key}");
-                match (a.get(key), b.get(key)) {
-                    (Some(x), Some(y)) => first_difference(x, y, &here),
-                    (Some(_), None) => Some(format!("{here} is dropped: not a field of the type")),
-                    _ => Some(format!("{here} appears only after the round trip")),
-                }
-            })
-        }
-        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
-            .iter()
-            .zip(b)
-            .enumerate()
-            .find_map(|(i, (x, y))| first_difference(x, y, &format!("{path}[{i}]"))),
-        _ if original == round_tripped => None,
-        _ => Some(format!("{path}: {original} became {round_tripped}")),
-    }
-}
-
 /// `value` as a `T`, which must serialize back to exactly `value`.
 fn round_trip<T: DeserializeOwned + Serialize>(value: &Value, what: &str) -> T {
-    let typed: T = serde_json::from_value(value.clone())
-        .unwrap_or_else(|e| panic!("{what} is not a valid {}: {e}", type_name::<T>()));
-    let back = serde_json::to_value(&typed).expect("the type serializes");
-    if let Some(difference) = first_difference(value, &back, "") {
-        panic!("{what} does not survive a round trip: {difference}");
-    }
-    typed
+    wva_e2e::round_trip(value, "")
+        .unwrap_or_else(|e| panic!("{what} is not a valid {}: {e}", type_name::<T>()))
 }
 
 fn type_name<T>() -> &'static str {
@@ -628,14 +599,6 @@ fn agent_of(pod: &Value) -> &Value {
         .expect("a wva-agent init container")
 }
 
-fn env_of<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
-    container["env"]
-        .as_array()?
-        .iter()
-        .find(|e| e["name"] == name)?["value"]
-        .as_str()
-}
-
 #[test]
 fn the_sample_pods_get_an_agent_that_scrapes_their_vllm() {
     let variants = variants_sample();
@@ -648,12 +611,12 @@ fn the_sample_pods_get_an_agent_that_scrapes_their_vllm() {
             let patched = injected(&pod, scope, &config);
             round_trip::<Pod>(&patched, "the injected pod");
             let agent = agent_of(&patched);
-            assert_eq!(env_of(agent, "WVA_VARIANT"), Some(name));
+            assert_eq!(wva_e2e::container_env(agent, "WVA_VARIANT"), Some(name));
             let port = patched["spec"]["containers"][0]["ports"][0]["containerPort"]
                 .as_u64()
                 .expect("vLLM's port");
             assert_eq!(
-                env_of(agent, "WVA_TARGET"),
+                wva_e2e::container_env(agent, "WVA_TARGET"),
                 Some(format!("http://127.0.0.1:{port}/metrics").as_str()),
                 "the agent scrapes the port vLLM listens on"
             );
@@ -696,11 +659,11 @@ fn the_manual_injection_snippet_is_what_the_webhook_injects() {
     let deployment = variants
         .deployments
         .iter()
-        .find(|d| Some(name_of(&d.metadata).1) == env_of(container, "WVA_VARIANT"))
+        .find(|d| Some(name_of(&d.metadata).1) == wva_e2e::container_env(container, "WVA_VARIANT"))
         .expect("the snippet's WVA_VARIANT is a sample Deployment");
     let patched = injected(&pod_of(deployment), Scope::Pod, &chart_default_injection());
     let agent = agent_of(&patched);
-    if let Some(difference) = first_difference(agent, container, "container") {
+    if let Some(difference) = wva_e2e::first_difference(agent, container, "container") {
         panic!("the snippet differs from the injected container: {difference}");
     }
     let added: Vec<&Value> = patched["spec"]["volumes"]

@@ -186,14 +186,6 @@ fn patched(review: &Value, response: &Value) -> Option<Value> {
     Some(pod)
 }
 
-fn env_of<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
-    container["env"]
-        .as_array()?
-        .iter()
-        .find(|e| e["name"] == name)?["value"]
-        .as_str()
-}
-
 #[tokio::test]
 async fn the_webhook_certifies_itself_and_injects_the_agent_into_pods_that_ask()
 -> anyhow::Result<()> {
@@ -254,21 +246,18 @@ async fn the_webhook_certifies_itself_and_injects_the_agent_into_pods_that_ask()
         .as_object_mut()
         .unwrap()
         .remove("creationTimestamp");
-    let typed: Pod = serde_json::from_value(pod.clone())?;
-    assert_eq!(
-        serde_json::to_value(&typed)?,
-        expected,
-        "the patched pod is a valid Pod"
-    );
+    if let Err(e) = round_trip::<Pod>(&expected, "") {
+        panic!("the patched pod is not a valid Pod: {e}");
+    }
     let agent = &pod["spec"]["initContainers"][0];
     assert_eq!(agent["name"], "wva-agent");
     assert_eq!(agent["image"], AGENT_IMAGE);
     assert_eq!(agent["restartPolicy"], "Always");
     assert_eq!(
-        env_of(agent, "WVA_TARGET"),
+        container_env(agent, "WVA_TARGET"),
         Some("http://127.0.0.1:8000/metrics")
     );
-    assert_eq!(env_of(agent, "WVA_VARIANT"), Some("llama-8b-h100"));
+    assert_eq!(container_env(agent, "WVA_VARIANT"), Some("llama-8b-h100"));
     assert_eq!(
         pod["spec"]["containers"].as_array().map(Vec::len),
         Some(1),
@@ -292,10 +281,10 @@ async fn the_webhook_certifies_itself_and_injects_the_agent_into_pods_that_ask()
     let pod = patched(&epp, &response).expect("a patch");
     let agent = &pod["spec"]["initContainers"][0];
     assert_eq!(
-        env_of(agent, "WVA_TARGET"),
+        container_env(agent, "WVA_TARGET"),
         Some("http://127.0.0.1:9090/metrics")
     );
-    assert_eq!(env_of(agent, "WVA_ROLE"), Some("epp"));
+    assert_eq!(container_env(agent, "WVA_ROLE"), Some("epp"));
 
     // Pods that did not ask, or opted out, are admitted as they are.
     for (path, annotations) in [

@@ -227,29 +227,10 @@ impl PolledSource for PodScrapingSource {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::variants::ScaleTarget;
 
     fn va(annotations: &[(&str, &str)]) -> VariantAutoscaling {
-        VariantAutoscaling {
-            name: "chat".into(),
-            namespace: "llm".into(),
-            model_id: "m".into(),
-            target: ScaleTarget {
-                kind: "Deployment".into(),
-                name: "chat".into(),
-                api_version: None,
-            },
-            cost: 1.0,
-            accelerator: String::new(),
-            labels: BTreeMap::new(),
-            annotations: annotations
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
+        crate::variants::annotated_for_test(annotations)
     }
 
     #[test]

@@ -137,16 +137,7 @@ pub async fn shared_bundle(
             ..ObjectMeta::default()
         },
         type_: Some("kubernetes.io/tls".into()),
-        data: Some(
-            [
-                (CERT_KEY, &bundle.cert),
-                (KEY_KEY, &bundle.key),
-                (CA_KEY, &bundle.ca),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-            .collect(),
-        ),
+        data: Some(secret_data(&bundle)),
         ..Secret::default()
     };
     let written = match existing {
@@ -171,6 +162,18 @@ pub async fn shared_bundle(
         }
         Err(e) => Err(error(e)),
     }
+}
+
+/// The keys of a `kubernetes.io/tls` Secret, plus the CA.
+fn secret_data(bundle: &CertBundle) -> std::collections::BTreeMap<String, ByteString> {
+    [
+        (CERT_KEY, &bundle.cert),
+        (KEY_KEY, &bundle.key),
+        (CA_KEY, &bundle.ca),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+    .collect()
 }
 
 /// The secret's certificate, if complete and made for `names`.
@@ -389,16 +392,7 @@ mod tests {
                 annotations: Some([(DNS_NAMES_ANNOTATION.to_string(), names.clone())].into()),
                 ..ObjectMeta::default()
             },
-            data: Some(
-                [
-                    (CERT_KEY, &bundle.cert),
-                    (KEY_KEY, &bundle.key),
-                    (CA_KEY, &bundle.ca),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                .collect(),
-            ),
+            data: Some(secret_data(&bundle)),
             ..Secret::default()
         };
         assert_eq!(bundle_of(&secret, &names), Some(bundle));
