@@ -56,6 +56,7 @@ fn main() -> anyhow::Result<()> {
                     polled: Vec::new(),
                     default_source: wva_aggregator::sources::SourceKind::Agent,
                     poll_interval: Duration::from_secs(5),
+                    webhook_metrics: None,
                     tls: None,
                 },
                 TcpListener::from_std(grpc)?,

@@ -32,6 +32,7 @@ use crate::store::PodStore;
 use crate::telemetry::SelfMetrics;
 use crate::trigger::Trigger;
 use crate::variants::{VariantAutoscaling, VariantKey};
+use crate::webhook::server::WebhookMetrics;
 
 /// How long in-flight connections may take to finish after shutdown starts.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -71,6 +72,8 @@ pub struct Settings {
     /// The source of variants that name none.
     pub default_source: SourceKind,
     pub poll_interval: Duration,
+    /// The agent-injection webhook's counters, served with the others.
+    pub webhook_metrics: Option<WebhookMetrics>,
 }
 
 /// Where decisions come from.
@@ -140,6 +143,9 @@ pub fn start(
 ) -> Running {
     let mut registry = Registry::default();
     let metrics = Arc::new(SelfMetrics::register(&mut registry));
+    if let Some(webhook) = &settings.webhook_metrics {
+        webhook.register(&mut registry);
+    }
     let gauges = DecisionGauges::register(
         &mut registry,
         settings.legacy_metrics,

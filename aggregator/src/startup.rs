@@ -40,6 +40,7 @@ pub fn settings(args: &Args, lookup: impl Fn(&str) -> Option<String>) -> anyhow:
         polled,
         default_source: args.metrics_source,
         poll_interval: args.poll_interval,
+        webhook_metrics: None,
         legacy_metrics: args.legacy_metrics,
         controller_instance: args.controller_instance.clone(),
         scale_to_zero: args.scale_to_zero,

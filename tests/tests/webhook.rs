@@ -57,7 +57,7 @@ fn configuration() -> Value {
 
 /// A webhook replica: its aggregator and the address it serves admission on.
 struct Replica {
-    _aggregator: Aggregator,
+    aggregator: Aggregator,
     webhook: SocketAddr,
 }
 
@@ -79,7 +79,7 @@ fn start_replica(cluster: &Cluster, pod: &str, injection: &str) -> anyhow::Resul
         ],
     )?;
     Ok(Replica {
-        _aggregator: aggregator,
+        aggregator,
         webhook,
     })
 }
@@ -324,6 +324,23 @@ async fn the_webhook_certifies_itself_and_injects_the_agent_into_pods_that_ask()
         "{}",
         String::from_utf8_lossy(&body)
     );
+
+    // Every answer is counted by outcome (the first probe was malformed too).
+    let outcomes: std::collections::BTreeMap<String, f64> =
+        metric(first.aggregator.metrics, "wva_webhook_admissions_total")
+            .await?
+            .into_iter()
+            .map(|(labels, value)| (labels["outcome"].clone(), value))
+            .collect();
+    let expected = [
+        ("injected", 2.0),
+        ("malformed", 2.0),
+        ("not_injected", 1.0),
+        ("skipped", 3.0),
+    ]
+    .map(|(k, v)| (k.to_string(), v))
+    .into();
+    assert_eq!(outcomes, expected);
 
     // A second replica serves the same certificate: the Secret is reused.
     let version = secret["metadata"]["resourceVersion"].clone();

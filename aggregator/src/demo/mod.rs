@@ -70,6 +70,7 @@ pub async fn run(args: &Args, mut shutdown: watch::Receiver<bool>) -> anyhow::Re
         tls: None,
         polled: Vec::new(),
         poll_interval: args.poll_interval,
+        webhook_metrics: None,
     };
     let running = service::start(
         settings,

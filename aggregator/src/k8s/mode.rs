@@ -21,6 +21,7 @@ use crate::config::params;
 use crate::scraping::ScrapeConfig;
 use crate::service::{self, Sources, Tuning};
 use crate::startup;
+use crate::webhook::server::WebhookMetrics;
 use crate::webhook::{self, WebhookSettings};
 
 /// Runs until shutdown. Missing or invalid configuration fails before
@@ -78,7 +79,7 @@ pub async fn run(
     )));
     let mut webhook_tasks = Vec::new();
     if let Some(addr) = args.webhook_addr {
-        let settings = WebhookSettings {
+        let webhook = WebhookSettings {
             addr,
             injection: args.injection_config.clone().expect("required by clap"),
             cert_dir: args.webhook_cert_dir.clone(),
@@ -87,7 +88,10 @@ pub async fn run(
             secret: args.webhook_secret.clone(),
             configuration: args.webhook_configuration.clone(),
         };
-        webhook_tasks = webhook::start(client.clone(), settings, shutdown.clone()).await?;
+        let metrics = WebhookMetrics::default();
+        webhook_tasks =
+            webhook::start(client.clone(), webhook, metrics.clone(), shutdown.clone()).await?;
+        settings.webhook_metrics = Some(metrics);
     }
     let election = election_config(&args)?;
     let reporter = Reporter {

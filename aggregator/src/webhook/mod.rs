@@ -45,6 +45,7 @@ pub struct WebhookSettings {
 pub async fn start(
     client: Client,
     settings: WebhookSettings,
+    metrics: server::WebhookMetrics,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<JoinHandle<anyhow::Result<()>>>> {
     let path = &settings.injection;
@@ -82,6 +83,7 @@ pub async fn start(
         listener,
         certs::server_config(resolver),
         Arc::new(injection),
+        metrics,
         shutdown,
     )));
     Ok(tasks)

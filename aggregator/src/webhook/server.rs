@@ -21,6 +21,8 @@ use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -33,6 +35,53 @@ use super::injection::{InjectionConfig, Outcome, Scope, mutate};
 const MAX_BODY: usize = 4 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What became of one admission request (`outcome` of
+/// `wva_webhook_admissions_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The agent was added.
+    Injected,
+    /// Nothing to do: not opted in, opted out, already injected, not a pod.
+    Skipped,
+    /// The pod was admitted without the agent because of a mistake in it.
+    NotInjected,
+    /// The request was no readable AdmissionReview.
+    Malformed,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Injected => "injected",
+            Verdict::Skipped => "skipped",
+            Verdict::NotInjected => "not_injected",
+            Verdict::Malformed => "malformed",
+        }
+    }
+}
+
+/// Counts admission requests by verdict.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookMetrics {
+    admissions: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+impl WebhookMetrics {
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "wva_webhook_admissions",
+            "Pod admission requests the agent-injection webhook answered, by outcome",
+            self.admissions.clone(),
+        );
+    }
+
+    fn count(&self, verdict: Verdict) {
+        self.admissions
+            .get_or_create(&[("outcome", verdict.as_str())])
+            .inc();
+    }
+}
+
 /// Answers one AdmissionReview. An unreadable review is an error (the API
 /// server then applies the webhook's failure policy); anything else is
 /// admitted, with the agent when it applies.
@@ -40,7 +89,7 @@ pub fn review(
     body: &[u8],
     scope: Scope,
     config: &InjectionConfig,
-) -> Result<AdmissionReview<DynamicObject>, String> {
+) -> Result<(AdmissionReview<DynamicObject>, Verdict), String> {
     let review: AdmissionReview<DynamicObject> =
         serde_json::from_slice(body).map_err(|e| format!("malformed AdmissionReview: {e}"))?;
     let request: AdmissionRequest<DynamicObject> = review
@@ -48,7 +97,7 @@ pub fn review(
         .map_err(|e| format!("malformed AdmissionReview: {e}"))?;
     let response = AdmissionResponse::from(&request);
     if request.operation != Operation::Create || request.kind.kind != "Pod" {
-        return Ok(response.into_review());
+        return Ok((response.into_review(), Verdict::Skipped));
     }
     let namespace = request.namespace.clone().unwrap_or_default();
     let pod = request
@@ -68,27 +117,28 @@ pub fn review(
             .unwrap_or_default();
         mutate(&pod, scope, config).map(|outcome| (name, outcome))
     });
-    let response = match outcome {
+    let (response, verdict) = match outcome {
         Ok((name, Outcome::Inject(ops))) => {
             let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
                 .map_err(|e| format!("building the patch: {e}"))?;
             info!(%namespace, pod = %name, "injecting wva-agent");
-            response
+            let response = response
                 .with_patch(patch)
-                .map_err(|e| format!("serializing the patch: {e}"))?
+                .map_err(|e| format!("serializing the patch: {e}"))?;
+            (response, Verdict::Injected)
         }
         Ok((name, Outcome::Skip(why))) => {
             debug!(%namespace, pod = %name, why, "not injecting wva-agent");
-            response
+            (response, Verdict::Skipped)
         }
         Err(error) => {
             warn!(%namespace, %error, "admitting the pod without wva-agent");
             let mut response = response;
             response.warnings = Some(vec![format!("wva-agent not injected: {error}")]);
-            response
+            (response, Verdict::NotInjected)
         }
     };
-    Ok(response.into_review())
+    Ok((response.into_review(), verdict))
 }
 
 /// Serves the webhook over TLS until shutdown.
@@ -96,6 +146,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     config: Arc<InjectionConfig>,
+    metrics: WebhookMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
@@ -110,14 +161,15 @@ pub async fn serve(
             },
             _ = crate::shutdown::requested(&mut shutdown) => return Ok(()),
         };
-        let (acceptor, config) = (acceptor.clone(), Arc::clone(&config));
+        let (acceptor, config, metrics) = (acceptor.clone(), Arc::clone(&config), metrics.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => return debug!(%peer, error = %e, "webhook: TLS handshake failed"),
                 Err(_) => return debug!(%peer, "webhook: TLS handshake timed out"),
             };
-            let service = service_fn(move |request| handle(request, Arc::clone(&config)));
+            let service =
+                service_fn(move |request| handle(request, Arc::clone(&config), metrics.clone()));
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await
@@ -131,6 +183,7 @@ pub async fn serve(
 async fn handle(
     request: Request<Incoming>,
     config: Arc<InjectionConfig>,
+    metrics: WebhookMetrics,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let scope = match request.uri().path() {
         "/inject/namespace" => Scope::Namespace,
@@ -158,15 +211,19 @@ async fn handle(
         }
     };
     Ok(match review(&body, scope, &config) {
-        Ok(review) => match encode(&review) {
-            Ok(json) => Response::builder()
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from(json)))
-                .expect("static headers are valid"),
+        Ok((review, verdict)) => match encode(&review) {
+            Ok(json) => {
+                metrics.count(verdict);
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(json)))
+                    .expect("static headers are valid")
+            }
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
         Err(error) => {
             warn!(%error, "webhook: rejecting a request it cannot read");
+            metrics.count(Verdict::Malformed);
             text(StatusCode::BAD_REQUEST, error)
         }
     })
