@@ -65,6 +65,18 @@ pub enum DataState {
     Idle,
 }
 
+impl DataState {
+    /// Stable name, as in the JSON view.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataState::Fresh => "fresh",
+            DataState::Partial => "partial",
+            DataState::Missing => "missing",
+            DataState::Idle => "idle",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Decision {

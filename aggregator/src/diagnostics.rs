@@ -138,10 +138,7 @@ pub fn to_proto(d: &Decision) -> VariantDecision {
         desired_replicas: d.desired_replicas,
         basis: d.basis.as_str().into(),
         change_reason: d.change_reason.unwrap_or_default().into(),
-        data: serde_json::to_value(d.data)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
+        data: d.data.as_str().into(),
         data_age_seconds: d.data_age.map(|a| a.as_secs_f64()),
         inputs: d
             .inputs
@@ -319,6 +316,17 @@ mod tests {
         service: DiagnosticsService,
     }
 
+    impl World {
+        /// Opens a tap on pod `a/pod`.
+        async fn tap(&self, pod: &str) -> Result<Response<BoxStream<PodSample>>, Status> {
+            let request = TapRequest {
+                namespace: "a".into(),
+                pod: pod.into(),
+            };
+            self.service.tap_pod(Request::new(request)).await
+        }
+    }
+
     fn world() -> World {
         let (decisions, rx) = watch::channel(Decisions::default());
         World {
@@ -449,15 +457,7 @@ mod tests {
         w.service
             .store
             .register(key.clone(), 1, Hello::default(), Instant::now());
-        let mut tap = w
-            .service
-            .tap_pod(Request::new(TapRequest {
-                namespace: "a".into(),
-                pod: "chat-0".into(),
-            }))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut tap = w.tap("chat-0").await.unwrap().into_inner();
         let sample = Sample {
             seq: 3,
             ..Sample::default()
@@ -492,15 +492,7 @@ mod tests {
         w.service
             .store
             .register(key.clone(), 1, hello, Instant::now());
-        let unknown = w
-            .service
-            .tap_pod(Request::new(TapRequest {
-                namespace: "a".into(),
-                pod: "nope".into(),
-            }))
-            .await
-            .err()
-            .unwrap();
+        let unknown = w.tap("nope").await.err().unwrap();
         assert_eq!(unknown.code(), Code::NotFound);
         assert!(unknown.message().contains("a/nope"), "{unknown:?}");
 
@@ -510,15 +502,7 @@ mod tests {
             ..Sample::default()
         };
         w.service.taps.offer(&key, &sample(1));
-        let mut tap = w
-            .service
-            .tap_pod(Request::new(TapRequest {
-                namespace: "a".into(),
-                pod: "chat-0".into(),
-            }))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut tap = w.tap("chat-0").await.unwrap().into_inner();
         w.service.taps.offer(&key, &sample(2));
         let got = tap.next().await.unwrap().unwrap();
         assert_eq!(

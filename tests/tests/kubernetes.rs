@@ -53,6 +53,41 @@ async fn load(sim: SocketAddr) -> anyhow::Result<tokio::net::TcpStream> {
     hold_completion(sim, MODEL, 400, 500).await
 }
 
+/// Adds `annotations` to the VariantAutoscaling `va`.
+async fn annotate(cluster: &Cluster, va: &Value, annotations: Value) -> anyhow::Result<()> {
+    let patch = json!({"metadata": {"annotations": annotations}});
+    cluster
+        .merge_patch(Resource::VariantAutoscalings, NS, name_of(va), patch, false)
+        .await?;
+    Ok(())
+}
+
+/// A Service `name` selecting the pods labelled `app: app`.
+async fn service_selecting(
+    cluster: &Cluster,
+    name: &str,
+    app: &str,
+    port: u16,
+) -> anyhow::Result<()> {
+    let service = json!({"metadata": {"name": name},
+        "spec": {"selector": {"app": app}, "ports": [{"port": port}]}});
+    cluster
+        .create(Resource::Services, Some(NS), service)
+        .await?;
+    Ok(())
+}
+
+/// Gives pod `name` an IP and its Ready condition, as the kubelet would.
+async fn running_at(cluster: &Cluster, name: &str, ip: &str, ready: bool) -> anyhow::Result<()> {
+    let ready = if ready { "True" } else { "False" };
+    let status = json!({"status": {"podIP": ip,
+        "conditions": [{"type": "Ready", "status": ready}]}});
+    cluster
+        .merge_patch(Resource::Pods, NS, name, status, true)
+        .await?;
+    Ok(())
+}
+
 /// Awaits the VariantAutoscaling `CHAT` satisfying `pred`.
 async fn va_where(
     cluster: &Cluster,
@@ -844,38 +879,22 @@ async fn a_variant_annotated_for_pod_scraping_is_driven_by_its_services_ready_po
     let aggregator = cluster.start_aggregator("wva-0", &[])?;
     let va = cluster.variant_autoscaling(NS, CHAT, CHAT, MODEL).await?;
     let port = a.port().to_string();
-    let annotations = json!({"metadata": {"annotations": {
+    let annotations = json!({
         "wva.llmd.ai/metrics-source": "pod-scraping",
         "wva.llmd.ai/metrics-service": "chat-metrics",
         "wva.llmd.ai/metrics-port": port,
-    }}});
-    cluster
-        .merge_patch(
-            Resource::VariantAutoscalings,
-            NS,
-            name_of(&va),
-            annotations,
-            false,
-        )
-        .await?;
-    let service = json!({"metadata": {"name": "chat-metrics"},
-        "spec": {"selector": {"app": CHAT}, "ports": [{"port": 8000}]}});
-    cluster
-        .create(Resource::Services, Some(NS), service)
-        .await?;
+    });
+    annotate(&cluster, &va, annotations).await?;
+    service_selecting(&cluster, "chat-metrics", CHAT, 8000).await?;
     let Workload { replica_set, pod } = workload(&cluster, "chat-a", 2).await?;
     let other = cluster.pod(&replica_set, "chat-b").await?;
     let unready = cluster.pod(&replica_set, "chat-c").await?;
     for (pod, ip, ready) in [
-        (&pod, "127.0.0.2", "True"),
-        (&other, "127.0.0.3", "True"),
-        (&unready, "127.0.0.4", "False"),
+        (&pod, "127.0.0.2", true),
+        (&other, "127.0.0.3", true),
+        (&unready, "127.0.0.4", false),
     ] {
-        let status = json!({"status": {"podIP": ip,
-            "conditions": [{"type": "Ready", "status": ready}]}});
-        cluster
-            .merge_patch(Resource::Pods, NS, name_of(pod), status, true)
-            .await?;
+        running_at(&cluster, name_of(pod), ip, ready).await?;
     }
 
     // No agent runs: the Ready pods behind the Service are scraped directly.
@@ -906,32 +925,16 @@ async fn requests_queued_at_a_scraped_endpoint_picker_bring_a_model_back_from_ze
     let aggregator = cluster.start_aggregator("wva-0", &["--poll-interval", "300ms"])?;
     cluster.deployment(NS, CHAT, 0, 0).await?;
     let va = cluster.variant_autoscaling(NS, CHAT, CHAT, MODEL).await?;
-    let annotations = json!({"metadata": {"annotations": {
+    let annotations = json!({
         "wva.llmd.ai/epp-service": "gateway-epp",
         "wva.llmd.ai/epp-metrics-port": epp.port().to_string(),
-    }}});
-    cluster
-        .merge_patch(
-            Resource::VariantAutoscalings,
-            NS,
-            name_of(&va),
-            annotations,
-            false,
-        )
-        .await?;
-    let service = json!({"metadata": {"name": "gateway-epp"},
-        "spec": {"selector": {"app": "gateway-epp"}, "ports": [{"port": 9090}]}});
-    cluster
-        .create(Resource::Services, Some(NS), service)
-        .await?;
+    });
+    annotate(&cluster, &va, annotations).await?;
+    service_selecting(&cluster, "gateway-epp", "gateway-epp", 9090).await?;
     let pod = json!({"metadata": {"name": "gateway-epp-0", "labels": {"app": "gateway-epp"}},
         "spec": {"containers": [{"name": "epp", "image": "epp"}]}});
     cluster.create(Resource::Pods, Some(NS), pod).await?;
-    let status = json!({"status": {"podIP": "127.0.0.5",
-        "conditions": [{"type": "Ready", "status": "True"}]}});
-    cluster
-        .merge_patch(Resource::Pods, NS, "gateway-epp-0", status, true)
-        .await?;
+    running_at(&cluster, "gateway-epp-0", "127.0.0.5", true).await?;
 
     decision_where(aggregator.metrics, "the idle model at zero", |d| {
         d["desiredReplicas"] == 0
