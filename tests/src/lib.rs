@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod cluster;
+pub mod controlplane;
 pub mod prometheus;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,29 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+
+/// The workspace's root directory.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A tool installed by `scripts/fetch-tools` (`helm`, `kubectl`), or the
+/// binary named by `env` (e.g. `WVA_HELM`). A missing tool fails the test: a
+/// skipped chart or cluster test would pass a broken chart.
+pub fn tool(name: &str, env: &str) -> PathBuf {
+    let path = std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/tools").join(name));
+    assert!(
+        path.is_file(),
+        "{name} not found at {}: run scripts/fetch-tools (or set {env} to a {name} binary)",
+        path.display()
+    );
+    path
+}
 
 /// Path of a workspace binary, built by `cargo build --workspace --bins`.
 pub fn bin(name: &str) -> PathBuf {

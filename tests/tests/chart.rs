@@ -9,12 +9,13 @@
 //! configuration code, and the RBAC rules are compared with the permissions
 //! table of docs/kubernetes.md.
 //!
-//! helm comes from `scripts/fetch-helm` (into `target/tools/helm`), or from
-//! `$WVA_HELM`.
+//! helm comes from `scripts/fetch-tools` (into `target/tools/helm`), or from
+//! `$WVA_HELM`. The same chart installed into a real API server is tested in
+//! `control_plane.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
@@ -30,6 +31,7 @@ use k8s_openapi::serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use wva_aggregator::config::{params, saturation, scale_to_zero};
 use wva_aggregator::webhook::injection::InjectionConfig;
+use wva_e2e::{tool, workspace};
 
 const RELEASE: &str = "wva";
 const NAMESPACE: &str = "wva-system";
@@ -40,13 +42,6 @@ const MAIN_CONFIG_MAP: &str = "workload-variant-autoscaler-variantautoscaling-co
 const SATURATION_CONFIG_MAP: &str = "saturation-scaling-config";
 const SCALE_TO_ZERO_CONFIG_MAP: &str = "model-scale-to-zero-config";
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
 fn chart_dir() -> PathBuf {
     workspace().join("charts/wva")
 }
@@ -56,18 +51,8 @@ fn read(relative: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The helm binary. Missing helm fails the tests: a skipped chart test would
-/// pass a broken chart.
 fn helm() -> PathBuf {
-    let path = std::env::var_os("WVA_HELM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/tools/helm"));
-    assert!(
-        path.is_file(),
-        "helm not found at {}: run scripts/fetch-helm (or set WVA_HELM to a helm binary)",
-        path.display()
-    );
-    path
+    tool("helm", "WVA_HELM")
 }
 
 /// `--set`/`--set-json` arguments for `values`: entries starting with

@@ -11,7 +11,7 @@
 //! injection code injects.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::{HorizontalPodAutoscaler, HorizontalPodAutoscalerBehavior};
@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use wva_aggregator::k8s::crd;
 use wva_aggregator::variants;
 use wva_aggregator::webhook::injection::{self, InjectionConfig, Outcome, Scope};
+use wva_e2e::workspace;
 
 /// The metric the HPA and KEDA samples read, and WVA's legacy name of it.
 const DESIRED: &str = "wva_desired_replicas";
@@ -42,13 +43,6 @@ const WALK_DOCS: &[&str] = &[
     "docs/injection.md",
     "docs/troubleshooting.md",
 ];
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
 
 fn read(relative: &str) -> String {
     let path = workspace().join(relative);
