@@ -1,0 +1,751 @@
+//! A local node for the real control plane: what a kubelet and a container
+//! runtime do, for the pods wva's tests run, with the project's own binaries
+//! as the containers.
+//!
+//! The node registers itself, renews its Lease, binds the pending pods of the
+//! namespaces it serves (no scheduler runs) and runs each bound pod:
+//!
+//! - **Containers are processes.** An image naming `wva-aggregator`,
+//!   `wva-agent` or `vllm` runs that binary (`vllm-sim` for vLLM) with the
+//!   container's arguments and environment; a pod with any other image is
+//!   left pending. Native sidecars (init containers with `restartPolicy:
+//!   Always`) start with the others.
+//! - **Each pod has its own address** in the test pod network
+//!   (198.18.0.0/15, see [`pod_network`]), from a /24 of the node's own. A pod's containers share one
+//!   network namespace in a cluster, so in their arguments and environment
+//!   `0.0.0.0`, `127.0.0.1` and `localhost` stand for the pod's address.
+//! - **Volumes are files**: ConfigMaps and Secrets written out, projected
+//!   service-account tokens obtained from the TokenRequest API bound to the
+//!   pod with their audience and expiry, and paths under a mount rewritten to
+//!   the files. Every process also gets `KUBECONFIG` with a token of the
+//!   pod's ServiceAccount, where a kubelet would mount it for in-cluster
+//!   configuration.
+//! - **Status as a kubelet reports it**: Running with the pod's address at
+//!   start, Ready once every readiness probe (HTTP GET) answers 2xx.
+//! - **Deletion**: a pod marked for deletion has its processes stopped
+//!   (SIGTERM, then SIGKILL) and is then removed, as a kubelet finishes a
+//!   graceful delete.
+//!
+//! Not modelled: restarts, liveness probes, resource limits, cluster DNS
+//! (tests give addresses, not Service names) and ClusterIPs.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, EnvVar, Node, Pod, PodSpec, Secret, Volume,
+};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::watcher;
+use serde_json::json;
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+use crate::bin;
+use crate::controlplane::ControlPlane;
+
+/// The test pod network: RFC 2544's benchmarking range, routed to loopback
+/// inside the tests' own network namespace (`scripts/test-network`), so
+/// every address in it is local, and unlike loopback addresses the API
+/// server accepts them in Endpoints and EndpointSlices.
+pub const POD_NETWORK: &str = "198.18.0.0/15";
+
+/// Fails unless the pod network is local here, saying how to get it.
+pub fn pod_network() -> anyhow::Result<()> {
+    let probe = std::net::TcpListener::bind((Ipv4Addr::new(198, 18, 0, 1), 0));
+    if probe.is_err() {
+        bail!(
+            "the test pod network {POD_NETWORK} is not routed to loopback here: run the tests \
+             through scripts/test, or as scripts/test-network cargo test …, which give them a \
+             network namespace of their own"
+        );
+    }
+    Ok(())
+}
+
+/// Nodes started by one test process take subnets 198.18.1.0/24,
+/// 198.18.2.0/24, … of the pod network, so tests running side by side never
+/// share an address.
+static NEXT_SUBNET: AtomicU8 = AtomicU8::new(1);
+/// How long a pod's processes get between SIGTERM and SIGKILL.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// A running local node; dropping it stops every pod's processes.
+pub struct LocalNode {
+    pub name: String,
+    state: Arc<State>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct State {
+    name: String,
+    client: kube::Client,
+    server: String,
+    ca: String,
+    dir: PathBuf,
+    namespaces: Vec<String>,
+    /// The third octet of this node's addresses.
+    subnet: u8,
+    next_ip: Mutex<u8>,
+    pods: Mutex<BTreeMap<String, RunningPod>>,
+}
+
+/// One pod's processes, by uid.
+struct RunningPod {
+    namespace: String,
+    name: String,
+    ip: IpAddr,
+    children: Vec<(String, Child)>,
+}
+
+impl LocalNode {
+    /// Registers node `name` and starts running the pods of `namespaces`.
+    pub async fn start(
+        plane: &ControlPlane,
+        name: &str,
+        namespaces: &[&str],
+    ) -> anyhow::Result<LocalNode> {
+        pod_network()?;
+        let client = plane.client().await?;
+        let kubeconfig = kube::config::Kubeconfig::read_from(plane.kubeconfig())?;
+        let ca = kubeconfig
+            .clusters
+            .first()
+            .and_then(|c| c.cluster.as_ref())
+            .and_then(|c| c.certificate_authority_data.clone())
+            .context("kubeconfig without CA")?;
+        let dir = plane.dir().join("node").join(name);
+        std::fs::create_dir_all(&dir)?;
+        let state = Arc::new(State {
+            name: name.into(),
+            client: client.clone(),
+            server: plane.server()?,
+            ca,
+            dir,
+            namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+            subnet: NEXT_SUBNET.fetch_add(1, Ordering::Relaxed),
+            next_ip: Mutex::new(0),
+            pods: Mutex::default(),
+        });
+        register(&client, name, state.node_ip()).await?;
+        let heartbeat = tokio::spawn(heartbeat(client.clone(), name.to_string()));
+        let pods = tokio::spawn(run_pods(state.clone()));
+        Ok(LocalNode {
+            name: name.into(),
+            state,
+            tasks: vec![heartbeat, pods],
+        })
+    }
+
+    /// The address the node gives the first pod it runs.
+    pub fn first_pod_ip(&self) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(198, 18, self.state.subnet, 1))
+    }
+
+    /// The address of pod `namespace/name`, while it runs here.
+    pub fn pod_ip(&self, namespace: &str, name: &str) -> Option<IpAddr> {
+        let pods = self.state.pods.lock().unwrap_or_else(|p| p.into_inner());
+        pods.values()
+            .find(|p| p.namespace == namespace && p.name == name)
+            .map(|p| p.ip)
+    }
+
+    /// Kills pod `namespace/name`'s processes at once (SIGKILL), as a node
+    /// crash would; the pod object stays as it was.
+    pub async fn crash(&self, namespace: &str, name: &str) -> anyhow::Result<()> {
+        let pod = {
+            let mut pods = self.state.pods.lock().unwrap_or_else(|p| p.into_inner());
+            let uid = pods
+                .iter()
+                .find(|(_, p)| p.namespace == namespace && p.name == name)
+                .map(|(uid, _)| uid.clone())
+                .with_context(|| format!("pod {namespace}/{name} does not run here"))?;
+            pods.remove(&uid)
+        };
+        for (_, mut child) in pod.into_iter().flat_map(|p| p.children) {
+            let _ = child.kill().await;
+        }
+        Ok(())
+    }
+
+    /// A file of a volume of pod `namespace/name`, as its containers see it.
+    pub fn volume_file(&self, namespace: &str, name: &str, volume: &str, file: &str) -> PathBuf {
+        self.state
+            .dir
+            .join(format!("{namespace}_{name}"))
+            .join("volumes")
+            .join(volume)
+            .join(file)
+    }
+
+    /// The log of container `container` of pod `namespace/name`.
+    pub fn log(&self, namespace: &str, name: &str, container: &str) -> String {
+        let path = self
+            .state
+            .dir
+            .join(format!("{namespace}_{name}"))
+            .join(format!("{container}.log"));
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+}
+
+impl Drop for LocalNode {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        // Children are killed on drop.
+        self.state
+            .pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+fn rfc3339(micros: bool) -> String {
+    let now = SystemTime::now();
+    if micros {
+        humantime::format_rfc3339_micros(now).to_string()
+    } else {
+        humantime::format_rfc3339_seconds(now).to_string()
+    }
+}
+
+impl State {
+    /// The node's own address (its InternalIP).
+    fn node_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, self.subnet, 254)
+    }
+}
+
+async fn register(client: &kube::Client, name: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let now = rfc3339(false);
+    let node = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "wva test node is posting ready status",
+                "lastHeartbeatTime": now, "lastTransitionTime": now}],
+            "addresses": [{"type": "InternalIP", "address": ip.to_string()},
+                          {"type": "Hostname", "address": name}],
+            "capacity": {"cpu": "64", "memory": "256Gi", "pods": "250"},
+            "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "250"},
+        },
+    }))?;
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .with_context(|| format!("register node {name}"))?;
+    Ok(())
+}
+
+/// Renews the node's Lease every 10 s, as a kubelet does, so the node
+/// lifecycle controller keeps it Ready.
+async fn heartbeat(client: kube::Client, name: String) {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client, "kube-node-lease");
+    loop {
+        let lease = json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name},
+            "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": rfc3339(true)},
+        });
+        if let Err(e) = leases
+            .patch(
+                &name,
+                &PatchParams::apply("wva-test-node").force(),
+                &Patch::Apply(&lease),
+            )
+            .await
+        {
+            eprintln!("local node {name}: lease renewal failed: {e}");
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+async fn run_pods(state: Arc<State>) {
+    let pods: Api<Pod> = Api::all(state.client.clone());
+    let mut events = std::pin::pin!(watcher(pods, watcher::Config::default()));
+    while let Some(event) = events.next().await {
+        let pod = match event {
+            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => pod,
+            Ok(watcher::Event::Delete(pod)) => {
+                stop(&state, &pod).await;
+                continue;
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                eprintln!("local node {}: pod watch: {e}", state.name);
+                continue;
+            }
+        };
+        if let Err(e) = reconcile(&state, &pod).await {
+            eprintln!(
+                "local node {}: pod {}/{}: {e:#}",
+                state.name,
+                pod.metadata.namespace.as_deref().unwrap_or_default(),
+                pod.metadata.name.as_deref().unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn ident(pod: &Pod) -> (String, String, String) {
+    let meta = &pod.metadata;
+    let text = |s: &Option<String>| s.clone().unwrap_or_default();
+    (text(&meta.namespace), text(&meta.name), text(&meta.uid))
+}
+
+async fn reconcile(state: &Arc<State>, pod: &Pod) -> anyhow::Result<()> {
+    let (namespace, name, uid) = ident(pod);
+    if !state.namespaces.contains(&namespace) {
+        return Ok(());
+    }
+    let spec = pod.spec.as_ref().context("pod without spec")?;
+    match spec.node_name.as_deref() {
+        None => {
+            if pod.metadata.deletion_timestamp.is_none() && runnable(spec) {
+                bind(state, &namespace, &name).await?;
+            }
+            return Ok(());
+        }
+        Some(node) if node != state.name => return Ok(()),
+        Some(_) => {}
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        stop(state, pod).await;
+        let pods: Api<Pod> = Api::namespaced(state.client.clone(), &namespace);
+        let force = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        // Already gone is fine: the watch will say so.
+        let _ = pods.delete(&name, &force).await;
+        return Ok(());
+    }
+    let running = state
+        .pods
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains_key(&uid);
+    let finished = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Succeeded" || p == "Failed");
+    if running || finished {
+        return Ok(());
+    }
+    start(state, pod).await
+}
+
+/// The program a container's image stands for.
+fn program(container: &Container) -> Option<&'static str> {
+    let image = container.image.as_deref().unwrap_or_default();
+    ["wva-aggregator", "wva-agent"]
+        .into_iter()
+        .find(|p| image.contains(p))
+        .or_else(|| image.contains("vllm").then_some("vllm-sim"))
+}
+
+fn containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
+    let sidecars = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    sidecars.chain(spec.containers.iter())
+}
+
+fn runnable(spec: &PodSpec) -> bool {
+    let plain_init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .any(|c| c.restart_policy.as_deref() != Some("Always"));
+    !plain_init && containers(spec).all(|c| program(c).is_some())
+}
+
+async fn bind(state: &State, namespace: &str, name: &str) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(state.client.clone(), namespace);
+    let binding = json!({
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": name},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": state.name},
+    });
+    pods.create_subresource::<_, serde_json::Value>(
+        "binding",
+        name,
+        &PostParams::default(),
+        &binding,
+    )
+    .await
+    .context("bind")?;
+    Ok(())
+}
+
+/// The next pod address: 198.18.<subnet>.1, .2, …
+fn allocate(state: &State) -> anyhow::Result<IpAddr> {
+    let mut next = state.next_ip.lock().unwrap_or_else(|p| p.into_inner());
+    *next = next
+        .checked_add(1)
+        .filter(|n| *n < 254)
+        .context("the node has run 253 pods: its subnet is full")?;
+    Ok(IpAddr::V4(Ipv4Addr::new(198, 18, state.subnet, *next)))
+}
+
+/// Files standing for a pod's volumes, and how paths map onto them.
+struct Mounts {
+    /// (mount path in the container, local path)
+    paths: Vec<(String, PathBuf)>,
+}
+
+impl Mounts {
+    fn rewrite(&self, value: &str, ip: IpAddr) -> String {
+        let mut value = self
+            .paths
+            .iter()
+            .find_map(|(mount, local)| {
+                let rest = value.strip_prefix(mount.as_str())?;
+                Some(format!("{}{rest}", local.display()))
+            })
+            .unwrap_or_else(|| value.to_string());
+        for host in ["0.0.0.0", "127.0.0.1", "localhost"] {
+            value = value.replace(host, &ip.to_string());
+        }
+        value
+    }
+}
+
+async fn start(state: &Arc<State>, pod: &Pod) -> anyhow::Result<()> {
+    let (namespace, name, uid) = ident(pod);
+    let spec = pod.spec.as_ref().context("pod without spec")?;
+    let ip = allocate(state)?;
+    let pod_dir = state.dir.join(format!("{namespace}_{name}"));
+    std::fs::create_dir_all(&pod_dir)?;
+    let account = spec.service_account_name.as_deref().unwrap_or("default");
+    let volumes = write_volumes(state, pod, &pod_dir).await?;
+    let kubeconfig = pod_dir.join("kubeconfig");
+    let token = pod_token(state, &namespace, &name, &uid, account, None, 3600).await?;
+    write_kubeconfig(state, &kubeconfig, account, &token)?;
+
+    let mut children = Vec::new();
+    for container in containers(spec) {
+        let mounts = Mounts {
+            paths: container
+                .volume_mounts
+                .iter()
+                .flatten()
+                .filter_map(|m| {
+                    let local = volumes.get(&m.name)?;
+                    Some((m.mount_path.clone(), local.clone()))
+                })
+                .collect(),
+        };
+        let program = program(container).context("unrunnable container")?;
+        let mut command = Command::new(bin(program));
+        command.env_clear().env("KUBECONFIG", &kubeconfig).env(
+            "RUST_LOG",
+            std::env::var("WVA_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+        for env in container.env.iter().flatten() {
+            command.env(
+                &env.name,
+                mounts.rewrite(&env_value(state, pod, ip, env)?, ip),
+            );
+        }
+        command.args(
+            container
+                .args
+                .iter()
+                .flatten()
+                .map(|a| mounts.rewrite(a, ip)),
+        );
+        if program == "vllm-sim" {
+            command.args(["--host", &ip.to_string()]);
+        }
+        let log = std::fs::File::create(pod_dir.join(format!("{}.log", container.name)))?;
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .with_context(|| format!("start container {}", container.name))?;
+        children.push((container.name.clone(), child));
+    }
+    state.pods.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        uid.clone(),
+        RunningPod {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            ip,
+            children,
+        },
+    );
+    report(state, &namespace, &name, ip, false).await?;
+    tokio::spawn(await_ready(state.clone(), pod.clone(), ip));
+    Ok(())
+}
+
+/// An environment variable's value as the kubelet resolves it.
+fn env_value(state: &State, pod: &Pod, ip: IpAddr, env: &EnvVar) -> anyhow::Result<String> {
+    if let Some(value) = &env.value {
+        return Ok(value.clone());
+    }
+    let field = env
+        .value_from
+        .as_ref()
+        .and_then(|f| f.field_ref.as_ref())
+        .with_context(|| format!("env {}: only values and fieldRefs are supported", env.name))?;
+    let meta = &pod.metadata;
+    let spec = pod.spec.as_ref();
+    let value = match field.field_path.as_str() {
+        "metadata.name" => meta.name.clone(),
+        "metadata.namespace" => meta.namespace.clone(),
+        "metadata.uid" => meta.uid.clone(),
+        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()),
+        "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()),
+        "status.podIP" => Some(ip.to_string()),
+        "status.hostIP" => Some(state.node_ip().to_string()),
+        other => bail!("env {}: fieldRef {other} is not supported", env.name),
+    };
+    Ok(value.unwrap_or_default())
+}
+
+/// Writes each volume the pod's containers mount; returns volume → directory.
+async fn write_volumes(
+    state: &State,
+    pod: &Pod,
+    pod_dir: &Path,
+) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let (namespace, name, uid) = ident(pod);
+    let spec = pod.spec.as_ref().context("pod without spec")?;
+    let account = spec.service_account_name.as_deref().unwrap_or("default");
+    let mut written = BTreeMap::new();
+    for volume in spec.volumes.iter().flatten() {
+        let dir = pod_dir.join("volumes").join(&volume.name);
+        std::fs::create_dir_all(&dir)?;
+        for (file, content) in volume_files(state, &namespace, volume).await? {
+            std::fs::write(dir.join(file), content)?;
+        }
+        for projection in volume
+            .projected
+            .iter()
+            .flat_map(|p| p.sources.iter().flatten())
+        {
+            if let Some(token) = &projection.service_account_token {
+                let seconds = token.expiration_seconds.unwrap_or(3600);
+                let text = pod_token(
+                    state,
+                    &namespace,
+                    &name,
+                    &uid,
+                    account,
+                    token.audience.as_deref(),
+                    seconds,
+                )
+                .await?;
+                std::fs::write(dir.join(&token.path), text)?;
+            }
+        }
+        written.insert(volume.name.clone(), dir);
+    }
+    Ok(written)
+}
+
+/// The files of a ConfigMap or Secret volume.
+async fn volume_files(
+    state: &State,
+    namespace: &str,
+    volume: &Volume,
+) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    if let Some(source) = &volume.config_map {
+        let maps: Api<ConfigMap> = Api::namespaced(state.client.clone(), namespace);
+        let map = maps.get(&source.name).await?;
+        return Ok(map
+            .data
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect());
+    }
+    if let Some(source) = &volume.secret {
+        let name = source
+            .secret_name
+            .as_deref()
+            .context("secret volume without name")?;
+        let secrets: Api<Secret> = Api::namespaced(state.client.clone(), namespace);
+        let secret = secrets.get(name).await?;
+        return Ok(secret
+            .data
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k, v.0))
+            .collect());
+    }
+    Ok(Vec::new())
+}
+
+/// A token of ServiceAccount `account` bound to the pod, for `audience`
+/// (the API server's own when `None`).
+async fn pod_token(
+    state: &State,
+    namespace: &str,
+    pod: &str,
+    uid: &str,
+    account: &str,
+    audience: Option<&str>,
+    seconds: i64,
+) -> anyhow::Result<String> {
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(state.client.clone(), namespace);
+    let request = serde_json::from_value(json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {
+            "audiences": audience.into_iter().collect::<Vec<_>>(),
+            "expirationSeconds": seconds,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid},
+        },
+    }))?;
+    let answer = accounts
+        .create_token_request(account, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("token for {namespace}/{account}"))?;
+    Ok(answer.status.context("TokenRequest without status")?.token)
+}
+
+fn write_kubeconfig(state: &State, path: &Path, account: &str, token: &str) -> anyhow::Result<()> {
+    let config = format!(
+        "apiVersion: v1\nkind: Config\n\
+         clusters:\n- name: wva-test\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
+         users:\n- name: {account}\n  user:\n    token: {token}\n\
+         contexts:\n- name: wva-test\n  context: {{cluster: wva-test, user: {account}}}\n\
+         current-context: wva-test\n",
+        server = state.server,
+        ca = state.ca,
+    );
+    std::fs::write(path, config)?;
+    Ok(())
+}
+
+/// Patches the pod's status: Running at `ip`, Ready or not.
+async fn report(
+    state: &State,
+    namespace: &str,
+    name: &str,
+    ip: IpAddr,
+    ready: bool,
+) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(state.client.clone(), namespace);
+    let now = rfc3339(false);
+    let ready = if ready { "True" } else { "False" };
+    let condition = |type_: &str, status: &str| json!({"type": type_, "status": status, "lastTransitionTime": now});
+    let status = json!({"status": {
+        "phase": "Running",
+        "hostIP": state.node_ip().to_string(),
+        "hostIPs": [{"ip": state.node_ip().to_string()}],
+        "podIP": ip.to_string(),
+        "podIPs": [{"ip": ip.to_string()}],
+        "startTime": now,
+        "conditions": [
+            condition("PodScheduled", "True"),
+            condition("Initialized", "True"),
+            condition("ContainersReady", ready),
+            condition("Ready", ready),
+        ],
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Strategic(&status))
+        .await
+        .context("report status")?;
+    Ok(())
+}
+
+/// Polls the pod's readiness probes (HTTP GET) until all answer 2xx, then
+/// reports it Ready. Ends when the pod stops running here.
+async fn await_ready(state: Arc<State>, pod: Pod, ip: IpAddr) {
+    let (namespace, name, uid) = ident(&pod);
+    let probes: Vec<(u16, String)> = pod
+        .spec
+        .iter()
+        .flat_map(containers)
+        .filter_map(|c| {
+            let get = c.readiness_probe.as_ref()?.http_get.as_ref()?;
+            let port = match &get.port {
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p) => *p,
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(named) => {
+                    c.ports
+                        .iter()
+                        .flatten()
+                        .find(|p| p.name.as_deref() == Some(named))?
+                        .container_port
+                }
+            };
+            Some((
+                u16::try_from(port).ok()?,
+                get.path.clone().unwrap_or("/".into()),
+            ))
+        })
+        .collect();
+    loop {
+        if !state
+            .pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&uid)
+        {
+            return;
+        }
+        let mut ready = true;
+        for (port, path) in &probes {
+            let answer = crate::http_get((ip, *port).into(), path).await;
+            ready &= matches!(answer, Ok((status, _)) if (200..300).contains(&status));
+        }
+        if ready {
+            if let Err(e) = report(&state, &namespace, &name, ip, true).await {
+                eprintln!("local node {}: pod {namespace}/{name}: {e:#}", state.name);
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Stops the pod's processes: SIGTERM, then SIGKILL after [`GRACE`].
+async fn stop(state: &State, pod: &Pod) {
+    let (_, _, uid) = ident(pod);
+    let running = state
+        .pods
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&uid);
+    for (_, mut child) in running.into_iter().flat_map(|p| p.children) {
+        if let Some(pid) = child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        if tokio::time::timeout(GRACE, child.wait()).await.is_err() {
+            let _ = child.kill().await;
+        }
+    }
+}
