@@ -61,6 +61,28 @@ impl ControlPlane {
         Ok(ControlPlane { dir })
     }
 
+    /// Stops one component (`etcd`, `kube-apiserver`,
+    /// `kube-controller-manager`) and starts it again; returns once
+    /// kube-apiserver is ready again.
+    pub async fn restart(&self, component: &str) -> anyhow::Result<()> {
+        let output = Command::new(workspace().join("scripts/cluster"))
+            .arg("restart")
+            .arg(self.dir.path())
+            .arg(component)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .context("run scripts/cluster restart")?;
+        if !output.status.success() {
+            bail!(
+                "scripts/cluster restart {component} failed ({}):\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -1,8 +1,9 @@
 //! The Helm chart (`charts/wva`), rendered by a real helm binary and checked
 //! object by object.
 //!
-//! No API server can run here, so the rendered objects are checked the way
-//! one would read them: each Kubernetes object is deserialized into its
+//! Offline, the rendered objects are checked the way one would read them
+//! (the same chart installed into a real API server is tested in
+//! `control_plane.rs`): each Kubernetes object is deserialized into its
 //! k8s-openapi type and serialized back, and must come back unchanged (a
 //! misspelled or misplaced field is dropped on the way and shows as a
 //! difference). The ConfigMaps are parsed by the aggregator's own
@@ -10,8 +11,7 @@
 //! table of docs/kubernetes.md.
 //!
 //! helm comes from `scripts/fetch-tools` (into `target/tools/helm`), or from
-//! `$WVA_HELM`. The same chart installed into a real API server is tested in
-//! `control_plane.rs`.
+//! `$WVA_HELM`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;

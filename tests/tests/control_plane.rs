@@ -25,7 +25,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio::process::Command;
 use wva_e2e::cluster::{PodAgent, condition};
@@ -155,6 +155,14 @@ fn variant_autoscaling(name: &str, target: &str) -> Value {
 /// controllers make its ReplicaSet and Pods, the webhook injects the agent,
 /// the local node runs `vllm-sim` for the vLLM container.
 fn vllm_deployment(name: &str, replicas: i32) -> Value {
+    vllm_deployment_with(name, replicas, &[])
+}
+
+/// [`vllm_deployment`] with more arguments for the vLLM container (the
+/// simulator's, such as [`SLOW_DECODING_SIM`]).
+fn vllm_deployment_with(name: &str, replicas: i32, extra: &[&str]) -> Value {
+    let mut args = vec!["--model", MODEL, "--port", "8000"];
+    args.extend(extra);
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -167,7 +175,7 @@ fn vllm_deployment(name: &str, replicas: i32) -> Value {
                 "spec": {"containers": [{
                     "name": "vllm",
                     "image": "vllm/vllm-openai:v0.11.0",
-                    "args": ["--model", MODEL, "--port", "8000"],
+                    "args": args,
                     "ports": [{"name": "http", "containerPort": 8000}],
                     "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 5},
                 }]},
@@ -701,6 +709,19 @@ async fn deployments_run_with_injected_agents_and_their_variant_settles() -> any
         row.contains(&MODEL) && row.contains(&"L4") && row.contains(&"True"),
         "{table}"
     );
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .context("a header")?
+        .split_whitespace()
+        .collect();
+    let quickstart = std::fs::read_to_string(workspace().join("docs/quickstart.md"))?;
+    assert!(
+        quickstart
+            .lines()
+            .any(|l| l.split_whitespace().eq(header.iter().copied())),
+        "docs/quickstart.md shows the columns kubectl prints: {header:?}"
+    );
 
     // Everything above was done with the chart's permissions and no more.
     assert_no_forbidden_request(&plane)?;
@@ -870,5 +891,200 @@ async fn a_follower_takes_the_real_lease_over_from_a_crashed_leader() -> anyhow:
     let lease = leases.get("wva-aggregator-leader").await?;
     assert_eq!(lease.spec.and_then(|s| s.lease_transitions), Some(1));
     assert_no_forbidden_request(&plane)?;
+    Ok(())
+}
+
+/// The Events about `kind` `name` in `namespace`: (type, reason, note).
+async fn events_about(
+    client: &kube::Client,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+) -> anyhow::Result<Vec<(String, String, String)>> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), namespace);
+    let list = events.list(&ListParams::default()).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name))
+        })
+        .map(|e| {
+            let text = |s: Option<String>| s.unwrap_or_default();
+            (text(e.type_), text(e.reason), text(e.note))
+        })
+        .collect())
+}
+
+/// Merge-patches the data of the chart's ConfigMap `name`.
+async fn patch_config_map(client: &kube::Client, name: &str, data: Value) -> anyhow::Result<()> {
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), SYSTEM);
+    maps.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"data": data})),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn configuration_changes_apply_live_and_a_static_change_is_rejected() -> anyhow::Result<()> {
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    let (node, replicas) = wva_on_a_node(&plane, 1).await?;
+    let aggregator = &replicas[0];
+    patch_config_map(
+        &client,
+        "saturation-scaling-config",
+        json!({"default": "kvCacheThreshold: 0.8\nkvSpareTrigger: 0.1\n"}),
+    )
+    .await?;
+    plane.create(&variant_autoscaling(CHAT, CHAT)).await?;
+    plane
+        .create(&vllm_deployment_with(CHAT, 1, &SLOW_DECODING_SIM))
+        .await?;
+    let pod = controller_pods(&client, CHAT, 1).await?.remove(0);
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let sim: SocketAddr = (
+        node.pod_ip(NS, &pod_name).context("the pod's address")?,
+        8000,
+    )
+        .into();
+    va_where(&client, "one desired replica with fresh metrics", |va| {
+        desired_in_status(va) == Some(1)
+            && has_condition(va, "MetricsAvailable", "True", "MetricsFound")
+    })
+    .await?;
+    // ~40% of the sim's KV cache, held for the whole test: below 0.8.
+    let _request = hold_completion(sim, MODEL, 400, 500).await?;
+
+    // The same load saturates a replica at a 0.3 threshold.
+    patch_config_map(
+        &client,
+        "saturation-scaling-config",
+        json!({"default": "kvCacheThreshold: 0.3\nkvSpareTrigger: 0.1\n"}),
+    )
+    .await?;
+    va_where(&client, "two desired replicas in status", |va| {
+        desired_in_status(va) == Some(2)
+    })
+    .await?;
+
+    // A static parameter cannot change while running: an Event says so and
+    // the aggregator goes on as it started.
+    patch_config_map(
+        &client,
+        "workload-variant-autoscaler-variantautoscaling-config",
+        json!({"WVA_SCALE_TO_ZERO": "true"}),
+    )
+    .await?;
+    let rejected = eventually(WITHIN, "the rejection event", || async {
+        let events = events_about(
+            &client,
+            SYSTEM,
+            "ConfigMap",
+            "workload-variant-autoscaler-variantautoscaling-config",
+        )
+        .await?;
+        Ok(events
+            .into_iter()
+            .find(|(_, r, _)| r == "ImmutableConfigChangeRejected"))
+    })
+    .await?;
+    assert_eq!(rejected.0, "Warning");
+    assert!(rejected.2.contains("WVA_SCALE_TO_ZERO"), "{}", rejected.2);
+    assert_eq!(http_get(aggregator.metrics, "/healthz").await?.0, 200);
+    assert_eq!(
+        leader(&client).await?.as_deref(),
+        Some(aggregator.pod.as_str())
+    );
+    assert_no_forbidden_request(&plane)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_controller_resumes_after_kube_apiserver_restarts() -> anyhow::Result<()> {
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    let (_node, replicas) = wva_on_a_node(&plane, 1).await?;
+    let metrics = replicas[0].metrics;
+    plane.create(&variant_autoscaling(CHAT, CHAT)).await?;
+    plane.create(&vllm_deployment(CHAT, 1)).await?;
+    va_where(&client, "one ready replica reporting", |va| {
+        va["status"]["currentAlloc"]["numReplicas"] == 1
+            && has_condition(va, "MetricsAvailable", "True", "MetricsFound")
+    })
+    .await?;
+
+    plane.restart("kube-apiserver").await?;
+    // Every watch broke; a change made after the restart must still reach
+    // the status: the Deployment scaled to two (by hand, as a user would).
+    let client = plane.client().await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    deployments
+        .patch(
+            CHAT,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 2}})),
+        )
+        .await?;
+    let va = va_where(&client, "two replicas reporting after the restart", |va| {
+        va["status"]["currentAlloc"]["numReplicas"] == 2
+            && condition(va, "MetricsAvailable").is_some_and(|(s, _, m)| {
+                s == "True" && m == "all 2 ready replicas report fresh metrics"
+            })
+    })
+    .await?;
+    assert_eq!(va["status"]["desiredOptimizedAlloc"]["accelerator"], "L4");
+    eventually(WITHIN, "both agents streaming", || async move {
+        Ok((scalar(metrics, "wva_connected_agents").await? == 2.0).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn pods_are_admitted_without_the_agent_when_opted_out_or_the_webhook_is_down()
+-> anyhow::Result<()> {
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    let (node, replicas) = wva_on_a_node(&plane, 1).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let bare = |name: &str, annotations: Value| -> anyhow::Result<Pod> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai:v0.11.0",
+                                     "args": ["--model", MODEL]}]},
+        }))?)
+    };
+    let sidecars = |pod: &Pod| -> Vec<String> {
+        pod.spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .map(|c| c.name.clone())
+            .collect()
+    };
+    let injected = pods
+        .create(&PostParams::default(), &bare("in", json!({}))?)
+        .await?;
+    assert_eq!(sidecars(&injected), ["wva-agent"]);
+    let opted_out = bare("out", json!({"wva.llmd.ai/inject-agent": "false"}))?;
+    let opted_out = pods.create(&PostParams::default(), &opted_out).await?;
+    assert_eq!(sidecars(&opted_out), Vec::<String>::new());
+
+    // The webhook's only replica crashes: pods are still admitted (Ignore),
+    // without waiting for the call's timeout, and without the agent.
+    node.crash(SYSTEM, &replicas[0].pod).await?;
+    let started = Instant::now();
+    let admitted = pods
+        .create(&PostParams::default(), &bare("while-down", json!({}))?)
+        .await?;
+    let took = started.elapsed();
+    assert_eq!(sidecars(&admitted), Vec::<String>::new());
+    assert!(took < Duration::from_secs(5), "admission waited {took:?}");
     Ok(())
 }
