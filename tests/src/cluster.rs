@@ -247,7 +247,7 @@ impl Cluster {
     }
 
     /// Writes `token` to a file in the cluster's directory.
-    pub fn token_file(&self, file: &str, token: &str) -> anyhow::Result<PathBuf> {
+    fn token_file(&self, file: &str, token: &str) -> anyhow::Result<PathBuf> {
         let path = self.dir.join(file);
         std::fs::write(&path, token).with_context(|| format!("write {}", path.display()))?;
         Ok(path)

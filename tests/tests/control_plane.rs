@@ -723,11 +723,93 @@ async fn deployments_run_with_injected_agents_and_their_variant_settles() -> any
         "docs/quickstart.md shows the columns kubectl prints: {header:?}"
     );
 
+    // Steady state: analyses go on (one per sample), the status is not
+    // written again.
+    let writes = status_writes(&plane, CHAT)?;
+    assert!(
+        writes >= 2,
+        "status written by the ServiceAccount: {writes}"
+    );
+    let runs = scalar(metrics, "wva_analysis_runs_total").await?;
+    eventually(WITHIN, "ten more analyses", || async move {
+        Ok((scalar(metrics, "wva_analysis_runs_total").await? >= runs + 10.0).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        status_writes(&plane, CHAT)?,
+        writes,
+        "unchanged analyses write nothing"
+    );
+
+    // c. The Deployment is deleted (the garbage collector takes its
+    // ReplicaSet and pods, the node stops them): the decision is withdrawn,
+    // the VariantAutoscaling stays.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    deployments
+        .delete(CHAT, &DeleteParams::background())
+        .await?;
+    let va = va_where(&client, "the deleted Deployment in status", |va| {
+        has_condition(va, "Ready", "False", "DeploymentNotFound")
+    })
+    .await?;
+    assert_condition(
+        &va,
+        "Ready",
+        (
+            "False",
+            "DeploymentNotFound",
+            "Target deployment 'chat' no longer exists",
+        ),
+    );
+    assert_condition(
+        &va,
+        "TargetResolved",
+        ("False", "TargetNotFound", "Deployment 'chat' not found"),
+    );
+    assert_eq!(desired_in_status(&va), None, "{}", va["status"]);
+    eventually(WITHIN, "the gauge withdrawn", || async move {
+        Ok(desired_gauge(metrics).await?.is_none().then_some(()))
+    })
+    .await?;
+    controller_pods(&client, CHAT, 0).await?;
+
+    // d. The Deployment comes back: new pods, injected, and the variant
+    // settles again by itself.
+    plane.create(&vllm_deployment(CHAT, 1)).await?;
+    let va = va_where(&client, "the recreated Deployment in status", |va| {
+        has_condition(va, "Ready", "True", "TargetReady")
+            && has_condition(va, "MetricsAvailable", "True", "MetricsFound")
+            && desired_in_status(va) == Some(1)
+    })
+    .await?;
+    assert_condition(
+        &va,
+        "OptimizationReady",
+        (
+            "True",
+            "OptimizationSucceeded",
+            "desired 1 replicas (steady)",
+        ),
+    );
+    eventually(
+        WITHIN,
+        "wva_desired_replicas of chat again",
+        || async move { Ok(desired_gauge(metrics).await?.filter(|v| *v == 1.0)) },
+    )
+    .await?;
+
     // Everything above was done with the chart's permissions and no more.
     assert_no_forbidden_request(&plane)?;
-    let audit = plane.audit()?;
+    drop(node);
+    Ok(())
+}
+
+/// How many status writes of VariantAutoscaling `name` the chart's
+/// ServiceAccount has made, from the API server's audit log.
+fn status_writes(plane: &ControlPlane, name: &str) -> anyhow::Result<usize> {
     let user = service_account_user(SYSTEM, SERVICE_ACCOUNT);
-    let status_writes = audit
+    Ok(plane
+        .audit()?
         .iter()
         .filter(|e| {
             e.user.username == user
@@ -736,15 +818,10 @@ async fn deployments_run_with_injected_agents_and_their_variant_settles() -> any
                 && e.object_ref.as_ref().is_some_and(|o| {
                     o.resource == "variantautoscalings"
                         && o.subresource.as_deref() == Some("status")
+                        && o.name.as_deref() == Some(name)
                 })
         })
-        .count();
-    assert!(
-        status_writes >= 2,
-        "status written by the ServiceAccount: {status_writes}"
-    );
-    drop(node);
-    Ok(())
+        .count())
 }
 
 #[tokio::test]
@@ -764,7 +841,8 @@ async fn bound_tokens_speak_only_for_their_own_live_pod() -> anyhow::Result<()> 
     let before = refusals(metrics).await?;
 
     // Pod a's genuine token (as the node projected it), presented by a
-    // stream claiming to be pod b.
+    // stream claiming to be pod b: refused, counted, and the honest streams
+    // go on.
     let name = |p: &Pod| p.metadata.name.clone().unwrap_or_default();
     let a_token = node.volume_file(NS, &name(a), "wva-agent-token", "token");
     let a_sim: SocketAddr = (node.pod_ip(NS, &name(a)).context("a's address")?, 8000).into();
@@ -784,14 +862,52 @@ async fn bound_tokens_speak_only_for_their_own_live_pod() -> anyhow::Result<()> 
     std::fs::write(&wrong_audience_file, wrong_audience)?;
     let _stranger =
         PodAgent::of(&b_value, Some(&wrong_audience_file), a_sim, &url, MODEL).start()?;
+    // A made-up token, and no token at all.
+    let forged_file = dir.path().join("forged.token");
+    std::fs::write(&forged_file, "eyJhbGciOiJSUzI1NiJ9.forged.sig")?;
+    let _forger = PodAgent::of(&b_value, Some(&forged_file), a_sim, &url, MODEL).start()?;
+    let _anonymous = PodAgent::of(&b_value, None, a_sim, &url, MODEL).start()?;
     let before_ref = &before;
-    let refused = eventually(WITHIN, "two refusals", || async move {
-        let new = new_refusals(before_ref, refusals(metrics).await?);
-        Ok((new.len() >= 2).then_some(new))
+    let refused = eventually(WITHIN, "four refusals", || async move {
+        let now = refusals(metrics).await?;
+        let grown = |reason: &str| {
+            now.get(reason).copied().unwrap_or(0.0) - before_ref.get(reason).copied().unwrap_or(0.0)
+        };
+        let counts = [
+            grown("no_token"),
+            grown("pod_mismatch"),
+            grown("token_invalid"),
+        ];
+        let done = counts[0] >= 1.0 && counts[1] >= 1.0 && counts[2] >= 2.0;
+        Ok(done.then(|| new_refusals(before_ref, now)))
     })
     .await?;
-    assert_eq!(refused, ["pod_mismatch", "token_invalid"]);
+    assert_eq!(refused, ["no_token", "pod_mismatch", "token_invalid"]);
     assert_eq!(scalar(metrics, "wva_connected_agents").await?, 2.0);
+    let mut honest = vec![name(a), name(b)];
+    honest.sort();
+    let honest_ref = &honest;
+    eventually(
+        WITHIN,
+        "only the honest pods in the analysis",
+        || async move {
+            let decision = decisions(metrics)
+                .await?
+                .into_iter()
+                .find(|d| d["variant"]["name"] == CHAT);
+            Ok(decision.filter(|d| {
+                let mut pods: Vec<String> = d["inputs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i["pod"].as_str().map(String::from))
+                    .collect();
+                pods.sort();
+                d["data"] == "fresh" && pods == *honest_ref
+            }))
+        },
+    )
+    .await?;
 
     // Pod a is deleted (its ReplicaSet replaces it): its token dies with it.
     let a_token_text = std::fs::read_to_string(&a_token)?;
@@ -949,11 +1065,11 @@ async fn configuration_changes_apply_live_and_a_static_change_is_rejected() -> a
         .await?;
     let pod = controller_pods(&client, CHAT, 1).await?.remove(0);
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
-    let sim: SocketAddr = (
-        node.pod_ip(NS, &pod_name).context("the pod's address")?,
-        8000,
-    )
-        .into();
+    let ip = eventually(WITHIN, "the pod running on the node", || async {
+        Ok(node.pod_ip(NS, &pod_name))
+    })
+    .await?;
+    let sim: SocketAddr = (ip, 8000).into();
     va_where(&client, "one desired replica with fresh metrics", |va| {
         desired_in_status(va) == Some(1)
             && has_condition(va, "MetricsAvailable", "True", "MetricsFound")
@@ -973,6 +1089,25 @@ async fn configuration_changes_apply_live_and_a_static_change_is_rejected() -> a
         desired_in_status(va) == Some(2)
     })
     .await?;
+    let metrics = aggregator.metrics;
+    eventually(WITHIN, "wva_desired_replicas of chat at 2", || async move {
+        Ok(desired_gauge(metrics).await?.filter(|v| *v == 2.0))
+    })
+    .await?;
+    let up = eventually(WITHIN, "the scale-up Event", || async {
+        let events = va_events(&client).await?;
+        Ok(events
+            .into_iter()
+            .find(|(_, r, _)| r == "DesiredReplicasIncreased"))
+    })
+    .await?;
+    assert!(up.2.starts_with("desired replicas 1 → 2 ("), "{up:?}");
+    let scaled = metric(metrics, "wva_replica_scaling_total").await?;
+    let scaled: Vec<(&str, &str, f64)> = scaled
+        .iter()
+        .map(|(l, v)| (l["direction"].as_str(), l["reason"].as_str(), *v))
+        .collect();
+    assert_eq!(scaled, [("up", "saturation", 1.0)]);
 
     // A static parameter cannot change while running: an Event says so and
     // the aggregator goes on as it started.
