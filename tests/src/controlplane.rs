@@ -10,6 +10,7 @@
 //! did and was refused from the API server's audit log
 //! ([`ControlPlane::audit`]).
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -43,21 +44,14 @@ impl ControlPlane {
             .prefix("wva-cluster-")
             .tempdir()
             .context("create the cluster directory")?;
-        let output = Command::new(workspace().join("scripts/cluster"))
-            .arg("up")
-            .arg(dir.path())
-            .args(["--owner", &std::process::id().to_string()])
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .context("run scripts/cluster up")?;
-        if !output.status.success() {
-            bail!(
-                "scripts/cluster up failed ({}):\n{}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
+        let owner = std::process::id().to_string();
+        let up = [
+            OsStr::new("up"),
+            dir.path().as_os_str(),
+            OsStr::new("--owner"),
+            OsStr::new(&owner),
+        ];
+        cluster_script(&up).await?;
         Ok(ControlPlane { dir })
     }
 
@@ -65,21 +59,29 @@ impl ControlPlane {
     /// `kube-controller-manager`) and starts it again; returns once
     /// kube-apiserver is ready again.
     pub async fn restart(&self, component: &str) -> anyhow::Result<()> {
-        let output = Command::new(workspace().join("scripts/cluster"))
-            .arg("restart")
-            .arg(self.dir.path())
-            .arg(component)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .context("run scripts/cluster restart")?;
-        if !output.status.success() {
-            bail!(
-                "scripts/cluster restart {component} failed ({}):\n{}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
+        let restart = [
+            OsStr::new("restart"),
+            self.dir().as_os_str(),
+            OsStr::new(component),
+        ];
+        cluster_script(&restart).await
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) to one component's processes.
+    pub async fn signal(&self, component: &str, signal: &str) -> anyhow::Result<()> {
+        let pids = std::fs::read_to_string(self.dir().join("pids"))?;
+        let pid = pids
+            .lines()
+            .find_map(|line| {
+                let (pid, name) = line.split_once(' ')?;
+                (name == component).then_some(pid)
+            })
+            .with_context(|| format!("no {component} runs in {}", self.dir().display()))?;
+        let status = Command::new("kill")
+            .args(["-s", signal, "--", &format!("-{pid}")])
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill -s {signal} {component}: {status}");
         Ok(())
     }
 
@@ -255,6 +257,25 @@ impl Drop for ControlPlane {
             );
         }
     }
+}
+
+/// Runs `scripts/cluster ARGS…`; fails with its own message.
+async fn cluster_script(args: &[&OsStr]) -> anyhow::Result<()> {
+    let output = Command::new(workspace().join("scripts/cluster"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("run scripts/cluster")?;
+    if !output.status.success() {
+        bail!(
+            "scripts/cluster {} failed ({}):\n{}",
+            args.join(OsStr::new(" ")).to_string_lossy(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// A client for the kubeconfig at `path`.

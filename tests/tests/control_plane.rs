@@ -234,23 +234,9 @@ fn desired_in_status(va: &Value) -> Option<i64> {
     va["status"]["desiredOptimizedAlloc"]["numReplicas"].as_i64()
 }
 
-/// The Events (events.k8s.io) about VariantAutoscaling `CHAT`: (type, reason, note).
+/// The Events about VariantAutoscaling `CHAT`: (type, reason, note).
 async fn va_events(client: &kube::Client) -> anyhow::Result<Vec<(String, String, String)>> {
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
-    let list = events.list(&ListParams::default()).await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.regarding.as_ref().is_some_and(|r| {
-                r.kind.as_deref() == Some("VariantAutoscaling") && r.name.as_deref() == Some(CHAT)
-            })
-        })
-        .map(|e| {
-            let text = |s: Option<String>| s.unwrap_or_default();
-            (text(e.type_), text(e.reason), text(e.note))
-        })
-        .collect())
+    events_about(client, NS, "VariantAutoscaling", CHAT).await
 }
 
 /// The series of `wva_desired_replicas` for `CHAT`, if published.
@@ -262,20 +248,30 @@ async fn desired_gauge(metrics: SocketAddr) -> anyhow::Result<Option<f64>> {
         .map(|(_, v)| v))
 }
 
-/// A pod made by the ReplicaSet controller for Deployment `name`.
+/// The pods the ReplicaSet controller made for Deployment `name`, once
+/// there are `count` (not being deleted).
 async fn controller_pods(
     client: &kube::Client,
     name: &str,
     count: usize,
 ) -> anyhow::Result<Vec<Pod>> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let what = format!("{count} pods of Deployment {name}");
+    live_pods(client, NS, &format!("app={name}"), count).await
+}
+
+/// The pods of `namespace` matching `selector`, once there are `count` (not
+/// being deleted).
+async fn live_pods(
+    client: &kube::Client,
+    namespace: &str,
+    selector: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let what = format!("{count} pods {selector} in {namespace}");
     eventually(WITHIN, &what, || {
         let pods = pods.clone();
         async move {
-            let list = pods
-                .list(&ListParams::default().labels(&format!("app={name}")))
-                .await?;
+            let list = pods.list(&ListParams::default().labels(selector)).await?;
             let live: Vec<Pod> = list
                 .items
                 .into_iter()
@@ -375,34 +371,17 @@ async fn the_chart_installs_upgrades_and_uninstalls() -> anyhow::Result<()> {
         &helm(&plane, &["uninstall", RELEASE]).await?,
         "helm uninstall",
     )?;
-    let left = kubectl(
-        &plane,
-        &[
-            "get",
-            "deployments,services,configmaps,serviceaccounts,roles,rolebindings",
-            "-n",
-            SYSTEM,
-            "-l",
-            "app.kubernetes.io/instance=wva",
-            "-o",
-            "name",
-        ],
-    )
-    .await?;
-    assert_eq!(left.trim(), "", "left behind by the uninstall");
-    let cluster_scoped = kubectl(
-        &plane,
-        &[
-            "get",
-            "clusterroles,clusterrolebindings,mutatingwebhookconfigurations",
-            "-l",
-            "app.kubernetes.io/instance=wva",
-            "-o",
-            "name",
-        ],
-    )
-    .await?;
-    assert_eq!(cluster_scoped.trim(), "", "left behind by the uninstall");
+    let release = "app.kubernetes.io/instance=wva";
+    let namespaced = "deployments,services,configmaps,serviceaccounts,roles,rolebindings";
+    let cluster_scoped = "clusterroles,clusterrolebindings,mutatingwebhookconfigurations";
+    for (kinds, namespace) in [(namespaced, SYSTEM), (cluster_scoped, "")] {
+        let mut args = vec!["get", kinds, "-l", release, "-o", "name"];
+        if !namespace.is_empty() {
+            args.extend(["-n", namespace]);
+        }
+        let left = kubectl(&plane, &args).await?;
+        assert_eq!(left.trim(), "", "left behind by the uninstall");
+    }
     crd_established(&plane).await?;
     Ok(())
 }
@@ -501,29 +480,30 @@ async fn replicas(
     client: &kube::Client,
     count: usize,
 ) -> anyhow::Result<Vec<Replica>> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM);
-    let what = format!("{count} aggregator replicas running");
-    eventually(WITHIN, &what, || {
-        let pods = pods.clone();
-        async move {
-            let list = pods
-                .list(&ListParams::default().labels("app.kubernetes.io/component=aggregator"))
-                .await?;
-            let running: Vec<Replica> = list
-                .items
-                .iter()
-                .filter_map(|p| {
-                    let name = p.metadata.name.clone()?;
-                    let ip = node.pod_ip(SYSTEM, &name)?;
-                    Some(Replica {
-                        pod: name,
-                        grpc: (ip, 9443).into(),
-                        metrics: (ip, 8080).into(),
-                    })
+    let pods = live_pods(
+        client,
+        SYSTEM,
+        "app.kubernetes.io/component=aggregator",
+        count,
+    )
+    .await?;
+    let names: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    eventually(WITHIN, "the aggregator replicas running", || {
+        let running: Option<Vec<Replica>> = names
+            .iter()
+            .map(|name| {
+                let ip = node.pod_ip(SYSTEM, name)?;
+                Some(Replica {
+                    pod: name.clone(),
+                    grpc: (ip, 9443).into(),
+                    metrics: (ip, 8080).into(),
                 })
-                .collect();
-            Ok((running.len() == count).then_some(running))
-        }
+            })
+            .collect();
+        async move { Ok(running) }
     })
     .await
 }
@@ -549,14 +529,21 @@ async fn webhook_ca(plane: &ControlPlane) -> anyhow::Result<String> {
     .await
 }
 
-/// A cluster with the chart installed (`replicas` aggregators, run by the
-/// local node together with the pods of `NS`) and its CA published.
-async fn wva_on_a_node(
-    plane: &ControlPlane,
-    replicas_wanted: usize,
-) -> anyhow::Result<(LocalNode, Vec<Replica>)> {
+/// A control plane with the chart installed, its aggregator replicas run
+/// by the local node (together with the pods of `NS`) and its webhook
+/// reachable. Destructure it in this order, so the node stops its processes
+/// before the control plane goes.
+struct Wva {
+    plane: ControlPlane,
+    client: kube::Client,
+    node: LocalNode,
+    replicas: Vec<Replica>,
+}
+
+async fn wva_on_a_node(replicas_wanted: usize) -> anyhow::Result<Wva> {
+    let plane = ControlPlane::start().await?;
     let client = plane.client().await?;
-    let node = LocalNode::start(plane, "wva-local", &[SYSTEM, NS]).await?;
+    let node = LocalNode::start(&plane, "wva-local", &[SYSTEM, NS]).await?;
     // The chart is installed before anything else runs on the node: its
     // first replica gets the node's first address.
     let first = node.first_pod_ip();
@@ -564,14 +551,14 @@ async fn wva_on_a_node(
     let address = format!("injection.agent.aggregatorAddress=http://{first}:9443");
     let mut values = TEST_VALUES.to_vec();
     values.extend([count.as_str(), address.as_str()]);
-    install_chart(plane, &values).await?;
+    install_chart(&plane, &values).await?;
     let running = replicas(&node, &client, replicas_wanted).await?;
     assert!(
         running.iter().any(|r| r.grpc.ip() == first),
         "the first replica is where the agents stream"
     );
     eventually(WITHIN, "the webhook's CA in its configuration", || async {
-        let bundle = webhook_ca(plane).await?;
+        let bundle = webhook_ca(&plane).await?;
         Ok((!bundle.trim().is_empty()).then_some(()))
     })
     .await?;
@@ -597,15 +584,23 @@ async fn wva_on_a_node(
         },
     )
     .await?;
-    create_namespace(plane, NS).await?;
-    Ok((node, running))
+    create_namespace(&plane, NS).await?;
+    Ok(Wva {
+        plane,
+        client,
+        node,
+        replicas: running,
+    })
 }
 
 #[tokio::test]
 async fn deployments_run_with_injected_agents_and_their_variant_settles() -> anyhow::Result<()> {
-    let plane = ControlPlane::start().await?;
-    let client = plane.client().await?;
-    let (node, replicas) = wva_on_a_node(&plane, 1).await?;
+    let Wva {
+        plane,
+        client,
+        node,
+        replicas,
+    } = wva_on_a_node(1).await?;
     let aggregator = &replicas[0];
 
     // a. The VariantAutoscaling comes first: its Deployment is reported missing.
@@ -826,9 +821,12 @@ fn status_writes(plane: &ControlPlane, name: &str) -> anyhow::Result<usize> {
 
 #[tokio::test]
 async fn bound_tokens_speak_only_for_their_own_live_pod() -> anyhow::Result<()> {
-    let plane = ControlPlane::start().await?;
-    let client = plane.client().await?;
-    let (node, replicas) = wva_on_a_node(&plane, 1).await?;
+    let Wva {
+        plane,
+        client,
+        node,
+        replicas,
+    } = wva_on_a_node(1).await?;
     let (metrics, url) = (replicas[0].metrics, replicas[0].url());
     plane.create(&variant_autoscaling(CHAT, CHAT)).await?;
     plane.create(&vllm_deployment(CHAT, 2)).await?;
@@ -977,9 +975,12 @@ fn new_refusals(before: &BTreeMap<String, f64>, now: BTreeMap<String, f64>) -> V
 
 #[tokio::test]
 async fn a_follower_takes_the_real_lease_over_from_a_crashed_leader() -> anyhow::Result<()> {
-    let plane = ControlPlane::start().await?;
-    let client = plane.client().await?;
-    let (node, replicas) = wva_on_a_node(&plane, 2).await?;
+    let Wva {
+        plane,
+        client,
+        node,
+        replicas,
+    } = wva_on_a_node(2).await?;
     let first = eventually(WITHIN, "a leader", || async { leader(&client).await }).await?;
     let follower = replicas
         .iter()
@@ -1049,9 +1050,12 @@ async fn patch_config_map(client: &kube::Client, name: &str, data: Value) -> any
 
 #[tokio::test]
 async fn configuration_changes_apply_live_and_a_static_change_is_rejected() -> anyhow::Result<()> {
-    let plane = ControlPlane::start().await?;
-    let client = plane.client().await?;
-    let (node, replicas) = wva_on_a_node(&plane, 1).await?;
+    let Wva {
+        plane,
+        client,
+        node,
+        replicas,
+    } = wva_on_a_node(1).await?;
     let aggregator = &replicas[0];
     patch_config_map(
         &client,
@@ -1143,9 +1147,12 @@ async fn configuration_changes_apply_live_and_a_static_change_is_rejected() -> a
 
 #[tokio::test]
 async fn the_controller_resumes_after_kube_apiserver_restarts() -> anyhow::Result<()> {
-    let plane = ControlPlane::start().await?;
-    let client = plane.client().await?;
-    let (_node, replicas) = wva_on_a_node(&plane, 1).await?;
+    let Wva {
+        plane,
+        client,
+        node: _node,
+        replicas,
+    } = wva_on_a_node(1).await?;
     let metrics = replicas[0].metrics;
     plane.create(&variant_autoscaling(CHAT, CHAT)).await?;
     plane.create(&vllm_deployment(CHAT, 1)).await?;
@@ -1185,9 +1192,12 @@ async fn the_controller_resumes_after_kube_apiserver_restarts() -> anyhow::Resul
 #[tokio::test]
 async fn pods_are_admitted_without_the_agent_when_opted_out_or_the_webhook_is_down()
 -> anyhow::Result<()> {
-    let plane = ControlPlane::start().await?;
-    let client = plane.client().await?;
-    let (node, replicas) = wva_on_a_node(&plane, 1).await?;
+    let Wva {
+        plane: _plane,
+        client,
+        node,
+        replicas,
+    } = wva_on_a_node(1).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let bare = |name: &str, annotations: Value| -> anyhow::Result<Pod> {
         Ok(serde_json::from_value(json!({
@@ -1221,5 +1231,55 @@ async fn pods_are_admitted_without_the_agent_when_opted_out_or_the_webhook_is_do
     let took = started.elapsed();
     assert_eq!(sidecars(&admitted), Vec::<String>::new());
     assert!(took < Duration::from_secs(5), "admission waited {took:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_the_api_server_steps_down_before_its_lease_expires()
+-> anyhow::Result<()> {
+    let Wva {
+        plane,
+        client,
+        node,
+        replicas,
+    } = wva_on_a_node(1).await?;
+    let metrics = replicas[0].metrics;
+    plane.create(&variant_autoscaling(CHAT, CHAT)).await?;
+    plane.create(&vllm_deployment(CHAT, 1)).await?;
+    eventually(WITHIN, "the leader's decision published", || async move {
+        Ok(desired_gauge(metrics).await?.filter(|v| *v == 1.0))
+    })
+    .await?;
+
+    // kube-apiserver stops answering (its connections stay open): the
+    // leader cannot renew, and must stop publishing before the Lease (3 s in
+    // the test values) could go to another replica.
+    plane.signal("kube-apiserver", "STOP").await?;
+    let paused = Instant::now();
+    let stepped_down = eventually(
+        Duration::from_secs(3),
+        "the leader to step down",
+        || async move {
+            Ok(desired_gauge(metrics)
+                .await?
+                .is_none()
+                .then(|| paused.elapsed()))
+        },
+    )
+    .await;
+    plane.signal("kube-apiserver", "CONT").await?;
+    let stepped_down = stepped_down?;
+    println!("stepped down {stepped_down:?} after kube-apiserver was paused");
+
+    // Once the API server answers again, it leads and publishes again.
+    eventually(WITHIN, "the decision published again", || async move {
+        Ok(desired_gauge(metrics).await?.filter(|v| *v == 1.0))
+    })
+    .await?;
+    assert_eq!(
+        leader(&client).await?.as_deref(),
+        Some(replicas[0].pod.as_str())
+    );
+    drop(node);
     Ok(())
 }

@@ -102,14 +102,27 @@ pub async fn run(
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     let mut observer = Observer::default();
     let mut last_renewed: Option<Instant> = None;
+    // tokio's clock (the same as std's, but one tests can pause).
+    let now = || tokio::time::Instant::now().into_std();
     loop {
-        let now = Instant::now();
-        match round(&api, &config, &mut observer, now).await {
-            Ok(true) => last_renewed = Some(now),
-            Ok(false) => last_renewed = None,
-            Err(e) => warn!(error = %e, lease = %config.name, "leader election round failed"),
+        let started = now();
+        // A round may not outlast the renew deadline: a leader whose API
+        // server stops answering steps down by then, not whenever (if ever)
+        // the call returns, so it is gone before anyone may take over.
+        let budget = match last_renewed {
+            Some(at) => (at + config.renew_deadline).saturating_duration_since(started),
+            None => config.renew_deadline,
+        };
+        let outcome = tokio::time::timeout(budget, round(&api, &config, &mut observer, started));
+        match outcome.await {
+            Ok(Ok(true)) => last_renewed = Some(started),
+            Ok(Ok(false)) => last_renewed = None,
+            Ok(Err(e)) => warn!(error = %e, lease = %config.name, "leader election round failed"),
+            Err(_) => {
+                warn!(lease = %config.name, ?budget, "leader election round did not finish within the renew deadline")
+            }
         }
-        let leads = last_renewed.is_some_and(|at| now.duration_since(at) < config.renew_deadline);
+        let leads = last_renewed.is_some_and(|at| now().duration_since(at) < config.renew_deadline);
         if !leads {
             last_renewed = None;
         }
@@ -426,5 +439,40 @@ mod api_tests {
         let later = t0 + Duration::from_secs(15);
         assert!(!round(&api, &config(), &mut observer, later).await.unwrap());
         server.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_api_server_stops_answering_steps_down_by_its_renew_deadline() {
+        let (client, mut handle) = scripted::client();
+        let (leading_tx, mut leading) = watch::channel(false);
+        let (_shutdown, shutdown) = watch::channel(false);
+        let election = tokio::spawn(run(client, config(), leading_tx, shutdown));
+        // The first round renews our Lease.
+        let (_, send) = handle.next_request().await.unwrap();
+        respond(send, StatusCode::OK, &lease_json("wva-0", "41"));
+        let (request, send) = handle.next_request().await.unwrap();
+        let renewed_at = tokio::time::Instant::now();
+        let replaced = json_body(request).await;
+        respond(send, StatusCode::OK, &replaced);
+        leading.wait_for(|leads| *leads).await.unwrap();
+        // From now on every request hangs, unanswered.
+        let hung = tokio::spawn(async move {
+            let mut unanswered = Vec::new();
+            while let Some(pending) = handle.next_request().await {
+                unanswered.push(pending);
+            }
+        });
+        // Another replica may take over once the lease duration has passed.
+        tokio::time::timeout(config().lease_duration, leading.wait_for(|leads| !*leads))
+            .await
+            .expect("still leading when another replica may take over")
+            .unwrap();
+        let stepped_down = renewed_at.elapsed();
+        assert!(
+            stepped_down <= config().renew_deadline,
+            "still leading {stepped_down:?} after the last renewal"
+        );
+        election.abort();
+        hung.abort();
     }
 }
