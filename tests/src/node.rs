@@ -14,6 +14,11 @@
 //!   (198.18.0.0/15, see [`pod_network`]), from a /24 of the node's own. A pod's containers share one
 //!   network namespace in a cluster, so in their arguments and environment
 //!   `0.0.0.0`, `127.0.0.1` and `localhost` stand for the pod's address.
+//! - **Cluster DNS for headless Services**: each pod's processes run in a
+//!   mount namespace of their own whose `/etc/hosts` names every headless
+//!   Service (`NAME.NAMESPACE.svc[.cluster.local]`) with its endpoints'
+//!   addresses as the pod starts: the ready ones, or all with
+//!   `publishNotReadyAddresses`, as cluster DNS answers.
 //! - **Volumes are files**: ConfigMaps and Secrets written out, projected
 //!   service-account tokens obtained from the TokenRequest API bound to the
 //!   pod with their audience and expiry, and paths under a mount rewritten to
@@ -26,8 +31,8 @@
 //!   (SIGTERM, then SIGKILL) and is then removed, as a kubelet finishes a
 //!   graceful delete.
 //!
-//! Not modelled: restarts, liveness probes, resource limits, cluster DNS
-//! (tests give addresses, not Service names) and ClusterIPs.
+//! Not modelled: restarts, liveness probes, resource limits, ClusterIPs
+//! and their DNS names, and DNS changes after a pod started.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -40,9 +45,10 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, EnvVar, Node, Pod, PodSpec, Secret, Volume,
+    ConfigMap, Container, EnvVar, Node, Pod, PodSpec, Secret, Service, Volume,
 };
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::watcher;
 use serde_json::json;
 use tokio::process::{Child, Command};
@@ -142,11 +148,6 @@ impl LocalNode {
             state,
             tasks: vec![heartbeat, pods],
         })
-    }
-
-    /// The address the node gives the first pod it runs.
-    pub fn first_pod_ip(&self) -> IpAddr {
-        IpAddr::V4(Ipv4Addr::new(198, 18, self.state.subnet, 1))
     }
 
     /// The address of pod `namespace/name`, while it runs here.
@@ -445,6 +446,9 @@ async fn start(state: &Arc<State>, pod: &Pod) -> anyhow::Result<()> {
     let token = pod_token(state, &namespace, &name, &uid, account, None, 3600).await?;
     write_kubeconfig(state, &kubeconfig, account, &token)?;
 
+    let hosts = pod_dir.join("hosts");
+    std::fs::write(&hosts, hosts_file(state).await?)?;
+
     let mut children = Vec::new();
     for container in containers(spec) {
         let mounts = Mounts {
@@ -459,7 +463,13 @@ async fn start(state: &Arc<State>, pod: &Pod) -> anyhow::Result<()> {
                 .collect(),
         };
         let program = program(container).context("unrunnable container")?;
-        let mut command = Command::new(bin(program));
+        // The pod's /etc/hosts, bind-mounted in a mount namespace of its own.
+        let mut command = Command::new("/usr/bin/unshare");
+        command
+            .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+            .arg(r#"/bin/mount --bind "$0" /etc/hosts && exec "$@""#)
+            .arg(&hosts)
+            .arg(bin(program));
         command.env_clear().env("KUBECONFIG", &kubeconfig).env(
             "RUST_LOG",
             std::env::var("WVA_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -503,6 +513,40 @@ async fn start(state: &Arc<State>, pod: &Pod) -> anyhow::Result<()> {
     report(state, &namespace, &name, ip, false).await?;
     tokio::spawn(await_ready(state.clone(), pod.clone(), ip));
     Ok(())
+}
+
+/// `/etc/hosts` with every headless Service's name and endpoint addresses.
+async fn hosts_file(state: &State) -> anyhow::Result<String> {
+    let services: Api<Service> = Api::all(state.client.clone());
+    let slices: Api<EndpointSlice> = Api::all(state.client.clone());
+    let slices = slices.list(&ListParams::default()).await?.items;
+    let mut hosts = String::from("127.0.0.1 localhost\n");
+    for service in services.list(&ListParams::default()).await?.items {
+        let Some(spec) = &service.spec else { continue };
+        if spec.cluster_ip.as_deref() != Some("None") {
+            continue;
+        }
+        let namespace = service.metadata.namespace.clone().unwrap_or_default();
+        let name = service.metadata.name.clone().unwrap_or_default();
+        let not_ready_too = spec.publish_not_ready_addresses == Some(true);
+        let owned = |slice: &&EndpointSlice| {
+            let labels = slice.metadata.labels.as_ref();
+            slice.metadata.namespace.as_deref() == Some(namespace.as_str())
+                && labels.and_then(|l| l.get("kubernetes.io/service-name")) == Some(&name)
+        };
+        for endpoint in slices.iter().filter(owned).flat_map(|s| &s.endpoints) {
+            let ready = endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(true);
+            if !(ready || not_ready_too) {
+                continue;
+            }
+            for address in &endpoint.addresses {
+                hosts.push_str(&format!(
+                    "{address} {name}.{namespace}.svc {name}.{namespace}.svc.cluster.local\n"
+                ));
+            }
+        }
+    }
+    Ok(hosts)
 }
 
 /// An environment variable's value as the kubelet resolves it.

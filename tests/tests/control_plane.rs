@@ -81,13 +81,8 @@ fn succeeded(output: &Output, what: &str) -> anyhow::Result<()> {
 }
 
 /// Values for a test installation: the tests' pace (fast analyses and
-/// elections). Agents stream to the first aggregator replica by address
-/// (see [`wva_on_a_node`]), since no cluster DNS resolves the headless
-/// Service here.
-const TEST_VALUES: [&str; 2] = [
-    "extraArgs={--min-analysis-interval,100ms,--staleness,3s,--lease-duration,3s,--renew-deadline,2s,--retry-period,300ms}",
-    "injection.agent.fanOut=false",
-];
+/// elections); everything else is the chart's default.
+const TEST_VALUES: &str = "extraArgs={--min-analysis-interval,100ms,--staleness,3s,--lease-duration,3s,--renew-deadline,2s,--retry-period,300ms}";
 
 /// `helm install wva charts/wva` into `wva-system` with `values` (`--set`).
 async fn install_chart(plane: &ControlPlane, values: &[&str]) -> anyhow::Result<()> {
@@ -544,19 +539,9 @@ async fn wva_on_a_node(replicas_wanted: usize) -> anyhow::Result<Wva> {
     let plane = ControlPlane::start().await?;
     let client = plane.client().await?;
     let node = LocalNode::start(&plane, "wva-local", &[SYSTEM, NS]).await?;
-    // The chart is installed before anything else runs on the node: its
-    // first replica gets the node's first address.
-    let first = node.first_pod_ip();
     let count = format!("replicas={replicas_wanted}");
-    let address = format!("injection.agent.aggregatorAddress=http://{first}:9443");
-    let mut values = TEST_VALUES.to_vec();
-    values.extend([count.as_str(), address.as_str()]);
-    install_chart(&plane, &values).await?;
+    install_chart(&plane, &[TEST_VALUES, &count]).await?;
     let running = replicas(&node, &client, replicas_wanted).await?;
-    assert!(
-        running.iter().any(|r| r.grpc.ip() == first),
-        "the first replica is where the agents stream"
-    );
     eventually(WITHIN, "the webhook's CA in its configuration", || async {
         let bundle = webhook_ca(&plane).await?;
         Ok((!bundle.trim().is_empty()).then_some(()))
@@ -583,6 +568,17 @@ async fn wva_on_a_node(replicas_wanted: usize) -> anyhow::Result<Wva> {
             }
         },
     )
+    .await?;
+    // Agents find every replica through the headless Service's endpoints.
+    let headless = "kubernetes.io/service-name=wva-headless";
+    eventually(WITHIN, "every replica behind the headless Service", || {
+        let slices = slices.clone();
+        async move {
+            let list = slices.list(&ListParams::default().labels(headless)).await?;
+            let addresses = list.items.iter().flat_map(|s| &s.endpoints).count();
+            Ok((addresses == replicas_wanted).then_some(()))
+        }
+    })
     .await?;
     create_namespace(&plane, NS).await?;
     Ok(Wva {
@@ -974,20 +970,72 @@ fn new_refusals(before: &BTreeMap<String, f64>, now: BTreeMap<String, f64>) -> V
 }
 
 #[tokio::test]
-async fn a_follower_takes_the_real_lease_over_from_a_crashed_leader() -> anyhow::Result<()> {
+async fn a_follower_takes_the_real_lease_over_from_a_crashed_leader_and_keeps_the_decision()
+-> anyhow::Result<()> {
     let Wva {
         plane,
         client,
         node,
         replicas,
     } = wva_on_a_node(2).await?;
+    // A steady load saturates the replica at this threshold: the decision
+    // (2) differs from the replica count (1), so a restart from scratch
+    // would show.
+    patch_config_map(
+        &client,
+        "saturation-scaling-config",
+        json!({"default": "kvCacheThreshold: 0.3\nkvSpareTrigger: 0.1\n"}),
+    )
+    .await?;
     let first = eventually(WITHIN, "a leader", || async { leader(&client).await }).await?;
+    let leading = replicas
+        .iter()
+        .find(|r| r.pod == first)
+        .context("the leader")?;
     let follower = replicas
         .iter()
         .find(|r| r.pod != first)
         .context("a follower")?;
-    assert_eq!(leader(&client).await?.as_deref(), Some(first.as_str()));
+    plane.create(&variant_autoscaling(CHAT, CHAT)).await?;
+    plane
+        .create(&vllm_deployment_with(CHAT, 1, &SLOW_DECODING_SIM))
+        .await?;
+    let pod = controller_pods(&client, CHAT, 1).await?.remove(0);
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let ip = eventually(WITHIN, "the pod running on the node", || async {
+        Ok(node.pod_ip(NS, &pod_name))
+    })
+    .await?;
+    let _request = hold_completion((ip, 8000).into(), MODEL, 400, 500).await?;
 
+    // The agent streams to both replicas (fan-out through the headless
+    // Service): both decide the same; only the leader publishes and writes.
+    va_where(&client, "the leader's decision in status", |va| {
+        desired_in_status(va) == Some(2)
+    })
+    .await?;
+    let (leader_metrics, follower_metrics) = (leading.metrics, follower.metrics);
+    eventually(WITHIN, "the leader's gauge", || async move {
+        Ok(desired_gauge(leader_metrics).await?.filter(|v| *v == 2.0))
+    })
+    .await?;
+    let pod_ref = &pod_name;
+    let followed = eventually(WITHIN, "the follower's own decision", || async move {
+        let decision = decisions(follower_metrics)
+            .await?
+            .into_iter()
+            .find(|d| d["variant"]["name"] == CHAT);
+        Ok(decision.filter(|d| d["desiredReplicas"] == 2 && d["inputs"][0]["pod"] == **pod_ref))
+    })
+    .await?;
+    assert_eq!(followed["data"], "fresh", "{followed}");
+    assert_eq!(
+        desired_gauge(follower_metrics).await?,
+        None,
+        "a follower publishes nothing"
+    );
+
+    // The leader's processes die without releasing the Lease.
     let crashed = Instant::now();
     node.crash(SYSTEM, &first).await?;
     let follower_pod = follower.pod.clone();
@@ -1004,6 +1052,24 @@ async fn a_follower_takes_the_real_lease_over_from_a_crashed_leader() -> anyhow:
         took >= Duration::from_secs(2),
         "taken before the lease expired: {took:?}"
     );
+    let seen = std::sync::Mutex::new(Vec::new());
+    let seen_ref = &seen;
+    eventually(WITHIN, "the new leader's series", || async move {
+        let value = desired_gauge(follower_metrics).await?;
+        seen_ref
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(value);
+        Ok(value.map(|_| ()))
+    })
+    .await?;
+    assert_eq!(
+        seen.into_inner().unwrap_or_else(|p| p.into_inner()),
+        [2.0],
+        "the new leader publishes the held decision"
+    );
+    let va = va(&client, CHAT).await?.context("the VariantAutoscaling")?;
+    assert_eq!(desired_in_status(&va), Some(2), "{}", va["status"]);
     let leases: Api<Lease> = Api::namespaced(client.clone(), SYSTEM);
     let lease = leases.get("wva-aggregator-leader").await?;
     assert_eq!(lease.spec.and_then(|s| s.lease_transitions), Some(1));
