@@ -1,32 +1,21 @@
-//! A cluster for end-to-end tests of Kubernetes mode: the API-server double,
-//! the objects wva watches (created as kubectl and the Deployment controller
-//! would), agents presenting their pod's token, and aggregators pointed at
-//! the double through a kubeconfig.
+//! The API-server double as a cluster for the webhook tests (`webhook.rs`):
+//! aggregators pointed at it through a kubeconfig, objects created as kubectl
+//! would. Also what both tiers share: an agent speaking for a pod
+//! ([`PodAgent`]) and reading a VariantAutoscaling's conditions.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::{Value, json};
 use tokio::process::Command;
 
-use crate::apiserver::{ApiServer, Resource, TokenIdentity};
+use crate::apiserver::{ApiServer, Resource};
 use crate::{AgentSpec, Proc, aggregator, free_addr, start_agent};
 
 /// Where the aggregator runs: its configuration ConfigMaps and its Lease live here.
 pub const SYSTEM_NAMESPACE: &str = "wva-system";
-/// The main configuration ConfigMap's default name.
-pub const MAIN_CONFIG_MAP: &str = "workload-variant-autoscaler-variantautoscaling-config";
-/// The saturation ConfigMap's default name.
-pub const SATURATION_CONFIG_MAP: &str = "saturation-scaling-config";
-/// The scale-to-zero ConfigMap's default name.
-pub const SCALE_TO_ZERO_CONFIG_MAP: &str = "model-scale-to-zero-config";
-/// The default leader Lease.
-pub const LEASE: &str = "wva-aggregator-leader";
-/// The accelerator every test VariantAutoscaling is labelled with.
-pub const ACCELERATOR: &str = "L4";
 /// What every agent claims as its variant: the aggregator must ignore it and
 /// take the pod's owning Deployment instead.
 pub const CLAIMED_VARIANT: &str = "claimed-by-the-agent";
@@ -41,12 +30,10 @@ pub const FAST_ELECTION: [&str; 6] = [
     "300ms",
 ];
 
-/// The double, a client acting like kubectl, and a directory for the
-/// kubeconfig and token files.
+/// The double, a client acting like kubectl, and the kubeconfig of both.
 pub struct Cluster {
     pub api: ApiServer,
     client: kube::Client,
-    dir: PathBuf,
     kubeconfig: PathBuf,
 }
 
@@ -58,7 +45,6 @@ impl Cluster {
         let cluster = Cluster {
             client: api.client(),
             api,
-            dir: dir.to_path_buf(),
             kubeconfig,
         };
         for name in std::iter::once(&SYSTEM_NAMESPACE).chain(namespaces) {
@@ -102,203 +88,9 @@ impl Cluster {
         Ok(serde_json::to_value(created)?)
     }
 
-    /// Merge-patches an object, or its status subresource.
-    pub async fn merge_patch(
-        &self,
-        resource: Resource,
-        namespace: &str,
-        name: &str,
-        patch: Value,
-        status: bool,
-    ) -> anyhow::Result<Value> {
-        let api = self.resource_api(resource, Some(namespace));
-        let (pp, patch) = (PatchParams::default(), Patch::Merge(&patch));
-        let patched = if status {
-            api.patch_status(name, &pp, &patch).await
-        } else {
-            api.patch(name, &pp, &patch).await
-        };
-        let patched = patched.with_context(|| format!("patch {} {name}", resource.kind()))?;
-        Ok(serde_json::to_value(patched)?)
-    }
-
-    pub async fn delete(
-        &self,
-        resource: Resource,
-        namespace: &str,
-        name: &str,
-    ) -> anyhow::Result<()> {
-        self.resource_api(resource, Some(namespace))
-            .delete(name, &DeleteParams::default())
-            .await
-            .with_context(|| format!("delete {} {name}", resource.kind()))?;
-        Ok(())
-    }
-
-    /// A VariantAutoscaling for `model` scaling Deployment `target`, on [`ACCELERATOR`].
-    pub async fn variant_autoscaling(
-        &self,
-        namespace: &str,
-        name: &str,
-        target: &str,
-        model: &str,
-    ) -> anyhow::Result<Value> {
-        let va = json!({
-            "metadata": {
-                "name": name,
-                "labels": { "inference.optimization/acceleratorName": ACCELERATOR },
-            },
-            "spec": {
-                "scaleTargetRef": { "kind": "Deployment", "name": target },
-                "modelID": model,
-                "variantCost": "10.0",
-            },
-        });
-        self.create(Resource::VariantAutoscalings, Some(namespace), va)
-            .await
-    }
-
-    /// A Deployment of `replicas` with `ready` of them ready.
-    pub async fn deployment(
-        &self,
-        namespace: &str,
-        name: &str,
-        replicas: i32,
-        ready: i32,
-    ) -> anyhow::Result<Value> {
-        let labels = json!({ "app": name });
-        let deployment = json!({
-            "metadata": { "name": name, "labels": labels },
-            "spec": {
-                "replicas": replicas,
-                "selector": { "matchLabels": labels },
-                "template": {
-                    "metadata": { "labels": labels },
-                    "spec": { "containers": [{ "name": "vllm", "image": "vllm/vllm-openai" }] },
-                },
-            },
-        });
-        self.create(Resource::Deployments, Some(namespace), deployment)
-            .await?;
-        self.set_ready_replicas(namespace, name, ready).await
-    }
-
-    /// Sets a Deployment's `status.readyReplicas`, as its controller would.
-    pub async fn set_ready_replicas(
-        &self,
-        namespace: &str,
-        name: &str,
-        ready: i32,
-    ) -> anyhow::Result<Value> {
-        let status = json!({ "status": { "readyReplicas": ready, "replicas": ready } });
-        self.merge_patch(Resource::Deployments, namespace, name, status, true)
-            .await
-    }
-
-    /// The ReplicaSet a Deployment controller would create for `deployment`.
-    pub async fn replica_set(&self, deployment: &Value) -> anyhow::Result<Value> {
-        let name = format!("{}-5d8f7", name_of(deployment));
-        let rs = json!({
-            "metadata": {
-                "name": name,
-                "ownerReferences": [owner(deployment, Resource::Deployments)],
-            },
-            "spec": {
-                "replicas": deployment["spec"]["replicas"],
-                "selector": deployment["spec"]["selector"],
-                "template": deployment["spec"]["template"],
-            },
-        });
-        self.create(Resource::ReplicaSets, namespace_of(deployment), rs)
-            .await
-    }
-
-    /// A Pod owned by `replica_set`, with its template's labels.
-    pub async fn pod(&self, replica_set: &Value, name: &str) -> anyhow::Result<Value> {
-        let pod = json!({
-            "metadata": {
-                "name": name,
-                "labels": replica_set["spec"]["template"]["metadata"]["labels"],
-                "ownerReferences": [owner(replica_set, Resource::ReplicaSets)],
-            },
-            "spec": replica_set["spec"]["template"]["spec"],
-        });
-        self.create(Resource::Pods, namespace_of(replica_set), pod)
-            .await
-    }
-
-    /// Mints `pod`'s projected service-account token for the aggregator's
-    /// audience and writes it to a file, as the kubelet mounts it.
-    pub fn pod_token(&self, pod: &Value) -> anyhow::Result<PathBuf> {
-        let name = name_of(pod);
-        let token = format!("token-{name}-{:016x}", rand::random::<u64>());
-        self.api.register_token(
-            &token,
-            TokenIdentity {
-                namespace: namespace_of(pod).unwrap_or_default().to_string(),
-                service_account: "default".into(),
-                pod_name: Some(name.to_string()),
-                pod_uid: Some(uid_of(pod).to_string()),
-                audiences: vec!["wva-aggregator".into()],
-                expires: None,
-            },
-        );
-        self.token_file(&format!("{name}.token"), &token)
-    }
-
-    /// Writes `token` to a file in the cluster's directory.
-    fn token_file(&self, file: &str, token: &str) -> anyhow::Result<PathBuf> {
-        let path = self.dir.join(file);
-        std::fs::write(&path, token).with_context(|| format!("write {}", path.display()))?;
-        Ok(path)
-    }
-
-    /// Creates or updates a ConfigMap in [`SYSTEM_NAMESPACE`] (server-side
-    /// apply: keys it does not name are kept).
-    pub async fn apply_config_map(
-        &self,
-        name: &str,
-        data: &[(&str, &str)],
-    ) -> anyhow::Result<Value> {
-        let data: BTreeMap<&str, &str> = data.iter().copied().collect();
-        let cm = json!({
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": { "name": name, "namespace": SYSTEM_NAMESPACE },
-            "data": data,
-        });
-        let applied = self
-            .resource_api(Resource::ConfigMaps, Some(SYSTEM_NAMESPACE))
-            .patch(name, &PatchParams::apply("e2e-test"), &Patch::Apply(&cm))
-            .await
-            .with_context(|| format!("apply ConfigMap {name}"))?;
-        Ok(serde_json::to_value(applied)?)
-    }
-
     /// An object as stored.
     pub fn get(&self, resource: Resource, namespace: Option<&str>, name: &str) -> Option<Value> {
         self.api.get(resource, namespace, name)
-    }
-
-    /// The VariantAutoscaling as stored.
-    pub fn va(&self, namespace: &str, name: &str) -> Option<Value> {
-        self.api
-            .get(Resource::VariantAutoscalings, Some(namespace), name)
-    }
-
-    /// The Events about one object, oldest first.
-    pub fn events_about(&self, namespace: &str, kind: &str, name: &str) -> Vec<EventSummary> {
-        self.api
-            .events(namespace)
-            .iter()
-            .filter(|e| e["regarding"]["kind"] == kind && e["regarding"]["name"] == name)
-            .map(|e| EventSummary {
-                type_: str_of(&e["type"]),
-                reason: str_of(&e["reason"]),
-                note: str_of(&e["note"]),
-                count: e["series"]["count"].as_u64().unwrap_or(1),
-            })
-            .collect()
     }
 
     /// The command line of an aggregator in Kubernetes mode, as replica
@@ -332,25 +124,6 @@ impl Cluster {
             metrics,
         })
     }
-
-    /// The holder of the leader Lease, if any.
-    pub fn leader(&self) -> Option<String> {
-        let lease = self
-            .api
-            .get(Resource::Leases, Some(SYSTEM_NAMESPACE), LEASE)?;
-        lease["spec"]["holderIdentity"].as_str().map(String::from)
-    }
-}
-
-/// One Event, reduced to what tests assert.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventSummary {
-    pub type_: String,
-    pub reason: String,
-    /// The note of the first occurrence: repeats (same type, reason and
-    /// object) only count up `series.count`, as client-go's recorder does.
-    pub note: String,
-    pub count: u64,
 }
 
 /// A running aggregator in Kubernetes mode.
@@ -418,18 +191,6 @@ impl PodAgent<'_> {
             extra: &extra,
         })
     }
-}
-
-/// An owner reference naming `object`, a `resource`, as the controller.
-fn owner(object: &Value, resource: Resource) -> Value {
-    json!({
-        "apiVersion": resource.api_version(),
-        "kind": resource.kind(),
-        "name": object["metadata"]["name"],
-        "uid": object["metadata"]["uid"],
-        "controller": true,
-        "blockOwnerDeletion": true,
-    })
 }
 
 pub fn name_of(object: &Value) -> &str {

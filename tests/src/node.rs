@@ -176,6 +176,19 @@ impl LocalNode {
         Ok(())
     }
 
+    /// The exit code of container `container` of pod `namespace/name`, once
+    /// its process has ended (`None` while it runs or if the pod is not
+    /// here; -1 for a signal).
+    pub fn exit_code(&self, namespace: &str, name: &str, container: &str) -> Option<i32> {
+        let mut pods = self.state.pods.lock().unwrap_or_else(|p| p.into_inner());
+        let pod = pods
+            .values_mut()
+            .find(|p| p.namespace == namespace && p.name == name)?;
+        let (_, child) = pod.children.iter_mut().find(|(c, _)| c == container)?;
+        let status = child.try_wait().ok()??;
+        Some(status.code().unwrap_or(-1))
+    }
+
     /// A file of a volume of pod `namespace/name`, as its containers see it.
     pub fn volume_file(&self, namespace: &str, name: &str, volume: &str, file: &str) -> PathBuf {
         self.state

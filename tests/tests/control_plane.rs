@@ -524,7 +524,8 @@ async fn webhook_ca(plane: &ControlPlane) -> anyhow::Result<String> {
     .await
 }
 
-/// A control plane with the chart installed, its aggregator replicas run
+/// A control plane with the chart installed (with [`TEST_VALUES`] and
+/// `values`), its aggregator replicas run
 /// by the local node (together with the pods of `NS`) and its webhook
 /// reachable. Destructure it in this order, so the node stops its processes
 /// before the control plane goes.
@@ -535,12 +536,14 @@ struct Wva {
     replicas: Vec<Replica>,
 }
 
-async fn wva_on_a_node(replicas_wanted: usize) -> anyhow::Result<Wva> {
+async fn wva_on_a_node(replicas_wanted: usize, values: &[&str]) -> anyhow::Result<Wva> {
     let plane = ControlPlane::start().await?;
     let client = plane.client().await?;
     let node = LocalNode::start(&plane, "wva-local", &[SYSTEM, NS]).await?;
     let count = format!("replicas={replicas_wanted}");
-    install_chart(&plane, &[TEST_VALUES, &count]).await?;
+    let mut all = vec![TEST_VALUES, count.as_str()];
+    all.extend(values);
+    install_chart(&plane, &all).await?;
     let running = replicas(&node, &client, replicas_wanted).await?;
     eventually(WITHIN, "the webhook's CA in its configuration", || async {
         let bundle = webhook_ca(&plane).await?;
@@ -596,7 +599,7 @@ async fn deployments_run_with_injected_agents_and_their_variant_settles() -> any
         client,
         node,
         replicas,
-    } = wva_on_a_node(1).await?;
+    } = wva_on_a_node(1, &[]).await?;
     let aggregator = &replicas[0];
 
     // a. The VariantAutoscaling comes first: its Deployment is reported missing.
@@ -822,7 +825,7 @@ async fn bound_tokens_speak_only_for_their_own_live_pod() -> anyhow::Result<()> 
         client,
         node,
         replicas,
-    } = wva_on_a_node(1).await?;
+    } = wva_on_a_node(1, &[]).await?;
     let (metrics, url) = (replicas[0].metrics, replicas[0].url());
     plane.create(&variant_autoscaling(CHAT, CHAT)).await?;
     plane.create(&vllm_deployment(CHAT, 2)).await?;
@@ -977,7 +980,7 @@ async fn a_follower_takes_the_real_lease_over_from_a_crashed_leader_and_keeps_th
         client,
         node,
         replicas,
-    } = wva_on_a_node(2).await?;
+    } = wva_on_a_node(2, &[]).await?;
     // A steady load saturates the replica at this threshold: the decision
     // (2) differs from the replica count (1), so a restart from scratch
     // would show.
@@ -1121,7 +1124,7 @@ async fn configuration_changes_apply_live_and_a_static_change_is_rejected() -> a
         client,
         node,
         replicas,
-    } = wva_on_a_node(1).await?;
+    } = wva_on_a_node(1, &[]).await?;
     let aggregator = &replicas[0];
     patch_config_map(
         &client,
@@ -1218,7 +1221,7 @@ async fn the_controller_resumes_after_kube_apiserver_restarts() -> anyhow::Resul
         client,
         node: _node,
         replicas,
-    } = wva_on_a_node(1).await?;
+    } = wva_on_a_node(1, &[]).await?;
     let metrics = replicas[0].metrics;
     plane.create(&variant_autoscaling(CHAT, CHAT)).await?;
     plane.create(&vllm_deployment(CHAT, 1)).await?;
@@ -1263,7 +1266,7 @@ async fn pods_are_admitted_without_the_agent_when_opted_out_or_the_webhook_is_do
         client,
         node,
         replicas,
-    } = wva_on_a_node(1).await?;
+    } = wva_on_a_node(1, &[]).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let bare = |name: &str, annotations: Value| -> anyhow::Result<Pod> {
         Ok(serde_json::from_value(json!({
@@ -1308,7 +1311,7 @@ async fn a_leader_cut_off_from_the_api_server_steps_down_before_its_lease_expire
         client,
         node,
         replicas,
-    } = wva_on_a_node(1).await?;
+    } = wva_on_a_node(1, &[]).await?;
     let metrics = replicas[0].metrics;
     plane.create(&variant_autoscaling(CHAT, CHAT)).await?;
     plane.create(&vllm_deployment(CHAT, 1)).await?;
@@ -1347,5 +1350,346 @@ async fn a_leader_cut_off_from_the_api_server_steps_down_before_its_lease_expire
         Some(replicas[0].pod.as_str())
     );
     drop(node);
+    Ok(())
+}
+
+/// A decision of `CHAT` on the aggregator at `metrics`, once it satisfies `pred`.
+async fn decision_where(
+    metrics: SocketAddr,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    eventually(WITHIN, what, || {
+        let pred = &pred;
+        async move {
+            let all = decisions(metrics).await?;
+            Ok(all
+                .into_iter()
+                .find(|d| d["variant"]["name"] == CHAT && pred(d)))
+        }
+    })
+    .await
+}
+
+/// Scale to zero on, models idle for 2 s go to zero.
+const SCALE_TO_ZERO: [&str; 2] = [
+    "config.WVA_SCALE_TO_ZERO=true",
+    "scaleToZero.defaults.retention_period=2s",
+];
+
+/// `CHAT` with one idle pod, its decision once the scale-to-zero analysis
+/// has had its say, and the Events about it.
+async fn idle_model(hpa: Option<Value>) -> anyhow::Result<(Wva, Value)> {
+    let wva = wva_on_a_node(1, &SCALE_TO_ZERO).await?;
+    if let Some(hpa) = hpa {
+        wva.plane.create(&hpa).await?;
+    }
+    wva.plane.create(&variant_autoscaling(CHAT, CHAT)).await?;
+    wva.plane.create(&vllm_deployment(CHAT, 1)).await?;
+    let metrics = wva.replicas[0].metrics;
+    let decision = decision_where(metrics, "the idle model's scale-to-zero decision", |d| {
+        d["basis"] == "scale_to_zero" && d["data"] == "fresh"
+    })
+    .await?;
+    Ok((wva, decision))
+}
+
+#[tokio::test]
+async fn a_model_without_requests_for_its_retention_scales_to_zero() -> anyhow::Result<()> {
+    let (wva, decision) = idle_model(None).await?;
+    assert_eq!(decision["desiredReplicas"], 0, "{decision}");
+    va_where(&wva.client, "zero in status", |va| {
+        desired_in_status(va) == Some(0)
+    })
+    .await?;
+    let metrics = wva.replicas[0].metrics;
+    eventually(WITHIN, "wva_desired_replicas of chat at 0", || async move {
+        Ok(desired_gauge(metrics).await?.filter(|v| *v == 0.0))
+    })
+    .await?;
+    let decreased = eventually(WITHIN, "the scale-down Event", || async {
+        let events = va_events(&wva.client).await?;
+        Ok(events
+            .into_iter()
+            .find(|(_, r, _)| r == "DesiredReplicasDecreased"))
+    })
+    .await?;
+    assert_eq!(decreased.2, "desired replicas 1 → 0 (scale_to_zero)");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_hpas_min_replicas_is_the_floor_of_its_variants_decisions() -> anyhow::Result<()> {
+    // The HPA of the quickstart's shape; with no metrics adapter here, the
+    // real HPA controller only holds the Deployment at minReplicas.
+    let hpa = json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": CHAT, "namespace": NS},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": CHAT},
+            "minReplicas": 1,
+            "maxReplicas": 4,
+            "metrics": [{"type": "External", "external": {
+                "metric": {"name": "wva_desired_replicas", "selector": {"matchLabels": {"variant_name": CHAT}}},
+                "target": {"type": "AverageValue", "averageValue": "1"}}}],
+        },
+    });
+    let (wva, decision) = idle_model(Some(hpa)).await?;
+    assert_eq!(
+        decision["desiredReplicas"], 1,
+        "held at the HPA's floor: {decision}"
+    );
+    let events = va_events(&wva.client).await?;
+    assert!(
+        events
+            .iter()
+            .all(|(_, r, _)| r != "DesiredReplicasDecreased"),
+        "no decrease below the floor: {events:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_environment_wins_over_the_config_map_which_wins_over_defaults() -> anyhow::Result<()> {
+    // The ConfigMap names the controller instance: only its objects are managed.
+    let Wva {
+        plane,
+        client,
+        node,
+        replicas,
+    } = wva_on_a_node(1, &["config.CONTROLLER_INSTANCE=blue"]).await?;
+    let labelled = |name: &str, instance: &str| {
+        let mut va = variant_autoscaling(name, name);
+        va["metadata"]["labels"]["wva.llmd.ai/controller-instance"] = json!(instance);
+        va
+    };
+    // Objects are synced in name order, so once the last managed one has a
+    // status, an earlier unmanaged one would have had one too.
+    for (name, instance) in [
+        ("a-green", "green"),
+        ("b-blue", "blue"),
+        ("c-green", "green"),
+        ("d-blue", "blue"),
+    ] {
+        plane.create(&labelled(name, instance)).await?;
+    }
+    let has_status = |name: &'static str| {
+        let client = &client;
+        async move {
+            Ok::<_, anyhow::Error>(
+                va(client, name)
+                    .await?
+                    .is_some_and(|v| !v["status"].is_null()),
+            )
+        }
+    };
+    eventually(WITHIN, "d-blue's status", || async {
+        Ok(has_status("d-blue").await?.then_some(()))
+    })
+    .await?;
+    assert!(has_status("b-blue").await?);
+    assert!(!has_status("a-green").await? && !has_status("c-green").await?);
+
+    // The environment (the chart's extraEnv) wins over the ConfigMap: the
+    // upgrade rolls a new pod, which manages the green ones.
+    let chart = workspace().join("charts/wva");
+    let chart = chart.to_str().context("chart path")?;
+    let upgraded = helm(
+        &plane,
+        &[
+            "upgrade",
+            RELEASE,
+            chart,
+            "--reuse-values",
+            "--set",
+            "extraEnv[0].name=CONTROLLER_INSTANCE",
+            "--set",
+            "extraEnv[0].value=green",
+        ],
+    )
+    .await?;
+    succeeded(&upgraded, "helm upgrade")?;
+    eventually(WITHIN, "c-green's status", || async {
+        Ok(has_status("c-green").await?.then_some(()))
+    })
+    .await?;
+    assert!(has_status("a-green").await?);
+    let first = &replicas[0].pod;
+    assert!(
+        node.pod_ip(SYSTEM, first).is_none(),
+        "the old replica was replaced"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_variant_annotated_for_pod_scraping_is_driven_by_its_services_ready_pods()
+-> anyhow::Result<()> {
+    let Wva {
+        plane,
+        client,
+        node,
+        replicas,
+    } = wva_on_a_node(1, &[]).await?;
+    // No agent in these pods: the aggregator scrapes them itself through
+    // the Service the VariantAutoscaling names.
+    let mut va = variant_autoscaling(CHAT, CHAT);
+    va["metadata"]["annotations"] = json!({
+        "wva.llmd.ai/metrics-source": "pod-scraping",
+        "wva.llmd.ai/metrics-service": "chat-metrics",
+        "wva.llmd.ai/metrics-port": "8000",
+    });
+    plane.create(&va).await?;
+    plane
+        .create(&json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "chat-metrics", "namespace": NS},
+            "spec": {"selector": {"app": CHAT}, "ports": [{"port": 8000}]},
+        }))
+        .await?;
+    let mut deployment = vllm_deployment_with(CHAT, 2, &SLOW_DECODING_SIM);
+    deployment["spec"]["template"]["metadata"]["annotations"] =
+        json!({"wva.llmd.ai/inject-agent": "false"});
+    plane.create(&deployment).await?;
+    let pods = controller_pods(&client, CHAT, 2).await?;
+    let mut names: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    names.sort();
+    assert!(
+        pods.iter()
+            .all(|p| p.spec.iter().all(|s| s.init_containers.is_none())),
+        "opted out of injection"
+    );
+    let busy = names[0].clone();
+    let ip = eventually(WITHIN, "the pod running on the node", || async {
+        Ok(node.pod_ip(NS, &busy))
+    })
+    .await?;
+    let _request = hold_completion((ip, 8000).into(), MODEL, 400, 500).await?;
+
+    let names_ref = &names;
+    let decision = decision_where(replicas[0].metrics, "inputs from both ready pods", |d| {
+        let mut pods: Vec<String> = d["inputs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["pod"].as_str().map(String::from))
+            .collect();
+        pods.sort();
+        pods == *names_ref
+    })
+    .await?;
+    assert_eq!(decision["data"], "fresh", "{decision}");
+    let loaded = decision["inputs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["pod"] == *busy.as_str())
+        .context("the loaded pod's input")?;
+    assert!(
+        loaded["kvCacheUsage"].as_f64().unwrap_or_default() > 0.0,
+        "the loaded sim's KV usage is seen: {decision}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_invalid_parameter_at_start_is_fatal_and_named() -> anyhow::Result<()> {
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    let node = LocalNode::start(&plane, "wva-local", &[SYSTEM]).await?;
+    install_chart(&plane, &["replicas=1", "config.GLOBAL_OPT_INTERVAL=soon"]).await?;
+    let pod = live_pods(&client, SYSTEM, "app.kubernetes.io/component=aggregator", 1)
+        .await?
+        .remove(0);
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let code = eventually(WITHIN, "the aggregator to exit", || async {
+        Ok(node.exit_code(SYSTEM, &name, "aggregator"))
+    })
+    .await?;
+    let log = node.log(SYSTEM, &name, "aggregator");
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("GLOBAL_OPT_INTERVAL"), "{log}");
+    assert!(
+        log.contains("workload-variant-autoscaler-variantautoscaling-config"),
+        "{log}"
+    );
+    assert_eq!(
+        leader(&client).await?,
+        None,
+        "it stopped before the election"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn requests_queued_at_a_scraped_endpoint_picker_bring_a_model_back_from_zero()
+-> anyhow::Result<()> {
+    let values = [
+        SCALE_TO_ZERO[0],
+        SCALE_TO_ZERO[1],
+        "config.WVA_POLL_INTERVAL=300ms",
+    ];
+    let Wva {
+        plane,
+        client,
+        node: _node,
+        replicas,
+    } = wva_on_a_node(1, &values).await?;
+    // The picker has no agent and is no image the local node runs: the test
+    // serves its metrics at an address of the pod network and reports the
+    // pod running there, as its kubelet would.
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(flow_control(MODEL, 0)));
+    let epp = serve_metrics_at("198.19.0.1:0".parse()?, queue.clone()).await?;
+    plane.create(&vllm_deployment(CHAT, 0)).await?;
+    let mut va = variant_autoscaling(CHAT, CHAT);
+    va["metadata"]["annotations"] = json!({
+        "wva.llmd.ai/epp-service": "gateway-epp",
+        "wva.llmd.ai/epp-metrics-port": epp.port().to_string(),
+    });
+    plane.create(&va).await?;
+    plane
+        .create(&json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "gateway-epp", "namespace": NS},
+            "spec": {"selector": {"app": "gateway-epp"}, "ports": [{"port": 9090}]},
+        }))
+        .await?;
+    let picker = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "gateway-epp-0", "namespace": NS, "labels": {"app": "gateway-epp"},
+                     "annotations": {"wva.llmd.ai/inject-agent": "false"}},
+        "spec": {"containers": [{"name": "epp",
+            "image": "registry.k8s.io/gateway-api-inference-extension/epp:v1.0.0"}]},
+    });
+    plane.create(&picker).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let running = json!({"status": {"phase": "Running", "podIP": epp.ip().to_string(),
+        "podIPs": [{"ip": epp.ip().to_string()}],
+        "conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status(
+        "gateway-epp-0",
+        &PatchParams::default(),
+        &Patch::Merge(&running),
+    )
+    .await?;
+
+    let metrics = replicas[0].metrics;
+    decision_where(metrics, "the idle model at zero", |d| {
+        d["desiredReplicas"] == 0
+    })
+    .await?;
+    *queue.lock().unwrap_or_else(|p| p.into_inner()) = flow_control(MODEL, 3);
+    let decision = decision_where(metrics, "one replica for the queue", |d| {
+        d["desiredReplicas"] == 1
+    })
+    .await?;
+    assert_eq!(decision["basis"], "scale_from_zero", "{decision}");
     Ok(())
 }
