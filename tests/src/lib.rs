@@ -2,10 +2,9 @@
 //! observes them through their HTTP endpoints.
 #![forbid(unsafe_code)]
 
-pub mod apiserver;
-pub mod cluster;
 pub mod controlplane;
 pub mod node;
+pub mod pod_agent;
 pub mod prometheus;
 
 use std::collections::BTreeMap;

@@ -17,20 +17,31 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Output;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::FixedServerNameResolver;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use tokio::process::Command;
-use wva_e2e::cluster::{PodAgent, condition};
 use wva_e2e::controlplane::{ControlPlane, forbidden, service_account_user};
 use wva_e2e::node::LocalNode;
+use wva_e2e::pod_agent::{PodAgent, condition};
 use wva_e2e::*;
 
 const RELEASE: &str = "wva";
@@ -1691,5 +1702,249 @@ async fn requests_queued_at_a_scraped_endpoint_picker_bring_a_model_back_from_ze
     })
     .await?;
     assert_eq!(decision["basis"], "scale_from_zero", "{decision}");
+    Ok(())
+}
+
+/// An HTTPS client that trusts only `ca_pem` and checks the name the API
+/// server uses for the webhook Service.
+fn api_server_client(
+    ca_pem: &[u8],
+) -> anyhow::Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(format!("wva-webhook.{SYSTEM}.svc"))?;
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .with_server_name_resolver(FixedServerNameResolver::new(name))
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// POSTs `body` to `path` and returns the status and the body.
+async fn post(
+    client: &HttpsClient,
+    webhook: SocketAddr,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let request = http::Request::post(format!("https://{webhook}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))?;
+    let response = client.request(request).await?;
+    let status = response.status().as_u16();
+    Ok((
+        status,
+        response.into_body().collect().await?.to_bytes().to_vec(),
+    ))
+}
+
+/// The recorded review of a vLLM pod created by its ReplicaSet, with `annotations` added.
+fn review_of(annotations: Value) -> Value {
+    let text = std::fs::read_to_string(fixture("admission/pod-create-review.json")).unwrap();
+    let mut review: Value = serde_json::from_str(&text).unwrap();
+    let pod_annotations = review["request"]["object"]["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap();
+    for (k, v) in annotations.as_object().unwrap() {
+        pod_annotations.insert(k.clone(), v.clone());
+    }
+    review
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// Sends a review and returns the response part.
+async fn admit(
+    client: &HttpsClient,
+    webhook: SocketAddr,
+    path: &str,
+    review: &Value,
+) -> anyhow::Result<Value> {
+    let (status, body) = post(client, webhook, path, serde_json::to_vec(review)?).await?;
+    anyhow::ensure!(
+        status == 200,
+        "HTTP {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let answer: Value = serde_json::from_slice(&body)?;
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(answer["kind"], "AdmissionReview");
+    let response = answer["response"].clone();
+    assert_eq!(
+        response["uid"], review["request"]["uid"],
+        "the uid is echoed"
+    );
+    assert_eq!(response["allowed"], true, "the webhook never denies a pod");
+    Ok(response)
+}
+
+/// The pod after the response's JSON patch, as the API server applies it
+/// (a base64 string, as Go encodes the `[]byte` field).
+fn patched(review: &Value, response: &Value) -> Option<Value> {
+    let patch = response["patch"].as_str()?;
+    assert_eq!(response["patchType"], "JSONPatch");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(patch)
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+    let mut pod = review["request"]["object"].clone();
+    json_patch::patch(&mut pod, &patch).unwrap();
+    Some(pod)
+}
+
+#[tokio::test]
+async fn the_webhook_certifies_itself_and_answers_every_kind_of_pod() -> anyhow::Result<()> {
+    let Wva {
+        plane: _plane,
+        client,
+        node: _node,
+        replicas,
+    } = wva_on_a_node(2, &[]).await?;
+    // The CA in both webhooks equals the one in the Secret the replicas share.
+    let configurations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let configuration = configurations.get("wva-agent-injector").await?;
+    let bundles: Vec<String> = configuration
+        .webhooks
+        .iter()
+        .flatten()
+        .filter_map(|w| w.client_config.ca_bundle.as_ref())
+        .map(|b| base64::engine::general_purpose::STANDARD.encode(&b.0))
+        .collect();
+    assert_eq!(bundles.len(), 2, "{bundles:?}");
+    assert_eq!(bundles[0], bundles[1]);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), SYSTEM);
+    let secret = secrets.get("wva-webhook-tls").await?;
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    let ca_pem = &secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("ca.crt"))
+        .context("ca.crt")?
+        .0;
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD.encode(ca_pem),
+        bundles[0]
+    );
+    let https = api_server_client(ca_pem)?;
+    let webhook: SocketAddr = (replicas[0].grpc.ip(), 8443).into();
+
+    // What the API server sends for a vLLM pod of a labelled namespace.
+    let review = review_of(json!({}));
+    let response = admit(&https, webhook, "/inject/namespace", &review).await?;
+    let pod = patched(&review, &response).expect("a patch");
+    let agent = &pod["spec"]["initContainers"][0];
+    assert_eq!(agent["name"], "wva-agent");
+    assert_eq!(agent["restartPolicy"], "Always");
+    assert_eq!(
+        container_env(agent, "WVA_TARGET"),
+        Some("http://127.0.0.1:8000/metrics")
+    );
+    assert_eq!(container_env(agent, "WVA_VARIANT"), Some("llama-8b-h100"));
+    assert_eq!(
+        pod["spec"]["containers"].as_array().map(Vec::len),
+        Some(1),
+        "vLLM untouched"
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["prometheus.io/scrape"], "true",
+        "annotations kept"
+    );
+
+    // Injected once only: the patched pod comes back unchanged.
+    let mut again = review.clone();
+    again["request"]["object"] = pod;
+    let response = admit(&https, webhook, "/inject/namespace", &again).await?;
+    assert_eq!(patched(&again, &response), None);
+
+    // An endpoint picker elsewhere, opted in by annotation.
+    let epp =
+        review_of(json!({"wva.llmd.ai/inject-agent": "true", "wva.llmd.ai/agent-role": "epp"}));
+    let response = admit(&https, webhook, "/inject/pod", &epp).await?;
+    let pod = patched(&epp, &response).expect("a patch");
+    let agent = &pod["spec"]["initContainers"][0];
+    assert_eq!(
+        container_env(agent, "WVA_TARGET"),
+        Some("http://127.0.0.1:9090/metrics")
+    );
+    assert_eq!(container_env(agent, "WVA_ROLE"), Some("epp"));
+
+    // Pods that did not ask, or opted out, are admitted as they are.
+    for (path, annotations) in [
+        ("/inject/pod", json!({})),
+        (
+            "/inject/namespace",
+            json!({"wva.llmd.ai/inject-agent": "false"}),
+        ),
+    ] {
+        let review = review_of(annotations);
+        let response = admit(&https, webhook, path, &review).await?;
+        assert_eq!(patched(&review, &response), None, "{path}");
+        assert_eq!(response["warnings"], Value::Null);
+    }
+
+    // A mistake in the pod's annotations admits it without the agent, and says why.
+    let wrong = review_of(json!({"wva.llmd.ai/agent-role": "router"}));
+    let response = admit(&https, webhook, "/inject/namespace", &wrong).await?;
+    assert_eq!(patched(&wrong, &response), None);
+    assert_eq!(
+        response["warnings"][0],
+        "wva-agent not injected: annotation wva.llmd.ai/agent-role=\"router\" is not vllm or epp"
+    );
+
+    // A request that is no AdmissionReview gets a clear error; with
+    // failurePolicy Ignore the API server then admits the pod unchanged.
+    let (status, body) = post(
+        &https,
+        webhook,
+        "/inject/pod",
+        b"{\"kind\": \"AdmissionReview\"".to_vec(),
+    )
+    .await?;
+    assert_eq!(status, 400);
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.starts_with("malformed AdmissionReview"), "{body}");
+
+    // Every answer is counted by outcome.
+    let outcomes: BTreeMap<String, f64> =
+        metric(replicas[0].metrics, "wva_webhook_admissions_total")
+            .await?
+            .into_iter()
+            .map(|(labels, value)| (labels["outcome"].clone(), value))
+            .collect();
+    let expected = [
+        ("injected", 2.0),
+        ("malformed", 1.0),
+        ("not_injected", 1.0),
+        ("skipped", 3.0),
+    ]
+    .map(|(k, v)| (k.to_string(), v))
+    .into();
+    assert_eq!(outcomes, expected);
+
+    // The other replica serves the same certificate (the Secret is reused,
+    // never replaced).
+    let other: SocketAddr = (replicas[1].grpc.ip(), 8443).into();
+    let response = admit(&https, other, "/inject/namespace", &review).await?;
+    assert!(patched(&review, &response).is_some());
+    let now = secrets.get("wva-webhook-tls").await?;
+    assert_eq!(
+        now.metadata.resource_version, secret.metadata.resource_version,
+        "not replaced"
+    );
     Ok(())
 }

@@ -1,0 +1,93 @@
+//! Agents speaking for a pod ([`PodAgent`]), honestly or not, and reading
+//! the objects the API server returns.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::{AgentSpec, Proc, start_agent};
+
+/// What every agent claims as its variant: the aggregator must ignore it and
+/// take the pod's owning Deployment instead.
+pub const CLAIMED_VARIANT: &str = "claimed-by-the-agent";
+
+/// An agent in a pod: scrapes `target` and streams to `aggregators`
+/// (comma-separated URLs) claiming pod `pod` with UID `uid`, presenting
+/// `token` when given. Its `--variant` is [`CLAIMED_VARIANT`].
+pub struct PodAgent<'a> {
+    pub target: SocketAddr,
+    pub aggregators: &'a str,
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    pub uid: &'a str,
+    pub token: Option<&'a Path>,
+    pub model: &'a str,
+}
+
+impl PodAgent<'_> {
+    /// The agent of `pod` as stored, presenting `token`.
+    pub fn of<'a>(
+        pod: &'a Value,
+        token: Option<&'a Path>,
+        target: SocketAddr,
+        aggregators: &'a str,
+        model: &'a str,
+    ) -> PodAgent<'a> {
+        PodAgent {
+            target,
+            aggregators,
+            namespace: namespace_of(pod).unwrap_or_default(),
+            pod: name_of(pod),
+            uid: uid_of(pod),
+            token,
+            model,
+        }
+    }
+
+    pub fn start(&self) -> anyhow::Result<Proc> {
+        let mut extra = vec!["--pod-uid".to_string(), self.uid.to_string()];
+        if let Some(token) = self.token {
+            extra.push("--token-file".into());
+            extra.push(token.to_string_lossy().into_owned());
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        start_agent(&AgentSpec {
+            target: self.target,
+            aggregator: self.aggregators,
+            pod: self.pod,
+            namespace: self.namespace,
+            variant: CLAIMED_VARIANT,
+            model: self.model,
+            interval: "250ms",
+            extra: &extra,
+        })
+    }
+}
+
+pub fn name_of(object: &Value) -> &str {
+    object["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+pub fn namespace_of(object: &Value) -> Option<&str> {
+    object["metadata"]["namespace"].as_str()
+}
+
+pub fn uid_of(object: &Value) -> &str {
+    object["metadata"]["uid"].as_str().unwrap_or_default()
+}
+
+fn str_of(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_string()
+}
+
+/// `(status, reason, message)` of a VariantAutoscaling's condition of `type_`.
+pub fn condition(va: &Value, type_: &str) -> Option<(String, String, String)> {
+    let conditions = va["status"]["conditions"].as_array()?;
+    let c = conditions.iter().find(|c| c["type"] == type_)?;
+    Some((
+        str_of(&c["status"]),
+        str_of(&c["reason"]),
+        str_of(&c["message"]),
+    ))
+}
