@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod controlplane;
+pub mod install;
 pub mod node;
 pub mod pod_agent;
 pub mod prometheus;

@@ -3,7 +3,7 @@
 //!
 //! Offline, the rendered objects are checked the way one would read them
 //! (the same chart installed into a real API server is tested in
-//! `control_plane.rs`): each Kubernetes object is deserialized into its
+//! `cluster_install.rs`): each Kubernetes object is deserialized into its
 //! k8s-openapi type and serialized back, and must come back unchanged (a
 //! misspelled or misplaced field is dropped on the way and shows as a
 //! difference). The ConfigMaps are parsed by the aggregator's own

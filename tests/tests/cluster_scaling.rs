@@ -1,0 +1,226 @@
+//! Decisions on a real control plane, wva installed by its chart and its pods
+//! run by the tests' local node (docs/testing.md): scale to zero, an HPA's
+//! floor, and metrics from pods without an agent (pod scraping, endpoint
+//! pickers).
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use wva_e2e::install::*;
+use wva_e2e::*;
+
+#[tokio::test]
+async fn a_model_without_requests_for_its_retention_scales_to_zero() -> anyhow::Result<()> {
+    let (wva, decision) = idle_model(None).await?;
+    assert_eq!(decision["desiredReplicas"], 0, "{decision}");
+    va_where(&wva.client, "zero in status", |va| {
+        desired_in_status(va) == Some(0)
+    })
+    .await?;
+    let metrics = wva.replicas[0].metrics;
+    eventually(WITHIN, "wva_desired_replicas of chat at 0", || async move {
+        Ok(desired_gauge(metrics).await?.filter(|v| *v == 0.0))
+    })
+    .await?;
+    let decreased = eventually(WITHIN, "the scale-down Event", || async {
+        let events = va_events(&wva.client).await?;
+        Ok(events
+            .into_iter()
+            .find(|(_, r, _)| r == "DesiredReplicasDecreased"))
+    })
+    .await?;
+    assert_eq!(decreased.2, "desired replicas 1 → 0 (scale_to_zero)");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_hpas_min_replicas_is_the_floor_of_its_variants_decisions() -> anyhow::Result<()> {
+    // The HPA of the quickstart's shape; with no metrics adapter here, the
+    // real HPA controller only holds the Deployment at minReplicas.
+    let hpa = json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": CHAT, "namespace": NS},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": CHAT},
+            "minReplicas": 1,
+            "maxReplicas": 4,
+            "metrics": [{"type": "External", "external": {
+                "metric": {"name": "wva_desired_replicas", "selector": {"matchLabels": {"variant_name": CHAT}}},
+                "target": {"type": "AverageValue", "averageValue": "1"}}}],
+        },
+    });
+    let (wva, decision) = idle_model(Some(hpa)).await?;
+    assert_eq!(
+        decision["desiredReplicas"], 1,
+        "held at the HPA's floor: {decision}"
+    );
+    let events = va_events(&wva.client).await?;
+    assert!(
+        events
+            .iter()
+            .all(|(_, r, _)| r != "DesiredReplicasDecreased"),
+        "no decrease below the floor: {events:?}"
+    );
+    Ok(())
+}
+
+/// `CHAT` with one idle pod, its decision once the scale-to-zero analysis
+/// has had its say, and the Events about it.
+async fn idle_model(hpa: Option<Value>) -> anyhow::Result<(Wva, Value)> {
+    let wva = wva_on_a_node(1, &SCALE_TO_ZERO).await?;
+    if let Some(hpa) = hpa {
+        wva.plane.create(&hpa).await?;
+    }
+    wva.plane.create(&variant_autoscaling(CHAT, CHAT)).await?;
+    wva.plane.create(&vllm_deployment(CHAT, 1)).await?;
+    let metrics = wva.replicas[0].metrics;
+    let decision = decision_where(metrics, "the idle model's scale-to-zero decision", |d| {
+        d["basis"] == "scale_to_zero" && d["data"] == "fresh"
+    })
+    .await?;
+    Ok((wva, decision))
+}
+
+#[tokio::test]
+async fn a_variant_annotated_for_pod_scraping_is_driven_by_its_services_ready_pods()
+-> anyhow::Result<()> {
+    let Wva {
+        plane,
+        client,
+        node,
+        replicas,
+    } = wva_on_a_node(1, &[]).await?;
+    // No agent in these pods: the aggregator scrapes them itself through
+    // the Service the VariantAutoscaling names.
+    let mut va = variant_autoscaling(CHAT, CHAT);
+    va["metadata"]["annotations"] = json!({
+        "wva.llmd.ai/metrics-source": "pod-scraping",
+        "wva.llmd.ai/metrics-service": "chat-metrics",
+        "wva.llmd.ai/metrics-port": "8000",
+    });
+    plane.create(&va).await?;
+    plane
+        .create(&json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "chat-metrics", "namespace": NS},
+            "spec": {"selector": {"app": CHAT}, "ports": [{"port": 8000}]},
+        }))
+        .await?;
+    let mut deployment = vllm_deployment_with(CHAT, 2, &SLOW_DECODING_SIM);
+    deployment["spec"]["template"]["metadata"]["annotations"] =
+        json!({"wva.llmd.ai/inject-agent": "false"});
+    plane.create(&deployment).await?;
+    let pods = controller_pods(&client, CHAT, 2).await?;
+    let mut names: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    names.sort();
+    assert!(
+        pods.iter()
+            .all(|p| p.spec.iter().all(|s| s.init_containers.is_none())),
+        "opted out of injection"
+    );
+    let busy = names[0].clone();
+    let ip = eventually(WITHIN, "the pod running on the node", || async {
+        Ok(node.pod_ip(NS, &busy))
+    })
+    .await?;
+    let _request = hold_completion((ip, 8000).into(), MODEL, 400, 500).await?;
+
+    let names_ref = &names;
+    let decision = decision_where(replicas[0].metrics, "inputs from both ready pods", |d| {
+        let mut pods: Vec<String> = d["inputs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["pod"].as_str().map(String::from))
+            .collect();
+        pods.sort();
+        pods == *names_ref
+    })
+    .await?;
+    assert_eq!(decision["data"], "fresh", "{decision}");
+    let loaded = decision["inputs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["pod"] == *busy.as_str())
+        .context("the loaded pod's input")?;
+    assert!(
+        loaded["kvCacheUsage"].as_f64().unwrap_or_default() > 0.0,
+        "the loaded sim's KV usage is seen: {decision}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn requests_queued_at_a_scraped_endpoint_picker_bring_a_model_back_from_zero()
+-> anyhow::Result<()> {
+    let values = [
+        SCALE_TO_ZERO[0],
+        SCALE_TO_ZERO[1],
+        "config.WVA_POLL_INTERVAL=300ms",
+    ];
+    let Wva {
+        plane,
+        client,
+        node: _node,
+        replicas,
+    } = wva_on_a_node(1, &values).await?;
+    // The picker has no agent and is no image the local node runs: the test
+    // serves its metrics at an address of the pod network and reports the
+    // pod running there, as its kubelet would.
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(flow_control(MODEL, 0)));
+    let epp = serve_metrics_at("198.19.0.1:0".parse()?, queue.clone()).await?;
+    plane.create(&vllm_deployment(CHAT, 0)).await?;
+    let mut va = variant_autoscaling(CHAT, CHAT);
+    va["metadata"]["annotations"] = json!({
+        "wva.llmd.ai/epp-service": "gateway-epp",
+        "wva.llmd.ai/epp-metrics-port": epp.port().to_string(),
+    });
+    plane.create(&va).await?;
+    plane
+        .create(&json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "gateway-epp", "namespace": NS},
+            "spec": {"selector": {"app": "gateway-epp"}, "ports": [{"port": 9090}]},
+        }))
+        .await?;
+    let picker = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "gateway-epp-0", "namespace": NS, "labels": {"app": "gateway-epp"},
+                     "annotations": {"wva.llmd.ai/inject-agent": "false"}},
+        "spec": {"containers": [{"name": "epp",
+            "image": "registry.k8s.io/gateway-api-inference-extension/epp:v1.0.0"}]},
+    });
+    plane.create(&picker).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let running = json!({"status": {"phase": "Running", "podIP": epp.ip().to_string(),
+        "podIPs": [{"ip": epp.ip().to_string()}],
+        "conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status(
+        "gateway-epp-0",
+        &PatchParams::default(),
+        &Patch::Merge(&running),
+    )
+    .await?;
+
+    let metrics = replicas[0].metrics;
+    decision_where(metrics, "the idle model at zero", |d| {
+        d["desiredReplicas"] == 0
+    })
+    .await?;
+    *queue.lock().unwrap_or_else(|p| p.into_inner()) = flow_control(MODEL, 3);
+    let decision = decision_where(metrics, "one replica for the queue", |d| {
+        d["desiredReplicas"] == 1
+    })
+    .await?;
+    assert_eq!(decision["basis"], "scale_from_zero", "{decision}");
+    Ok(())
+}
