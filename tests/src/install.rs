@@ -534,3 +534,20 @@ pub const SCALE_TO_ZERO: [&str; 2] = [
     "config.WVA_SCALE_TO_ZERO=true",
     "scaleToZero.defaults.retention_period=2s",
 ];
+
+/// The vLLM server of pod `name` in `NS` (its `vllm-sim`, port 8000), once
+/// the node runs it and it answers `/health`.
+pub async fn serving_sim(node: &LocalNode, name: &str) -> anyhow::Result<SocketAddr> {
+    let what = format!("pod {name} serving");
+    eventually(WITHIN, &what, || async {
+        let Some(ip) = node.pod_ip(NS, name) else {
+            return Ok(None);
+        };
+        let sim = SocketAddr::from((ip, 8000));
+        let healthy = crate::http_get(sim, "/health")
+            .await
+            .is_ok_and(|(s, _)| s == 200);
+        Ok(healthy.then_some(sim))
+    })
+    .await
+}

@@ -376,11 +376,7 @@ async fn configuration_changes_apply_live_and_a_static_change_is_rejected() -> a
         .await?;
     let pod = controller_pods(&client, CHAT, 1).await?.remove(0);
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
-    let ip = eventually(WITHIN, "the pod running on the node", || async {
-        Ok(node.pod_ip(NS, &pod_name))
-    })
-    .await?;
-    let sim: SocketAddr = (ip, 8000).into();
+    let sim = serving_sim(&node, &pod_name).await?;
     va_where(&client, "one desired replica with fresh metrics", |va| {
         desired_in_status(va) == Some(1)
             && has_condition(va, "MetricsAvailable", "True", "MetricsFound")
@@ -602,11 +598,8 @@ async fn a_follower_takes_the_real_lease_over_from_a_crashed_leader_and_keeps_th
         .await?;
     let pod = controller_pods(&client, CHAT, 1).await?.remove(0);
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
-    let ip = eventually(WITHIN, "the pod running on the node", || async {
-        Ok(node.pod_ip(NS, &pod_name))
-    })
-    .await?;
-    let _request = hold_completion((ip, 8000).into(), MODEL, 400, 500).await?;
+    let sim = serving_sim(&node, &pod_name).await?;
+    let _request = hold_completion(sim, MODEL, 400, 500).await?;
 
     // The agent streams to both replicas (fan-out through the headless
     // Service): both decide the same; only the leader publishes and writes.

@@ -125,11 +125,8 @@ async fn a_variant_annotated_for_pod_scraping_is_driven_by_its_services_ready_po
         "opted out of injection"
     );
     let busy = names[0].clone();
-    let ip = eventually(WITHIN, "the pod running on the node", || async {
-        Ok(node.pod_ip(NS, &busy))
-    })
-    .await?;
-    let _request = hold_completion((ip, 8000).into(), MODEL, 400, 500).await?;
+    let sim = serving_sim(&node, &busy).await?;
+    let _request = hold_completion(sim, MODEL, 400, 500).await?;
 
     let names_ref = &names;
     let decision = decision_where(replicas[0].metrics, "inputs from both ready pods", |d| {
