@@ -56,8 +56,8 @@ impl ControlPlane {
     }
 
     /// Stops one component (`etcd`, `kube-apiserver`,
-    /// `kube-controller-manager`) and starts it again; returns once
-    /// kube-apiserver is ready again.
+    /// `kube-controller-manager`) and starts it again; a restarted
+    /// kube-apiserver is awaited until ready, the others are not.
     pub async fn restart(&self, component: &str) -> anyhow::Result<()> {
         let restart = [
             OsStr::new("restart"),

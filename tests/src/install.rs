@@ -361,15 +361,16 @@ pub async fn webhook_ca(plane: &ControlPlane) -> anyhow::Result<String> {
 }
 
 /// A control plane with the chart installed (with [`TEST_VALUES`] and
-/// `values`), its aggregator replicas run
-/// by the local node (together with the pods of `NS`) and its webhook
-/// reachable. Destructure it in this order, so the node stops its processes
-/// before the control plane goes.
+/// `values`), its aggregator replicas run by the local node (together with
+/// the pods of `NS`) and its webhook reachable. The node comes first, so it
+/// stops its processes before the control plane goes: fields drop in this
+/// order, and so do bindings destructured as `Wva { plane, client, node, .. }`
+/// (in reverse).
 pub struct Wva {
-    pub plane: ControlPlane,
-    pub client: kube::Client,
     pub node: LocalNode,
     pub replicas: Vec<Replica>,
+    pub client: kube::Client,
+    pub plane: ControlPlane,
 }
 
 pub async fn wva_on_a_node(replicas_wanted: usize, values: &[&str]) -> anyhow::Result<Wva> {

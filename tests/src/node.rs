@@ -49,7 +49,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -97,6 +97,8 @@ struct State {
     ca: String,
     dir: PathBuf,
     namespaces: Vec<String>,
+    /// Pods whose processes [`LocalNode::crash`] killed: not started again.
+    crashed: Mutex<std::collections::BTreeSet<String>>,
     /// The third octet of this node's addresses.
     subnet: u8,
     next_ip: Mutex<u8>,
@@ -136,6 +138,7 @@ impl LocalNode {
             ca,
             dir,
             namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+            crashed: Mutex::default(),
             subnet: NEXT_SUBNET.fetch_add(1, Ordering::Relaxed),
             next_ip: Mutex::new(0),
             pods: Mutex::default(),
@@ -168,6 +171,11 @@ impl LocalNode {
                 .find(|(_, p)| p.namespace == namespace && p.name == name)
                 .map(|(uid, _)| uid.clone())
                 .with_context(|| format!("pod {namespace}/{name} does not run here"))?;
+            self.state
+                .crashed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(uid.clone());
             pods.remove(&uid)
         };
         for (_, mut child) in pod.into_iter().flat_map(|p| p.children) {
@@ -290,12 +298,13 @@ async fn heartbeat(client: kube::Client, name: String) {
 
 async fn run_pods(state: Arc<State>) {
     let pods: Api<Pod> = Api::all(state.client.clone());
-    let mut events = std::pin::pin!(watcher(pods, watcher::Config::default()));
+    let events = watcher(pods, watcher::Config::default()).default_backoff();
+    let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
         let pod = match event {
             Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => pod,
             Ok(watcher::Event::Delete(pod)) => {
-                stop(&state, &pod).await;
+                tokio::spawn(stop(state.clone(), pod));
                 continue;
             }
             Ok(_) => continue,
@@ -338,18 +347,12 @@ async fn reconcile(state: &Arc<State>, pod: &Pod) -> anyhow::Result<()> {
         Some(_) => {}
     }
     if pod.metadata.deletion_timestamp.is_some() {
-        stop(state, pod).await;
-        let pods: Api<Pod> = Api::namespaced(state.client.clone(), &namespace);
-        let force = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        // Already gone is fine: the watch will say so.
-        let _ = pods.delete(&name, &force).await;
+        // Off the watch loop: a graceful stop takes up to GRACE.
+        let (state, pod) = (state.clone(), pod.clone());
+        tokio::spawn(async move {
+            stop(state.clone(), pod).await;
+            finish_delete(&state, &namespace, &name, uid).await;
+        });
         return Ok(());
     }
     let running = state
@@ -362,10 +365,31 @@ async fn reconcile(state: &Arc<State>, pod: &Pod) -> anyhow::Result<()> {
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .is_some_and(|p| p == "Succeeded" || p == "Failed");
-    if running || finished {
+    let crashed = state
+        .crashed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&uid);
+    if running || finished || crashed {
         return Ok(());
     }
     start(state, pod).await
+}
+
+/// Removes a pod whose processes have stopped, as a kubelet finishes a
+/// graceful delete (only that pod: the uid is a precondition).
+async fn finish_delete(state: &State, namespace: &str, name: &str, uid: String) {
+    let pods: Api<Pod> = Api::namespaced(state.client.clone(), namespace);
+    let force = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    // Already gone is fine: the watch will say so.
+    let _ = pods.delete(name, &force).await;
 }
 
 /// The program a container's image stands for.
@@ -441,10 +465,27 @@ impl Mounts {
             })
             .unwrap_or_else(|| value.to_string());
         for host in ["0.0.0.0", "127.0.0.1", "localhost"] {
-            value = value.replace(host, &ip.to_string());
+            value = replace_host(&value, host, &ip.to_string());
         }
         value
     }
+}
+
+/// `value` with every occurrence of `host` that stands alone (not part of a
+/// longer name or address, such as `10.0.0.0`) replaced by `with`.
+fn replace_host(value: &str, host: &str, with: &str) -> String {
+    let part_of_name = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '-';
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(at) = rest.find(host) {
+        let (before, after) = (&rest[..at], &rest[at + host.len()..]);
+        let alone = !before.ends_with(part_of_name) && !after.starts_with(part_of_name);
+        out.push_str(before);
+        out.push_str(if alone { with } else { host });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 async fn start(state: &Arc<State>, pod: &Pod) -> anyhow::Result<()> {
@@ -786,23 +827,58 @@ async fn await_ready(state: Arc<State>, pod: Pod, ip: IpAddr) {
     }
 }
 
-/// Stops the pod's processes: SIGTERM, then SIGKILL after [`GRACE`].
-async fn stop(state: &State, pod: &Pod) {
-    let (_, _, uid) = ident(pod);
+/// Stops the pod's processes: SIGTERM to all, then SIGKILL to those still
+/// running after [`GRACE`].
+async fn stop(state: Arc<State>, pod: Pod) {
+    let (_, _, uid) = ident(&pod);
     let running = state
         .pods
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&uid);
-    for (_, mut child) in running.into_iter().flat_map(|p| p.children) {
-        if let Some(pid) = child.id() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-                .await;
-        }
+    let children: Vec<Child> = running
+        .into_iter()
+        .flat_map(|p| p.children)
+        .map(|(_, child)| child)
+        .collect();
+    for pid in children.iter().filter_map(Child::id) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    let waits = children.into_iter().map(|mut child| async move {
         if tokio::time::timeout(GRACE, child.wait()).await.is_err() {
             let _ = child.kill().await;
+        }
+    });
+    futures::future::join_all(waits).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_host;
+
+    #[test]
+    fn only_a_host_standing_alone_is_the_pods_address() {
+        let pod = "198.18.1.2";
+        let cases = [
+            (
+                "http://127.0.0.1:8000/metrics",
+                "127.0.0.1",
+                "http://198.18.1.2:8000/metrics",
+            ),
+            ("0.0.0.0:9400", "0.0.0.0", "198.18.1.2:9400"),
+            ("10.0.0.0/8", "0.0.0.0", "10.0.0.0/8"),
+            (
+                "http://localhost:8000,http://localhost:9000",
+                "localhost",
+                "http://198.18.1.2:8000,http://198.18.1.2:9000",
+            ),
+            ("notlocalhost:1", "localhost", "notlocalhost:1"),
+        ];
+        for (value, host, want) in cases {
+            assert_eq!(replace_host(value, host, pod), want, "{value}");
         }
     }
 }

@@ -113,7 +113,7 @@ pub async fn run(
             Some(at) => (at + config.renew_deadline).saturating_duration_since(started),
             None => config.renew_deadline,
         };
-        let outcome = tokio::time::timeout(budget, round(&api, &config, &mut observer, started));
+        let outcome = tokio::time::timeout(budget, round(&api, &config, &mut observer, now));
         match outcome.await {
             Ok(Ok(true)) => last_renewed = Some(started),
             Ok(Ok(false)) => last_renewed = None,
@@ -149,15 +149,17 @@ pub async fn run(
 }
 
 /// One read-decide-write round; `Ok(true)` when this replica holds the Lease
-/// after it.
+/// after it. `now` dates the Lease as read: it is asked once the read has
+/// returned, so a slow read never makes the holder look silent for longer
+/// than it was.
 async fn round(
     api: &Api<Lease>,
     config: &ElectionConfig,
     observer: &mut Observer,
-    now: Instant,
+    now: impl FnOnce() -> Instant,
 ) -> Result<bool, kube::Error> {
     let lease = api.get_opt(&config.name).await?;
-    let step = observer.step(lease.as_ref(), &config.identity, now);
+    let step = observer.step(lease.as_ref(), &config.identity, now());
     let result = match (&step, lease) {
         (Step::Create, _) => {
             let lease = Lease {
@@ -340,7 +342,7 @@ mod api_tests {
     /// One round of a fresh replica; whether it leads after it.
     async fn first_round(api: &Api<Lease>) -> bool {
         let mut observer = Observer::default();
-        round(api, &config(), &mut observer, Instant::now())
+        round(api, &config(), &mut observer, Instant::now)
             .await
             .unwrap()
     }
@@ -416,7 +418,7 @@ mod api_tests {
             respond(send, StatusCode::OK, &lease_json("wva-1", "7"));
             handle
         });
-        assert!(!round(&api, &config(), &mut observer, t0).await.unwrap());
+        assert!(!round(&api, &config(), &mut observer, || t0).await.unwrap());
         let mut handle = server.await.unwrap();
 
         // The same record 15 s later: take over, incrementing the transitions;
@@ -437,7 +439,11 @@ mod api_tests {
             );
         });
         let later = t0 + Duration::from_secs(15);
-        assert!(!round(&api, &config(), &mut observer, later).await.unwrap());
+        assert!(
+            !round(&api, &config(), &mut observer, || later)
+                .await
+                .unwrap()
+        );
         server.await.unwrap();
     }
 
