@@ -5,10 +5,9 @@
 //! watchdog).
 //!
 //! Tests act on it like kubectl (through [`ControlPlane::client`], with
-//! cluster-admin certificates), run wva as the chart's ServiceAccount
-//! ([`ControlPlane::service_account_kubeconfig`]), and read what every client
-//! did and was refused from the API server's audit log
-//! ([`ControlPlane::audit`]).
+//! cluster-admin certificates), get service-account tokens as the kubelet
+//! does ([`request_token`]), and read what every client did and was refused
+//! from the API server's audit log ([`ControlPlane::audit`]).
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -122,9 +121,7 @@ impl ControlPlane {
         .await
     }
 
-    /// A token for ServiceAccount `namespace/name` from the TokenRequest API,
-    /// for `audiences` (the API server's own when empty), optionally bound
-    /// to a pod `(name, uid)` as the kubelet's projected tokens are.
+    /// A token for ServiceAccount `namespace/name`: see [`request_token`].
     pub async fn token(
         &self,
         namespace: &str,
@@ -132,25 +129,8 @@ impl ControlPlane {
         audiences: &[&str],
         pod: Option<(&str, &str)>,
     ) -> anyhow::Result<String> {
-        let accounts: Api<ServiceAccount> = Api::namespaced(self.client().await?, namespace);
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: audiences.iter().map(|a| a.to_string()).collect(),
-                expiration_seconds: Some(3600),
-                bound_object_ref: pod.map(|(pod, uid)| BoundObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    name: Some(pod.into()),
-                    uid: Some(uid.into()),
-                }),
-            },
-            ..TokenRequest::default()
-        };
-        let answer = accounts
-            .create_token_request(name, &PostParams::default(), &request)
-            .await
-            .with_context(|| format!("TokenRequest for {namespace}/{name}"))?;
-        Ok(answer.status.context("TokenRequest without status")?.token)
+        let client = self.client().await?;
+        request_token(&client, namespace, name, audiences, pod, 3600).await
     }
 
     /// The API server's TokenReview of `token` for `audience`.
@@ -169,38 +149,6 @@ impl ControlPlane {
         };
         let answer = reviews.create(&PostParams::default(), &review).await?;
         answer.status.context("TokenReview without status")
-    }
-
-    /// A kubeconfig in `file` that authenticates as ServiceAccount
-    /// `namespace/name` with a token from the TokenRequest API, as a pod of
-    /// that account would (same CA, same server).
-    pub async fn service_account_kubeconfig(
-        &self,
-        namespace: &str,
-        name: &str,
-        file: &Path,
-    ) -> anyhow::Result<PathBuf> {
-        let token = self.token(namespace, name, &[], None).await?;
-        let admin = Kubeconfig::read_from(self.kubeconfig())?;
-        let cluster = admin
-            .clusters
-            .first()
-            .context("kubeconfig without cluster")?;
-        let ca = cluster
-            .cluster
-            .as_ref()
-            .and_then(|c| c.certificate_authority_data.clone())
-            .context("kubeconfig without CA")?;
-        let server = self.server()?;
-        let config = format!(
-            "apiVersion: v1\nkind: Config\n\
-             clusters:\n- name: wva-test\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
-             users:\n- name: {name}\n  user:\n    token: {token}\n\
-             contexts:\n- name: wva-test\n  context: {{cluster: wva-test, user: {name}, namespace: {namespace}}}\n\
-             current-context: wva-test\n"
-        );
-        std::fs::write(file, config).with_context(|| format!("write {}", file.display()))?;
-        Ok(file.to_path_buf())
     }
 
     /// Every request the API server has answered so far, oldest first.
@@ -276,6 +224,39 @@ async fn cluster_script(args: &[&OsStr]) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A token for ServiceAccount `namespace/account` from the TokenRequest API,
+/// for `audiences` (the API server's own when empty), valid for `seconds`,
+/// optionally bound to a pod `(name, uid)` as the kubelet's projected tokens
+/// are.
+pub async fn request_token(
+    client: &kube::Client,
+    namespace: &str,
+    account: &str,
+    audiences: &[&str],
+    pod: Option<(&str, &str)>,
+    seconds: i64,
+) -> anyhow::Result<String> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: audiences.iter().map(|a| a.to_string()).collect(),
+            expiration_seconds: Some(seconds),
+            bound_object_ref: pod.map(|(pod, uid)| BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.into()),
+                uid: Some(uid.into()),
+            }),
+        },
+        ..TokenRequest::default()
+    };
+    let answer = accounts
+        .create_token_request(account, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("TokenRequest for {namespace}/{account}"))?;
+    Ok(answer.status.context("TokenRequest without status")?.token)
 }
 
 /// A client for the kubeconfig at `path`.

@@ -22,8 +22,7 @@ use tokio::process::Command;
 
 use crate::controlplane::{ControlPlane, forbidden, service_account_user};
 use crate::node::LocalNode;
-use crate::pod_agent::condition;
-use crate::{decisions, eventually, metric, tool, workspace};
+use crate::{decision_where, eventually, metric, tool, workspace};
 
 pub const RELEASE: &str = "wva";
 
@@ -512,22 +511,34 @@ pub async fn patch_config_map(
     Ok(())
 }
 
-/// A decision of `CHAT` on the aggregator at `metrics`, once it satisfies `pred`.
-pub async fn decision_where(
+/// `CHAT`'s decision on the aggregator at `metrics`, once it satisfies `pred`.
+pub async fn chat_decision_where(
     metrics: SocketAddr,
     what: &str,
     pred: impl Fn(&Value) -> bool,
 ) -> anyhow::Result<Value> {
-    eventually(WITHIN, what, || {
-        let pred = &pred;
-        async move {
-            let all = decisions(metrics).await?;
-            Ok(all
-                .into_iter()
-                .find(|d| d["variant"]["name"] == CHAT && pred(d)))
-        }
+    decision_where(metrics, WITHIN, what, |d| {
+        d["variant"]["name"] == CHAT && pred(d)
     })
     .await
+}
+
+/// A Service `name` in `NS` selecting the pods labelled `app: app`.
+pub fn service_selecting(name: &str, app: &str, port: u16) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"selector": {"app": app}, "ports": [{"port": port}]},
+    })
+}
+
+/// `(status, reason, message)` of a VariantAutoscaling's condition of `type_`.
+pub fn condition(va: &Value, type_: &str) -> Option<(String, String, String)> {
+    let conditions = va["status"]["conditions"].as_array()?;
+    let c = conditions.iter().find(|c| c["type"] == type_)?;
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    Some((text(&c["status"]), text(&c["reason"]), text(&c["message"])))
 }
 
 /// Scale to zero on, models idle for 2 s go to zero.

@@ -265,6 +265,36 @@ pub async fn decisions(metrics: SocketAddr) -> anyhow::Result<Vec<serde_json::Va
     Ok(serde_json::from_str(&body)?)
 }
 
+/// The first decision on the aggregator at `metrics` that satisfies `pred`,
+/// awaited for up to `within`.
+pub async fn decision_where(
+    metrics: SocketAddr,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<serde_json::Value> {
+    eventually(within, what, || {
+        let pred = &pred;
+        async move {
+            let all = decisions(metrics).await?;
+            Ok(all.into_iter().find(|d| pred(d)))
+        }
+    })
+    .await
+}
+
+/// The pods whose samples a decision used, sorted.
+pub fn input_pods(decision: &serde_json::Value) -> Vec<String> {
+    let mut pods: Vec<String> = decision["inputs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["pod"].as_str().map(String::from))
+        .collect();
+    pods.sort();
+    pods
+}
+
 /// One series of a `/metrics` page: its labels and value.
 pub type Series = (BTreeMap<String, String>, f64);
 

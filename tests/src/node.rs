@@ -55,7 +55,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use crate::bin;
-use crate::controlplane::ControlPlane;
+use crate::controlplane::{ControlPlane, request_token};
 
 /// The test pod network: RFC 2544's benchmarking range, routed to loopback
 /// inside the tests' own network namespace (`scripts/test-network`), so
@@ -497,7 +497,8 @@ async fn start(state: &Arc<State>, pod: &Pod) -> anyhow::Result<()> {
     let account = spec.service_account_name.as_deref().unwrap_or("default");
     let volumes = write_volumes(state, pod, &pod_dir).await?;
     let kubeconfig = pod_dir.join("kubeconfig");
-    let token = pod_token(state, &namespace, &name, &uid, account, None, 3600).await?;
+    let bound = Some((name.as_str(), uid.as_str()));
+    let token = request_token(&state.client, &namespace, account, &[], bound, 3600).await?;
     write_kubeconfig(state, &kubeconfig, account, &token)?;
 
     let hosts = pod_dir.join("hosts");
@@ -651,13 +652,14 @@ async fn write_volumes(
         {
             if let Some(token) = &projection.service_account_token {
                 let seconds = token.expiration_seconds.unwrap_or(3600);
-                let text = pod_token(
-                    state,
+                let audiences: Vec<&str> = token.audience.as_deref().into_iter().collect();
+                let bound = Some((name.as_str(), uid.as_str()));
+                let text = request_token(
+                    &state.client,
                     &namespace,
-                    &name,
-                    &uid,
                     account,
-                    token.audience.as_deref(),
+                    &audiences,
+                    bound,
                     seconds,
                 )
                 .await?;
@@ -700,35 +702,6 @@ async fn volume_files(
             .collect());
     }
     Ok(Vec::new())
-}
-
-/// A token of ServiceAccount `account` bound to the pod, for `audience`
-/// (the API server's own when `None`).
-async fn pod_token(
-    state: &State,
-    namespace: &str,
-    pod: &str,
-    uid: &str,
-    account: &str,
-    audience: Option<&str>,
-    seconds: i64,
-) -> anyhow::Result<String> {
-    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(state.client.clone(), namespace);
-    let request = serde_json::from_value(json!({
-        "apiVersion": "authentication.k8s.io/v1",
-        "kind": "TokenRequest",
-        "spec": {
-            "audiences": audience.into_iter().collect::<Vec<_>>(),
-            "expirationSeconds": seconds,
-            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid},
-        },
-    }))?;
-    let answer = accounts
-        .create_token_request(account, &PostParams::default(), &request)
-        .await
-        .with_context(|| format!("token for {namespace}/{account}"))?;
-    Ok(answer.status.context("TokenRequest without status")?.token)
 }
 
 fn write_kubeconfig(state: &State, path: &Path, account: &str, token: &str) -> anyhow::Result<()> {

@@ -1,5 +1,4 @@
-//! Agents speaking for a pod ([`PodAgent`]), honestly or not, and reading
-//! the objects the API server returns.
+//! Agents speaking for a pod ([`PodAgent`]), honestly or not.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -65,29 +64,14 @@ impl PodAgent<'_> {
     }
 }
 
-pub fn name_of(object: &Value) -> &str {
+fn name_of(object: &Value) -> &str {
     object["metadata"]["name"].as_str().unwrap_or_default()
 }
 
-pub fn namespace_of(object: &Value) -> Option<&str> {
+fn namespace_of(object: &Value) -> Option<&str> {
     object["metadata"]["namespace"].as_str()
 }
 
-pub fn uid_of(object: &Value) -> &str {
+fn uid_of(object: &Value) -> &str {
     object["metadata"]["uid"].as_str().unwrap_or_default()
-}
-
-fn str_of(value: &Value) -> String {
-    value.as_str().unwrap_or_default().to_string()
-}
-
-/// `(status, reason, message)` of a VariantAutoscaling's condition of `type_`.
-pub fn condition(va: &Value, type_: &str) -> Option<(String, String, String)> {
-    let conditions = va["status"]["conditions"].as_array()?;
-    let c = conditions.iter().find(|c| c["type"] == type_)?;
-    Some((
-        str_of(&c["status"]),
-        str_of(&c["reason"]),
-        str_of(&c["message"]),
-    ))
 }

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use wva_e2e::install::*;
-use wva_e2e::pod_agent::{PodAgent, condition};
+use wva_e2e::pod_agent::PodAgent;
 use wva_e2e::*;
 
 #[tokio::test]
@@ -289,26 +289,9 @@ async fn bound_tokens_speak_only_for_their_own_live_pod() -> anyhow::Result<()> 
     let mut honest = vec![name(a), name(b)];
     honest.sort();
     let honest_ref = &honest;
-    eventually(
-        WITHIN,
-        "only the honest pods in the analysis",
-        || async move {
-            let decision = decisions(metrics)
-                .await?
-                .into_iter()
-                .find(|d| d["variant"]["name"] == CHAT);
-            Ok(decision.filter(|d| {
-                let mut pods: Vec<String> = d["inputs"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|i| i["pod"].as_str().map(String::from))
-                    .collect();
-                pods.sort();
-                d["data"] == "fresh" && pods == *honest_ref
-            }))
-        },
-    )
+    chat_decision_where(metrics, "only the honest pods in the analysis", |d| {
+        d["data"] == "fresh" && input_pods(d) == *honest_ref
+    })
     .await?;
 
     // Pod a is deleted (its ReplicaSet replaces it): its token dies with it.
@@ -612,13 +595,8 @@ async fn a_follower_takes_the_real_lease_over_from_a_crashed_leader_and_keeps_th
         Ok(desired_gauge(leader_metrics).await?.filter(|v| *v == 2.0))
     })
     .await?;
-    let pod_ref = &pod_name;
-    let followed = eventually(WITHIN, "the follower's own decision", || async move {
-        let decision = decisions(follower_metrics)
-            .await?
-            .into_iter()
-            .find(|d| d["variant"]["name"] == CHAT);
-        Ok(decision.filter(|d| d["desiredReplicas"] == 2 && d["inputs"][0]["pod"] == **pod_ref))
+    let followed = chat_decision_where(follower_metrics, "the follower's own decision", |d| {
+        d["desiredReplicas"] == 2 && input_pods(d) == [pod_name.clone()]
     })
     .await?;
     assert_eq!(followed["data"], "fresh", "{followed}");

@@ -76,7 +76,7 @@ async fn idle_model(hpa: Option<Value>) -> anyhow::Result<(Wva, Value)> {
     wva.plane.create(&variant_autoscaling(CHAT, CHAT)).await?;
     wva.plane.create(&vllm_deployment(CHAT, 1)).await?;
     let metrics = wva.replicas[0].metrics;
-    let decision = decision_where(metrics, "the idle model's scale-to-zero decision", |d| {
+    let decision = chat_decision_where(metrics, "the idle model's scale-to-zero decision", |d| {
         d["basis"] == "scale_to_zero" && d["data"] == "fresh"
     })
     .await?;
@@ -102,12 +102,7 @@ async fn a_variant_annotated_for_pod_scraping_is_driven_by_its_services_ready_po
     });
     plane.create(&va).await?;
     plane
-        .create(&json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "chat-metrics", "namespace": NS},
-            "spec": {"selector": {"app": CHAT}, "ports": [{"port": 8000}]},
-        }))
+        .create(&service_selecting("chat-metrics", CHAT, 8000))
         .await?;
     let mut deployment = vllm_deployment_with(CHAT, 2, &SLOW_DECODING_SIM);
     deployment["spec"]["template"]["metadata"]["annotations"] =
@@ -129,15 +124,8 @@ async fn a_variant_annotated_for_pod_scraping_is_driven_by_its_services_ready_po
     let _request = hold_completion(sim, MODEL, 400, 500).await?;
 
     let names_ref = &names;
-    let decision = decision_where(replicas[0].metrics, "inputs from both ready pods", |d| {
-        let mut pods: Vec<String> = d["inputs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i["pod"].as_str().map(String::from))
-            .collect();
-        pods.sort();
-        pods == *names_ref
+    let decision = chat_decision_where(replicas[0].metrics, "inputs from both ready pods", |d| {
+        input_pods(d) == *names_ref
     })
     .await?;
     assert_eq!(decision["data"], "fresh", "{decision}");
@@ -181,12 +169,7 @@ async fn requests_queued_at_a_scraped_endpoint_picker_bring_a_model_back_from_ze
     });
     plane.create(&va).await?;
     plane
-        .create(&json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "gateway-epp", "namespace": NS},
-            "spec": {"selector": {"app": "gateway-epp"}, "ports": [{"port": 9090}]},
-        }))
+        .create(&service_selecting("gateway-epp", "gateway-epp", 9090))
         .await?;
     let picker = json!({
         "apiVersion": "v1",
@@ -209,12 +192,12 @@ async fn requests_queued_at_a_scraped_endpoint_picker_bring_a_model_back_from_ze
     .await?;
 
     let metrics = replicas[0].metrics;
-    decision_where(metrics, "the idle model at zero", |d| {
+    chat_decision_where(metrics, "the idle model at zero", |d| {
         d["desiredReplicas"] == 0
     })
     .await?;
     *queue.lock().unwrap_or_else(|p| p.into_inner()) = flow_control(MODEL, 3);
-    let decision = decision_where(metrics, "one replica for the queue", |d| {
+    let decision = chat_decision_where(metrics, "one replica for the queue", |d| {
         d["desiredReplicas"] == 1
     })
     .await?;

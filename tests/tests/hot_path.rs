@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
 use wva_e2e::*;
 
 const MODEL: &str = "e2e/llama";
@@ -28,36 +27,6 @@ spec:
     )
     .expect("write variants file");
     path
-}
-
-/// The pods behind the variant's latest decision.
-fn input_pods(decision: &Value) -> Vec<String> {
-    let mut pods: Vec<String> = decision["inputs"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|i| i["pod"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    pods.sort();
-    pods
-}
-
-async fn decision_where(
-    metrics: std::net::SocketAddr,
-    within: Duration,
-    what: &str,
-    pred: impl Fn(&Value) -> bool,
-) -> anyhow::Result<Value> {
-    eventually(within, what, || {
-        let pred = &pred;
-        async move {
-            let all = decisions(metrics).await?;
-            Ok(all.into_iter().find(|d| pred(d)))
-        }
-    })
-    .await
 }
 
 #[tokio::test]
