@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use wva_aggregator::admission::SharedToken;
-use wva_aggregator::config::saturation::SaturationConfigSet;
-use wva_aggregator::service::{self, Settings, Sources, Tuning};
-use wva_aggregator::variants::parse_variants;
+use tokio_util::sync::CancellationToken;
+use wva_aggregator::runtime::{self, Settings, Upstream};
+use wva_core::admission::SharedToken;
+use wva_core::config::saturation::SaturationConfigSet;
+use wva_core::snapshot::Tuning;
+use wva_core::variants::parse_variants;
 use wva_proto::v1::telemetry_client::TelemetryClient;
 use wva_proto::v1::{AgentMessage, Counters, Hello, ModelSignals, Role, Sample, agent_message};
 
@@ -31,9 +33,10 @@ fn main() -> anyhow::Result<()> {
     let grpc = std::net::TcpListener::bind("127.0.0.1:0")?;
     let http = std::net::TcpListener::bind("127.0.0.1:0")?;
     let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
 
     // The aggregator: one core.
+    let server_stop = stop.clone();
     let server = std::thread::spawn(move || -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -47,21 +50,21 @@ fn main() -> anyhow::Result<()> {
             ))?;
             let (_vtx, variants) = watch::channel(Arc::new(variants));
             let (_stx, saturation) = watch::channel(Arc::new(SaturationConfigSet::default()));
-            let running = service::start(
+            let running = runtime::start(
                 Settings {
                     legacy_metrics: true,
                     controller_instance: None,
                     scale_to_zero: false,
                     admission: Arc::new(SharedToken(None)),
                     polled: Vec::new(),
-                    default_source: wva_aggregator::sources::SourceKind::Agent,
+                    default_source: wva_core::sources::SourceKind::Agent,
                     poll_interval: Duration::from_secs(5),
                     webhook_metrics: None,
                     tls: None,
                 },
                 TcpListener::from_std(grpc)?,
                 TcpListener::from_std(http)?,
-                Sources::alone(
+                Upstream::alone(
                     variants,
                     saturation,
                     watch::channel(Arc::default()).1,
@@ -72,7 +75,7 @@ fn main() -> anyhow::Result<()> {
                         staleness: Duration::from_secs(10),
                     },
                 ),
-                stop_rx,
+                server_stop,
             );
             running.join().await
         })
@@ -100,7 +103,7 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok((rate, connected))
     })?;
-    stop_tx.send_replace(true);
+    stop.cancel();
     let _ = server.join();
     println!("streams: {streams} (connected {connected}), duration: {seconds}s");
     println!("ingest: {rate:.0} samples/s into one aggregator core");

@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, ValueEnum};
-
-use crate::sources::SourceKind;
+use wva_core::snapshot::Tuning;
+use wva_core::sources::SourceKind;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -108,7 +109,7 @@ pub struct Args {
     pub poll_interval: Duration,
 
     /// Source of variants without a `wva.llmd.ai/metrics-source` annotation.
-    #[arg(long, env = "WVA_METRICS_SOURCE", value_enum, default_value_t = SourceKind::Agent)]
+    #[arg(long, env = "WVA_METRICS_SOURCE", default_value = "agent", value_parser = source_kind())]
     pub metrics_source: SourceKind,
 
     /// Pod scraping source: PEM CA bundle for https pods [default: the system roots].
@@ -292,4 +293,21 @@ pub struct LocalActuatorArgs {
     /// wva-agent binary (default: beside this executable).
     #[arg(long, env = "WVA_AGENT_BIN")]
     pub agent_bin: Option<PathBuf>,
+}
+
+impl Args {
+    /// The timing of the analysis these arguments set.
+    pub fn tuning(&self) -> Tuning {
+        Tuning {
+            min_analysis_interval: self.min_analysis_interval,
+            analysis_interval: self.analysis_interval,
+            staleness: self.staleness,
+        }
+    }
+}
+
+/// Parses a source by name, listing the names in help and errors.
+fn source_kind() -> impl TypedValueParser<Value = SourceKind> {
+    PossibleValuesParser::new(SourceKind::ALL.map(SourceKind::as_str))
+        .try_map(|name| SourceKind::named(&name).ok_or("names no source"))
 }

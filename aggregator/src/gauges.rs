@@ -10,9 +10,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::decision::Decision;
-use crate::engine::ScalingEvent;
-use crate::variants::VariantKey;
+use wva_core::decision::Decision;
+use wva_core::decision::ScalingEvent;
+use wva_core::variants::VariantKey;
 
 /// `variant_name`, `namespace`, `accelerator_type` and, when set, `controller_instance`.
 type Labels = Vec<(&'static str, String)>;
@@ -195,8 +195,8 @@ mod tests {
     use prometheus_client::encoding::text::encode;
 
     use super::*;
-    use crate::analysis::saturation::Reason;
-    use crate::decision::{Basis, DataState};
+    use wva_core::analysis::saturation::Reason;
+    use wva_core::decision::{Basis, DataState};
 
     fn decision(name: &str, accelerator: &str, current: u32, desired: u32) -> Decision {
         Decision {

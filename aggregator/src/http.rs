@@ -15,9 +15,10 @@ use hyper_util::server::conn::auto;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::decision::Decision;
+use wva_core::decision::Decision;
 
 pub struct HttpState {
     pub registry: Registry,
@@ -30,12 +31,12 @@ pub struct HttpState {
 pub async fn serve(
     listener: TcpListener,
     state: Arc<HttpState>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => accepted?,
-            _ = crate::shutdown::requested(&mut shutdown) => return Ok(()),
+            _ = shutdown.cancelled() => return Ok(()),
         };
         let state = Arc::clone(&state);
         tokio::spawn(async move {

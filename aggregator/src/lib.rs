@@ -1,31 +1,20 @@
-//! wva-aggregator: ingest agent telemetry, analyse saturation per model, publish decisions.
+//! wva-aggregator: the binary that ingests agent telemetry, runs the core's
+//! analysis and publishes its decisions. It wires `wva-core` (the pure
+//! analysis), `wva-k8s` (the Kubernetes adapters) and `wva-webhook` (agent
+//! injection) to the runtime, gRPC, HTTP and metrics; see docs/design.md,
+//! "Where things are".
 #![forbid(unsafe_code)]
 
-pub mod activity;
-pub mod admission;
-pub mod analysis;
 pub mod args;
-pub mod config;
-pub mod decision;
+pub mod cluster;
 pub mod demo;
-pub mod diagnostics;
-pub mod engine;
 pub mod gauges;
+pub mod grpc;
 pub mod http;
-pub mod ingest;
-pub mod k8s;
-pub mod keda;
+pub mod params;
 pub mod prometheus;
-pub mod promql;
-pub mod scraping;
-pub mod service;
-pub mod shutdown;
-pub mod sources;
+pub mod runtime;
 pub mod standalone;
 pub mod startup;
-pub mod store;
 pub mod telemetry;
-pub mod trigger;
-pub mod variants;
 pub mod watchfile;
-pub mod webhook;

@@ -5,19 +5,22 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 use wva_aggregator::args::{ActuatorKind, Args, Command};
-use wva_aggregator::service::{self, Sources, Tuning};
+use wva_aggregator::runtime::{self, Upstream};
 use wva_aggregator::standalone::actuator::{ActuatorConfig, LocalActuator};
-use wva_aggregator::{demo, k8s, startup, variants, watchfile};
+use wva_aggregator::{cluster, demo, startup, watchfile};
+use wva_core::variants;
+use wva_k8s::crd;
 
 fn main() -> ExitCode {
     // Kept to parse again with each configuration ConfigMap.
     let argv: Vec<OsString> = std::env::args_os().collect();
     let args = Args::parse_from(&argv);
     if let Some(Command::PrintCrd) = args.command {
-        print!("{}", k8s::crd::crd_yaml());
+        print!("{}", crd::crd_yaml());
         return ExitCode::SUCCESS;
     }
     let default_level = if args.demo { "warn" } else { "info" };
@@ -82,11 +85,11 @@ async fn run(argv: Vec<OsString>, args: Args) -> anyhow::Result<()> {
     if args.standalone {
         run_standalone(args, shutdown).await
     } else {
-        k8s::mode::run(argv, args, shutdown).await
+        cluster::run(argv, args, shutdown).await
     }
 }
 
-async fn run_standalone(args: Args, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn run_standalone(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
     let settings = startup::settings(&args, |key| std::env::var(key).ok())?;
     let saturation_rx = startup::saturation_file(&args, shutdown.clone())?
         .unwrap_or_else(|| watch::channel(Arc::default()).1);
@@ -111,16 +114,16 @@ async fn run_standalone(args: Args, shutdown: watch::Receiver<bool>) -> anyhow::
             format!("http://{}", startup::loopback(grpc_addr)),
         )?)),
     };
-    let running = service::start(
+    let running = runtime::start(
         settings,
         grpc,
         http,
-        Sources::alone(
+        Upstream::alone(
             variants_rx.clone(),
             saturation_rx,
             scale_to_zero_rx,
             actuator.as_ref().map(LocalActuator::counts),
-            Tuning::from_args(&args),
+            args.tuning(),
         ),
         shutdown.clone(),
     );
@@ -134,9 +137,10 @@ async fn run_standalone(args: Args, shutdown: watch::Receiver<bool>) -> anyhow::
     Ok(())
 }
 
-/// Flips to true on SIGTERM or Ctrl-C.
-fn shutdown_signal() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
+/// Cancelled on SIGTERM or Ctrl-C.
+fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let tx = token.clone();
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -150,7 +154,7 @@ fn shutdown_signal() -> watch::Receiver<bool> {
             _ = term.recv() => info!("SIGTERM received; shutting down"),
             _ = tokio::signal::ctrl_c() => info!("interrupt received; shutting down"),
         }
-        tx.send_replace(true);
+        tx.cancel();
     });
-    rx
+    token
 }

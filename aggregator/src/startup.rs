@@ -8,17 +8,18 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::info;
 
-use crate::admission::SharedToken;
 use crate::args::Args;
-use crate::config::saturation::SaturationConfigSet;
-use crate::config::scale_to_zero::ScaleToZeroConfigSet;
-use crate::prometheus::{self, PrometheusClient, PrometheusConfig};
-use crate::service::Settings;
-use crate::sources::{PolledSource, SourceKind};
+use crate::prometheus::client::{self as prometheus, PrometheusClient, PrometheusConfig};
+use crate::runtime::Settings;
 use crate::watchfile;
+use wva_core::admission::SharedToken;
+use wva_core::config::saturation::SaturationConfigSet;
+use wva_core::config::scale_to_zero::ScaleToZeroConfigSet;
+use wva_core::sources::{PolledSource, SourceKind};
 
 /// The static settings; reads the token and TLS files, failing on a bad one.
 /// `lookup` reads keys that have no flag (`PROMETHEUS_*`): the environment,
@@ -66,7 +67,7 @@ pub fn config_file<T, E>(
     path: Option<&PathBuf>,
     what: &'static str,
     parse: fn(&str) -> Result<T, E>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<Option<watch::Receiver<Arc<T>>>>
 where
     T: Send + Sync + 'static,
@@ -84,7 +85,7 @@ where
 /// The saturation config from `--saturation-config`, if given.
 pub fn saturation_file(
     args: &Args,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<Option<watch::Receiver<Arc<SaturationConfigSet>>>> {
     config_file(
         args.saturation_config.as_ref(),
@@ -97,7 +98,7 @@ pub fn saturation_file(
 /// The scale-to-zero config from `--scale-to-zero-config`, if given.
 pub fn scale_to_zero_file(
     args: &Args,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<Option<watch::Receiver<Arc<ScaleToZeroConfigSet>>>> {
     config_file(
         args.scale_to_zero_config.as_ref(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 const POLL: Duration = Duration::from_secs(1);
@@ -51,7 +52,7 @@ pub fn load_and_watch<T, E>(
     path: PathBuf,
     what: &'static str,
     parse: fn(&str) -> Result<T, E>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Result<watch::Receiver<Arc<T>>, LoadError>
 where
     T: Send + Sync + 'static,
@@ -63,7 +64,7 @@ where
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
-                _ = crate::shutdown::requested(&mut shutdown) => return,
+                _ = shutdown.cancelled() => return,
             }
             let text = match std::fs::read_to_string(&path) {
                 Ok(text) if text == current => continue,

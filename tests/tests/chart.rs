@@ -29,9 +29,11 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
-use wva_aggregator::config::{params, saturation, scale_to_zero};
-use wva_aggregator::webhook::injection::InjectionConfig;
+use wva_aggregator::params;
+use wva_core::config::params::{PARAMS, STATIC_WITHOUT_FLAG};
+use wva_core::config::{saturation, scale_to_zero};
 use wva_e2e::{tool, workspace};
+use wva_webhook::injection::InjectionConfig;
 
 const RELEASE: &str = "wva";
 const NAMESPACE: &str = "wva-system";
@@ -1196,10 +1198,10 @@ fn config_schema_matches_the_aggregators_keys() {
     ];
     // Secrets: they belong in a Secret, given through extraEnv.
     let secrets = ["PROMETHEUS_BEARER_TOKEN", "WVA_SCRAPE_BEARER_TOKEN"];
-    let aggregator: BTreeSet<&str> = params::PARAMS
+    let aggregator: BTreeSet<&str> = PARAMS
         .iter()
         .map(|p| p.key)
-        .chain(params::STATIC_WITHOUT_FLAG.iter().copied())
+        .chain(STATIC_WITHOUT_FLAG.iter().copied())
         .chain(["EXPERIMENTAL_PROACTIVE_MODEL"])
         .filter(|k| !set_by_chart.contains(k) && !secrets.contains(k))
         .collect();

@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use wva_aggregator::prometheus::{PodSignals, PrometheusClient, PrometheusConfig, PrometheusError};
-use wva_aggregator::promql::Namespace;
+use wva_aggregator::prometheus::client::{
+    PodSignals, PrometheusClient, PrometheusConfig, PrometheusError,
+};
+use wva_aggregator::prometheus::promql::Namespace;
 use wva_e2e::prometheus::Prometheus;
 use wva_e2e::*;
 
@@ -453,8 +455,8 @@ async fn a_variant_annotated_for_prometheus_is_driven_by_it() -> anyhow::Result<
 
 #[tokio::test]
 async fn agent_pod_scraping_and_prometheus_see_the_same_signals() -> anyhow::Result<()> {
-    use wva_aggregator::scraping::{PodScraper, PodTarget, ScrapeConfig};
-    use wva_aggregator::store::PodKey;
+    use wva_core::store::PodKey;
+    use wva_k8s::scraping::{PodScraper, PodTarget, ScrapeConfig};
 
     let scraped = Scraped::start().await?;
     let sim = scraped.sims["sim-a"];

@@ -19,10 +19,10 @@ use k8s_openapi::api::core::v1::{Container, Namespace, Pod, Volume, VolumeMount}
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
-use wva_aggregator::k8s::crd;
-use wva_aggregator::variants;
-use wva_aggregator::webhook::injection::{self, InjectionConfig, Outcome, Scope};
+use wva_core::variants;
 use wva_e2e::workspace;
+use wva_k8s::crd;
+use wva_webhook::injection::{self, InjectionConfig, Outcome, Scope};
 
 /// The metric the HPA and KEDA samples read, and WVA's legacy name of it.
 const DESIRED: &str = "wva_desired_replicas";

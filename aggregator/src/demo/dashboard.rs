@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::decision::Decision;
+use wva_core::decision::Decision;
 
 /// One redraw of the table.
 pub struct Frame<'a> {

@@ -9,13 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use wva_proto::keda::external_scaler_client::ExternalScalerClient;
 use wva_proto::keda::{GetMetricsRequest, ScaledObjectRef};
 
-use crate::keda::{METRIC, NAMESPACE_KEY, VARIANT_KEY};
-use crate::service::Decisions;
-use crate::variants::VariantKey;
+use crate::grpc::keda::{METRIC, NAMESPACE_KEY, VARIANT_KEY};
+use wva_core::snapshot::Decisions;
+use wva_core::variants::VariantKey;
 
 /// How often the client asks for the metric (KEDA's pollingInterval, shortened).
 const POLL: Duration = Duration::from_millis(100);
@@ -88,7 +89,7 @@ pub async fn follow(
     variants: Vec<VariantKey>,
     decisions: watch::Receiver<Decisions>,
     view: Arc<KedaView>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let channel = Channel::from_shared(format!("http://{grpc}"))
         .expect("a valid URL")
@@ -105,7 +106,7 @@ pub async fn follow(
             Arc::clone(&changed_at),
         ));
     }
-    crate::shutdown::requested(&mut stop).await;
+    stop.cancelled().await;
     tasks.shutdown().await;
 }
 

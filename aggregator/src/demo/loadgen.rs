@@ -14,10 +14,11 @@ use http_body_util::{BodyExt, Full};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::standalone::actuator::Endpoints;
 use crate::standalone::probe::{self, HttpClient};
-use crate::variants::VariantKey;
+use wva_core::variants::VariantKey;
 
 /// Requests per second over time: linear pieces between (seconds, rate) points.
 #[derive(Debug, Clone)]
@@ -117,7 +118,7 @@ pub async fn run(
     endpoints: watch::Receiver<Endpoints>,
     stats: Arc<LoadStats>,
     seed: u64,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let client = probe::client();
     let body = Bytes::from(
@@ -145,7 +146,7 @@ pub async fn run(
         };
         tokio::select! {
             _ = tokio::time::sleep(gap) => {}
-            _ = crate::shutdown::requested(&mut shutdown) => return,
+            _ = shutdown.cancelled() => return,
         }
         if rate <= 0.0 || stats.in_flight() >= MAX_IN_FLIGHT {
             continue;

@@ -14,16 +14,17 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use crate::admission::SharedToken;
 use crate::args::Args;
-use crate::config::saturation::SaturationConfigSet;
-use crate::service::{self, Settings, Sources, Tuning};
+use crate::runtime::{self, Settings, Upstream};
 use crate::standalone::actuator::{ActuatorConfig, LocalActuator};
-use crate::variants::{VariantKey, parse_variants};
 use dashboard::Frame;
 use keda_view::KedaView;
 use loadgen::{LoadStats, Profile, RequestShape};
+use wva_core::admission::SharedToken;
+use wva_core::config::saturation::SaturationConfigSet;
+use wva_core::variants::{VariantKey, parse_variants};
 
 /// The embedded VariantAutoscalings.
 pub const VARIANTS: &str = include_str!("variants.yaml");
@@ -42,7 +43,7 @@ pub struct Summary {
     pub keda_max_lag: Option<Duration>,
 }
 
-pub async fn run(args: &Args, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<Summary> {
+pub async fn run(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Summary> {
     let variants = parse_variants(VARIANTS).context("embedded demo variants")?;
     let keys: Vec<VariantKey> = variants.iter().map(|v| v.key()).collect();
     let model = variants
@@ -54,7 +55,7 @@ pub async fn run(args: &Args, mut shutdown: watch::Receiver<bool>) -> anyhow::Re
     let grpc_addr = grpc.local_addr()?;
     let metrics_url = format!("http://{}/metrics", http.local_addr()?);
 
-    let (stop_tx, stop) = watch::channel(false);
+    let stop = CancellationToken::new();
     let (_variants_tx, variants_rx) = watch::channel(Arc::new(variants));
     let (_saturation_tx, saturation_rx) = watch::channel(Arc::new(SaturationConfigSet::default()));
     let actuator = LocalActuator::new(ActuatorConfig::from_args(
@@ -62,7 +63,7 @@ pub async fn run(args: &Args, mut shutdown: watch::Receiver<bool>) -> anyhow::Re
         format!("http://{grpc_addr}"),
     )?);
     let settings = Settings {
-        default_source: crate::sources::SourceKind::Agent,
+        default_source: wva_core::sources::SourceKind::Agent,
         legacy_metrics: args.legacy_metrics,
         controller_instance: args.controller_instance.clone(),
         scale_to_zero: false,
@@ -72,16 +73,16 @@ pub async fn run(args: &Args, mut shutdown: watch::Receiver<bool>) -> anyhow::Re
         poll_interval: args.poll_interval,
         webhook_metrics: None,
     };
-    let running = service::start(
+    let running = runtime::start(
         settings,
         grpc,
         http,
-        Sources::alone(
+        Upstream::alone(
             variants_rx.clone(),
             saturation_rx,
             watch::channel(Arc::default()).1,
             Some(actuator.counts()),
-            Tuning::from_args(args),
+            args.tuning(),
         ),
         stop.clone(),
     );
@@ -129,10 +130,10 @@ pub async fn run(args: &Args, mut shutdown: watch::Receiver<bool>) -> anyhow::Re
         grpc: &format!("http://{grpc_addr}"),
         keda: &keda,
     };
-    let mut summary = watch_and_draw(&profile, &stats, decisions, &view, &mut shutdown).await;
+    let mut summary = watch_and_draw(&profile, &stats, decisions, &view, &shutdown).await;
     summary.keda_max_lag = *keda.max_lag.lock().unwrap_or_else(|p| p.into_inner());
 
-    stop_tx.send_replace(true);
+    stop.cancel();
     let _ = keda_task.await;
     let _ = load_task.await;
     let _ = actuator_task.await;
@@ -150,9 +151,9 @@ struct View<'a> {
 async fn watch_and_draw(
     profile: &Profile,
     stats: &LoadStats,
-    decisions: watch::Receiver<service::Decisions>,
+    decisions: watch::Receiver<wva_core::snapshot::Decisions>,
     view: &View<'_>,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &CancellationToken,
 ) -> Summary {
     let tty = std::io::stdout().is_terminal();
     let start = tokio::time::Instant::now();
@@ -163,7 +164,7 @@ async fn watch_and_draw(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = crate::shutdown::requested(shutdown) => return summary,
+            _ = shutdown.cancelled() => return summary,
         }
         let t = start.elapsed().as_secs_f64();
         let current = decisions.borrow().clone();
@@ -225,7 +226,7 @@ async fn watch_and_draw(
 }
 
 /// Every variant rests at its floor: the cheapest at 1, the others at 0.
-fn is_settled(decisions: &[crate::decision::Decision]) -> bool {
+fn is_settled(decisions: &[wva_core::decision::Decision]) -> bool {
     let total: u32 = decisions.iter().map(|d| d.current_replicas).sum();
     !decisions.is_empty()
         && total == 1

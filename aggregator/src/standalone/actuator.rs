@@ -12,15 +12,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::replica::{self, ReplicaEvent, ReplicaSpec};
 use super::stabilize::Stabilizer;
 use crate::args::LocalActuatorArgs;
-use crate::decision::Decision;
-use crate::engine::ReplicaCounts;
-use crate::service::{Decisions, Replicas, Variants};
-use crate::variants::{VariantAutoscaling, VariantKey};
+use wva_core::decision::Decision;
+use wva_core::snapshot::ReplicaCounts;
+use wva_core::snapshot::{Decisions, Replicas, Variants};
+use wva_core::variants::{VariantAutoscaling, VariantKey};
 
 /// Annotation with extra `vllm-sim` flags for a variant's replicas (standalone only).
 pub const SIM_ARGS_ANNOTATION: &str = "wva.llmd.ai/sim-args";
@@ -127,7 +128,7 @@ impl LocalActuator {
         mut self,
         mut variants: watch::Receiver<Variants>,
         mut decisions: watch::Receiver<Decisions>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) {
         // Re-evaluates the stabilization window even when no decision arrives.
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -141,7 +142,7 @@ impl LocalActuator {
                 r = variants.changed() => if r.is_err() { break },
                 r = decisions.changed() => if r.is_err() { break },
                 Some((key, event)) = self.events_rx.recv() => self.handle(key, event),
-                _ = crate::shutdown::requested(&mut shutdown) => break,
+                _ = shutdown.cancelled() => break,
             }
         }
         self.stop_all().await;

@@ -1,0 +1,177 @@
+//! The one decision per variant that every output (gauges, actuator, JSON
+//! view, later status and KEDA) is a view of.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::analysis::saturation::{ModelAnalysis, Reason, ReplicaLoad};
+use crate::config::saturation::SaturationConfig;
+use crate::sources::SourceFailure;
+use crate::variants::VariantKey;
+
+/// Where a safety-net value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fallback {
+    PreviousDesired,
+    CurrentReplicas,
+}
+
+impl Fallback {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::PreviousDesired => "previous-desired",
+            Fallback::CurrentReplicas => "current-replicas",
+        }
+    }
+}
+
+/// Why the desired value is what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Basis {
+    Analysis(Reason),
+    /// The variant's data is missing; the value is held.
+    SafetyNet(Fallback),
+}
+
+impl Basis {
+    /// Stable label value (`reason` of `wva_replica_scaling_total`, logs, JSON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Basis::Analysis(r) => r.as_str(),
+            Basis::SafetyNet(_) => "safety_net",
+        }
+    }
+}
+
+impl Serialize for Basis {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// How complete the variant's signals were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataState {
+    /// Every ready replica reported a fresh, healthy sample.
+    Fresh,
+    /// Some ready replicas did not.
+    Partial,
+    /// Replicas are ready but none reported.
+    Missing,
+    /// No ready replica, so nothing to report.
+    Idle,
+}
+
+impl DataState {
+    /// Stable name, as in the JSON view.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataState::Fresh => "fresh",
+            DataState::Partial => "partial",
+            DataState::Missing => "missing",
+            DataState::Idle => "idle",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    pub variant: VariantKey,
+    pub model_id: String,
+    pub accelerator: String,
+    pub cost: f64,
+    pub current_replicas: u32,
+    pub ready_replicas: u32,
+    pub desired_replicas: u32,
+    pub basis: Basis,
+    /// Why the desired value last changed (the basis of that analysis),
+    /// while later analyses may hold it for another reason.
+    pub change_reason: Option<&'static str>,
+    /// Why the variant's polled metrics source gave no answer, if it did not.
+    pub source_failure: Option<SourceFailure>,
+    pub data: DataState,
+    /// Age of the oldest sample used, when any was.
+    #[serde(serialize_with = "seconds")]
+    pub data_age: Option<Duration>,
+    /// The fresh per-pod loads the analysis saw.
+    #[serde(serialize_with = "loads")]
+    pub inputs: Vec<ReplicaLoad>,
+    /// The model's saturation analysis and the thresholds it used.
+    pub saturation: Saturation,
+    #[serde(serialize_with = "unix_ms")]
+    pub decided_at: SystemTime,
+}
+
+/// A change of desired replicas, for the scaling counter and logs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalingEvent {
+    pub variant: VariantKey,
+    pub from: u32,
+    pub to: u32,
+    pub reason: &'static str,
+}
+
+impl ScalingEvent {
+    pub fn direction(&self) -> &'static str {
+        if self.to > self.from { "up" } else { "down" }
+    }
+}
+
+/// The saturation analysis of a decision's model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Saturation {
+    pub analysis: ModelAnalysis,
+    pub config: SaturationConfig,
+}
+
+impl Decision {
+    /// `desired / current`, with WVA's convention of `desired` when current is 0.
+    pub fn ratio(&self) -> f64 {
+        if self.current_replicas == 0 {
+            f64::from(self.desired_replicas)
+        } else {
+            f64::from(self.desired_replicas) / f64::from(self.current_replicas)
+        }
+    }
+
+    /// Average KV usage and total queue over the inputs.
+    pub fn load_summary(&self) -> Option<(f64, f64)> {
+        let n = self.inputs.len();
+        (n > 0).then(|| {
+            let kv = self.inputs.iter().map(|l| l.kv_cache_usage).sum::<f64>() / n as f64;
+            (kv, self.inputs.iter().map(|l| l.queue_length).sum())
+        })
+    }
+}
+
+fn seconds<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
+fn unix_ms<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    let ms = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    s.serialize_u64(ms)
+}
+
+fn loads<S: serde::Serializer>(loads: &[ReplicaLoad], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(loads.len()))?;
+    for l in loads {
+        seq.serialize_element(&serde_json::json!({
+            "pod": l.pod,
+            "kvCacheUsage": l.kv_cache_usage,
+            "queueLength": l.queue_length,
+        }))?;
+    }
+    seq.end()
+}

@@ -1,0 +1,42 @@
+//! The shared values every task reads: each is published whole on a watch
+//! channel (one writer, many readers), so a reader never sees half an update.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::decision::Decision;
+use crate::sources::SourceFailure;
+use crate::variants::{VariantAutoscaling, VariantKey};
+
+/// The variants being scaled.
+pub type Variants = Arc<Vec<VariantAutoscaling>>;
+/// The replica counts of each variant's target.
+pub type Replicas = Arc<HashMap<VariantKey, ReplicaCounts>>;
+/// The latest decision of every variant, built once per analysis.
+pub type Decisions = Arc<Vec<Decision>>;
+/// The current failures of polled sources, by variant.
+pub type Failures = Arc<HashMap<VariantKey, SourceFailure>>;
+/// Desired replicas as the statuses hold them: the leader's published decisions.
+pub type Published = Arc<HashMap<VariantKey, u32>>;
+
+/// Replica counts of a variant's target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReplicaCounts {
+    /// Replicas the target has (spec).
+    pub current: u32,
+    /// Replicas that are ready.
+    pub ready: u32,
+    /// The fewest replicas the target's scaler can set (an HPA's
+    /// `minReplicas`); 0 without one. A decision never asks for fewer, or
+    /// the model would wait forever for a step its scaler cannot take.
+    pub floor: u32,
+}
+
+/// The timing of the analysis; may change while running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    pub min_analysis_interval: Duration,
+    pub analysis_interval: Duration,
+    pub staleness: Duration,
+}

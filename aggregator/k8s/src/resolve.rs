@@ -1,0 +1,387 @@
+//! Joins the watched VariantAutoscalings with their target Deployments: which
+//! variants the analysis sees, with which replica counts, and where every
+//! object stands for its status. Pure: the caller passes what the watches hold.
+
+use std::collections::HashMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+
+use super::crd;
+use wva_core::snapshot::ReplicaCounts;
+use wva_core::variants::{self, DEFAULT_TARGET_KIND, FieldError, VariantAutoscaling, VariantKey};
+
+/// The label that assigns a VariantAutoscaling to one controller instance.
+pub const CONTROLLER_INSTANCE_LABEL: &str = "wva.llmd.ai/controller-instance";
+
+/// Where one managed VariantAutoscaling stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Standing {
+    Invalid(FieldError),
+    TargetMissing {
+        name: String,
+    },
+    Running {
+        name: String,
+        replicas: ReplicaCounts,
+    },
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Resolved {
+    /// Valid variants whose target exists: what the analysis sees.
+    pub variants: Vec<VariantAutoscaling>,
+    pub replicas: HashMap<VariantKey, ReplicaCounts>,
+    /// Every managed object, ordered by key.
+    pub standings: Vec<(VariantKey, Standing)>,
+}
+
+/// Whether this controller instance manages `va`: all objects when no
+/// instance is set, else only those labelled with it.
+pub fn manages(va: &crd::VariantAutoscaling, instance: Option<&str>) -> bool {
+    match instance {
+        None => true,
+        Some(want) => va
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(CONTROLLER_INSTANCE_LABEL))
+            .is_some_and(|have| have == want),
+    }
+}
+
+/// `namespace/name` of an object from the API server (which always sets both).
+pub fn key_of(va: &crd::VariantAutoscaling) -> VariantKey {
+    VariantKey::new(
+        va.metadata.namespace.clone().unwrap_or_default(),
+        va.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Replica counts of a Deployment: `spec.replicas` (Kubernetes defaults it
+/// to 1) and `status.readyReplicas`.
+pub fn replica_counts(deployment: &Deployment) -> ReplicaCounts {
+    let current = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let ready = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    ReplicaCounts {
+        current: u32::try_from(current).unwrap_or(0),
+        ready: u32::try_from(ready).unwrap_or(0),
+        floor: 0,
+    }
+}
+
+/// Marks the HPAs KEDA manages; KEDA itself takes such a target to zero.
+const KEDA_SCALED_OBJECT_LABEL: &str = "scaledobject.keda.sh/name";
+
+/// The fewest replicas the autoscalers of Deployment `namespace/name` can
+/// set: the highest `minReplicas` (default 1) of the HPAs that target it, or
+/// 0 without any. KEDA's HPAs never go below 1, but KEDA scales their target
+/// between 0 and 1 itself, so a KEDA HPA at 1 is a floor of 0.
+pub fn scaler_floor<'a>(
+    hpas: impl IntoIterator<Item = &'a HorizontalPodAutoscaler>,
+    namespace: &str,
+    name: &str,
+) -> u32 {
+    hpas.into_iter()
+        .filter(|hpa| hpa.metadata.namespace.as_deref() == Some(namespace))
+        .filter_map(|hpa| {
+            let spec = hpa.spec.as_ref()?;
+            let target = &spec.scale_target_ref;
+            let api_group = target
+                .api_version
+                .as_deref()
+                .map(|v| v.split('/').next().unwrap_or(v));
+            (target.kind == "Deployment"
+                && target.name == name
+                && matches!(api_group, None | Some("apps")))
+            .then_some(())?;
+            let min = u32::try_from(spec.min_replicas.unwrap_or(1)).unwrap_or(0);
+            let keda = hpa
+                .metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(KEDA_SCALED_OBJECT_LABEL));
+            Some(if keda && min <= 1 { 0 } else { min })
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Resolves `vas` against `target(namespace, name)`, the replica counts of
+/// that Deployment when it exists.
+/// When two objects scale one Deployment, the older (then the first by name)
+/// keeps it and the other is invalid.
+pub fn resolve(
+    vas: &[&crd::VariantAutoscaling],
+    target: impl Fn(&str, &str) -> Option<ReplicaCounts>,
+) -> Resolved {
+    let mut ordered: Vec<&crd::VariantAutoscaling> = vas.to_vec();
+    ordered.sort_by(|a, b| {
+        let created = |va: &crd::VariantAutoscaling| va.metadata.creation_timestamp.clone();
+        created(a)
+            .cmp(&created(b))
+            .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+    });
+    let mut out = Resolved::default();
+    let mut owners: HashMap<(String, String), VariantKey> = HashMap::new();
+    for object in ordered {
+        let key = key_of(object);
+        let validated = serde_json::to_value(object)
+            .map_err(|e| FieldError {
+                field: "object",
+                problem: format!("cannot be encoded: {e}"),
+            })
+            .and_then(variants::from_json);
+        let standing = match validated {
+            Err(error) => Standing::Invalid(error),
+            Ok(va) => standing(va, &mut owners, &target, &mut out),
+        };
+        out.standings.push((key, standing));
+    }
+    out.standings.sort_by(|a, b| a.0.cmp(&b.0));
+    out.variants.sort_by_key(VariantAutoscaling::key);
+    out
+}
+
+fn standing(
+    va: VariantAutoscaling,
+    owners: &mut HashMap<(String, String), VariantKey>,
+    target: &impl Fn(&str, &str) -> Option<ReplicaCounts>,
+    out: &mut Resolved,
+) -> Standing {
+    if va.target.kind != DEFAULT_TARGET_KIND {
+        return Standing::Invalid(FieldError {
+            field: "spec.scaleTargetRef.kind",
+            problem: format!("{:?} is not supported: only Deployment", va.target.kind),
+        });
+    }
+    let claim = (va.namespace.clone(), va.target.name.clone());
+    if let Some(owner) = owners.get(&claim) {
+        return Standing::Invalid(FieldError {
+            field: "spec.scaleTargetRef.name",
+            problem: format!(
+                "{:?} is already the target of VariantAutoscaling {owner}",
+                va.target.name
+            ),
+        });
+    }
+    owners.insert(claim, va.key());
+    let name = va.target.name.clone();
+    match target(&va.namespace, &name) {
+        None => Standing::TargetMissing { name },
+        Some(replicas) => {
+            out.replicas.insert(va.key(), replicas);
+            out.variants.push(va);
+            Standing::Running { name, replicas }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+    use crate::crd::{ScaleTargetRef, VariantAutoscalingSpec};
+
+    fn va(name: &str, target: &str, created: i64) -> crd::VariantAutoscaling {
+        let mut va = crd::VariantAutoscaling::new(
+            name,
+            VariantAutoscalingSpec {
+                scale_target_ref: ScaleTargetRef {
+                    kind: "Deployment".into(),
+                    name: target.into(),
+                    api_version: Some("apps/v1".into()),
+                },
+                model_id: "meta/llama".into(),
+                variant_cost: "10.0".into(),
+            },
+        );
+        va.metadata.namespace = Some("llm".into());
+        va.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));
+        va.metadata.labels = Some(BTreeMap::from([(
+            variants::ACCELERATOR_LABEL.to_string(),
+            "L4".to_string(),
+        )]));
+        va
+    }
+
+    fn deployment(replicas: Option<i32>, ready: Option<i32>) -> Deployment {
+        Deployment {
+            metadata: ObjectMeta {
+                name: Some("llama".into()),
+                namespace: Some("llm".into()),
+                ..Default::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas,
+                ..Default::default()
+            }),
+            status: Some(DeploymentStatus {
+                ready_replicas: ready,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_variant_with_its_deployment_runs_with_the_deployments_counts() {
+        let d = deployment(Some(3), Some(2));
+        let a = va("a", "llama", 1);
+        let resolved = resolve(&[&a], |ns, name| {
+            (ns == "llm" && name == "llama").then(|| replica_counts(&d))
+        });
+        let key = VariantKey::new("llm", "a");
+        let counts = ReplicaCounts {
+            current: 3,
+            ready: 2,
+            floor: 0,
+        };
+        assert_eq!(resolved.replicas.get(&key), Some(&counts));
+        assert_eq!(resolved.variants.len(), 1);
+        assert_eq!(resolved.variants[0].accelerator, "L4");
+        assert_eq!(
+            resolved.standings,
+            vec![(
+                key,
+                Standing::Running {
+                    name: "llama".into(),
+                    replicas: counts
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn a_variant_without_its_deployment_is_not_analysed() {
+        let a = va("a", "llama", 1);
+        let resolved = resolve(&[&a], |_, _| None);
+        assert!(resolved.variants.is_empty());
+        assert!(resolved.replicas.is_empty());
+        assert_eq!(
+            resolved.standings[0].1,
+            Standing::TargetMissing {
+                name: "llama".into()
+            }
+        );
+    }
+
+    #[test]
+    fn the_deployment_defaults_apply() {
+        let counts = replica_counts(&deployment(None, None));
+        assert_eq!(
+            counts,
+            ReplicaCounts {
+                current: 1,
+                ready: 0,
+                floor: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn an_invalid_object_is_reported_and_not_analysed() {
+        let mut bad = va("bad", "llama", 1);
+        bad.spec.variant_cost = "cheap".into();
+        let d = deployment(Some(1), Some(1));
+        let resolved = resolve(&[&bad], |_, _| Some(replica_counts(&d)));
+        assert!(resolved.variants.is_empty());
+        let Standing::Invalid(error) = &resolved.standings[0].1 else {
+            panic!("{:?}", resolved.standings)
+        };
+        assert_eq!(error.field, "spec.variantCost");
+    }
+
+    #[test]
+    fn only_deployments_are_supported_targets() {
+        let mut sts = va("a", "llama", 1);
+        sts.spec.scale_target_ref.kind = "StatefulSet".into();
+        let resolved = resolve(&[&sts], |_, _| None);
+        let Standing::Invalid(error) = &resolved.standings[0].1 else {
+            panic!("{:?}", resolved.standings)
+        };
+        assert_eq!(error.field, "spec.scaleTargetRef.kind");
+    }
+
+    #[test]
+    fn the_older_of_two_objects_keeps_a_shared_target() {
+        let d = deployment(Some(1), Some(1));
+        let newer = va("a-newer", "llama", 20);
+        let older = va("z-older", "llama", 10);
+        let resolved = resolve(&[&newer, &older], |_, _| Some(replica_counts(&d)));
+        assert_eq!(resolved.variants.len(), 1);
+        assert_eq!(resolved.variants[0].name, "z-older");
+        let (key, Standing::Invalid(error)) = &resolved.standings[0] else {
+            panic!("{:?}", resolved.standings)
+        };
+        assert_eq!(key.name, "a-newer");
+        assert!(error.problem.contains("llm/z-older"), "{}", error.problem);
+    }
+
+    #[test]
+    fn controller_instance_selects_labelled_objects() {
+        let mut a = va("a", "llama", 1);
+        assert!(manages(&a, None));
+        assert!(!manages(&a, Some("blue")));
+        a.metadata
+            .labels
+            .get_or_insert_default()
+            .insert(CONTROLLER_INSTANCE_LABEL.into(), "blue".into());
+        assert!(manages(&a, Some("blue")));
+        assert!(!manages(&a, Some("green")));
+    }
+
+    fn hpa(
+        namespace: &str,
+        target: (&str, &str),
+        min: Option<i32>,
+        keda: bool,
+    ) -> HorizontalPodAutoscaler {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {
+                "name": format!("{}-hpa", target.1),
+                "namespace": namespace,
+                "labels": if keda { serde_json::json!({KEDA_SCALED_OBJECT_LABEL: "so"}) } else { serde_json::json!({}) },
+            },
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": target.0, "name": target.1},
+                "minReplicas": min,
+                "maxReplicas": 10,
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_scaler_floor_is_the_hpas_min_replicas() {
+        let hpas = [
+            hpa("llm", ("Deployment", "chat-h100"), None, false),
+            hpa("llm", ("Deployment", "chat-l4"), Some(2), false),
+            hpa("llm", ("StatefulSet", "chat-a100"), Some(3), false),
+            hpa("other", ("Deployment", "chat-a100"), Some(4), false),
+            hpa("llm", ("Deployment", "code-l4"), Some(1), true),
+            hpa("llm", ("Deployment", "code-h100"), Some(2), true),
+        ];
+        let floor = |name| scaler_floor(&hpas, "llm", name);
+        assert_eq!(floor("chat-h100"), 1, "minReplicas defaults to 1");
+        assert_eq!(floor("chat-l4"), 2);
+        assert_eq!(floor("chat-a100"), 0, "another kind, another namespace");
+        assert_eq!(floor("code-l4"), 0, "KEDA takes it from 1 to 0 itself");
+        assert_eq!(floor("code-h100"), 2);
+        assert_eq!(floor("no-hpa"), 0);
+    }
+}

@@ -1,0 +1,419 @@
+//! gRPC ingest: the `wva.v1.Telemetry/Stream` server.
+//!
+//! One stream per pod. The first message must be a `Hello`; every later
+//! `Sample` replaces the pod's previous one in the [`PodStore`]. When the
+//! stream ends, for any reason, the pod leaves the store at once.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+use wva_proto::v1::telemetry_server::Telemetry;
+use wva_proto::v1::{
+    Accepted, AgentMessage, ControlMessage, Hello, Role, Sample, agent_message, control_message,
+};
+
+use wva_core::admission::{Admission, Refusal};
+
+use super::admission;
+use crate::grpc::diagnostics::Taps;
+use crate::runtime::trigger::Trigger;
+use crate::telemetry::SelfMetrics;
+use wva_core::store::{Offer, PodKey, PodStore};
+
+/// Largest message an agent may send; a Sample is a few hundred bytes.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// How long a new stream may take to send its Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Ingest {
+    store: Arc<PodStore>,
+    trigger: Arc<Trigger>,
+    metrics: Arc<SelfMetrics>,
+    admission: Arc<dyn Admission>,
+    /// Pods an operator taps (diagnostics).
+    taps: Arc<Taps>,
+    next_stream: AtomicU64,
+    /// Ends every stream with UNAVAILABLE so agents move on at once.
+    shutdown: CancellationToken,
+}
+
+impl Ingest {
+    pub fn new(
+        store: Arc<PodStore>,
+        trigger: Arc<Trigger>,
+        metrics: Arc<SelfMetrics>,
+        admission: Arc<dyn Admission>,
+        taps: Arc<Taps>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Ingest {
+            store,
+            trigger,
+            metrics,
+            admission,
+            taps,
+            next_stream: AtomicU64::new(1),
+            shutdown,
+        }
+    }
+
+    fn refuse(&self, refusal: Refusal) -> Status {
+        self.metrics.stream_refused(refusal.reason);
+        self.reject(admission::status(&refusal))
+    }
+
+    fn reject(&self, status: Status) -> Status {
+        self.metrics.stream_rejected(status.code());
+        warn!(code = ?status.code(), message = status.message(), "rejected agent stream");
+        status
+    }
+}
+
+/// Checks the identity an agent claims; the error names the field.
+pub fn validate_hello(hello: &Hello) -> Result<(), String> {
+    let required = [
+        ("pod", &hello.pod),
+        ("namespace", &hello.namespace),
+        ("variant", &hello.variant),
+    ];
+    for (field, value) in required {
+        if value.trim().is_empty() {
+            return Err(format!("hello.{field} must not be empty"));
+        }
+    }
+    match Role::try_from(hello.role) {
+        Ok(Role::Vllm | Role::Epp) => Ok(()),
+        _ => Err(format!(
+            "hello.role must be VLLM or EPP, got {}",
+            hello.role
+        )),
+    }
+}
+
+/// Checks that a sample's signals are usable numbers; the error names the field.
+pub fn validate_sample(sample: &Sample) -> Result<(), String> {
+    if !sample.up {
+        return Ok(());
+    }
+    for m in &sample.models {
+        let checks = [
+            ("kv_cache_usage", m.kv_cache_usage, 0.0..=1.0),
+            ("requests_waiting", m.requests_waiting, 0.0..=f64::MAX),
+            ("requests_running", m.requests_running, 0.0..=f64::MAX),
+        ];
+        for (field, value, range) in checks {
+            if !range.contains(&value) {
+                return Err(format!(
+                    "model {:?}: {field} = {value} is outside {}..={}",
+                    m.model,
+                    range.start(),
+                    range.end()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+type ControlStream = Pin<Box<dyn Stream<Item = Result<ControlMessage, Status>> + Send>>;
+
+/// The tonic service: a handle on the shared [`Ingest`].
+#[derive(Clone)]
+pub struct IngestService(pub Arc<Ingest>);
+
+#[tonic::async_trait]
+impl Telemetry for IngestService {
+    type StreamStream = ControlStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        self.0.open(request).await
+    }
+}
+
+impl Ingest {
+    /// Admits a stream: checks credentials and the Hello, registers the pod,
+    /// then pumps its samples on a task of their own.
+    async fn open(
+        self: &Arc<Self>,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<ControlStream>, Status> {
+        let token = admission::bearer(request.metadata().get("authorization"))
+            .map_err(|r| self.refuse(r))?;
+        let mut inbound = request.into_inner();
+
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| self.reject(Status::deadline_exceeded("no Hello within 10s")))?
+            .map_err(|s| self.reject(s))?;
+        let hello = match first.and_then(|m| m.kind) {
+            Some(agent_message::Kind::Hello(h)) => h,
+            _ => {
+                return Err(self.reject(Status::invalid_argument(
+                    "the first message of a stream must be a Hello",
+                )));
+            }
+        };
+        validate_hello(&hello).map_err(|e| self.reject(Status::invalid_argument(e)))?;
+        let mut hello = hello;
+        // The cluster, not the agent, says which variant a pod feeds.
+        hello.variant = self
+            .admission
+            .admit(token.as_deref(), &hello)
+            .await
+            .map_err(|r| self.refuse(r))?;
+
+        let key = PodKey {
+            namespace: hello.namespace.clone(),
+            pod: hello.pod.clone(),
+        };
+        let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        info!(pod = %key, variant = %hello.variant, role = hello.role, agent_version = %hello.agent_version, "agent connected");
+        if let Some(old) = self
+            .store
+            .register(key.clone(), stream_id, hello, Instant::now())
+        {
+            debug!(pod = %key, old_stream = old, "a newer stream replaced the previous one");
+        }
+        self.metrics.set_connected(self.store.len());
+
+        let (tx, rx) = mpsc::channel(4);
+        let accepted = ControlMessage {
+            kind: Some(control_message::Kind::Accepted(Accepted {
+                aggregator_version: env!("CARGO_PKG_VERSION").to_string(),
+            })),
+        };
+        // The channel is empty, so this cannot fail for lack of room.
+        let _ = tx.try_send(Ok(accepted));
+
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let end = this.pump(&key, stream_id, &mut inbound, &tx).await;
+            if this.store.remove(&key, stream_id) {
+                info!(pod = %key, reason = %end, "agent disconnected; pod left the analysis");
+                this.taps.close(&key);
+                this.trigger.fire(Instant::now());
+            }
+            this.metrics.set_connected(this.store.len());
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    /// Moves samples from one stream into the store until it ends; returns why it ended.
+    async fn pump(
+        &self,
+        key: &PodKey,
+        stream_id: u64,
+        inbound: &mut Streaming<AgentMessage>,
+        tx: &mpsc::Sender<Result<ControlMessage, Status>>,
+    ) -> String {
+        let shutdown = self.shutdown.clone();
+        loop {
+            let next = tokio::select! {
+                next = inbound.message() => next,
+                _ = shutdown.cancelled() => {
+                    let _ = tx.send(Err(Status::unavailable("aggregator shutting down"))).await;
+                    return "aggregator shutting down".to_string();
+                }
+            };
+            let message = match next {
+                Ok(Some(m)) => m,
+                Ok(None) => return "stream closed by agent".to_string(),
+                Err(status) => return format!("stream error: {}", status.message()),
+            };
+            let sample = match message.kind {
+                Some(agent_message::Kind::Sample(s)) => s,
+                Some(agent_message::Kind::Hello(_)) => {
+                    let status = Status::invalid_argument("Hello sent twice on one stream");
+                    let _ = tx.send(Err(status)).await;
+                    return "Hello sent twice".to_string();
+                }
+                // A kind this version does not know: skip it, stay compatible.
+                None => continue,
+            };
+            let now = Instant::now();
+            let sample = match validate_sample(&sample) {
+                Ok(()) => sample,
+                Err(e) => {
+                    self.metrics.sample_rejected("invalid");
+                    warn!(pod = %key, error = %e, "invalid sample treated as a failed scrape");
+                    Sample {
+                        up: false,
+                        error: format!("invalid sample: {e}"),
+                        models: Vec::new(),
+                        epp: None,
+                        ..sample
+                    }
+                }
+            };
+            self.taps.offer(key, &sample);
+            match self.store.offer(key, stream_id, sample, now) {
+                Offer::Accepted => {
+                    self.metrics.sample_received();
+                    self.trigger.fire(now);
+                }
+                Offer::OutOfOrder { last } => {
+                    self.metrics.sample_rejected("out_of_order");
+                    debug!(pod = %key, last, "sample with a sequence number that did not advance ignored");
+                }
+                Offer::Superseded => {
+                    let status =
+                        Status::aborted(format!("superseded by a newer stream for pod {key}"));
+                    let _ = tx.send(Err(status)).await;
+                    return "superseded by a newer stream".to_string();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wva_proto::v1::ModelSignals;
+
+    use super::*;
+
+    fn hello() -> Hello {
+        Hello {
+            pod: "llama-0".to_string(),
+            namespace: "ns".to_string(),
+            role: Role::Vllm as i32,
+            variant: "llama-l4".to_string(),
+            ..Hello::default()
+        }
+    }
+
+    fn signals(kv: f64, waiting: f64, running: f64) -> ModelSignals {
+        ModelSignals {
+            model: "meta/llama".to_string(),
+            kv_cache_usage: kv,
+            requests_waiting: waiting,
+            requests_running: running,
+            ..ModelSignals::default()
+        }
+    }
+
+    fn sample(models: Vec<ModelSignals>) -> Sample {
+        Sample {
+            seq: 1,
+            up: true,
+            models,
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn valid_hello_passes_for_both_roles() {
+        assert_eq!(validate_hello(&hello()), Ok(()));
+        let epp = Hello {
+            role: Role::Epp as i32,
+            ..hello()
+        };
+        assert_eq!(validate_hello(&epp), Ok(()));
+    }
+
+    #[test]
+    fn hello_without_identity_names_the_field() {
+        type Blank = fn(&mut Hello);
+        let cases: [(&str, Blank); 3] = [
+            ("hello.pod", |h| h.pod.clear()),
+            ("hello.namespace", |h| h.namespace = "  ".to_string()),
+            ("hello.variant", |h| h.variant = "\t".to_string()),
+        ];
+        for (field, blank) in cases {
+            let mut h = hello();
+            blank(&mut h);
+            assert_eq!(
+                validate_hello(&h),
+                Err(format!("{field} must not be empty")),
+                "{field}"
+            );
+        }
+    }
+
+    #[test]
+    fn hello_role_must_be_vllm_or_epp() {
+        for role in [Role::Unspecified as i32, 7, -1] {
+            let h = Hello { role, ..hello() };
+            assert_eq!(
+                validate_hello(&h),
+                Err(format!("hello.role must be VLLM or EPP, got {role}"))
+            );
+        }
+    }
+
+    #[test]
+    fn valid_samples_pass_including_bounds() {
+        for s in [
+            sample(vec![]),
+            sample(vec![signals(0.0, 0.0, 0.0)]),
+            sample(vec![signals(1.0, 250.0, 32.0), signals(0.4, 0.0, 1.0)]),
+        ] {
+            assert_eq!(validate_sample(&s), Ok(()), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn sample_with_unusable_signals_names_model_and_field() {
+        let cases = [
+            (
+                signals(1.5, 0.0, 0.0),
+                "kv_cache_usage = 1.5 is outside 0..=1",
+            ),
+            (
+                signals(-0.1, 0.0, 0.0),
+                "kv_cache_usage = -0.1 is outside 0..=1",
+            ),
+            (
+                signals(f64::NAN, 0.0, 0.0),
+                "kv_cache_usage = NaN is outside 0..=1",
+            ),
+            (signals(0.5, -1.0, 0.0), "requests_waiting = -1 is outside"),
+            (
+                signals(0.5, f64::INFINITY, 0.0),
+                "requests_waiting = inf is outside",
+            ),
+            (
+                signals(0.5, 0.0, f64::NAN),
+                "requests_running = NaN is outside",
+            ),
+        ];
+        for (bad, expected) in cases {
+            let err = validate_sample(&sample(vec![bad])).expect_err(expected);
+            assert!(err.starts_with(r#"model "meta/llama": "#), "{err}");
+            assert!(err.contains(expected), "{err} should contain {expected:?}");
+        }
+    }
+
+    #[test]
+    fn one_bad_model_rejects_the_sample() {
+        let mut bad = signals(2.0, 0.0, 0.0);
+        bad.model = "second".to_string();
+        let err = validate_sample(&sample(vec![signals(0.1, 0.0, 0.0), bad])).unwrap_err();
+        assert!(
+            err.starts_with(r#"model "second": kv_cache_usage"#),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn failed_scrape_is_not_checked() {
+        let down = Sample {
+            up: false,
+            error: "connection refused".to_string(),
+            ..sample(vec![signals(f64::NAN, -1.0, -1.0)])
+        };
+        assert_eq!(validate_sample(&down), Ok(()));
+    }
+}

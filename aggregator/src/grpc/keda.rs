@@ -1,0 +1,355 @@
+//! KEDA's external scaler, served on the aggregator's gRPC port: a
+//! ScaledObject with an `external-push` trigger follows one
+//! VariantAutoscaling's desired replicas, with no Prometheus in between.
+//!
+//! The metric is the desired replica count with a target of 1 per replica,
+//! so the HPA KEDA manages sets replicas to the decision. The variant is
+//! active while its decision is above zero; `StreamIsActive` pushes a change
+//! the moment a decision changes it.
+//!
+//! Every replica answers. The leader answers from its own decisions; a
+//! follower answers what the leader published in the VariantAutoscaling's
+//! status, so answers do not depend on which replica KEDA reaches, and a
+//! failover hands over to a replica that analysed the same streams all
+//! along.
+
+use std::pin::Pin;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use wva_proto::keda::external_scaler_server::ExternalScaler;
+use wva_proto::keda::{
+    GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
+    MetricValue, ScaledObjectRef,
+};
+
+use wva_core::snapshot::Decisions;
+use wva_core::snapshot::Published;
+use wva_core::variants::VariantKey;
+
+/// The trigger metadata naming the VariantAutoscaling to follow.
+pub const VARIANT_KEY: &str = "variantAutoscaling";
+/// Its namespace, when not the ScaledObject's own.
+pub const NAMESPACE_KEY: &str = "namespace";
+/// The metric KEDA puts into its HPA.
+pub const METRIC: &str = "wva-desired-replicas";
+
+/// What the scaler reads: this replica's decisions and leadership, and in a
+/// cluster the decisions the leader published.
+#[derive(Clone)]
+pub struct Scaler {
+    pub decisions: watch::Receiver<Decisions>,
+    pub leading: watch::Receiver<bool>,
+    pub published: Option<watch::Receiver<Published>>,
+}
+
+/// The VariantAutoscaling a ScaledObject follows.
+pub fn variant_of(reference: &ScaledObjectRef) -> Result<VariantKey, Status> {
+    let metadata = &reference.scaler_metadata;
+    let name = metadata
+        .get(VARIANT_KEY)
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "scalerMetadata.{VARIANT_KEY} must name the VariantAutoscaling to follow"
+            ))
+        })?;
+    let namespace = metadata
+        .get(NAMESPACE_KEY)
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+        .unwrap_or(&reference.namespace);
+    if namespace.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "no namespace: the ScaledObject has none and scalerMetadata.{NAMESPACE_KEY} is unset"
+        )));
+    }
+    Ok(VariantKey::new(namespace, name))
+}
+
+impl Scaler {
+    /// The variant's desired replicas as this replica answers them.
+    pub fn desired(&self, variant: &VariantKey) -> Result<u32, Status> {
+        let own = self
+            .decisions
+            .borrow()
+            .iter()
+            .find(|d| d.variant == *variant)
+            .map(|d| d.desired_replicas);
+        let published = match (&self.published, *self.leading.borrow()) {
+            (Some(published), false) => published.borrow().get(variant).copied(),
+            _ => None,
+        };
+        // A follower without a published value yet (a new variant) answers
+        // its own, which the same streams produced.
+        published.or(own).ok_or_else(|| {
+            Status::not_found(format!(
+                "no VariantAutoscaling {variant} is known to wva (check scalerMetadata.{VARIANT_KEY} and {NAMESPACE_KEY})"
+            ))
+        })
+    }
+
+    /// Resolves when anything an answer depends on may have changed; never
+    /// once the aggregator shuts down.
+    async fn changed(&mut self) {
+        let published = async {
+            match &mut self.published {
+                Some(rx) => {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Ok(()) = self.decisions.changed() => {}
+            Ok(()) = self.leading.changed() => {}
+            () = published => {}
+        }
+    }
+}
+
+type ActiveStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalScaler for Scaler {
+    async fn is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<IsActiveResponse>, Status> {
+        let variant = variant_of(request.get_ref())?;
+        let result = self.desired(&variant)? > 0;
+        Ok(Response::new(IsActiveResponse { result }))
+    }
+
+    type StreamIsActiveStream = ActiveStream;
+
+    async fn stream_is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
+        let variant = variant_of(request.get_ref())?;
+        let mut scaler = self.clone();
+        let mut last = scaler.desired(&variant)? > 0;
+        // One answer in flight at most: a stalled KEDA holds no backlog, it
+        // reads the latest state when it catches up.
+        let (tx, rx) = mpsc::channel(1);
+        tx.try_send(Ok(IsActiveResponse { result: last }))
+            .expect("a fresh channel has room");
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = scaler.changed() => {}
+                    () = tx.closed() => return,
+                }
+                match scaler.desired(&variant) {
+                    Ok(desired) if (desired > 0) != last => {
+                        last = desired > 0;
+                        if tx
+                            .send(Ok(IsActiveResponse { result: last }))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(gone) => {
+                        let _ = tx.send(Err(gone)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_metric_spec(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<GetMetricSpecResponse>, Status> {
+        let variant = variant_of(request.get_ref())?;
+        self.desired(&variant)?;
+        Ok(Response::new(GetMetricSpecResponse {
+            metric_specs: vec![MetricSpec {
+                metric_name: METRIC.into(),
+                target_size: 1,
+                target_size_float: 1.0,
+            }],
+        }))
+    }
+
+    async fn get_metrics(
+        &self,
+        request: Request<GetMetricsRequest>,
+    ) -> Result<Response<GetMetricsResponse>, Status> {
+        let request = request.into_inner();
+        let reference = request
+            .scaled_object_ref
+            .ok_or_else(|| Status::invalid_argument("scaledObjectRef is missing"))?;
+        let desired = self.desired(&variant_of(&reference)?)?;
+        // KEDA asks by the name it gave the metric (with its own prefix).
+        let metric_name = if request.metric_name.is_empty() {
+            METRIC.to_string()
+        } else {
+            request.metric_name
+        };
+        Ok(Response::new(GetMetricsResponse {
+            metric_values: vec![MetricValue {
+                metric_name,
+                metric_value: i64::from(desired),
+                metric_value_float: f64::from(desired),
+            }],
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use tokio_stream::StreamExt;
+    use tonic::Code;
+
+    use super::*;
+    use wva_core::decision::{Basis, DataState};
+    use wva_core::testing::decision as for_test;
+
+    struct World {
+        decisions: watch::Sender<Decisions>,
+        leading: watch::Sender<bool>,
+        published: watch::Sender<Published>,
+        scaler: Scaler,
+    }
+
+    fn world(leading: bool) -> World {
+        let (decisions, decisions_rx) = watch::channel(Decisions::default());
+        let (leading, leading_rx) = watch::channel(leading);
+        let (published, published_rx) = watch::channel(Published::default());
+        World {
+            decisions,
+            leading,
+            published,
+            scaler: Scaler {
+                decisions: decisions_rx,
+                leading: leading_rx,
+                published: Some(published_rx),
+            },
+        }
+    }
+
+    impl World {
+        fn decide(&self, desired: u32) {
+            let basis = Basis::Analysis(wva_core::analysis::saturation::Reason::Steady);
+            let decision = for_test(1, desired, basis, DataState::Fresh, 1);
+            self.decisions.send_replace(Arc::new(vec![decision]));
+        }
+        fn publish(&self, desired: u32) {
+            let stored = HashMap::from([(VariantKey::new("ns", "va"), desired)]);
+            self.published.send_replace(Arc::new(stored));
+        }
+    }
+
+    fn reference(metadata: &[(&str, &str)]) -> ScaledObjectRef {
+        ScaledObjectRef {
+            name: "chat-so".into(),
+            namespace: "ns".into(),
+            scaler_metadata: metadata
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_metadata_names_the_variant_in_the_scaled_objects_namespace_by_default() {
+        let own = variant_of(&reference(&[(VARIANT_KEY, "va")])).unwrap();
+        assert_eq!(own, VariantKey::new("ns", "va"));
+        let other = variant_of(&reference(&[(VARIANT_KEY, "va"), (NAMESPACE_KEY, "llm")])).unwrap();
+        assert_eq!(other, VariantKey::new("llm", "va"));
+        let missing = variant_of(&reference(&[])).unwrap_err();
+        assert_eq!(missing.code(), Code::InvalidArgument);
+        assert!(
+            missing.message().contains("variantAutoscaling"),
+            "{missing:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_leader_answers_its_own_decision_and_a_follower_the_published_one() {
+        let w = world(true);
+        w.decide(3);
+        w.publish(2);
+        let va = VariantKey::new("ns", "va");
+        assert_eq!(w.scaler.desired(&va).unwrap(), 3);
+        w.leading.send_replace(false);
+        assert_eq!(w.scaler.desired(&va).unwrap(), 2);
+        w.published.send_replace(Published::default());
+        assert_eq!(
+            w.scaler.desired(&va).unwrap(),
+            3,
+            "nothing published yet: its own"
+        );
+        let unknown = w
+            .scaler
+            .desired(&VariantKey::new("ns", "other"))
+            .unwrap_err();
+        assert_eq!(unknown.code(), Code::NotFound);
+        assert!(unknown.message().contains("ns/other"), "{unknown:?}");
+    }
+
+    #[tokio::test]
+    async fn the_stream_pushes_activation_changes_only() {
+        let w = world(true);
+        w.decide(0);
+        let request = Request::new(reference(&[(VARIANT_KEY, "va")]));
+        let mut stream = w
+            .scaler
+            .stream_is_active(request)
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!stream.next().await.unwrap().unwrap().result);
+        w.decide(2);
+        assert!(stream.next().await.unwrap().unwrap().result);
+        // 2 → 3 keeps it active: nothing to push; 3 → 0 is pushed next.
+        w.decide(3);
+        w.decide(0);
+        assert!(!stream.next().await.unwrap().unwrap().result);
+        w.decisions.send_replace(Decisions::default());
+        let gone = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(gone.code(), Code::NotFound);
+        assert!(stream.next().await.is_none(), "the stream ends");
+    }
+
+    #[tokio::test]
+    async fn metrics_are_the_decision_with_a_target_of_one() {
+        let w = world(true);
+        w.decide(4);
+        let spec = w
+            .scaler
+            .get_metric_spec(Request::new(reference(&[(VARIANT_KEY, "va")])))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(spec.metric_specs[0].target_size_float, 1.0);
+        assert_eq!(spec.metric_specs[0].target_size, 1);
+        let metrics = w
+            .scaler
+            .get_metrics(Request::new(GetMetricsRequest {
+                scaled_object_ref: Some(reference(&[(VARIANT_KEY, "va")])),
+                metric_name: "s0-wva-desired-replicas".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let value = &metrics.metric_values[0];
+        assert_eq!(value.metric_name, "s0-wva-desired-replicas");
+        assert_eq!((value.metric_value, value.metric_value_float), (4, 4.0));
+    }
+}

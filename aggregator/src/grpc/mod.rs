@@ -1,0 +1,63 @@
+//! The aggregator's gRPC port: agent ingest, KEDA's external scaler and the
+//! diagnostics stream, one server.
+
+pub mod admission;
+pub mod diagnostics;
+pub mod ingest;
+pub mod keda;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, ServerTlsConfig};
+use tracing::warn;
+use wva_proto::keda::external_scaler_server::ExternalScalerServer;
+use wva_proto::v1::diagnostics_server::DiagnosticsServer;
+use wva_proto::v1::telemetry_server::TelemetryServer;
+
+use self::diagnostics::DiagnosticsService;
+use self::ingest::{Ingest, IngestService, MAX_MESSAGE_BYTES};
+use self::keda::Scaler;
+
+/// How long in-flight connections may take to finish after shutdown starts.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Serves agent ingest, KEDA's external scaler and diagnostics on one port.
+pub async fn serve(
+    ingest: Arc<Ingest>,
+    (scaler, diagnostics): (Scaler, DiagnosticsService),
+    listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let service =
+        TelemetryServer::new(IngestService(ingest)).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let stop = shutdown.clone();
+    let server = builder
+        .add_service(service)
+        .add_service(ExternalScalerServer::new(scaler))
+        .add_service(DiagnosticsServer::new(diagnostics))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            stop.cancelled().await;
+        });
+    tokio::select! {
+        result = server => Ok(result?),
+        _ = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(DRAIN).await;
+        } => {
+            warn!("gRPC connections did not drain in time; closing them");
+            Ok(())
+        }
+    }
+}
