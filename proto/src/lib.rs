@@ -3,11 +3,11 @@
 
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("wva.v1");
+    include!(concat!(env!("OUT_DIR"), "/wva.v1.rs"));
 }
 
 /// KEDA's `externalscaler` package, which the aggregator serves.
 pub mod keda {
     #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("externalscaler");
+    include!(concat!(env!("OUT_DIR"), "/externalscaler.rs"));
 }

@@ -9,8 +9,9 @@ use tokio::time::Instant;
 
 use crate::config::SimConfig;
 use crate::engine::Engine;
-use crate::metrics::exposition::{EngineView, Exposition, escape_label_value};
+use crate::metrics::exposition::{EngineView, Exposition};
 use crate::metrics::lora::{AdapterId, LoraInfo};
+use crate::metrics::text::escape_label_value;
 use crate::tokens::mix;
 
 pub struct Replica {

@@ -5,8 +5,7 @@
 
 use wva_proto::v1::EppSignals;
 
-use super::resized;
-use super::slots::{Reset, Slots};
+use super::slots::{Reset, Slots, resized};
 use crate::parse::Sample;
 
 /// Families that identify an endpoint picker (GIE and llm-d router names).

@@ -158,13 +158,5 @@ fn leading_name(line: &str) -> &str {
     &line[..end]
 }
 
-/// `v` with exactly `n` elements, keeping the existing ones (and their
-/// allocations) for the caller to overwrite.
-fn resized<T: Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
-    v.truncate(n);
-    v.resize_with(n, T::default);
-    v
-}
-
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,14 @@
 
 use crate::parse::{unescape_into, unescaped_eq};
 
+/// `v` with exactly `n` elements, keeping the existing ones (and their
+/// allocations) for the caller to overwrite.
+pub(super) fn resized<T: Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    v.truncate(n);
+    v.resize_with(n, T::default);
+    v
+}
+
 /// Puts an accumulator back to its empty state, keeping its allocations.
 pub(super) trait Reset {
     fn reset(&mut self);

@@ -3,8 +3,7 @@
 
 use wva_proto::v1::{Counters, ModelSignals};
 
-use super::resized;
-use super::slots::{Reset, Slots};
+use super::slots::{Reset, Slots, resized};
 use crate::parse::Sample;
 
 pub(super) const PREFIX: &str = "vllm:";

@@ -7,7 +7,6 @@ use serde::Serialize;
 
 use crate::analysis::saturation::{ModelAnalysis, Reason, ReplicaLoad};
 use crate::config::saturation::SaturationConfig;
-use crate::sources::SourceFailure;
 use crate::variants::VariantKey;
 
 /// Where a safety-net value came from.
@@ -104,6 +103,13 @@ pub struct Decision {
     pub saturation: Saturation,
     #[serde(serialize_with = "unix_ms")]
     pub decided_at: SystemTime,
+}
+
+/// Why a variant's polled source gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SourceFailure {
+    pub source: &'static str,
+    pub error: String,
 }
 
 /// A change of desired replicas, for the scaling counter and logs.

@@ -12,9 +12,10 @@ use crate::activity::{ActivityTracker, ModelKey};
 use crate::analysis::saturation::{self, Reason, ReplicaLoad, VariantState};
 use crate::config::saturation::SaturationConfigSet;
 use crate::config::scale_to_zero::ScaleToZeroConfigSet;
-use crate::decision::{Basis, DataState, Decision, Fallback, Saturation, ScalingEvent};
+use crate::decision::{
+    Basis, DataState, Decision, Fallback, Saturation, ScalingEvent, SourceFailure,
+};
 use crate::snapshot::ReplicaCounts;
-use crate::sources::SourceFailure;
 use crate::store::{PodEntry, PodKey};
 use crate::variants::{VariantAutoscaling, VariantKey};
 

@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::decision::Decision;
-use crate::sources::SourceFailure;
+use crate::decision::{Decision, SourceFailure};
 use crate::variants::{VariantAutoscaling, VariantKey};
 
 /// The variants being scaled.

@@ -90,13 +90,6 @@ pub trait PolledSource: Send + Sync + 'static {
     }
 }
 
-/// Why a variant's polled source gave no answer.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct SourceFailure {
-    pub source: &'static str,
-    pub error: String,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -475,7 +475,7 @@ mod tests {
             DataState::Missing,
             0,
         );
-        d.source_failure = Some(wva_core::sources::SourceFailure {
+        d.source_failure = Some(wva_core::decision::SourceFailure {
             source: "prometheus",
             error: "Prometheus query at http://p:9090 timed out after 10s".into(),
         });

@@ -10,8 +10,8 @@ use wva_core::engine::{Engine, Inputs};
 use wva_core::snapshot::{Decisions, Failures};
 use wva_core::store::PodStore;
 
-use super::Upstream;
 use super::trigger::Trigger;
+use super::upstream::Upstream;
 use crate::gauges::DecisionGauges;
 use crate::telemetry::SelfMetrics;
 use std::sync::Arc;

@@ -5,8 +5,8 @@
 mod analysis_loop;
 pub mod poller;
 pub mod trigger;
+mod upstream;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,17 +17,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::ServerTlsConfig;
 use wva_core::admission::Admission;
-use wva_core::config::saturation::SaturationConfigSet;
-use wva_core::config::scale_to_zero::ScaleToZeroConfigSet;
-use wva_core::snapshot::{Decisions, Failures, Published, Replicas, Tuning, Variants};
+use wva_core::snapshot::{Decisions, Failures};
 use wva_core::sources::{PolledSource, SourceKind};
 use wva_core::store::PodStore;
-use wva_core::variants::VariantKey;
 use wva_webhook::server::WebhookMetrics;
 
 use self::analysis_loop::AnalysisLoop;
 use self::poller::Poller;
 use self::trigger::Trigger;
+pub use self::upstream::Upstream;
 use crate::gauges::DecisionGauges;
 use crate::grpc::{
     self, diagnostics::DiagnosticsService, diagnostics::Taps, ingest::Ingest, keda::Scaler,
@@ -50,48 +48,6 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// The agent-injection webhook's counters, served with the others.
     pub webhook_metrics: Option<WebhookMetrics>,
-}
-
-/// Where decisions come from: the channels the analysis reads.
-pub struct Upstream {
-    pub variants: watch::Receiver<Variants>,
-    pub saturation: watch::Receiver<Arc<SaturationConfigSet>>,
-    /// Per-model scale-to-zero policies (used when `Settings::scale_to_zero`).
-    pub scale_to_zero: watch::Receiver<Arc<ScaleToZeroConfigSet>>,
-    /// Replica counts from an actuator; `None` derives them from reporting pods.
-    pub replicas: Option<watch::Receiver<Replicas>>,
-    /// Whether this replica leads; only a leader publishes decision gauges,
-    /// so Prometheus never sees two competing series.
-    pub leading: watch::Receiver<bool>,
-    /// Desired replicas decided before this process started (from status).
-    pub previous: HashMap<VariantKey, u32>,
-    pub tuning: watch::Receiver<Tuning>,
-    /// In a cluster, the desired replicas the leader published in status,
-    /// which a follower's KEDA scaler answers.
-    pub published: Option<watch::Receiver<Published>>,
-}
-
-impl Upstream {
-    /// Sources of an aggregator that runs alone and starts afresh (standalone
-    /// mode): it always leads and has no earlier decisions.
-    pub fn alone(
-        variants: watch::Receiver<Variants>,
-        saturation: watch::Receiver<Arc<SaturationConfigSet>>,
-        scale_to_zero: watch::Receiver<Arc<ScaleToZeroConfigSet>>,
-        replicas: Option<watch::Receiver<Replicas>>,
-        tuning: Tuning,
-    ) -> Self {
-        Upstream {
-            variants,
-            saturation,
-            scale_to_zero,
-            replicas,
-            leading: watch::channel(true).1,
-            previous: HashMap::new(),
-            tuning: watch::channel(tuning).1,
-            published: None,
-        }
-    }
 }
 
 /// A started aggregator.

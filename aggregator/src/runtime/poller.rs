@@ -23,10 +23,9 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use wva_core::decision::SourceFailure;
 use wva_core::snapshot::{Failures, Variants};
-use wva_core::sources::{
-    EPP_SERVICE_ANNOTATION, PolledPod, PolledSource, SourceFailure, SourceKind,
-};
+use wva_core::sources::{EPP_SERVICE_ANNOTATION, PolledPod, PolledSource, SourceKind};
 use wva_core::store::{Offer, PodKey, PodStore};
 use wva_core::variants::{VariantAutoscaling, VariantKey};
 use wva_proto::v1::{Hello, Role, Sample};

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use super::lora::LoraInfo;
-use super::number::write_float;
+use super::text::write_float;
 use super::{EngineMetrics, Histogram, SpecDecodeMetrics};
 use crate::finish::FinishReason;
 
@@ -29,20 +29,6 @@ pub struct Exposition<'a> {
     /// Engines in rank order.
     pub engines: &'a [EngineView<'a>],
     pub lora: Option<&'a LoraInfo>,
-}
-
-/// Escapes a label value (`\`, `"` and newline).
-pub fn escape_label_value(value: &str) -> String {
-    let mut escaped = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => escaped.push_str("\\\\"),
-            '"' => escaped.push_str("\\\""),
-            '\n' => escaped.push_str("\\n"),
-            c => escaped.push(c),
-        }
-    }
-    escaped
 }
 
 type CounterOf = fn(&EngineMetrics) -> u64;

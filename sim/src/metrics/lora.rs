@@ -6,8 +6,7 @@
 
 use std::fmt::Write;
 
-use super::exposition::escape_label_value;
-use super::number::write_float;
+use super::text::{escape_label_value, write_float};
 
 /// Index of an adapter in the served list.
 pub type AdapterId = u16;

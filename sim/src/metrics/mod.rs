@@ -4,7 +4,7 @@
 
 pub mod exposition;
 pub mod lora;
-pub mod number;
+pub mod text;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! Numbers written the way vLLM's Python Prometheus client writes them.
+//! Numbers and label values written the way vLLM's Python Prometheus client
+//! writes them.
 //!
 //! That client prints `repr(float)` (`129.0`, `0.5`, `1e-05`, `1e+16`) but
 //! switches to Go-style exponents for positive values with more than six
@@ -6,6 +7,20 @@
 //! comparing the simulator with a real server sees the same text.
 
 use std::fmt::{self, Write};
+
+/// Escapes a label value (`\`, `"` and newline).
+pub fn escape_label_value(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
 
 /// Appends `value` to `out` in the Python client's format.
 pub fn write_float(out: &mut String, value: f64) {
