@@ -18,7 +18,37 @@ use wva_core::variants::VariantKey;
 type Labels = Vec<(&'static str, String)>;
 type F64Gauge = Gauge<f64, AtomicU64>;
 
-/// One series family under each published name prefix.
+/// A decision series' name in WVA's contract and its legacy `inferno_` name.
+struct Contract {
+    name: &'static str,
+    legacy: &'static str,
+    help: &'static str,
+}
+
+const DESIRED_REPLICAS: Contract = Contract {
+    name: "wva_desired_replicas",
+    legacy: "inferno_desired_replicas",
+    help: "Desired replicas of the variant",
+};
+const CURRENT_REPLICAS: Contract = Contract {
+    name: "wva_current_replicas",
+    legacy: "inferno_current_replicas",
+    help: "Current replicas of the variant",
+};
+const DESIRED_RATIO: Contract = Contract {
+    name: "wva_desired_ratio",
+    legacy: "inferno_desired_ratio",
+    help: "Desired over current replicas (desired when current is 0)",
+};
+/// A counter: exposed as `wva_replica_scaling_total` (and `inferno_…`).
+const REPLICA_SCALING: Contract = Contract {
+    name: "wva_replica_scaling",
+    legacy: "inferno_replica_scaling",
+    help: "Changes of desired replicas, by direction and reason",
+};
+const METRICS_AGE: &str = "wva_variant_metrics_age_seconds";
+
+/// One series family under each published name.
 #[derive(Debug)]
 struct Names<M> {
     families: Vec<Family<Labels, M>>,
@@ -36,12 +66,14 @@ impl<
 where
     M: prometheus_client::encoding::EncodeMetric,
 {
-    fn register(registry: &mut Registry, prefixes: &[&str], name: &str, help: &str) -> Self {
-        let families = prefixes
+    fn register(registry: &mut Registry, contract: &Contract, legacy: bool) -> Self {
+        let both = [contract.name, contract.legacy];
+        let names = if legacy { &both[..] } else { &both[..1] };
+        let families = names
             .iter()
-            .map(|prefix| {
+            .map(|name| {
                 let family = Family::<Labels, M>::default();
-                registry.register(format!("{prefix}_{name}"), help, family.clone());
+                registry.register(*name, contract.help, family.clone());
                 family
             })
             .collect();
@@ -79,43 +111,18 @@ impl DecisionGauges {
         legacy_names: bool,
         controller_instance: Option<String>,
     ) -> Self {
-        let prefixes: &[&str] = if legacy_names {
-            &["wva", "inferno"]
-        } else {
-            &["wva"]
-        };
         let data_age = Family::<Labels, F64Gauge>::default();
         registry.register(
-            "wva_variant_metrics_age_seconds",
+            METRICS_AGE,
             "Age of the oldest pod sample behind the variant's current decision; absent while the variant has no fresh data",
             data_age.clone(),
         );
         DecisionGauges {
             controller_instance,
-            desired: Names::register(
-                registry,
-                prefixes,
-                "desired_replicas",
-                "Desired replicas of the variant",
-            ),
-            current: Names::register(
-                registry,
-                prefixes,
-                "current_replicas",
-                "Current replicas of the variant",
-            ),
-            ratio: Names::register(
-                registry,
-                prefixes,
-                "desired_ratio",
-                "Desired over current replicas (desired when current is 0)",
-            ),
-            scaling: Names::register(
-                registry,
-                prefixes,
-                "replica_scaling",
-                "Changes of desired replicas, by direction and reason",
-            ),
+            desired: Names::register(registry, &DESIRED_REPLICAS, legacy_names),
+            current: Names::register(registry, &CURRENT_REPLICAS, legacy_names),
+            ratio: Names::register(registry, &DESIRED_RATIO, legacy_names),
+            scaling: Names::register(registry, &REPLICA_SCALING, legacy_names),
             data_age,
             published: Mutex::new(HashMap::new()),
         }

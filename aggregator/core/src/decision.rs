@@ -150,7 +150,7 @@ impl Decision {
         let n = self.inputs.len();
         (n > 0).then(|| {
             let kv = self.inputs.iter().map(|l| l.kv_cache_usage).sum::<f64>() / n as f64;
-            (kv, self.inputs.iter().map(|l| l.queue_length).sum())
+            (kv, self.inputs.iter().map(|l| l.requests_waiting).sum())
         })
     }
 }
@@ -176,7 +176,7 @@ fn loads<S: serde::Serializer>(loads: &[ReplicaLoad], s: S) -> Result<S::Ok, S::
         seq.serialize_element(&serde_json::json!({
             "pod": l.pod,
             "kvCacheUsage": l.kv_cache_usage,
-            "queueLength": l.queue_length,
+            "queueLength": l.requests_waiting,
         }))?;
     }
     seq.end()

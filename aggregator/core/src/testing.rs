@@ -56,7 +56,7 @@ pub fn decision(
             .map(|i| ReplicaLoad {
                 pod: format!("p{i}"),
                 kv_cache_usage: 0.5,
-                queue_length: 0.0,
+                requests_waiting: 0.0,
             })
             .collect(),
         saturation: Saturation::default(),

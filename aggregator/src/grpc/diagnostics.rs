@@ -146,7 +146,7 @@ pub fn to_proto(d: &Decision) -> VariantDecision {
             .map(|load| PodInput {
                 pod: load.pod.clone(),
                 kv_cache_usage: load.kv_cache_usage,
-                queue_length: load.queue_length,
+                queue_length: load.requests_waiting,
                 saturated: is_saturated(load, config),
             })
             .collect(),

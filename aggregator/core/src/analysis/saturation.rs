@@ -14,7 +14,7 @@ pub struct ReplicaLoad {
     /// KV-cache usage, fraction 0..1.
     pub kv_cache_usage: f64,
     /// Requests waiting in the pod's queue.
-    pub queue_length: f64,
+    pub requests_waiting: f64,
 }
 
 /// Everything the analysis knows about one variant of a model.
@@ -33,7 +33,7 @@ pub struct VariantState {
     /// variant when scale to zero is off, else 0).
     pub min_replicas: u32,
     /// Fresh signals of the pods that report for this variant.
-    pub replicas: Vec<ReplicaLoad>,
+    pub loads: Vec<ReplicaLoad>,
 }
 
 /// Saturation verdict over all replicas of one model.
@@ -103,7 +103,7 @@ impl VariantState {
         self.previous_desired
             .is_some_and(|desired| desired != self.current_replicas)
             || self.ready_replicas != self.current_replicas
-            || self.replicas.len() < self.ready_replicas as usize
+            || self.loads.len() < self.ready_replicas as usize
     }
 
     /// The target re-published while the model converges, and the safety net's
@@ -127,9 +127,9 @@ impl VariantState {
 /// capacity but never make a replica look idle.
 pub fn is_saturated(load: &ReplicaLoad, config: &SaturationConfig) -> bool {
     let plausible = |v: f64| v.is_finite() && v >= 0.0;
-    !(plausible(load.kv_cache_usage) && plausible(load.queue_length))
+    !(plausible(load.kv_cache_usage) && plausible(load.requests_waiting))
         || load.kv_cache_usage >= config.kv_cache_threshold
-        || load.queue_length >= config.queue_length_threshold
+        || load.requests_waiting >= config.queue_length_threshold
 }
 
 /// Classifies every replica and computes spare capacity and the two verdicts.
@@ -140,12 +140,12 @@ pub fn analyze(variants: &[VariantState], config: &SaturationConfig) -> ModelAna
     let mut total_replicas = 0;
     let mut healthy = 0;
     let (mut kv_sum, mut queue_sum) = (0.0, 0.0);
-    for load in variants.iter().flat_map(|v| &v.replicas) {
+    for load in variants.iter().flat_map(|v| &v.loads) {
         total_replicas += 1;
         if !is_saturated(load, config) {
             healthy += 1;
             kv_sum += load.kv_cache_usage;
-            queue_sum += load.queue_length;
+            queue_sum += load.requests_waiting;
         }
     }
     // Average spare capacity when the healthy replicas' load is spread over `n`
@@ -260,7 +260,7 @@ mod tests {
         ReplicaLoad {
             pod: String::new(),
             kv_cache_usage: kv,
-            queue_length: queue,
+            requests_waiting: queue,
         }
     }
 
@@ -273,13 +273,13 @@ mod tests {
             ready_replicas: replicas,
             previous_desired: None,
             min_replicas: 0,
-            replicas: (0..replicas).map(|_| load(0.0, 0.0)).collect(),
+            loads: (0..replicas).map(|_| load(0.0, 0.0)).collect(),
         }
     }
 
     fn with_loads(name: &str, loads: &[(f64, f64)]) -> VariantState {
         let mut v = variant(name, 10.0, loads.len() as u32);
-        v.replicas = loads.iter().map(|&(kv, q)| load(kv, q)).collect();
+        v.loads = loads.iter().map(|&(kv, q)| load(kv, q)).collect();
         v
     }
 
@@ -471,7 +471,7 @@ mod tests {
         // Everything at its minimum: nothing moves.
         cheap.current_replicas = 1;
         cheap.ready_replicas = 1;
-        cheap.replicas.truncate(1);
+        cheap.loads.truncate(1);
         assert_eq!(
             summary(&targets(&[cheap.clone(), pricey], &down)),
             [("l4", 1, Reason::Steady), ("h100", 1, Reason::Steady)]
@@ -546,7 +546,7 @@ mod tests {
         // not get another one, and no other variant steps in for it.
         let mut pending = variant("l4", 10.0, 3);
         pending.ready_replicas = 2;
-        pending.replicas.truncate(2);
+        pending.loads.truncate(2);
         pending.previous_desired = Some(3);
         let other = variant("h100", 30.0, 1);
         assert_eq!(
@@ -575,7 +575,7 @@ mod tests {
     fn surplus_ready_replicas_block_steps() {
         let mut rolling = variant("a", 10.0, 2);
         rolling.ready_replicas = 3;
-        rolling.replicas.push(load(0.0, 0.0));
+        rolling.loads.push(load(0.0, 0.0));
         assert_eq!(
             summary(&targets(&[rolling], &verdict(false, true))),
             [("a", 2, Reason::Converging)]
@@ -585,7 +585,7 @@ mod tests {
     #[test]
     fn unreported_ready_pods_block_steps() {
         let mut quiet = variant("a", 10.0, 2);
-        quiet.replicas.truncate(1);
+        quiet.loads.truncate(1);
         assert!(quiet.is_converging());
         assert_eq!(
             summary(&targets(
@@ -608,7 +608,7 @@ mod tests {
         // A held scale-up is kept as is, even from below the minimum.
         v.current_replicas = 0;
         v.ready_replicas = 0;
-        v.replicas.clear();
+        v.loads.clear();
         v.previous_desired = Some(2);
         assert_eq!(
             summary(&targets(&[v], &verdict(false, false))),
@@ -655,12 +655,12 @@ mod tests {
         // Later the load has dropped on all four replicas.
         let mut quiet: Vec<VariantState> = variants.to_vec();
         quiet[0] = VariantState {
-            replicas: vec![load(0.2, 0.0), load(0.1, 0.0), load(0.3, 1.0)],
+            loads: vec![load(0.2, 0.0), load(0.1, 0.0), load(0.3, 1.0)],
             current_replicas: 3,
             ready_replicas: 3,
             ..quiet[0].clone()
         };
-        quiet[1].replicas = vec![load(0.2, 0.0)];
+        quiet[1].loads = vec![load(0.2, 0.0)];
         let analysis = analyze(&quiet, &config);
         assert!(
             analysis.scale_down_safe && !analysis.should_scale_up,
@@ -713,7 +713,7 @@ mod tests {
                         ready_replicas: ready,
                         previous_desired: if settled { None } else { previous },
                         min_replicas: min,
-                        replicas: readings.into_iter().map(|(kv, q)| load(kv, q)).collect(),
+                        loads: readings.into_iter().map(|(kv, q)| load(kv, q)).collect(),
                     }
                 },
             )
@@ -727,7 +727,7 @@ mod tests {
         #[test]
         fn analysis_counts_add_up(variants in arb_model()) {
             let a = analyze(&variants, &SaturationConfig::default());
-            let total: usize = variants.iter().map(|v| v.replicas.len()).sum();
+            let total: usize = variants.iter().map(|v| v.loads.len()).sum();
             prop_assert_eq!(a.total_replicas, total);
             prop_assert_eq!(a.saturated_replicas + a.non_saturated_replicas, total);
             prop_assert!(!(a.should_scale_up && a.scale_down_safe));
