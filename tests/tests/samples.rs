@@ -220,15 +220,14 @@ fn the_variant_autoscalings_are_valid_and_scale_the_sample_deployments() {
     assert_eq!(variants.vas.len(), 2, "two variants of one model");
     assert_eq!(variants.deployments.len(), 2);
 
-    let checked: Vec<variants::VariantAutoscaling> =
-        of_kind(&variants.objects, "VariantAutoscaling")
-            .into_iter()
-            .map(|o| {
-                variants::from_json(o.clone()).unwrap_or_else(|e| {
-                    panic!("the aggregator rejects a sample VariantAutoscaling: {e}")
-                })
+    let checked: Vec<variants::Variant> = of_kind(&variants.objects, "VariantAutoscaling")
+        .into_iter()
+        .map(|o| {
+            variants::from_json(o.clone()).unwrap_or_else(|e| {
+                panic!("the aggregator rejects a sample VariantAutoscaling: {e}")
             })
-            .collect();
+        })
+        .collect();
     let models: BTreeSet<&str> = checked.iter().map(|va| va.model_id.as_str()).collect();
     assert_eq!(models.len(), 1, "both variants serve the same model");
     let accelerators: BTreeSet<&str> = checked.iter().map(|va| va.accelerator.as_str()).collect();
@@ -698,7 +697,7 @@ fn wva_keys(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn the_injection_doc_names_exactly_the_annotations_the_webhook_reads() {
-    let source = read("aggregator/src/webhook/injection.rs");
+    let source = read("aggregator/webhook/src/injection.rs");
     let constants: BTreeSet<String> = source
         .lines()
         .filter(|l| l.starts_with("pub const ") && l.contains(": &str = \"wva.llmd.ai/"))

@@ -108,8 +108,44 @@ pub struct Decision {
 /// Why a variant's polled source gave no answer.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SourceFailure {
-    pub source: &'static str,
+    pub source: FailedSource,
     pub error: String,
+}
+
+/// What failed to give a variant its metrics; a status condition's reason
+/// follows from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedSource {
+    /// The variant's metrics-source annotation names no source.
+    Annotation,
+    /// The agents' streams (never polled, so never failing today).
+    Agent,
+    PodScraping,
+    Prometheus,
+}
+
+impl FailedSource {
+    /// Stable name, as in logs, JSON and condition messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailedSource::Annotation => "annotation",
+            FailedSource::Agent => "agent",
+            FailedSource::PodScraping => "pod-scraping",
+            FailedSource::Prometheus => "prometheus",
+        }
+    }
+}
+
+impl std::fmt::Display for FailedSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for FailedSource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// A change of desired replicas, for the scaling counter and logs.

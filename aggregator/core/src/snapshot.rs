@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::decision::{Decision, SourceFailure};
-use crate::variants::{VariantAutoscaling, VariantKey};
+use crate::variants::{Variant, VariantKey};
 
 /// The variants being scaled.
-pub type Variants = Arc<Vec<VariantAutoscaling>>;
+pub type Variants = Arc<Vec<Variant>>;
 /// The replica counts of each variant's target.
 pub type Replicas = Arc<HashMap<VariantKey, ReplicaCounts>>;
 /// The latest decision of every variant, built once per analysis.

@@ -3,7 +3,8 @@
 
 use wva_proto::v1::{ModelSignals, Role, Sample};
 
-use crate::variants::VariantAutoscaling;
+use crate::decision::FailedSource;
+use crate::variants::Variant;
 
 pub const SOURCE_ANNOTATION: &str = "wva.llmd.ai/metrics-source";
 /// Names the Service of the variant's endpoint picker, in its namespace.
@@ -34,7 +35,7 @@ impl SourceKind {
 
     /// The source a variant's annotation names, else `default`; an unknown
     /// name is an error that names the accepted ones.
-    pub fn of(va: &VariantAutoscaling, default: SourceKind) -> Result<SourceKind, String> {
+    pub fn of(va: &Variant, default: SourceKind) -> Result<SourceKind, String> {
         match va.annotations.get(SOURCE_ANNOTATION).map(|s| s.trim()) {
             None => Ok(default),
             Some(name) => Self::named(name).ok_or_else(|| {
@@ -42,6 +43,15 @@ impl SourceKind {
                     "annotation {SOURCE_ANNOTATION}={name:?} names no source (agent, pod-scraping, prometheus)"
                 )
             }),
+        }
+    }
+
+    /// This source, as the origin of a failure.
+    pub fn failed(self) -> FailedSource {
+        match self {
+            SourceKind::Agent => FailedSource::Agent,
+            SourceKind::PodScraping => FailedSource::PodScraping,
+            SourceKind::Prometheus => FailedSource::Prometheus,
         }
     }
 
@@ -79,10 +89,10 @@ impl PolledPod {
 pub trait PolledSource: Send + Sync + 'static {
     fn kind(&self) -> SourceKind;
     /// The variant's pods and their signals for its model, now.
-    async fn poll(&self, va: &VariantAutoscaling) -> Result<Vec<PolledPod>, String>;
+    async fn poll(&self, va: &Variant) -> Result<Vec<PolledPod>, String>;
     /// The pods of the endpoint picker the variant names, for a source that
     /// can reach them.
-    async fn poll_epp(&self, _va: &VariantAutoscaling) -> Result<Vec<PolledPod>, String> {
+    async fn poll_epp(&self, _va: &Variant) -> Result<Vec<PolledPod>, String> {
         Err(format!(
             "source {} cannot read endpoint pickers",
             self.kind().as_str()
@@ -94,7 +104,7 @@ pub trait PolledSource: Send + Sync + 'static {
 mod tests {
     use super::*;
 
-    fn va(source: Option<&str>) -> VariantAutoscaling {
+    fn va(source: Option<&str>) -> Variant {
         let annotations: Vec<(&str, &str)> =
             source.map(|s| (SOURCE_ANNOTATION, s)).into_iter().collect();
         crate::testing::variant(&annotations)

@@ -6,12 +6,12 @@ use std::time::SystemTime;
 
 use crate::analysis::saturation::ReplicaLoad;
 use crate::decision::{Basis, DataState, Decision, Saturation};
-use crate::variants::{ScaleTarget, VariantAutoscaling, VariantKey};
+use crate::variants::{ScaleTarget, Variant, VariantKey};
 
 /// Variant `llm/chat` of model `m`, scaling Deployment `chat-deploy`, with
 /// these annotations, for tests.
-pub fn variant(annotations: &[(&str, &str)]) -> VariantAutoscaling {
-    VariantAutoscaling {
+pub fn variant(annotations: &[(&str, &str)]) -> Variant {
+    Variant {
         name: "chat".into(),
         namespace: "llm".into(),
         model_id: "m".into(),

@@ -58,7 +58,7 @@ pub struct ScaleTarget {
 /// A validated VariantAutoscaling with its defaults applied.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct VariantAutoscaling {
+pub struct Variant {
     pub name: String,
     pub namespace: String,
     /// `spec.modelID`: the model name vLLM serves.
@@ -72,7 +72,7 @@ pub struct VariantAutoscaling {
     pub annotations: BTreeMap<String, String>,
 }
 
-impl VariantAutoscaling {
+impl Variant {
     pub fn key(&self) -> VariantKey {
         VariantKey::new(&self.namespace, &self.name)
     }
@@ -188,7 +188,7 @@ struct RawTargetRef {
 
 /// Parses and validates every VariantAutoscaling in `text`. An empty file
 /// (or one with only empty documents) is no variants.
-pub fn parse_variants(text: &str) -> Result<Vec<VariantAutoscaling>, VariantsError> {
+pub fn parse_variants(text: &str) -> Result<Vec<Variant>, VariantsError> {
     let mut index = Index::default();
     for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let number = i + 1;
@@ -241,7 +241,7 @@ fn invalid(at: Location, field: &'static str, problem: String) -> VariantsError 
 }
 
 /// A validated object and where it came from, for duplicate errors.
-type Located = (VariantAutoscaling, Location);
+type Located = (Variant, Location);
 
 /// The objects accepted so far, with the identities that must stay unique.
 #[derive(Default)]
@@ -307,7 +307,7 @@ pub struct FieldError {
 
 /// Validates one object given as JSON (as the API server returns it) and
 /// applies the defaults, exactly as for a file.
-pub fn from_json(object: serde_json::Value) -> Result<VariantAutoscaling, FieldError> {
+pub fn from_json(object: serde_json::Value) -> Result<Variant, FieldError> {
     let raw = RawObject::deserialize(object).map_err(|e| FieldError {
         field: "object",
         problem: format!("does not have the VariantAutoscaling shape: {e}"),
@@ -315,7 +315,7 @@ pub fn from_json(object: serde_json::Value) -> Result<VariantAutoscaling, FieldE
     check(raw)
 }
 
-fn check(raw: RawObject) -> Result<VariantAutoscaling, FieldError> {
+fn check(raw: RawObject) -> Result<Variant, FieldError> {
     let RawObject {
         api_version,
         kind,
@@ -385,7 +385,7 @@ fn check(raw: RawObject) -> Result<VariantAutoscaling, FieldError> {
         );
     };
 
-    Ok(VariantAutoscaling {
+    Ok(Variant {
         accelerator: metadata
             .labels
             .get(ACCELERATOR_LABEL)
@@ -494,7 +494,7 @@ status:
         assert_eq!(
             variants,
             [
-                VariantAutoscaling {
+                Variant {
                     name: "llama-8b-l4".into(),
                     namespace: "llm-inference".into(),
                     model_id: "meta/llama-3.1-8b".into(),
@@ -508,7 +508,7 @@ status:
                     labels: BTreeMap::from([(ACCELERATOR_LABEL.into(), "L4".into())]),
                     annotations: BTreeMap::from([("note".into(), "cheap".into())]),
                 },
-                VariantAutoscaling {
+                Variant {
                     name: "llama-8b-h100".into(),
                     namespace: "default".into(),
                     model_id: "meta/llama-3.1-8b".into(),

@@ -2,7 +2,7 @@
 //! (`variantautoscalings.llmd.ai/v1alpha1`), and its CRD manifest.
 //!
 //! These types are the wire shape only. The controller validates an object
-//! into the plain [`wva_core::variants::VariantAutoscaling`] through the same
+//! into the plain [`wva_core::variants::Variant`] through the same
 //! code path as the standalone file, so both modes accept and reject exactly
 //! the same objects.
 

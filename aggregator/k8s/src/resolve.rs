@@ -9,7 +9,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 
 use super::crd;
 use wva_core::snapshot::ReplicaCounts;
-use wva_core::variants::{self, DEFAULT_TARGET_KIND, FieldError, VariantAutoscaling, VariantKey};
+use wva_core::variants::{self, DEFAULT_TARGET_KIND, FieldError, Variant, VariantKey};
 
 /// The label that assigns a VariantAutoscaling to one controller instance.
 pub const CONTROLLER_INSTANCE_LABEL: &str = "wva.llmd.ai/controller-instance";
@@ -30,7 +30,7 @@ pub enum Standing {
 #[derive(Debug, Default, PartialEq)]
 pub struct Resolved {
     /// Valid variants whose target exists: what the analysis sees.
-    pub variants: Vec<VariantAutoscaling>,
+    pub variants: Vec<Variant>,
     pub replicas: HashMap<VariantKey, ReplicaCounts>,
     /// Every managed object, ordered by key.
     pub standings: Vec<(VariantKey, Standing)>,
@@ -147,12 +147,12 @@ pub fn resolve(
         out.standings.push((key, standing));
     }
     out.standings.sort_by(|a, b| a.0.cmp(&b.0));
-    out.variants.sort_by_key(VariantAutoscaling::key);
+    out.variants.sort_by_key(Variant::key);
     out
 }
 
 fn standing(
-    va: VariantAutoscaling,
+    va: Variant,
     owners: &mut HashMap<(String, String), VariantKey>,
     target: &impl Fn(&str, &str) -> Option<ReplicaCounts>,
     out: &mut Resolved,

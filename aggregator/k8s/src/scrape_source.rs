@@ -17,7 +17,7 @@ use wva_proto::v1::Role;
 
 use crate::scraping::{self, MetricsEndpoint, PodScraper, ScrapeConfig};
 use wva_core::sources::{EPP_SERVICE_ANNOTATION, PolledPod, PolledSource, SourceKind};
-use wva_core::variants::VariantAutoscaling;
+use wva_core::variants::Variant;
 
 /// Where a kind of pod serves its metrics, by annotation on the variant.
 struct Annotations {
@@ -77,11 +77,7 @@ impl PodScrapingSource {
         }
     }
 
-    async fn token(
-        &self,
-        va: &VariantAutoscaling,
-        names: &Annotations,
-    ) -> Result<Option<String>, String> {
+    async fn token(&self, va: &Variant, names: &Annotations) -> Result<Option<String>, String> {
         if let Some(token) = &self.config.token {
             return Ok(Some(token.clone()));
         }
@@ -105,11 +101,7 @@ impl PodScrapingSource {
     }
 
     /// Scrapes the Ready pods of the Service `names` point at.
-    async fn scrape(
-        &self,
-        va: &VariantAutoscaling,
-        names: &Annotations,
-    ) -> Result<Vec<PolledPod>, String> {
+    async fn scrape(&self, va: &Variant, names: &Annotations) -> Result<Vec<PolledPod>, String> {
         let (service_name, endpoint) = endpoint(va, names)?;
         let services: Api<Service> = Api::namespaced(self.client.clone(), &va.namespace);
         let service = services
@@ -177,10 +169,7 @@ impl PodScrapingSource {
 }
 
 /// Where the pods serve metrics, from the variant's annotations.
-fn endpoint(
-    va: &VariantAutoscaling,
-    names: &Annotations,
-) -> Result<(String, MetricsEndpoint), String> {
+fn endpoint(va: &Variant, names: &Annotations) -> Result<(String, MetricsEndpoint), String> {
     let service = va
         .annotations
         .get(names.service)
@@ -216,11 +205,11 @@ impl PolledSource for PodScrapingSource {
         SourceKind::PodScraping
     }
 
-    async fn poll(&self, va: &VariantAutoscaling) -> Result<Vec<PolledPod>, String> {
+    async fn poll(&self, va: &Variant) -> Result<Vec<PolledPod>, String> {
         self.scrape(va, &SERVING).await
     }
 
-    async fn poll_epp(&self, va: &VariantAutoscaling) -> Result<Vec<PolledPod>, String> {
+    async fn poll_epp(&self, va: &Variant) -> Result<Vec<PolledPod>, String> {
         self.scrape(va, &PICKER).await
     }
 }
@@ -229,7 +218,7 @@ impl PolledSource for PodScrapingSource {
 mod tests {
     use super::*;
 
-    fn va(annotations: &[(&str, &str)]) -> VariantAutoscaling {
+    fn va(annotations: &[(&str, &str)]) -> Variant {
         wva_core::testing::variant(annotations)
     }
 

@@ -8,7 +8,7 @@ use super::conditions::{
     self, METRICS_AVAILABLE, OPTIMIZATION_READY, READY, Status, TARGET_RESOLVED, Wanted, reason,
 };
 use super::crd::{Actuation, CurrentAlloc, OptimizedAlloc, VariantAutoscalingStatus};
-use wva_core::decision::{Basis, DataState, Decision, Fallback};
+use wva_core::decision::{Basis, DataState, Decision, FailedSource, Fallback};
 use wva_core::snapshot::ReplicaCounts;
 use wva_core::variants::FieldError;
 
@@ -199,9 +199,9 @@ fn running(
 fn metrics(d: &Decision) -> Wanted {
     if let Some(failure) = &d.source_failure {
         let why = match failure.source {
-            "prometheus" => reason::PROMETHEUS_ERROR,
-            "pod-scraping" => reason::POD_SCRAPING_ERROR,
-            _ => reason::METRICS_SOURCE_ERROR,
+            FailedSource::Prometheus => reason::PROMETHEUS_ERROR,
+            FailedSource::PodScraping => reason::POD_SCRAPING_ERROR,
+            FailedSource::Annotation | FailedSource::Agent => reason::METRICS_SOURCE_ERROR,
         };
         return Wanted::new(
             METRICS_AVAILABLE,
@@ -476,7 +476,7 @@ mod tests {
             0,
         );
         d.source_failure = Some(wva_core::decision::SourceFailure {
-            source: "prometheus",
+            source: wva_core::decision::FailedSource::Prometheus,
             error: "Prometheus query at http://p:9090 timed out after 10s".into(),
         });
         let s = next(None, running(Some(&d)), None, &at(1));

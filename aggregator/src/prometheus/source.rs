@@ -2,7 +2,7 @@
 //! the series vLLM's pods export.
 
 use wva_core::sources::{PolledPod, PolledSource, SourceKind};
-use wva_core::variants::VariantAutoscaling;
+use wva_core::variants::Variant;
 use wva_proto::v1::{Counters, ModelSignals};
 
 use super::client::{PodSignals, PrometheusClient};
@@ -14,7 +14,7 @@ impl PolledSource for PrometheusClient {
         SourceKind::Prometheus
     }
 
-    async fn poll(&self, va: &VariantAutoscaling) -> Result<Vec<PolledPod>, String> {
+    async fn poll(&self, va: &Variant) -> Result<Vec<PolledPod>, String> {
         let namespace = Namespace::parse(&va.namespace).map_err(|e| e.to_string())?;
         let pods = self
             .pod_signals(&namespace, &va.model_id)

@@ -23,11 +23,11 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use wva_core::decision::SourceFailure;
+use wva_core::decision::{FailedSource, SourceFailure};
 use wva_core::snapshot::{Failures, Variants};
 use wva_core::sources::{EPP_SERVICE_ANNOTATION, PolledPod, PolledSource, SourceKind};
 use wva_core::store::{Offer, PodKey, PodStore};
-use wva_core::variants::{VariantAutoscaling, VariantKey};
+use wva_core::variants::{Variant, VariantKey};
 use wva_proto::v1::{Hello, Role, Sample};
 
 use super::trigger::Trigger;
@@ -96,7 +96,7 @@ impl Poller {
 
     /// Polls every variant with a polled source, and every endpoint picker
     /// a variant names, once (several at a time), and updates the store.
-    pub async fn poll_once(&mut self, variants: &[VariantAutoscaling]) {
+    pub async fn poll_once(&mut self, variants: &[Variant]) {
         self.seq += 1;
         let mut failing: HashMap<VariantKey, SourceFailure> = HashMap::new();
         let mut jobs = Vec::new();
@@ -108,10 +108,10 @@ impl Poller {
                     Some(source) => jobs.push((va.clone(), Job::Variant, Arc::clone(source))),
                     None => {
                         let e = format!("source {} is not configured", kind.as_str());
-                        fail(&mut failing, va, kind.as_str(), e);
+                        fail(&mut failing, va, kind.failed(), e);
                     }
                 },
-                Err(e) => fail(&mut failing, va, "annotation", e),
+                Err(e) => fail(&mut failing, va, FailedSource::Annotation, e),
             }
             // Variants of one model usually share their picker: scrape it once.
             if let Some(service) = va.annotations.get(EPP_SERVICE_ANNOTATION)
@@ -122,7 +122,7 @@ impl Poller {
                     None => fail(
                         &mut failing,
                         va,
-                        SourceKind::PodScraping.as_str(),
+                        FailedSource::PodScraping,
                         format!(
                             "{EPP_SERVICE_ANNOTATION} needs the pod-scraping source (Kubernetes mode)"
                         ),
@@ -168,7 +168,7 @@ impl Poller {
                         Job::Variant => e,
                         Job::Picker => format!("endpoint picker: {e}"),
                     };
-                    fail(&mut failing, &va, kind.as_str(), e);
+                    fail(&mut failing, &va, kind.failed(), e);
                 }
             }
         }
@@ -191,12 +191,12 @@ impl Poller {
     fn report(&mut self, failing: HashMap<VariantKey, SourceFailure>) {
         for (variant, failure) in &failing {
             if self.failing.get(variant) != Some(failure) {
-                warn!(variant = %variant, source = failure.source, error = %failure.error, "metrics source failed; the safety net holds the variant when its data goes stale");
+                warn!(variant = %variant, source = %failure.source, error = %failure.error, "metrics source failed; the safety net holds the variant when its data goes stale");
             }
         }
         for (variant, failure) in &self.failing {
             if !failing.contains_key(variant) {
-                info!(variant = %variant, source = failure.source, "metrics source answers again");
+                info!(variant = %variant, source = %failure.source, "metrics source answers again");
             }
         }
         self.failing = failing;
@@ -212,7 +212,7 @@ impl Poller {
 
     /// Puts one polled sample in the store unless an agent streams for the
     /// pod; returns whether it did.
-    fn offer(&mut self, va: &VariantAutoscaling, key: &PodKey, polled: PolledPod) -> bool {
+    fn offer(&mut self, va: &Variant, key: &PodKey, polled: PolledPod) -> bool {
         let now = Instant::now();
         let id = match self.polled.get(key) {
             Some((id, _, _)) => *id,
@@ -273,15 +273,10 @@ enum Job {
 }
 
 async fn ask(
-    va: VariantAutoscaling,
+    va: Variant,
     job: Job,
     source: Arc<dyn PolledSource>,
-) -> (
-    VariantAutoscaling,
-    Job,
-    SourceKind,
-    Result<Vec<PolledPod>, String>,
-) {
+) -> (Variant, Job, SourceKind, Result<Vec<PolledPod>, String>) {
     let answer = match job {
         Job::Variant => source.poll(&va).await,
         Job::Picker => source.poll_epp(&va).await,
@@ -292,8 +287,8 @@ async fn ask(
 /// Records a variant's failure; a second one this poll is added to the first.
 fn fail(
     failing: &mut HashMap<VariantKey, SourceFailure>,
-    va: &VariantAutoscaling,
-    source: &'static str,
+    va: &Variant,
+    source: FailedSource,
     error: String,
 ) {
     failing
@@ -359,7 +354,7 @@ mod tests {
             self.kind
         }
 
-        async fn poll(&self, va: &VariantAutoscaling) -> Result<Vec<PolledPod>, String> {
+        async fn poll(&self, va: &Variant) -> Result<Vec<PolledPod>, String> {
             if let Some(meet) = &self.meet {
                 meet.wait().await;
             }
@@ -377,7 +372,7 @@ mod tests {
                 .collect())
         }
 
-        async fn poll_epp(&self, _va: &VariantAutoscaling) -> Result<Vec<PolledPod>, String> {
+        async fn poll_epp(&self, _va: &Variant) -> Result<Vec<PolledPod>, String> {
             self.picker_polls.fetch_add(1, Ordering::Relaxed);
             let pods = self.pickers.lock().unwrap().clone()?;
             Ok(pods
@@ -391,7 +386,7 @@ mod tests {
         }
     }
 
-    fn va(source: Option<&str>) -> VariantAutoscaling {
+    fn va(source: Option<&str>) -> Variant {
         let annotations: Vec<(&str, &str)> =
             source.map(|s| (SOURCE_ANNOTATION, s)).into_iter().collect();
         wva_core::testing::variant(&annotations)
@@ -422,7 +417,7 @@ mod tests {
         (poller, source, store)
     }
 
-    fn with_picker(mut va: VariantAutoscaling, name: &str, service: &str) -> VariantAutoscaling {
+    fn with_picker(mut va: Variant, name: &str, service: &str) -> Variant {
         va.name = name.into();
         va.target.name = format!("{name}-deploy");
         va.annotations
@@ -489,7 +484,7 @@ mod tests {
         source.answer_pickers(Err("connection refused"));
         poller.poll_once(&variants).await;
         let failure = failures.borrow()[&variants[0].key()].clone();
-        assert_eq!(failure.source, "pod-scraping");
+        assert_eq!(failure.source, FailedSource::PodScraping);
         assert_eq!(failure.error, "endpoint picker: connection refused");
         assert_eq!(pods(&store).len(), 1, "kept until stale");
     }
@@ -539,7 +534,7 @@ mod tests {
         assert_eq!(
             failure,
             SourceFailure {
-                source: "prometheus",
+                source: FailedSource::Prometheus,
                 error: "connection refused".into()
             }
         );

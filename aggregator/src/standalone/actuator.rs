@@ -21,7 +21,7 @@ use crate::args::LocalActuatorArgs;
 use wva_core::decision::Decision;
 use wva_core::snapshot::ReplicaCounts;
 use wva_core::snapshot::{Decisions, Replicas, Variants};
-use wva_core::variants::{VariantAutoscaling, VariantKey};
+use wva_core::variants::{Variant, VariantKey};
 
 /// Annotation with extra `vllm-sim` flags for a variant's replicas (standalone only).
 pub const SIM_ARGS_ANNOTATION: &str = "wva.llmd.ai/sim-args";
@@ -148,7 +148,7 @@ impl LocalActuator {
         self.stop_all().await;
     }
 
-    fn reconcile(&mut self, variants: &[VariantAutoscaling], decisions: &[Decision], now: Instant) {
+    fn reconcile(&mut self, variants: &[Variant], decisions: &[Decision], now: Instant) {
         // A decision is acted on only when it was computed from the replica
         // count we have now: one made before our last change is stale, and
         // the analysis runs again as soon as the new count is published.
@@ -209,7 +209,7 @@ impl LocalActuator {
         }
     }
 
-    fn start(&mut self, va: &VariantAutoscaling) {
+    fn start(&mut self, va: &Variant) {
         let key = va.key();
         let index = self.next_index.entry(key.clone()).or_insert(0);
         *index += 1;
@@ -263,7 +263,7 @@ impl LocalActuator {
         }
     }
 
-    fn publish(&self, variants: &[VariantAutoscaling]) {
+    fn publish(&self, variants: &[Variant]) {
         let mut counts = HashMap::with_capacity(self.slots.len());
         let mut endpoints = Vec::new();
         for va in variants {
@@ -313,7 +313,7 @@ impl LocalActuator {
 }
 
 /// Extra simulator flags from the variant's annotation, split on whitespace.
-fn sim_args(va: &VariantAutoscaling) -> Vec<String> {
+fn sim_args(va: &Variant) -> Vec<String> {
     va.annotations
         .get(SIM_ARGS_ANNOTATION)
         .map(|a| a.split_whitespace().map(str::to_string).collect())

@@ -25,7 +25,7 @@ use crate::config::scale_to_zero::ScaleToZeroConfigSet;
 use crate::decision::{Basis, DataState, Decision, Saturation, ScalingEvent, SourceFailure};
 use crate::snapshot::ReplicaCounts;
 use crate::store::{PodEntry, PodKey};
-use crate::variants::{VariantAutoscaling, VariantKey};
+use crate::variants::{Variant, VariantKey};
 
 use self::reporting::{PodView, Reporting, derived_counts, fresh_loads};
 use self::safety_net::SafetyNet;
@@ -35,7 +35,7 @@ use self::scale_to_zero::{Policy, Zero};
 pub struct Inputs<'a> {
     pub now: Instant,
     pub wall: SystemTime,
-    pub variants: &'a [VariantAutoscaling],
+    pub variants: &'a [Variant],
     pub pods: &'a HashMap<PodKey, PodEntry>,
     /// Replica counts per variant from an actuator or the cluster; `None`
     /// derives them from the pods that report for each variant.
@@ -80,7 +80,7 @@ impl Engine {
 
     /// Decides every variant. Returns the decisions (ordered by variant) and the changes.
     pub fn evaluate(&mut self, inputs: &Inputs<'_>) -> (Vec<Decision>, Vec<ScalingEvent>) {
-        let mut by_model: BTreeMap<(&str, &str), Vec<&VariantAutoscaling>> = BTreeMap::new();
+        let mut by_model: BTreeMap<(&str, &str), Vec<&Variant>> = BTreeMap::new();
         for va in inputs.variants {
             by_model
                 .entry((va.namespace.as_str(), va.model_id.as_str()))
@@ -118,7 +118,7 @@ impl Engine {
         inputs: &Inputs<'_>,
         reporting: &Reporting<'_, '_>,
         (namespace, model_id): (&str, &str),
-        variants: &[&VariantAutoscaling],
+        variants: &[&Variant],
         (decisions, events): (&mut Vec<Decision>, &mut Vec<ScalingEvent>),
     ) {
         let config = inputs.config.for_model(model_id, namespace);
@@ -188,7 +188,7 @@ impl Engine {
         &self,
         inputs: &Inputs<'_>,
         model_id: &str,
-        va: &VariantAutoscaling,
+        va: &Variant,
         pods: &[&PodView<'_>],
         counts: ReplicaCounts,
         zero: &Zero,
@@ -230,7 +230,7 @@ impl Engine {
     fn record(
         &mut self,
         inputs: &Inputs<'_>,
-        va: &VariantAutoscaling,
+        va: &Variant,
         seen: Observed,
         outcome: Outcome<'_>,
         events: &mut Vec<ScalingEvent>,

@@ -1,0 +1,144 @@
+//! Which pods report for which variant, and what they report: the inputs of
+//! one model's analysis, read from the pod store.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use wva_proto::v1::{Role, Sample};
+
+use crate::analysis::saturation::ReplicaLoad;
+use crate::snapshot::ReplicaCounts;
+use crate::store::{PodEntry, PodKey};
+use crate::variants::Variant;
+
+/// The signals one pod contributes to one variant.
+pub(super) struct PodView<'a> {
+    pub(super) key: &'a PodKey,
+    pub(super) sample: Option<(&'a Sample, Instant)>,
+}
+
+/// The pods grouped by the variant they report for.
+pub(super) struct Reporting<'v, 'p> {
+    by_variant: HashMap<(&'p str, &'p str), Vec<PodView<'p>>>,
+    /// `(namespace, Deployment)` of every VA's target.
+    targets: HashSet<(&'v str, &'v str)>,
+    /// Requests held in the endpoint pickers' flow-control queues, per
+    /// `(namespace, model)`: the largest any fresh EPP sample reports.
+    epp_queues: HashMap<(&'p str, &'p str), f64>,
+}
+
+impl<'v, 'p> Reporting<'v, 'p> {
+    /// Groups the store's pods by the variant they report for, and reads the
+    /// endpoint pickers' queues.
+    pub(super) fn read(
+        variants: &'v [Variant],
+        pods: &'p HashMap<PodKey, PodEntry>,
+        now: Instant,
+        staleness: Duration,
+    ) -> Self {
+        let mut reporting = Reporting {
+            by_variant: HashMap::new(),
+            targets: variants
+                .iter()
+                .map(|va| (va.namespace.as_str(), va.target.name.as_str()))
+                .collect(),
+            epp_queues: HashMap::new(),
+        };
+        for (key, entry) in pods {
+            if entry.hello.role == Role::Epp as i32 {
+                reporting.add_epp(key, entry, now, staleness);
+            }
+            reporting
+                .by_variant
+                .entry((key.namespace.as_str(), entry.hello.variant.as_str()))
+                .or_default()
+                .push(PodView {
+                    key,
+                    sample: entry.latest.as_ref().map(|(s, at)| (s, *at)),
+                });
+        }
+        reporting
+    }
+
+    fn add_epp(&mut self, key: &'p PodKey, entry: &'p PodEntry, now: Instant, staleness: Duration) {
+        let Some((sample, at)) = &entry.latest else {
+            return;
+        };
+        if !sample.up || now.saturating_duration_since(*at) > staleness {
+            return;
+        }
+        for queue in sample.epp.iter().flat_map(|e| &e.queues) {
+            let slot = self
+                .epp_queues
+                .entry((key.namespace.as_str(), queue.model.as_str()))
+                .or_default();
+            *slot = slot.max(queue.queue_size);
+        }
+    }
+
+    pub(super) fn epp_queue(&self, namespace: &str, model: &str) -> f64 {
+        self.epp_queues
+            .get(&(namespace, model))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// The pods that report for a variant: same namespace, and the agent's
+    /// variant is the VA's target Deployment's name, or the VA's own name
+    /// when that is no VA's target (so a pod never counts for two variants).
+    pub(super) fn pods_of<'s>(&'s self, va: &'s Variant) -> Vec<&'s PodView<'p>> {
+        let ns = va.namespace.as_str();
+        let mut pods: Vec<&'s PodView<'p>> = Vec::new();
+        if let Some(by_target) = self.by_variant.get(&(ns, va.target.name.as_str())) {
+            pods.extend(by_target);
+        }
+        if va.name != va.target.name
+            && !self.targets.contains(&(ns, va.name.as_str()))
+            && let Some(by_name) = self.by_variant.get(&(ns, va.name.as_str()))
+        {
+            pods.extend(by_name);
+        }
+        pods
+    }
+}
+
+/// Fresh, healthy loads for `model_id`, sorted by pod, and the oldest arrival among them.
+pub(super) fn fresh_loads(
+    pods: &[&PodView<'_>],
+    model_id: &str,
+    now: Instant,
+    staleness: Duration,
+) -> (Vec<ReplicaLoad>, Option<Instant>) {
+    let mut loads = Vec::with_capacity(pods.len());
+    let mut oldest: Option<Instant> = None;
+    for pod in pods {
+        let Some((sample, at)) = pod.sample else {
+            continue;
+        };
+        if !sample.up || now.saturating_duration_since(at) > staleness {
+            continue;
+        }
+        let Some(signals) = sample.models.iter().find(|m| m.model == model_id) else {
+            continue;
+        };
+        loads.push(ReplicaLoad {
+            pod: pod.key.pod.clone(),
+            kv_cache_usage: signals.kv_cache_usage,
+            requests_waiting: signals.requests_waiting,
+        });
+        oldest = Some(oldest.map_or(at, |o| o.min(at)));
+    }
+    loads.sort_by(|a, b| a.pod.cmp(&b.pod));
+    (loads, oldest)
+}
+
+/// Without an actuator: every connected pod is a ready replica; whether it
+/// also reports usable signals is judged separately (see `DataState`).
+pub(super) fn derived_counts(pods: &[&PodView<'_>]) -> ReplicaCounts {
+    let n = pods.len() as u32;
+    ReplicaCounts {
+        current: n,
+        ready: n,
+        floor: 0,
+    }
+}

@@ -1,0 +1,93 @@
+//! Scale to zero and back: a model idle for its retention period goes to
+//! zero; requests waiting at the gateway for a model at zero wake its
+//! cheapest variant.
+
+use crate::activity::ActivityTracker;
+use crate::analysis::saturation::{Reason, VariantTarget};
+use crate::config::scale_to_zero::ScaleToZeroConfigSet;
+use crate::decision::Basis;
+use crate::snapshot::ReplicaCounts;
+use crate::variants::VariantKey;
+
+use super::reporting::PodView;
+use std::time::{Duration, Instant};
+
+/// What one model's analysis needs to know about zero.
+#[derive(Debug)]
+pub(super) struct Zero {
+    /// The model had no request for its retention period.
+    pub(super) idle: bool,
+    /// Requests wait at the gateway while every variant is at zero.
+    pub(super) wake: bool,
+    /// The variant that keeps the model's last replica, or wakes it.
+    pub(super) cheapest: Option<VariantKey>,
+}
+
+/// The clock and policies the idle check reads.
+pub(super) struct Policy<'a> {
+    pub(super) now: Instant,
+    pub(super) staleness: Duration,
+    /// `None` when scale to zero is off.
+    pub(super) policies: Option<&'a ScaleToZeroConfigSet>,
+}
+
+impl Zero {
+    /// Observes the model's activity and says whether it is idle or must wake.
+    /// Requests waiting at the gateway (`waiting`) count as activity.
+    pub(super) fn observe(
+        activity: &mut ActivityTracker,
+        policy: &Policy<'_>,
+        (namespace, model_id): (&str, &str),
+        observed: &[(Vec<&PodView<'_>>, ReplicaCounts)],
+        waiting: bool,
+        cheapest: Option<VariantKey>,
+    ) -> Zero {
+        let signals = observed
+            .iter()
+            .flat_map(|(pods, _)| pods)
+            .filter_map(|pod| {
+                let (sample, at) = pod.sample?;
+                let fresh =
+                    sample.up && policy.now.saturating_duration_since(at) <= policy.staleness;
+                let signals = sample.models.iter().find(|m| m.model == model_id)?;
+                fresh.then_some((pod.key, signals))
+            });
+        let current: u32 = observed.iter().map(|(_, c)| c.current).sum();
+        let key = (namespace.to_string(), model_id.to_string());
+        let idle_for = activity.observe(policy.now, &key, signals, current, waiting);
+        let idle = policy
+            .policies
+            .map(|c| c.for_model(model_id, namespace))
+            .is_some_and(|p| p.enabled && idle_for >= p.retention);
+        Zero {
+            idle,
+            wake: waiting && current == 0,
+            cheapest,
+        }
+    }
+
+    /// Whether `key` is the variant that keeps the model's guaranteed replica.
+    pub(super) fn keeps_a_replica(&self, key: &VariantKey) -> bool {
+        !self.idle && self.cheapest.as_ref() == Some(key)
+    }
+
+    /// The desired replicas of a variant with fresh data.
+    pub(super) fn desired(
+        &self,
+        key: &VariantKey,
+        target: &VariantTarget,
+        counts: ReplicaCounts,
+    ) -> (u32, Basis) {
+        if self.wake && self.cheapest.as_ref() == Some(key) {
+            // Requests wait at the gateway and no replica can serve them.
+            (
+                target.target_replicas.max(1),
+                Basis::Analysis(Reason::ScaleFromZero),
+            )
+        } else if self.idle {
+            (counts.floor, Basis::Analysis(Reason::ScaleToZero))
+        } else {
+            (target.target_replicas, Basis::Analysis(target.reason))
+        }
+    }
+}

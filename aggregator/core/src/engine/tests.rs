@@ -1,0 +1,772 @@
+use std::collections::BTreeMap;
+
+use wva_proto::v1::{Hello, ModelSignals, Role, Sample};
+
+use super::*;
+use crate::analysis::saturation::Reason;
+use crate::decision::Fallback;
+use crate::variants::ScaleTarget;
+
+const MODEL: &str = "meta/llama";
+const STALENESS: Duration = Duration::from_secs(5);
+/// Loads under WVA's default thresholds (kv 0.80, queue 5).
+const IDLE: (f64, f64) = (0.0, 0.0);
+const SATURATED: (f64, f64) = (0.9, 0.0);
+
+fn va(namespace: &str, name: &str, target: &str, cost: f64) -> Variant {
+    Variant {
+        name: name.to_string(),
+        namespace: namespace.to_string(),
+        model_id: MODEL.to_string(),
+        target: ScaleTarget {
+            kind: "Deployment".to_string(),
+            name: target.to_string(),
+            api_version: None,
+        },
+        cost,
+        accelerator: "L4".to_string(),
+        labels: BTreeMap::new(),
+        annotations: BTreeMap::new(),
+    }
+}
+
+fn sample(model: &str, (kv, queue): (f64, f64)) -> Sample {
+    Sample {
+        seq: 1,
+        up: true,
+        models: vec![ModelSignals {
+            model: model.to_string(),
+            kv_cache_usage: kv,
+            requests_waiting: queue,
+            ..ModelSignals::default()
+        }],
+        ..Sample::default()
+    }
+}
+
+/// A test world: pods, replica counts and a clock.
+struct World {
+    now: Instant,
+    pods: HashMap<PodKey, PodEntry>,
+    replicas: Option<HashMap<VariantKey, ReplicaCounts>>,
+    config: SaturationConfigSet,
+    scale_to_zero: Option<ScaleToZeroConfigSet>,
+}
+
+impl World {
+    fn new() -> Self {
+        World {
+            now: Instant::now() + Duration::from_secs(60),
+            pods: HashMap::new(),
+            replicas: None,
+            config: SaturationConfigSet::default(),
+            scale_to_zero: None,
+        }
+    }
+
+    /// A pod whose agent says it belongs to `variant`, with a sample that
+    /// arrived `age` before `now` (none when `sample` is `None`).
+    fn pod(
+        &mut self,
+        namespace: &str,
+        pod: &str,
+        variant: &str,
+        sample: Option<(Sample, Duration)>,
+    ) -> &mut Self {
+        let key = PodKey {
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+        };
+        let entry = PodEntry {
+            stream_id: self.pods.len() as u64 + 1,
+            hello: Hello {
+                pod: pod.to_string(),
+                namespace: namespace.to_string(),
+                variant: variant.to_string(),
+                ..Hello::default()
+            },
+            registered_at: self.now - Duration::from_secs(30),
+            latest: sample.map(|(s, age)| (s, self.now - age)),
+        };
+        self.pods.insert(key, entry);
+        self
+    }
+
+    /// A pod of `variant` in `ns` reporting `load` for [`MODEL`] just now.
+    fn reporting(&mut self, pod: &str, variant: &str, load: (f64, f64)) -> &mut Self {
+        self.pod(
+            "ns",
+            pod,
+            variant,
+            Some((sample(MODEL, load), Duration::ZERO)),
+        )
+    }
+
+    fn counts(&mut self, variant: &str, current: u32, ready: u32) -> &mut Self {
+        self.floored(variant, (current, ready), 0)
+    }
+
+    /// Counts of a target whose autoscaler cannot go below `floor`.
+    fn floored(&mut self, variant: &str, (current, ready): (u32, u32), floor: u32) -> &mut Self {
+        self.replicas.get_or_insert_with(HashMap::new).insert(
+            VariantKey::new("ns", variant),
+            ReplicaCounts {
+                current,
+                ready,
+                floor,
+            },
+        );
+        self
+    }
+
+    fn run(&self, engine: &mut Engine, variants: &[Variant]) -> (Vec<Decision>, Vec<ScalingEvent>) {
+        engine.evaluate(&Inputs {
+            now: self.now,
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            variants,
+            pods: &self.pods,
+            replicas: self.replicas.as_ref(),
+            config: &self.config,
+            staleness: STALENESS,
+            scale_to_zero: self.scale_to_zero.as_ref(),
+            failures: &HashMap::new(),
+        })
+    }
+
+    /// The single decision of a one-variant evaluation with a fresh engine.
+    fn decide(&self, variant: Variant) -> Decision {
+        let (mut decisions, _) = self.run(&mut Engine::default(), &[variant]);
+        assert_eq!(decisions.len(), 1);
+        decisions.remove(0)
+    }
+}
+
+fn pods_of(d: &Decision) -> Vec<&str> {
+    d.inputs.iter().map(|l| l.pod.as_str()).collect()
+}
+
+fn desired(decisions: &[Decision]) -> Vec<(&str, u32)> {
+    decisions
+        .iter()
+        .map(|d| (d.variant.name.as_str(), d.desired_replicas))
+        .collect()
+}
+
+#[test]
+fn a_scale_down_goes_to_a_variant_its_autoscaler_can_shrink() {
+    let variants = [va("ns", "l4", "l4", 10.0), va("ns", "h100", "h100", 40.0)];
+    let idle_model = |floor: u32| {
+        let mut w = World::new();
+        w.reporting("l4-0", "l4", IDLE)
+            .reporting("l4-1", "l4", IDLE)
+            .reporting("h100-0", "h100", IDLE)
+            .counts("l4", 2, 2)
+            .floored("h100", (1, 1), floor);
+        let (decisions, _) = w.run(&mut Engine::default(), &variants);
+        decisions
+            .iter()
+            .map(|d| (d.variant.name.clone(), d.desired_replicas))
+            .collect::<Vec<_>>()
+    };
+    // Without a floor the expensive variant goes first, to zero.
+    assert_eq!(idle_model(0), [("h100".into(), 0), ("l4".into(), 2)]);
+    // An HPA with minReplicas 1 cannot take it there: the model would
+    // wait for that step forever. The cheap variant shrinks instead.
+    assert_eq!(idle_model(1), [("h100".into(), 1), ("l4".into(), 1)]);
+}
+
+#[test]
+fn pods_match_by_namespace_and_target_or_va_name() {
+    let mut w = World::new();
+    w.reporting("by-target", "llama-l4-deploy", IDLE)
+        .reporting("by-va-name", "llama-l4", IDLE)
+        .reporting("unrelated", "something-else", IDLE)
+        .pod(
+            "other-ns",
+            "elsewhere",
+            "llama-l4-deploy",
+            Some((sample(MODEL, IDLE), Duration::ZERO)),
+        );
+    let d = w.decide(va("ns", "llama-l4", "llama-l4-deploy", 10.0));
+    assert_eq!(pods_of(&d), ["by-target", "by-va-name"]);
+    assert_eq!((d.current_replicas, d.ready_replicas), (2, 2));
+    assert_eq!(d.data, DataState::Fresh);
+}
+
+#[test]
+fn a_pod_of_a_targeted_deployment_never_counts_for_a_va_of_that_name() {
+    // VA "a" scales Deployment "b"; VA "b" scales Deployment "c". A pod of
+    // Deployment "b" feeds "a" only.
+    let mut w = World::new();
+    w.reporting("b-0", "b", IDLE).reporting("c-0", "c", IDLE);
+    let (decisions, _) = w.run(
+        &mut Engine::default(),
+        &[va("ns", "a", "b", 10.0), va("ns", "b", "c", 20.0)],
+    );
+    let inputs: Vec<(&str, Vec<&str>)> = decisions
+        .iter()
+        .map(|d| (d.variant.name.as_str(), pods_of(d)))
+        .collect();
+    assert_eq!(inputs, [("a", vec!["b-0"]), ("b", vec!["c-0"])]);
+}
+
+#[test]
+fn same_variant_name_in_two_namespaces_stays_apart() {
+    let mut w = World::new();
+    w.reporting("a-0", "v", IDLE)
+        .reporting("a-1", "v", IDLE)
+        .pod(
+            "prod",
+            "b-0",
+            "v",
+            Some((sample(MODEL, IDLE), Duration::ZERO)),
+        );
+    let (decisions, _) = w.run(
+        &mut Engine::default(),
+        &[va("prod", "v", "v", 10.0), va("ns", "v", "v", 10.0)],
+    );
+    let got: Vec<_> = decisions
+        .iter()
+        .map(|d| (d.variant.to_string(), pods_of(d)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("ns/v".to_string(), vec!["a-0", "a-1"]),
+            ("prod/v".to_string(), vec!["b-0"]),
+        ],
+        "decisions are ordered by variant key and see only their namespace"
+    );
+}
+
+#[test]
+fn data_state_compares_fresh_loads_with_ready_replicas() {
+    let cases = [
+        (
+            "no ready replica is idle even with reports",
+            (2, 0),
+            2,
+            DataState::Idle,
+        ),
+        ("every ready replica reports", (2, 2), 2, DataState::Fresh),
+        (
+            "one of two ready replicas reports",
+            (2, 2),
+            1,
+            DataState::Partial,
+        ),
+        (
+            "ready replicas but no report",
+            (2, 2),
+            0,
+            DataState::Missing,
+        ),
+        (
+            "pending replica does not need to report",
+            (3, 2),
+            2,
+            DataState::Fresh,
+        ),
+    ];
+    for (case, (current, ready), reporting, want) in cases {
+        let mut w = World::new();
+        w.counts("v", current, ready);
+        for i in 0..reporting {
+            w.reporting(&format!("p-{i}"), "v", IDLE);
+        }
+        let d = w.decide(va("ns", "v", "v", 10.0));
+        assert_eq!(d.data, want, "{case}");
+        assert_eq!(
+            (d.current_replicas, d.ready_replicas),
+            (current, ready),
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn counts_are_derived_from_connected_pods_without_replica_source() {
+    let mut w = World::new();
+    w.reporting("fresh", "v", IDLE)
+        .pod("ns", "silent", "v", None)
+        .pod(
+            "ns",
+            "other-model",
+            "v",
+            Some((sample("other", IDLE), Duration::ZERO)),
+        );
+    let d = w.decide(va("ns", "v", "v", 10.0));
+    assert_eq!((d.current_replicas, d.ready_replicas), (3, 3));
+    assert_eq!(
+        pods_of(&d),
+        ["fresh"],
+        "only the pod reporting this model is an input"
+    );
+    assert_eq!(d.data, DataState::Partial);
+
+    let d = World::new().decide(va("ns", "v", "v", 10.0));
+    assert_eq!(
+        (d.current_replicas, d.ready_replicas, d.data),
+        (0, 0, DataState::Idle)
+    );
+}
+
+#[test]
+fn replica_source_overrides_pod_count() {
+    let mut w = World::new();
+    w.reporting("p-0", "v", IDLE).counts("v", 4, 3);
+    let d = w.decide(va("ns", "v", "v", 10.0));
+    assert_eq!((d.current_replicas, d.ready_replicas), (4, 3));
+    assert_eq!(d.data, DataState::Partial);
+
+    // A variant the source does not know has no replicas, whatever reports.
+    let d = w.decide(va("ns", "unknown", "unknown", 10.0));
+    assert_eq!(
+        (d.current_replicas, d.ready_replicas, d.data),
+        (0, 0, DataState::Idle)
+    );
+}
+
+#[test]
+fn stale_and_failed_samples_are_ignored() {
+    let just_stale = STALENESS + Duration::from_millis(1);
+    let down = Sample {
+        up: false,
+        ..sample(MODEL, IDLE)
+    };
+    for (case, sample, age) in [
+        ("stale", sample(MODEL, IDLE), just_stale),
+        ("up = false", down, Duration::ZERO),
+    ] {
+        let mut w = World::new();
+        w.pod("ns", "p-0", "v", Some((sample, age)))
+            .counts("v", 1, 1);
+        let d = w.decide(va("ns", "v", "v", 10.0));
+        assert_eq!(d.data, DataState::Missing, "{case}");
+        assert!(d.inputs.is_empty(), "{case}");
+        assert_eq!(d.data_age, None, "{case}");
+    }
+}
+
+#[test]
+fn sample_at_the_staleness_bound_is_used_and_age_is_the_oldest() {
+    let mut w = World::new();
+    w.pod("ns", "p-0", "v", Some((sample(MODEL, IDLE), STALENESS)))
+        .pod(
+            "ns",
+            "p-1",
+            "v",
+            Some((sample(MODEL, IDLE), Duration::from_secs(1))),
+        );
+    let d = w.decide(va("ns", "v", "v", 10.0));
+    assert_eq!(d.data, DataState::Fresh);
+    assert_eq!(pods_of(&d), ["p-0", "p-1"]);
+    assert_eq!(d.data_age, Some(STALENESS));
+}
+
+#[test]
+fn safety_net_holds_current_replicas_without_a_previous_decision() {
+    let mut w = World::new();
+    w.counts("v", 3, 3);
+    let (decisions, events) = w.run(&mut Engine::default(), &[va("ns", "v", "v", 10.0)]);
+    let d = &decisions[0];
+    assert_eq!(d.data, DataState::Missing);
+    assert_eq!(d.desired_replicas, 3);
+    assert_eq!(d.basis, Basis::SafetyNet(Fallback::CurrentReplicas));
+    assert_eq!(events, []);
+}
+
+#[test]
+fn safety_net_holds_the_previous_desired_value() {
+    let key = VariantKey::new("ns", "v");
+    let mut engine = Engine::with_previous(HashMap::from([(key, 5)]));
+    let mut w = World::new();
+    w.counts("v", 3, 3);
+    let (decisions, events) = w.run(&mut engine, &[va("ns", "v", "v", 10.0)]);
+    assert_eq!(decisions[0].desired_replicas, 5);
+    assert_eq!(
+        decisions[0].basis,
+        Basis::SafetyNet(Fallback::PreviousDesired)
+    );
+    assert_eq!(events, [], "holding the previous value is no change");
+}
+
+#[test]
+fn safety_net_never_drops_the_cheapest_below_its_minimum() {
+    let variants = [
+        va("ns", "cheap", "cheap", 10.0),
+        va("ns", "pricey", "pricey", 30.0),
+    ];
+    let previous = || {
+        HashMap::from([
+            (VariantKey::new("ns", "cheap"), 0),
+            (VariantKey::new("ns", "pricey"), 0),
+        ])
+    };
+    let mut w = World::new();
+    w.counts("cheap", 2, 2).counts("pricey", 2, 2);
+
+    let (decisions, events) = w.run(&mut Engine::with_previous(previous()), &variants);
+    assert_eq!(desired(&decisions), [("cheap", 1), ("pricey", 0)]);
+    assert!(decisions.iter().all(|d| d.data == DataState::Missing));
+    assert_eq!(
+        events,
+        [ScalingEvent {
+            variant: VariantKey::new("ns", "cheap"),
+            from: 0,
+            to: 1,
+            reason: "safety_net",
+        }]
+    );
+
+    // A model idle past its retention may be held at zero.
+    w.scale_to_zero = Some(scale_to_zero_after("0s"));
+    let (decisions, _) = w.run(&mut Engine::with_previous(previous()), &variants);
+    assert_eq!(desired(&decisions), [("cheap", 0), ("pricey", 0)]);
+}
+
+#[test]
+fn cheapest_is_chosen_per_model_with_ties_broken_by_name() {
+    let mut other_model = va("ns", "solo", "solo", 50.0);
+    other_model.model_id = "other/model".to_string();
+    let variants = [
+        va("ns", "b", "b", 10.0),
+        va("ns", "a", "a", 10.0),
+        other_model,
+    ];
+    let previous = variants.iter().map(|v| (v.key(), 0)).collect();
+    let mut w = World::new();
+    for v in &variants {
+        w.counts(&v.name, 1, 1);
+    }
+    let (decisions, _) = w.run(&mut Engine::with_previous(previous), &variants);
+    assert_eq!(desired(&decisions), [("a", 1), ("b", 0), ("solo", 1)]);
+}
+
+#[test]
+fn min_replicas_stops_analysis_from_scaling_the_cheapest_to_zero() {
+    // The pricey variant is at zero but a terminating pod still reports:
+    // two idle replicas make a scale-down safe, and only the cheapest has one.
+    let variants = [
+        va("ns", "cheap", "cheap", 10.0),
+        va("ns", "pricey", "pricey", 30.0),
+    ];
+    let mut w = World::new();
+    w.reporting("c-0", "cheap", IDLE)
+        .reporting("p-0", "pricey", IDLE)
+        .counts("cheap", 1, 1)
+        .counts("pricey", 0, 0);
+    let (decisions, events) = w.run(&mut Engine::default(), &variants);
+    assert_eq!(desired(&decisions), [("cheap", 1), ("pricey", 0)]);
+    assert_eq!(decisions[0].basis, Basis::Analysis(Reason::Steady));
+    assert_eq!(events, []);
+
+    // Scale to zero on, but the model has not been idle long enough.
+    w.scale_to_zero = Some(scale_to_zero_after("10m"));
+    let (decisions, _) = w.run(&mut Engine::default(), &variants);
+    assert_eq!(desired(&decisions), [("cheap", 1), ("pricey", 0)]);
+}
+
+fn scale_to_zero_after(retention: &str) -> ScaleToZeroConfigSet {
+    let data = BTreeMap::from([(
+        crate::config::scale_to_zero::DEFAULTS_KEY.to_string(),
+        format!("retention_period: {retention}"),
+    )]);
+    ScaleToZeroConfigSet::from_data(&data).unwrap()
+}
+
+fn with_successes(successes: f64, running: f64) -> Sample {
+    let mut s = sample(MODEL, IDLE);
+    s.models[0].requests_running = running;
+    s.models[0].counters = Some(wva_proto::v1::Counters {
+        request_success: successes,
+        ..Default::default()
+    });
+    s
+}
+
+#[test]
+fn a_model_without_requests_for_its_retention_goes_to_zero() {
+    let variants = [
+        va("ns", "cheap", "cheap", 10.0),
+        va("ns", "pricey", "pricey", 30.0),
+    ];
+    let mut engine = Engine::default();
+    let mut w = World::new();
+    w.scale_to_zero = Some(scale_to_zero_after("5m"));
+    w.counts("cheap", 1, 1).counts("pricey", 0, 0);
+    let report = |w: &mut World, successes: f64| {
+        w.pod(
+            "ns",
+            "c-0",
+            "cheap",
+            Some((with_successes(successes, 0.0), Duration::ZERO)),
+        );
+    };
+    report(&mut w, 10.0);
+    let (decisions, _) = w.run(&mut engine, &variants);
+    assert_eq!(desired(&decisions), [("cheap", 1), ("pricey", 0)]);
+
+    // A request succeeded after 4 minutes: the idle period restarts.
+    w.now += Duration::from_secs(240);
+    report(&mut w, 11.0);
+    let (decisions, _) = w.run(&mut engine, &variants);
+    assert_eq!(desired(&decisions), [("cheap", 1), ("pricey", 0)]);
+
+    // 4 more quiet minutes: not yet.
+    w.now += Duration::from_secs(240);
+    report(&mut w, 11.0);
+    let (decisions, _) = w.run(&mut engine, &variants);
+    assert_eq!(desired(&decisions)[0], ("cheap", 1));
+
+    // 5 quiet minutes since the last success: zero, and it says why.
+    w.now += Duration::from_secs(60);
+    report(&mut w, 11.0);
+    let (decisions, events) = w.run(&mut engine, &variants);
+    assert_eq!(desired(&decisions), [("cheap", 0), ("pricey", 0)]);
+    assert_eq!(decisions[0].basis, Basis::Analysis(Reason::ScaleToZero));
+    assert_eq!(events[0].reason, "scale_to_zero");
+}
+
+/// An endpoint picker in `ns` holding `queued` requests for [`MODEL`].
+fn epp(w: &mut World, queued: f64) {
+    let sample = Sample {
+        seq: 1,
+        up: true,
+        epp: Some(wva_proto::v1::EppSignals {
+            queues: vec![wva_proto::v1::EppModelQueue {
+                model: MODEL.to_string(),
+                queue_size: queued,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Sample::default()
+    };
+    w.pod("ns", "epp-0", "gateway-epp", Some((sample, Duration::ZERO)));
+    let entry = w
+        .pods
+        .values_mut()
+        .find(|e| e.hello.pod == "epp-0")
+        .unwrap();
+    entry.hello.role = Role::Epp as i32;
+}
+
+#[test]
+fn requests_queued_at_the_gateway_bring_the_cheapest_variant_back_from_zero() {
+    let variants = [
+        va("ns", "cheap", "cheap", 10.0),
+        va("ns", "pricey", "pricey", 30.0),
+    ];
+    let mut engine = Engine::default();
+    let mut w = World::new();
+    w.scale_to_zero = Some(scale_to_zero_after("1m"));
+    w.counts("cheap", 0, 0).counts("pricey", 0, 0);
+    epp(&mut w, 0.0);
+    let (decisions, _) = w.run(&mut engine, &variants);
+    assert_eq!(desired(&decisions), [("cheap", 0), ("pricey", 0)]);
+
+    epp(&mut w, 3.0);
+    let (decisions, events) = w.run(&mut engine, &variants);
+    assert_eq!(desired(&decisions), [("cheap", 1), ("pricey", 0)]);
+    assert_eq!(decisions[0].basis, Basis::Analysis(Reason::ScaleFromZero));
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].reason, "scale_from_zero");
+
+    // A stale EPP sample is no demand.
+    w.now += STALENESS + Duration::from_secs(1);
+    let (decisions, _) = w.run(&mut engine, &variants);
+    assert_ne!(decisions[0].basis, Basis::Analysis(Reason::ScaleFromZero));
+}
+
+#[test]
+fn a_queue_for_another_model_or_namespace_wakes_nothing() {
+    let variants = [va("ns", "v", "v", 10.0)];
+    let mut w = World::new();
+    w.scale_to_zero = Some(scale_to_zero_after("0s"));
+    w.counts("v", 0, 0);
+    let sample = Sample {
+        seq: 1,
+        up: true,
+        epp: Some(wva_proto::v1::EppSignals {
+            queues: vec![wva_proto::v1::EppModelQueue {
+                model: "other/model".to_string(),
+                queue_size: 9.0,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Sample::default()
+    };
+    w.pod(
+        "elsewhere",
+        "epp-1",
+        "epp",
+        Some((sample.clone(), Duration::ZERO)),
+    );
+    w.pod("ns", "epp-0", "epp", Some((sample, Duration::ZERO)));
+    for entry in w.pods.values_mut() {
+        entry.hello.role = Role::Epp as i32;
+    }
+    let (decisions, _) = w.run(&mut Engine::default(), &variants);
+    assert_eq!(desired(&decisions), [("v", 0)]);
+}
+
+#[test]
+fn running_requests_keep_a_model_awake_and_a_disabled_model_never_sleeps() {
+    let variants = [va("ns", "v", "v", 10.0)];
+    let mut engine = Engine::default();
+    let mut w = World::new();
+    w.scale_to_zero = Some(scale_to_zero_after("1m"));
+    w.counts("v", 1, 1);
+    for _ in 0..3 {
+        w.pod(
+            "ns",
+            "v-0",
+            "v",
+            Some((with_successes(0.0, 1.0), Duration::ZERO)),
+        );
+        let (decisions, _) = w.run(&mut engine, &variants);
+        assert_eq!(desired(&decisions), [("v", 1)]);
+        w.now += Duration::from_secs(60);
+    }
+
+    let data = BTreeMap::from([(
+        "m".to_string(),
+        format!("model_id: {MODEL}\nenable_scale_to_zero: false\nretention_period: 1s"),
+    )]);
+    w.scale_to_zero = Some(ScaleToZeroConfigSet::from_data(&data).unwrap());
+    w.pod(
+        "ns",
+        "v-0",
+        "v",
+        Some((with_successes(0.0, 0.0), Duration::ZERO)),
+    );
+    w.now += Duration::from_secs(3600);
+    let (decisions, _) = w.run(&mut engine, &variants);
+    assert_eq!(desired(&decisions), [("v", 1)]);
+}
+
+#[test]
+fn fresh_data_releases_the_safety_net() {
+    let v = [va("ns", "v", "v", 10.0)];
+    let mut engine = Engine::default();
+    let mut w = World::new();
+    w.counts("v", 1, 1);
+    let (decisions, _) = w.run(&mut engine, &v);
+    assert!(matches!(decisions[0].basis, Basis::SafetyNet(_)));
+
+    w.reporting("p-0", "v", IDLE);
+    let (decisions, events) = w.run(&mut engine, &v);
+    assert_eq!(decisions[0].basis, Basis::Analysis(Reason::Steady));
+    assert_eq!(decisions[0].desired_replicas, 1);
+    assert_eq!(events, []);
+}
+
+#[test]
+fn events_are_emitted_only_when_the_decision_changes() {
+    let v = [va("ns", "v", "v", 10.0)];
+    let mut engine = Engine::default();
+    let mut w = World::new();
+    w.reporting("p-0", "v", SATURATED).counts("v", 1, 1);
+
+    let (decisions, events) = w.run(&mut engine, &v);
+    assert_eq!(decisions[0].desired_replicas, 2);
+    assert_eq!(
+        decisions[0].basis,
+        Basis::Analysis(Reason::ScaleUpSaturation)
+    );
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(
+        (e.from, e.to, e.reason, e.direction()),
+        (1, 2, "saturation", "up")
+    );
+
+    // Same inputs: the step is in flight, the decision is held, no new event.
+    let (decisions, events) = w.run(&mut engine, &v);
+    assert_eq!(decisions[0].desired_replicas, 2);
+    assert_eq!(decisions[0].basis, Basis::Analysis(Reason::Converging));
+    assert_eq!(events, []);
+
+    // The step is done and the load is spread: steady at 2, still no event.
+    w.pods.clear();
+    w.reporting("p-0", "v", (0.5, 0.0))
+        .reporting("p-1", "v", (0.5, 0.0))
+        .counts("v", 2, 2);
+    let (decisions, events) = w.run(&mut engine, &v);
+    assert_eq!(desired(&decisions), [("v", 2)]);
+    assert_eq!(events, []);
+}
+
+#[test]
+fn a_decision_remembers_why_its_value_last_changed() {
+    let v = [va("ns", "v", "v", 10.0)];
+    let mut engine = Engine::default();
+    let mut w = World::new();
+    w.reporting("p-0", "v", SATURATED).counts("v", 1, 1);
+    let (decisions, _) = w.run(&mut engine, &v);
+    assert_eq!(decisions[0].desired_replicas, 2);
+    assert_eq!(decisions[0].change_reason, Some("saturation"));
+    // Held while the Deployment converges: the basis changes, the reason stays.
+    let (decisions, _) = w.run(&mut engine, &v);
+    assert_eq!(decisions[0].basis, Basis::Analysis(Reason::Converging));
+    assert_eq!(decisions[0].change_reason, Some("saturation"));
+}
+
+#[test]
+fn scale_down_event_goes_down_with_spare_capacity_reason() {
+    let mut w = World::new();
+    w.reporting("p-0", "v", IDLE)
+        .reporting("p-1", "v", IDLE)
+        .reporting("p-2", "v", IDLE);
+    let (decisions, events) = w.run(&mut Engine::default(), &[va("ns", "v", "v", 10.0)]);
+    assert_eq!(desired(&decisions), [("v", 2)]);
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(
+        (e.from, e.to, e.reason, e.direction()),
+        (3, 2, "spare_capacity", "down")
+    );
+}
+
+#[test]
+fn removed_variant_forgets_its_previous_decision() {
+    let a = va("ns", "a", "a", 10.0);
+    let b = va("ns", "b", "b", 20.0);
+    let mut engine = Engine::with_previous(HashMap::from([(a.key(), 5), (b.key(), 7)]));
+    let mut w = World::new();
+    w.counts("a", 3, 3).counts("b", 3, 3);
+
+    // b is gone for one evaluation...
+    let (decisions, _) = w.run(&mut engine, std::slice::from_ref(&a));
+    assert_eq!(desired(&decisions), [("a", 5)]);
+
+    // ...so when it comes back, nothing of its old decision remains.
+    let (decisions, _) = w.run(&mut engine, &[a, b]);
+    assert_eq!(desired(&decisions), [("a", 5), ("b", 3)]);
+    assert_eq!(
+        decisions[1].basis,
+        Basis::SafetyNet(Fallback::CurrentReplicas)
+    );
+}
+
+#[test]
+fn decision_carries_the_variant_facts() {
+    let mut w = World::new();
+    w.reporting("p-0", "v", (0.25, 2.0));
+    let mut v = va("ns", "v", "v", 12.5);
+    v.accelerator = "H100".to_string();
+    let d = w.decide(v);
+    assert_eq!(d.model_id, MODEL);
+    assert_eq!(d.accelerator, "H100");
+    assert_eq!(d.cost, 12.5);
+    assert_eq!(
+        d.decided_at,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    );
+    assert_eq!(
+        (d.inputs[0].kv_cache_usage, d.inputs[0].requests_waiting),
+        (0.25, 2.0)
+    );
+}
