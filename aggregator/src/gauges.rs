@@ -9,9 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-
-use wva_core::decision::Decision;
-use wva_core::decision::ScalingEvent;
+use wva_core::decision::{Decision, ScalingEvent};
 use wva_core::variants::VariantKey;
 
 /// `variant_name`, `namespace`, `accelerator_type` and, when set, `controller_instance`.

@@ -17,7 +17,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
-
 use wva_core::decision::Decision;
 
 pub struct HttpState {

@@ -11,15 +11,15 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::info;
+use wva_core::admission::SharedToken;
+use wva_core::config::saturation::SaturationConfigSet;
+use wva_core::config::scale_to_zero::ScaleToZeroConfigSet;
+use wva_core::sources::{PolledSource, SourceKind};
 
 use crate::args::Args;
 use crate::prometheus::client::{self as prometheus, PrometheusClient, PrometheusConfig};
 use crate::runtime::Settings;
 use crate::watchfile;
-use wva_core::admission::SharedToken;
-use wva_core::config::saturation::SaturationConfigSet;
-use wva_core::config::scale_to_zero::ScaleToZeroConfigSet;
-use wva_core::sources::{PolledSource, SourceKind};
 
 /// The static settings; reads the token and TLS files, failing on a bad one.
 /// `lookup` reads keys that have no flag (`PROMETHEUS_*`): the environment,

@@ -21,15 +21,14 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use wva_core::decision::Decision;
+use wva_core::snapshot::{Decisions, Published, ReplicaCounts, Replicas, Variants};
+use wva_core::variants::VariantKey;
 
 use super::crd::VariantAutoscaling;
 use super::resolve::{self, Resolved};
 use super::scoped;
 use super::writer::{StatusWriter, Target};
-use wva_core::decision::Decision;
-use wva_core::snapshot::ReplicaCounts;
-use wva_core::snapshot::{Decisions, Published, Replicas, Variants};
-use wva_core::variants::VariantKey;
 
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -10,7 +10,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-
 use wva_core::variants::{DEFAULT_COST, DEFAULT_TARGET_KIND};
 
 // Each printcolumn(...) repeats the same keys, which clippy mistakes for

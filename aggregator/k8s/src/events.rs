@@ -2,9 +2,10 @@
 //! status before and after, so an event fires once per transition and never
 //! for a status that did not move.
 
+use wva_core::decision::{Basis, Decision};
+
 use super::conditions::{self, METRICS_AVAILABLE, OPTIMIZATION_READY, READY, reason};
 use super::crd::VariantAutoscalingStatus;
-use wva_core::decision::{Basis, Decision};
 
 /// One event to publish about a VariantAutoscaling.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,9 +21,8 @@ use kube::api::PostParams;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
 use tracing::debug;
-use wva_proto::v1::Hello;
-
 use wva_core::admission::{Admission, Refusal, RefusalCode};
+use wva_proto::v1::Hello;
 
 /// The audience agents' tokens are minted for.
 pub const DEFAULT_AUDIENCE: &str = "wva-aggregator";

@@ -7,11 +7,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
-
-use super::scoped;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
+
+use super::scoped;
 
 /// Read handles on the watched objects.
 #[derive(Clone)]

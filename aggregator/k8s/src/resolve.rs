@@ -6,10 +6,10 @@ use std::collections::HashMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-
-use super::crd;
 use wva_core::snapshot::ReplicaCounts;
 use wva_core::variants::{self, DEFAULT_TARGET_KIND, FieldError, Variant, VariantKey};
+
+use super::crd;
 
 /// The label that assigns a VariantAutoscaling to one controller instance.
 pub const CONTROLLER_INSTANCE_LABEL: &str = "wva.llmd.ai/controller-instance";

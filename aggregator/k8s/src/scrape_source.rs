@@ -13,11 +13,11 @@ use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::ListParams;
 use kube::{Api, Client};
 use tokio::sync::Mutex;
+use wva_core::sources::{EPP_SERVICE_ANNOTATION, PolledPod, PolledSource, SourceKind};
+use wva_core::variants::Variant;
 use wva_proto::v1::Role;
 
 use crate::scraping::{self, MetricsEndpoint, PodScraper, ScrapeConfig};
-use wva_core::sources::{EPP_SERVICE_ANNOTATION, PolledPod, PolledSource, SourceKind};
-use wva_core::variants::Variant;
 
 /// Where a kind of pod serves its metrics, by annotation on the variant.
 struct Annotations {

@@ -18,9 +18,8 @@ use wva_agent::sampler::Sampler;
 use wva_agent::scrape::{InvalidTarget, InvalidToken, Scraper};
 use wva_agent::telemetry::Telemetry;
 use wva_agent::tls::TargetTls;
-use wva_proto::v1::{Role, Sample};
-
 use wva_core::store::PodKey;
+use wva_proto::v1::{Role, Sample};
 
 /// Defaults of WVA's `PodScrapingSourceConfig`.
 pub const DEFAULT_SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -3,14 +3,14 @@
 //! the clock, and writes only when the result differs from what is stored.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use wva_core::decision::{Basis, DataState, Decision, FailedSource, Fallback};
+use wva_core::snapshot::ReplicaCounts;
+use wva_core::variants::FieldError;
 
 use super::conditions::{
     self, METRICS_AVAILABLE, OPTIMIZATION_READY, READY, Status, TARGET_RESOLVED, Wanted, reason,
 };
 use super::crd::{Actuation, CurrentAlloc, OptimizedAlloc, VariantAutoscalingStatus};
-use wva_core::decision::{Basis, DataState, Decision, FailedSource, Fallback};
-use wva_core::snapshot::ReplicaCounts;
-use wva_core::variants::FieldError;
 
 /// Where one VariantAutoscaling stands.
 #[derive(Debug, Clone, Copy)]

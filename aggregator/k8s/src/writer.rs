@@ -9,13 +9,13 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource};
 use serde_json::json;
 use tracing::{debug, info, warn};
+use wva_core::decision::Decision;
+use wva_core::variants::VariantKey;
 
 use super::crd::{VariantAutoscaling, VariantAutoscalingStatus};
 use super::events::{self, Note};
 use super::resolve::{Standing, key_of};
 use super::status::{self, Situation};
-use wva_core::decision::Decision;
-use wva_core::variants::VariantKey;
 
 /// The field manager named in every write.
 pub const FIELD_MANAGER: &str = "wva-aggregator";

@@ -16,13 +16,12 @@ use kube::{Api, Client, Resource};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-
 use wva_core::config::params as core_params;
-
-use crate::params::{self, Parsed};
 use wva_core::config::saturation::SaturationConfigSet;
 use wva_core::config::scale_to_zero::ScaleToZeroConfigSet;
 use wva_core::snapshot::Tuning;
+
+use crate::params::{self, Parsed};
 
 pub const IMMUTABLE_REJECTED: &str = "ImmutableConfigChangeRejected";
 

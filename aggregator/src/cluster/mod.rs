@@ -13,12 +13,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use wva_agent::tls::TargetTls;
-
-use self::configmaps::{Names, Outputs};
-use crate::args::{ActuatorKind, Args};
-use crate::params;
-use crate::runtime::{self, Upstream};
-use crate::startup;
 use wva_k8s::controller::{self, Controller};
 use wva_k8s::identity::ClusterAdmission;
 use wva_k8s::scrape_source::PodScrapingSource;
@@ -26,6 +20,12 @@ use wva_k8s::scraping::ScrapeConfig;
 use wva_k8s::{leader, pods};
 use wva_webhook::server::WebhookMetrics;
 use wva_webhook::{self, WebhookSettings};
+
+use self::configmaps::{Names, Outputs};
+use crate::args::{ActuatorKind, Args};
+use crate::params;
+use crate::runtime::{self, Upstream};
+use crate::startup;
 
 /// Runs until shutdown. Missing or invalid configuration fails before
 /// anything is served, naming the key and the problem.

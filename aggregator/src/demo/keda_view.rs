@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+use wva_core::snapshot::Decisions;
+use wva_core::variants::VariantKey;
 use wva_proto::keda::external_scaler_client::ExternalScalerClient;
 use wva_proto::keda::{GetMetricsRequest, ScaledObjectRef};
 
 use crate::grpc::keda::{METRIC, NAMESPACE_KEY, VARIANT_KEY};
-use wva_core::snapshot::Decisions;
-use wva_core::variants::VariantKey;
 
 /// How often the client asks for the metric (KEDA's pollingInterval, shortened).
 const POLL: Duration = Duration::from_millis(100);

@@ -15,10 +15,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use wva_core::variants::VariantKey;
 
 use crate::standalone::actuator::Endpoints;
 use crate::standalone::probe::{self, HttpClient};
-use wva_core::variants::VariantKey;
 
 /// Requests per second over time: linear pieces between (seconds, rate) points.
 #[derive(Debug, Clone)]

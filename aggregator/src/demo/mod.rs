@@ -12,19 +12,19 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
+use dashboard::Frame;
+use keda_view::KedaView;
+use loadgen::{LoadStats, Profile, RequestShape};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use wva_core::admission::SharedToken;
+use wva_core::config::saturation::SaturationConfigSet;
+use wva_core::variants::{VariantKey, parse_variants};
 
 use crate::args::Args;
 use crate::runtime::{self, Settings, Upstream};
 use crate::standalone::actuator::{ActuatorConfig, LocalActuator};
-use dashboard::Frame;
-use keda_view::KedaView;
-use loadgen::{LoadStats, Profile, RequestShape};
-use wva_core::admission::SharedToken;
-use wva_core::config::saturation::SaturationConfigSet;
-use wva_core::variants::{VariantKey, parse_variants};
 
 /// The embedded VariantAutoscalings.
 pub const VARIANTS: &str = include_str!("variants.yaml");

@@ -7,106 +7,28 @@
 //! copied for a tap only while someone taps that pod; otherwise ingest pays
 //! one atomic load per sample.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use wva_proto::v1::diagnostics_server::Diagnostics;
-use wva_proto::v1::{
-    DecisionFilter, DecisionSnapshot, ModelSaturation, PodInput, PodSample, Role, Sample,
-    TapRequest, VariantDecision,
-};
-
 use wva_core::analysis::saturation::is_saturated;
 use wva_core::decision::Decision;
 use wva_core::snapshot::Decisions;
 use wva_core::store::{PodKey, PodStore};
+use wva_proto::v1::diagnostics_server::Diagnostics;
+use wva_proto::v1::{
+    DecisionFilter, DecisionSnapshot, ModelSaturation, PodInput, PodSample, Role, TapRequest,
+    VariantDecision,
+};
+
+use super::taps::{TAP_BACKLOG, Taps};
 
 /// Snapshots a watcher may have unread before it is cut off.
 pub const WATCH_BACKLOG: usize = 32;
-/// Samples a tap may have unread before it is cut off.
-pub const TAP_BACKLOG: usize = 64;
-
-/// Pods being tapped, and the channel each one's samples go to.
-#[derive(Default)]
-pub struct Taps {
-    /// Open taps, so ingest can skip the map while nobody taps.
-    open: AtomicUsize,
-    /// Each pod's channel, with an id telling a channel from its successor.
-    pods: Mutex<HashMap<PodKey, (usize, broadcast::Sender<Sample>)>>,
-    next_id: AtomicUsize,
-}
-
-impl Taps {
-    /// Hands a sample to the pod's taps, if any (ingest calls this per sample).
-    pub fn offer(&self, pod: &PodKey, sample: &Sample) {
-        if self.open.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, tx)) = pods.get(pod) {
-            // No receiver left is fine: it is removed when its stream ends.
-            let _ = tx.send(sample.clone());
-        }
-    }
-
-    /// Ends the pod's taps: its agent's stream ended.
-    pub fn close(&self, pod: &PodKey) {
-        if self.open.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        // Dropping the sender ends every receiver after what it has buffered.
-        self.pods
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(pod);
-    }
-
-    fn subscribe(self: &Arc<Self>, pod: PodKey) -> TapGuard {
-        let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
-        let (id, tx) = pods.entry(pod.clone()).or_insert_with(|| {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            (id, broadcast::channel(TAP_BACKLOG).0)
-        });
-        let rx = tx.subscribe();
-        self.open.fetch_add(1, Ordering::Relaxed);
-        TapGuard {
-            taps: Arc::clone(self),
-            pod,
-            id: *id,
-            rx,
-        }
-    }
-}
-
-/// One open tap; closing it forgets the pod's channel once nobody else
-/// taps it.
-struct TapGuard {
-    taps: Arc<Taps>,
-    pod: PodKey,
-    /// The channel `rx` belongs to, which a reconnected pod may have replaced.
-    id: usize,
-    rx: broadcast::Receiver<Sample>,
-}
-
-impl Drop for TapGuard {
-    fn drop(&mut self) {
-        self.taps.open.fetch_sub(1, Ordering::Relaxed);
-        let mut pods = self.taps.pods.lock().unwrap_or_else(|p| p.into_inner());
-        if pods
-            .get(&self.pod)
-            .is_some_and(|(id, tx)| *id == self.id && tx.receiver_count() <= 1)
-        {
-            pods.remove(&self.pod);
-        }
-    }
-}
 
 pub struct DiagnosticsService {
     pub decisions: watch::Receiver<Decisions>,
@@ -302,15 +224,16 @@ impl Diagnostics for DiagnosticsService {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
     use std::time::Instant;
 
     use tonic::Code;
-    use wva_proto::v1::Hello;
-
-    use super::*;
     use wva_core::analysis::saturation::Reason;
     use wva_core::decision::{Basis, DataState};
     use wva_core::testing::decision as for_test;
+    use wva_proto::v1::{Hello, Sample};
+
+    use super::*;
 
     struct World {
         decisions: watch::Sender<Decisions>,

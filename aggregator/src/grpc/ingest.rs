@@ -15,18 +15,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
+use wva_core::admission::{Admission, Refusal};
+use wva_core::store::{Offer, PodKey, PodStore};
 use wva_proto::v1::telemetry_server::Telemetry;
 use wva_proto::v1::{
     Accepted, AgentMessage, ControlMessage, Hello, Role, Sample, agent_message, control_message,
 };
 
-use wva_core::admission::{Admission, Refusal};
-
 use super::admission;
-use crate::grpc::diagnostics::Taps;
+use super::taps::Taps;
 use crate::runtime::trigger::Trigger;
 use crate::telemetry::SelfMetrics;
-use wva_core::store::{Offer, PodKey, PodStore};
 
 /// Largest message an agent may send; a Sample is a few hundred bytes.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;

@@ -19,15 +19,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use wva_core::snapshot::{Decisions, Published};
+use wva_core::variants::VariantKey;
 use wva_proto::keda::external_scaler_server::ExternalScaler;
 use wva_proto::keda::{
     GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
     MetricValue, ScaledObjectRef,
 };
-
-use wva_core::snapshot::Decisions;
-use wva_core::snapshot::Published;
-use wva_core::variants::VariantKey;
 
 /// The trigger metadata naming the VariantAutoscaling to follow.
 pub const VARIANT_KEY: &str = "variantAutoscaling";

@@ -5,6 +5,7 @@ pub mod admission;
 pub mod diagnostics;
 pub mod ingest;
 pub mod keda;
+pub mod taps;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -11,7 +11,6 @@
 use std::fmt::Write as _;
 
 use thiserror::Error;
-
 use wva_core::variants::{DNS_LABEL, is_dns_label};
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -1,6 +1,7 @@
 //! The analysis loop: wakes on new data, a changed input or its period,
 //! runs the engine over the pod store and publishes the decisions it returns.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
@@ -14,7 +15,6 @@ use super::trigger::Trigger;
 use super::upstream::Upstream;
 use crate::gauges::DecisionGauges;
 use crate::telemetry::SelfMetrics;
-use std::sync::Arc;
 
 pub(super) struct AnalysisLoop {
     /// Failures of polled sources, shown on the decisions they hold.

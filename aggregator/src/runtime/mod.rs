@@ -28,7 +28,7 @@ use self::trigger::Trigger;
 pub use self::upstream::Upstream;
 use crate::gauges::DecisionGauges;
 use crate::grpc::{
-    self, diagnostics::DiagnosticsService, diagnostics::Taps, ingest::Ingest, keda::Scaler,
+    self, diagnostics::DiagnosticsService, ingest::Ingest, keda::Scaler, taps::Taps,
 };
 use crate::http::{self, HttpState};
 use crate::telemetry::SelfMetrics;

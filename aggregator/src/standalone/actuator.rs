@@ -14,14 +14,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use wva_core::decision::Decision;
+use wva_core::snapshot::{Decisions, ReplicaCounts, Replicas, Variants};
+use wva_core::variants::{Variant, VariantKey};
 
 use super::replica::{self, ReplicaEvent, ReplicaSpec};
 use super::stabilize::Stabilizer;
 use crate::args::LocalActuatorArgs;
-use wva_core::decision::Decision;
-use wva_core::snapshot::ReplicaCounts;
-use wva_core::snapshot::{Decisions, Replicas, Variants};
-use wva_core::variants::{Variant, VariantKey};
 
 /// Annotation with extra `vllm-sim` flags for a variant's replicas (standalone only).
 pub const SIM_ARGS_ANNOTATION: &str = "wva.llmd.ai/sim-args";

@@ -18,6 +18,9 @@ mod tests;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
+use self::reporting::{PodView, Reporting, derived_counts, fresh_loads};
+use self::safety_net::SafetyNet;
+use self::scale_to_zero::{Policy, Zero};
 use crate::activity::{ActivityTracker, ModelKey};
 use crate::analysis::saturation::{self, ModelAnalysis, VariantState};
 use crate::config::saturation::{SaturationConfig, SaturationConfigSet};
@@ -26,10 +29,6 @@ use crate::decision::{Basis, DataState, Decision, Saturation, ScalingEvent, Sour
 use crate::snapshot::ReplicaCounts;
 use crate::store::{PodEntry, PodKey};
 use crate::variants::{Variant, VariantKey};
-
-use self::reporting::{PodView, Reporting, derived_counts, fresh_loads};
-use self::safety_net::SafetyNet;
-use self::scale_to_zero::{Policy, Zero};
 
 /// Inputs of one evaluation.
 pub struct Inputs<'a> {

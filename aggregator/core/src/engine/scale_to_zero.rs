@@ -2,15 +2,15 @@
 //! zero; requests waiting at the gateway for a model at zero wake its
 //! cheapest variant.
 
+use std::time::{Duration, Instant};
+
+use super::reporting::PodView;
 use crate::activity::ActivityTracker;
 use crate::analysis::saturation::{Reason, VariantTarget};
 use crate::config::scale_to_zero::ScaleToZeroConfigSet;
 use crate::decision::Basis;
 use crate::snapshot::ReplicaCounts;
 use crate::variants::VariantKey;
-
-use super::reporting::PodView;
-use std::time::{Duration, Instant};
 
 /// What one model's analysis needs to know about zero.
 #[derive(Debug)]
