@@ -14,17 +14,16 @@ use http::header::CONTENT_TYPE;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
+use wva_listen::{Limits, Listener};
 
 use crate::telemetry::Telemetry;
 
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Progress of the scrape loop, read by the probes.
@@ -68,25 +67,18 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Serves until `stop` fires; connections are handled on their own tasks.
+/// Serves within [`Limits::DEFAULT`] until `stop` fires; connections are
+/// handled on their own tasks.
 pub async fn serve(
     listener: TcpListener,
     health: Arc<Health>,
     telemetry: Arc<Telemetry>,
     mut stop: watch::Receiver<()>,
 ) {
+    let listener = Listener::new(listener, Limits::DEFAULT, "agent");
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: keep serving, but
-                    // give the condition a moment to clear instead of spinning.
-                    warn!(error = %e, "accepting a metrics connection failed");
-                    tokio::time::sleep(ACCEPT_RETRY).await;
-                    continue;
-                }
-            },
+        let connection = tokio::select! {
+            connection = listener.accept() => connection,
             _ = stop.changed() => return,
         };
         let (health, telemetry) = (health.clone(), telemetry.clone());
@@ -94,9 +86,11 @@ pub async fn serve(
             let response = respond(&req, &health, &telemetry);
             async move { Ok::<_, Infallible>(response) }
         });
+        let builder = listener.limits().http1();
         tokio::spawn(async move {
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
+            let peer = connection.peer();
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(connection), service)
                 .await
             {
                 debug!(%peer, error = %e, "metrics connection ended");

@@ -10,14 +10,14 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 use wva_core::decision::Decision;
+use wva_listen::{Limits, Listener};
 
 pub struct HttpState {
     pub registry: Registry,
@@ -26,28 +26,28 @@ pub struct HttpState {
     pub ready: watch::Receiver<bool>,
 }
 
-/// Serves until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<HttpState>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
+/// Serves HTTP/1.1 within [`Limits::DEFAULT`] until `shutdown`; accept
+/// errors are retried, never fatal, so `/healthz` keeps answering.
+pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: CancellationToken) {
+    let listener = Listener::new(listener, Limits::DEFAULT, "metrics");
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => accepted?,
-            _ = shutdown.cancelled() => return Ok(()),
+        let connection = tokio::select! {
+            connection = listener.accept() => connection,
+            _ = shutdown.cancelled() => return,
         };
         let state = Arc::clone(&state);
+        let builder = listener.limits().http1();
         tokio::spawn(async move {
+            let peer = connection.peer();
             let service = service_fn(move |req| {
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(route(&state, &req)) }
             });
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(connection), service)
                 .await
             {
-                debug!(error = %e, "metrics connection ended with an error");
+                debug!(%peer, error = %e, "metrics connection ended with an error");
             }
         });
     }

@@ -93,7 +93,9 @@ impl Proc {
     }
 }
 
-fn command(name: &str) -> Command {
+/// The command of a workspace binary: killed when dropped, logging at
+/// `WVA_TEST_LOG` (`warn` unless set).
+pub fn command(name: &str) -> Command {
     let mut cmd = Command::new(bin(name));
     cmd.stdin(Stdio::null()).kill_on_drop(true).env(
         "RUST_LOG",

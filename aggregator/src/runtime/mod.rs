@@ -123,7 +123,7 @@ pub fn start(
     });
     let http_shutdown = shutdown.clone();
     let http_task = tokio::spawn(async move {
-        http::serve(http_listener, http_state, http_shutdown).await?;
+        http::serve(http_listener, http_state, http_shutdown).await;
         Ok(())
     });
 

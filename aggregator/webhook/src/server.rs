@@ -15,7 +15,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
@@ -28,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use wva_listen::{Limits, Listener};
 
 use super::injection::{InjectionConfig, Outcome, Scope, mutate};
 
@@ -150,27 +150,25 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let listener = Listener::new(listener, Limits::DEFAULT, "webhook");
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    warn!(error = %e, "webhook: accept failed");
-                    continue;
-                }
-            },
+        let connection = tokio::select! {
+            connection = listener.accept() => connection,
             _ = shutdown.cancelled() => return Ok(()),
         };
         let (acceptor, config, metrics) = (acceptor.clone(), Arc::clone(&config), metrics.clone());
+        let builder = listener.limits().http1();
+        let peer = connection.peer();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return debug!(%peer, error = %e, "webhook: TLS handshake failed"),
-                Err(_) => return debug!(%peer, "webhook: TLS handshake timed out"),
-            };
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(connection)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return debug!(%peer, error = %e, "webhook: TLS handshake failed"),
+                    Err(_) => return debug!(%peer, "webhook: TLS handshake timed out"),
+                };
             let service =
                 service_fn(move |request| handle(request, Arc::clone(&config), metrics.clone()));
-            if let Err(e) = http1::Builder::new()
+            if let Err(e) = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
