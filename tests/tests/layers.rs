@@ -95,10 +95,7 @@ fn no_crate_has_an_import_cycle_between_files() {
     let mut report = String::new();
     for dir in crates {
         let graph = Graph::read(&workspace().join(dir));
-        assert!(
-            graph.files.len() > 1 || dir == "proto/src",
-            "{dir}: no sources found"
-        );
+        assert!(!graph.files.is_empty(), "{dir}: no sources found");
         for cycle in graph.cycles() {
             report.push_str(&format!("{dir}: {}\n", graph.describe(&cycle)));
         }
