@@ -7,9 +7,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prost::Message;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
 use tracing::{debug, info, warn};
+use wva_proto::MAX_MESSAGE_BYTES;
 use wva_proto::v1::Sample;
 
 use crate::args::scrape_timeout;
@@ -62,11 +64,14 @@ impl Sampler {
                 .extract(body)
                 .map_err(|e| ("extract", e.to_string())),
             Err(e) => Err((e.metric_label(), e.to_string())),
-        };
+        }
+        .and_then(|()| {
+            self.extractor.fill(&mut sample);
+            within_message_limit(&mut sample)
+        });
         match outcome {
             Ok(()) => {
                 sample.up = true;
-                self.extractor.fill(&mut sample);
                 if !self.last_error.is_empty() {
                     info!(target_url = %self.scraper.target(), "scrape recovered");
                     self.last_error.clear();
@@ -120,7 +125,83 @@ impl Sampler {
     }
 }
 
+/// Keeps a sample the aggregator would refuse from being sent: over the
+/// message limit, its signals are dropped and the scrape counts as failed.
+fn within_message_limit(sample: &mut Sample) -> Result<(), (&'static str, String)> {
+    // The sample travels as field 2 of an `AgentMessage`: a one-byte key and
+    // its length before it.
+    let len = sample.encoded_len();
+    let encoded = 1 + prost::length_delimiter_len(len) + len;
+    if encoded <= MAX_MESSAGE_BYTES {
+        return Ok(());
+    }
+    let models = sample.models.len();
+    sample.models.clear();
+    sample.epp = None;
+    Err((
+        "too_large",
+        format!(
+            "the signals of {models} models take {encoded} bytes, over the aggregator's {MAX_MESSAGE_BYTES}-byte limit"
+        ),
+    ))
+}
+
 fn unix_millis(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use wva_proto::v1::{AgentMessage, ModelSignals, agent_message};
+
+    use super::*;
+
+    fn with_models(n: usize) -> Sample {
+        Sample {
+            seq: 1,
+            up: true,
+            models: (0..n)
+                .map(|i| ModelSignals {
+                    model: format!("adapter-{i:08}-{}", "x".repeat(48)),
+                    kv_cache_usage: 0.5,
+                    ..ModelSignals::default()
+                })
+                .collect(),
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn a_sample_over_the_message_limit_becomes_a_failed_scrape() {
+        let mut sample = with_models(5_000);
+        let (reason, error) = within_message_limit(&mut sample).unwrap_err();
+        assert_eq!(reason, "too_large");
+        assert!(error.contains("5000 models"), "{error}");
+        assert!(sample.models.is_empty());
+        let message = AgentMessage {
+            kind: Some(agent_message::Kind::Sample(sample)),
+        };
+        assert!(message.encoded_len() <= MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn the_limit_is_the_whole_messages_size_to_the_byte() {
+        let message_len = |sample: &Sample| {
+            AgentMessage {
+                kind: Some(agent_message::Kind::Sample(sample.clone())),
+            }
+            .encoded_len()
+        };
+        // Grow a sample byte by byte until its message is exactly the limit.
+        let mut sample = with_models(1);
+        sample.error = "e".repeat(MAX_MESSAGE_BYTES - 200);
+        while message_len(&sample) < MAX_MESSAGE_BYTES {
+            sample.error.push('e');
+        }
+        assert_eq!(message_len(&sample), MAX_MESSAGE_BYTES);
+        assert!(within_message_limit(&mut sample.clone()).is_ok());
+        sample.error.push('e');
+        assert!(within_message_limit(&mut sample).is_err());
+    }
 }

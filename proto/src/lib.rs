@@ -1,6 +1,11 @@
 //! Generated code for the `wva.v1` protocol and KEDA's external scaler.
 #![forbid(unsafe_code)]
 
+/// The largest `AgentMessage` the aggregator accepts, in encoded bytes. A
+/// sample is a few hundred bytes; an agent reports a larger one as a failed
+/// scrape instead of sending it.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     include!(concat!(env!("OUT_DIR"), "/wva.v1.rs"));

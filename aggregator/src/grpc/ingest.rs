@@ -13,10 +13,11 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 use wva_core::admission::{Admission, Refusal};
 use wva_core::store::{Offer, PodKey, PodStore};
+use wva_proto::MAX_MESSAGE_BYTES;
 use wva_proto::v1::telemetry_server::Telemetry;
 use wva_proto::v1::{
     Accepted, AgentMessage, ControlMessage, Hello, Role, Sample, agent_message, control_message,
@@ -26,9 +27,6 @@ use super::admission;
 use super::taps::Taps;
 use crate::runtime::trigger::Trigger;
 use crate::telemetry::SelfMetrics;
-
-/// Largest message an agent may send; a Sample is a few hundred bytes.
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// How long a new stream may take to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -229,7 +227,23 @@ impl Ingest {
             let message = match next {
                 Ok(Some(m)) => m,
                 Ok(None) => return "stream closed by agent".to_string(),
-                Err(status) => return format!("stream error: {}", status.message()),
+                Err(status) => {
+                    // The decoder refuses a message over the limit (as
+                    // OUT_OF_RANGE) and the stream cannot go on: say so,
+                    // with the code that names the cause, and count it.
+                    let status = if status.code() == Code::OutOfRange {
+                        self.metrics.sample_rejected("too_large");
+                        Status::resource_exhausted(format!(
+                            "message over the {MAX_MESSAGE_BYTES}-byte limit: {}",
+                            status.message()
+                        ))
+                    } else {
+                        status
+                    };
+                    let end = format!("stream error: {}", status.message());
+                    let _ = tx.send(Err(status)).await;
+                    return end;
+                }
             };
             let sample = match message.kind {
                 Some(agent_message::Kind::Sample(s)) => s,

@@ -15,16 +15,28 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, ServerTlsConfig};
 use tracing::warn;
+use wva_proto::MAX_MESSAGE_BYTES;
 use wva_proto::keda::external_scaler_server::ExternalScalerServer;
 use wva_proto::v1::diagnostics_server::DiagnosticsServer;
 use wva_proto::v1::telemetry_server::TelemetryServer;
 
 use self::diagnostics::DiagnosticsService;
-use self::ingest::{Ingest, IngestService, MAX_MESSAGE_BYTES};
+use self::ingest::{Ingest, IngestService};
 use self::keda::Scaler;
 
 /// How long in-flight connections may take to finish after shutdown starts.
 const DRAIN: Duration = Duration::from_secs(2);
+
+/// Streams one connection may have open at once. An agent needs one; KEDA
+/// opens one `StreamIsActive` per ScaledObject over a single connection, so
+/// this is also the most ScaledObjects one KEDA operator can point here.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+/// Streams a client may open and reset before the server accepted them,
+/// before the connection is closed (the HTTP/2 rapid-reset attack).
+const MAX_PENDING_RESETS: usize = 20;
+/// Streams the server may reset for a client's errors, before the
+/// connection is closed.
+const MAX_ERROR_RESETS: usize = 1024;
 
 /// Serves agent ingest, KEDA's external scaler and diagnostics on one port.
 pub async fn serve(
@@ -37,6 +49,9 @@ pub async fn serve(
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+        .http2_max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
         .tcp_nodelay(true);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
