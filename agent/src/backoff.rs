@@ -38,9 +38,19 @@ impl Backoff {
         Duration::from_millis(rng.random_range(0..=ceiling))
     }
 
-    /// Starts over from `base`, after a connection proved healthy.
+    /// Starts over from `base`.
     pub fn reset(&mut self) {
         self.attempt = 0;
+    }
+
+    /// After a session ends: one the aggregator accepted proves it is back,
+    /// so the next attempt starts over (agents return within a second or two
+    /// of an aggregator restart, however many came before); a refused or
+    /// failed attempt keeps backing off.
+    pub fn session_ended(&mut self, accepted: bool) {
+        if accepted {
+            self.reset();
+        }
     }
 }
 
@@ -103,5 +113,23 @@ mod tests {
         backoff.reset();
         assert_eq!(backoff.ceiling(), BASE);
         assert!(backoff.next_delay(&mut rng) <= BASE);
+    }
+
+    #[test]
+    fn an_accepted_stream_starts_over_however_briefly_it_lasted() {
+        let mut backoff = Backoff::new(BASE, CAP);
+        let mut rng = rand::rng();
+        // Restarts of the aggregator: each attempt is accepted, then drops.
+        for _ in 0..5 {
+            backoff.next_delay(&mut rng);
+            backoff.session_ended(true);
+            assert_eq!(backoff.ceiling(), BASE);
+        }
+        // Refusals keep backing off.
+        backoff.next_delay(&mut rng);
+        backoff.session_ended(false);
+        backoff.next_delay(&mut rng);
+        backoff.session_ended(false);
+        assert_eq!(backoff.ceiling(), BASE * 4);
     }
 }

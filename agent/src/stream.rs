@@ -47,8 +47,6 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
-/// A stream that lasted this long resets the backoff.
-const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -255,9 +253,7 @@ impl Streamer {
             }
             let Err(error) = result else { return };
             self.telemetry.stream_failure(error.metric_label()).inc();
-            if connected_at.is_some_and(|at: Instant| at.elapsed() >= HEALTHY_AFTER) {
-                backoff.reset();
-            }
+            backoff.session_ended(connected_at.is_some());
             let delay = backoff.next_delay(&mut rand::rng());
             warn!(
                 aggregator = %self.config.aggregator,

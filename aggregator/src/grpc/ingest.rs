@@ -118,6 +118,19 @@ pub fn validate_sample(sample: &Sample) -> Result<(), String> {
             }
         }
     }
+    // An endpoint picker's queue can wake a model from zero and keep it
+    // awake, so it must be a real count too.
+    for q in sample.epp.iter().flat_map(|e| &e.queues) {
+        let checks = [("queue_size", q.queue_size), ("queue_bytes", q.queue_bytes)];
+        for (field, value) in checks {
+            if !(0.0..=f64::MAX).contains(&value) {
+                return Err(format!(
+                    "endpoint picker queue of model {:?}: {field} = {value} is not a finite count >= 0",
+                    q.model
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -293,7 +306,7 @@ impl Ingest {
 
 #[cfg(test)]
 mod tests {
-    use wva_proto::v1::ModelSignals;
+    use wva_proto::v1::{EppModelQueue, EppSignals, ModelSignals};
 
     use super::*;
 
@@ -418,6 +431,30 @@ mod tests {
             err.starts_with(r#"model "second": kv_cache_usage"#),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_endpoint_pickers_queue_must_be_a_finite_count() {
+        let picker = |size: f64| Sample {
+            up: true,
+            epp: Some(EppSignals {
+                queues: vec![EppModelQueue {
+                    model: "m".into(),
+                    queue_size: size,
+                    queue_bytes: 0.0,
+                }],
+                ..EppSignals::default()
+            }),
+            ..Sample::default()
+        };
+        assert!(validate_sample(&picker(3.0)).is_ok());
+        for bad in [f64::INFINITY, f64::NAN, -1.0] {
+            let err = validate_sample(&picker(bad)).unwrap_err();
+            assert!(
+                err.starts_with(r#"endpoint picker queue of model "m": queue_size"#),
+                "{err}"
+            );
+        }
     }
 
     #[test]
