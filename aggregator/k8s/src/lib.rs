@@ -4,6 +4,7 @@
 //! pod scraping, a polled source. Depends on `wva-core`, never on the binary.
 #![forbid(unsafe_code)]
 
+pub mod bounded;
 pub mod conditions;
 pub mod controller;
 pub mod crd;

@@ -42,7 +42,7 @@ pub async fn run(
         .clone()
         .filter(|ns| !ns.is_empty())
         .context("POD_NAMESPACE (--pod-namespace) is required in Kubernetes mode: the configuration ConfigMaps and the leader Lease live there")?;
-    let client = kube::Client::try_default()
+    let client = wva_k8s::bounded::client()
         .await
         .context("cannot configure the Kubernetes client (in-cluster config or KUBECONFIG)")?;
     let names = Names {
