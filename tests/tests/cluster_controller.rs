@@ -649,8 +649,7 @@ async fn a_follower_takes_the_real_lease_over_from_a_crashed_leader_and_keeps_th
 }
 
 #[tokio::test]
-async fn a_leader_cut_off_from_the_api_server_steps_down_before_its_lease_expires()
--> anyhow::Result<()> {
+async fn cut_off_from_the_api_server_a_leader_steps_down_and_no_call_hangs() -> anyhow::Result<()> {
     let Wva {
         plane,
         client,
@@ -668,6 +667,18 @@ async fn a_leader_cut_off_from_the_api_server_steps_down_before_its_lease_expire
     // kube-apiserver stops answering (its connections stay open): the
     // leader cannot renew, and must stop publishing before the Lease (3 s in
     // the test values) could go to another replica.
+    let pods = controller_pods(&client, CHAT, 1).await?;
+    let pod_name = pods[0].metadata.name.clone().unwrap_or_default();
+    let pod = serde_json::to_value(&pods[0])?;
+    let sim: SocketAddr = (
+        node.pod_ip(NS, &pod_name).context("the pod's address")?,
+        8000,
+    )
+        .into();
+    let dir = tempfile::tempdir()?;
+    let unseen = dir.path().join("unseen.token");
+    std::fs::write(&unseen, "eyJhbGciOiJSUzI1NiJ9.never-reviewed.sig")?;
+    let before = refusals(metrics).await?;
     plane.signal("kube-apiserver", "STOP").await?;
     let paused = Instant::now();
     let stepped_down = eventually(
@@ -681,9 +692,24 @@ async fn a_leader_cut_off_from_the_api_server_steps_down_before_its_lease_expire
         },
     )
     .await;
+    // A stream whose token was never reviewed: its TokenReview cannot be
+    // answered, and is given up after the call bound (15 s), refused as
+    // UNAVAILABLE, instead of holding the stream forever.
+    let url = replicas[0].url();
+    let _agent = PodAgent::of(&pod, Some(&unseen), sim, &url, MODEL).start()?;
+    let before_ref = &before;
+    let review_given_up = eventually(WITHIN, "the TokenReview given up", || async move {
+        let refused = new_refusals(before_ref, refusals(metrics).await?);
+        Ok(refused
+            .contains(&"review_failed".to_string())
+            .then(|| paused.elapsed()))
+    })
+    .await;
     plane.signal("kube-apiserver", "CONT").await?;
     let stepped_down = stepped_down?;
     println!("stepped down {stepped_down:?} after kube-apiserver was paused");
+    let review_given_up = review_given_up?;
+    println!("TokenReview given up {review_given_up:?} after kube-apiserver was paused");
 
     // Once the API server answers again, it leads and publishes again.
     eventually(WITHIN, "the decision published again", || async move {
