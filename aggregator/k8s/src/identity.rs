@@ -20,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::PostParams;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
+use tokio::sync::Semaphore;
 use tracing::debug;
 use wva_core::admission::{Admission, Refusal, RefusalCode};
 use wva_proto::v1::Hello;
@@ -32,7 +33,15 @@ const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
 const MAX_CACHE: Duration = Duration::from_secs(10 * 60);
 /// A refused token is not reviewed again for this long.
 const NEGATIVE_CACHE: Duration = Duration::from_secs(10);
-const MAX_ENTRIES: usize = 20_000;
+/// Verdicts kept at most: with [`MAX_TOKEN_BYTES`], the cache stays under
+/// 40 MiB whatever strings clients send.
+const MAX_ENTRIES: usize = 4_096;
+/// Longest bearer token reviewed; a service-account token is about 1 KiB.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// TokenReviews in flight at once; more streams are refused as
+/// UNAVAILABLE (agents retry), so a flood of made-up tokens cannot queue
+/// unbounded work on the API server.
+const MAX_REVIEWS: usize = 16;
 
 /// The pod a verified token is bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,14 +51,52 @@ pub struct BoundPod {
     pub uid: String,
 }
 
+/// Whether `token` has the shape of a JWT worth a TokenReview: three
+/// base64url segments, at most [`MAX_TOKEN_BYTES`]. Anything else is refused
+/// without asking the API server.
+pub fn check_shape(token: &str) -> Result<(), Refusal> {
+    let base64url = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
+    };
+    let segments: Vec<&str> = token.split('.').collect();
+    if token.len() <= MAX_TOKEN_BYTES
+        && segments.len() == 3
+        && segments.iter().all(|s| base64url(s))
+    {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        RefusalCode::Unauthenticated,
+        "malformed_token",
+        format!(
+            "the bearer token is not a service-account token (a JWT of at most {MAX_TOKEN_BYTES} bytes)"
+        ),
+    ))
+}
+
 /// The pod a TokenReview's answer names, or why the token is not acceptable.
-pub fn bound_pod(status: &TokenReviewStatus) -> Result<BoundPod, Refusal> {
+/// The answer must say the token is valid for `audience`: an authenticator
+/// that ignored the requested audiences would otherwise vouch for a token
+/// minted for another service.
+pub fn bound_pod(status: &TokenReviewStatus, audience: &str) -> Result<BoundPod, Refusal> {
     if status.authenticated != Some(true) {
         let why = status.error.as_deref().unwrap_or("not authenticated");
         return Err(Refusal::new(
             RefusalCode::Unauthenticated,
             "token_invalid",
             format!("token rejected by the API server: {why}"),
+        ));
+    }
+    let audiences = status.audiences.as_deref().unwrap_or_default();
+    if !audiences.iter().any(|a| a == audience) {
+        return Err(Refusal::new(
+            RefusalCode::Unauthenticated,
+            "token_invalid",
+            format!(
+                "the API server did not confirm the token for audience {audience:?} (it confirmed {audiences:?})"
+            ),
         ));
     }
     let user = status.user.as_ref();
@@ -203,6 +250,7 @@ pub struct ClusterAdmission {
     pods: Store<Pod>,
     replica_sets: Store<ReplicaSet>,
     cache: Mutex<VerdictCache>,
+    reviews: Semaphore,
 }
 
 impl ClusterAdmission {
@@ -218,6 +266,7 @@ impl ClusterAdmission {
             pods,
             replica_sets,
             cache: Mutex::default(),
+            reviews: Semaphore::new(MAX_REVIEWS),
         }
     }
 
@@ -226,6 +275,14 @@ impl ClusterAdmission {
         if let Some(verdict) = self.cache().get(token, now) {
             return verdict;
         }
+        check_shape(token)?;
+        let Ok(_review) = self.reviews.try_acquire() else {
+            return Err(Refusal::new(
+                RefusalCode::Unavailable,
+                "reviews_busy",
+                format!("{MAX_REVIEWS} token reviews are in flight; retry"),
+            ));
+        };
         let review = TokenReview {
             metadata: Default::default(),
             spec: TokenReviewSpec {
@@ -245,7 +302,7 @@ impl ClusterAdmission {
                     format!("cannot verify the token with a TokenReview: {e}"),
                 )
             })?;
-        let verdict = bound_pod(&answer.status.unwrap_or_default());
+        let verdict = bound_pod(&answer.status.unwrap_or_default(), &self.audience);
         self.cache()
             .put(token, verdict.clone(), now, SystemTime::now());
         verdict
@@ -367,7 +424,7 @@ mod tests {
     #[test]
     fn a_review_names_the_bound_pod() {
         assert_eq!(
-            bound_pod(&reviewed("llama-7d9-x2", "u-1")).unwrap(),
+            bound_pod(&reviewed("llama-7d9-x2", "u-1"), DEFAULT_AUDIENCE).unwrap(),
             bound()
         );
     }
@@ -379,7 +436,7 @@ mod tests {
             error: Some("token audiences [\"x\"] is invalid for the target audiences".into()),
             ..TokenReviewStatus::default()
         };
-        let refusal = bound_pod(&status).unwrap_err();
+        let refusal = bound_pod(&status, DEFAULT_AUDIENCE).unwrap_err();
         assert_eq!(refusal.code, RefusalCode::Unauthenticated);
         assert_eq!(refusal.reason, "token_invalid");
         assert!(refusal.message.contains("audiences"));
@@ -389,7 +446,46 @@ mod tests {
     fn a_token_without_a_pod_binding_is_refused() {
         let mut status = reviewed("p", "u");
         status.user.as_mut().unwrap().extra = None;
-        assert_eq!(bound_pod(&status).unwrap_err().reason, "not_pod_bound");
+        assert_eq!(
+            bound_pod(&status, DEFAULT_AUDIENCE).unwrap_err().reason,
+            "not_pod_bound"
+        );
+    }
+
+    #[test]
+    fn the_review_must_confirm_our_audience() {
+        let mut status = reviewed("llama-7d9-x2", "u-1");
+        status.audiences = Some(vec!["someone-else".into()]);
+        let refusal = bound_pod(&status, DEFAULT_AUDIENCE).unwrap_err();
+        assert_eq!(refusal.reason, "token_invalid");
+        assert!(
+            refusal.message.contains("someone-else"),
+            "{}",
+            refusal.message
+        );
+        status.audiences = None;
+        assert!(bound_pod(&status, DEFAULT_AUDIENCE).is_err());
+    }
+
+    #[test]
+    fn only_jwt_shaped_tokens_are_reviewed() {
+        assert!(check_shape("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln").is_ok());
+        let long = format!("a.{}.c", "b".repeat(MAX_TOKEN_BYTES));
+        for bad in [
+            "",
+            "not-a-jwt",
+            "a.b",
+            "a..c",
+            "a.b.c.d",
+            "a.b c.d",
+            long.as_str(),
+        ] {
+            assert_eq!(
+                check_shape(bad).unwrap_err().reason,
+                "malformed_token",
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
