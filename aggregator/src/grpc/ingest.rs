@@ -75,6 +75,25 @@ impl Ingest {
     }
 }
 
+/// Longest name a Hello or Sample may carry: Kubernetes object names are at
+/// most 253 bytes, and served model names are shorter.
+pub const MAX_NAME_BYTES: usize = 253;
+/// Models one Hello may list.
+const MAX_HELLO_MODELS: usize = 64;
+
+/// `text` cut to `MAX_NAME_BYTES` (at a character boundary) for logs and
+/// error messages, so a hostile value cannot flood either.
+fn clip(text: &str) -> String {
+    if text.len() <= MAX_NAME_BYTES {
+        return text.to_string();
+    }
+    let mut end = MAX_NAME_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
 /// Checks the identity an agent claims; the error names the field.
 pub fn validate_hello(hello: &Hello) -> Result<(), String> {
     let required = [
@@ -86,6 +105,26 @@ pub fn validate_hello(hello: &Hello) -> Result<(), String> {
         if value.trim().is_empty() {
             return Err(format!("hello.{field} must not be empty"));
         }
+    }
+    let named = required.into_iter().chain([
+        ("pod_uid", &hello.pod_uid),
+        ("accelerator", &hello.accelerator),
+        ("agent_version", &hello.agent_version),
+    ]);
+    for (field, value) in named.chain(hello.models.iter().map(|m| ("models[]", m))) {
+        if value.len() > MAX_NAME_BYTES {
+            return Err(format!(
+                "hello.{field} is {} bytes, over {MAX_NAME_BYTES}: {}",
+                value.len(),
+                clip(value)
+            ));
+        }
+    }
+    if hello.models.len() > MAX_HELLO_MODELS {
+        return Err(format!(
+            "hello.models lists {} models, over {MAX_HELLO_MODELS}",
+            hello.models.len()
+        ));
     }
     match Role::try_from(hello.role) {
         Ok(Role::Vllm | Role::Epp) => Ok(()),
@@ -102,6 +141,13 @@ pub fn validate_sample(sample: &Sample) -> Result<(), String> {
         return Ok(());
     }
     for m in &sample.models {
+        if m.model.len() > MAX_NAME_BYTES {
+            return Err(format!(
+                "model name of {} bytes, over {MAX_NAME_BYTES}: {}",
+                m.model.len(),
+                clip(&m.model)
+            ));
+        }
         let checks = [
             ("kv_cache_usage", m.kv_cache_usage, 0.0..=1.0),
             ("requests_waiting", m.requests_waiting, 0.0..=f64::MAX),
@@ -126,7 +172,7 @@ pub fn validate_sample(sample: &Sample) -> Result<(), String> {
             if !(0.0..=f64::MAX).contains(&value) {
                 return Err(format!(
                     "endpoint picker queue of model {:?}: {field} = {value} is not a finite count >= 0",
-                    q.model
+                    clip(&q.model)
                 ));
             }
         }
@@ -431,6 +477,31 @@ mod tests {
             err.starts_with(r#"model "second": kv_cache_usage"#),
             "{err}"
         );
+    }
+
+    #[test]
+    fn oversized_names_are_refused_and_quoted_short() {
+        let huge = "p".repeat(100_000);
+        let mut long_pod = hello();
+        long_pod.pod = huge.clone();
+        let err = validate_hello(&long_pod).unwrap_err();
+        assert!(
+            err.starts_with("hello.pod is 100000 bytes, over 253"),
+            "{err}"
+        );
+        assert!(err.len() < 600, "{} bytes", err.len());
+        let mut many = hello();
+        many.models = (0..65).map(|i| format!("m{i}")).collect();
+        assert!(validate_hello(&many).unwrap_err().contains("65 models"));
+
+        let mut model = signals(0.1, 0.0, 0.0);
+        model.model = "é".repeat(50_000);
+        let err = validate_sample(&sample(vec![model])).unwrap_err();
+        assert!(
+            err.starts_with("model name of 100000 bytes, over 253"),
+            "{err}"
+        );
+        assert!(err.len() < 600, "{} bytes", err.len());
     }
 
     #[test]
