@@ -200,19 +200,40 @@ impl Scraper {
 
     /// Fetches the target once and returns the (decompressed) body.
     pub async fn scrape(&mut self, timeout: Duration) -> Result<&str, ScrapeError> {
-        let gzip = tokio::time::timeout(timeout, self.fetch())
+        let fetched = tokio::time::timeout(timeout, self.fetch())
             .await
-            .map_err(|_| ScrapeError::Timeout(timeout))??;
+            .map_err(|_| ScrapeError::Timeout(timeout))
+            .and_then(|fetched| fetched)
+            .and_then(|gzip| if gzip { self.gunzip().map(|()| true) } else { Ok(false) });
+        let gzip = match fetched {
+            Ok(gzip) => gzip,
+            Err(e) => {
+                // A failed scrape (too large, cut off, undecodable) keeps no
+                // body: its buffers would otherwise stay at their peak.
+                self.release();
+                return Err(e);
+            }
+        };
+        trim(&mut self.raw);
         let body = if gzip {
-            self.gunzip()?;
-            trim(&mut self.raw);
             trim(&mut self.decoded);
             &self.decoded
         } else {
-            trim(&mut self.raw);
             &self.raw
         };
         std::str::from_utf8(body).map_err(ScrapeError::Utf8)
+    }
+
+    /// Bytes the body buffers hold on to between scrapes.
+    pub fn retained_bytes(&self) -> usize {
+        self.raw.capacity() + self.decoded.capacity()
+    }
+
+    fn release(&mut self) {
+        for buf in [&mut self.raw, &mut self.decoded] {
+            buf.clear();
+            trim(buf);
+        }
     }
 
     /// Reads the body into `raw`; returns whether it is gzip-encoded.

@@ -160,6 +160,27 @@ async fn oversized_bodies_are_rejected_at_the_limit() {
 }
 
 #[tokio::test]
+async fn a_failed_scrape_keeps_no_large_buffer() {
+    // A limit well above the 64 KiB that buffers may keep between scrapes.
+    const BIG: usize = 4 << 20;
+    let too_big = body(BIG + 1);
+    let target = Target::start(Reply::Chunked(too_big.clone())).await;
+    let mut scraper = Scraper::new(target.url.clone(), BIG).unwrap();
+    for reply in [
+        Reply::Chunked(too_big.clone()),
+        Reply::Encoded("gzip", gzip(&too_big)),
+    ] {
+        target.set(reply);
+        scraper.scrape(TIMEOUT).await.unwrap_err();
+        assert!(
+            scraper.retained_bytes() < BIG / 8,
+            "{} bytes kept after a failed scrape",
+            scraper.retained_bytes()
+        );
+    }
+}
+
+#[tokio::test]
 async fn corrupt_gzip_and_non_utf8_are_decode_errors() {
     let target = Target::start(Reply::Text(vec![b'a', 0xff, b'\n'])).await;
     let mut scraper = Scraper::new(target.url.clone(), LIMIT).unwrap();
