@@ -139,7 +139,7 @@ fn within_message_limit(sample: &mut Sample) -> Result<(), (&'static str, String
     sample.models.clear();
     sample.epp = None;
     Err((
-        "too_large",
+        "sample_too_large",
         format!(
             "the signals of {models} models take {encoded} bytes, over the aggregator's {MAX_MESSAGE_BYTES}-byte limit"
         ),
@@ -176,7 +176,7 @@ mod tests {
     fn a_sample_over_the_message_limit_becomes_a_failed_scrape() {
         let mut sample = with_models(5_000);
         let (reason, error) = within_message_limit(&mut sample).unwrap_err();
-        assert_eq!(reason, "too_large");
+        assert_eq!(reason, "sample_too_large");
         assert!(error.contains("5000 models"), "{error}");
         assert!(sample.models.is_empty());
         let message = AgentMessage {
