@@ -204,7 +204,13 @@ impl Scraper {
             .await
             .map_err(|_| ScrapeError::Timeout(timeout))
             .and_then(|fetched| fetched)
-            .and_then(|gzip| if gzip { self.gunzip().map(|()| true) } else { Ok(false) });
+            .and_then(|gzip| {
+                if gzip {
+                    self.gunzip().map(|()| true)
+                } else {
+                    Ok(false)
+                }
+            });
         let gzip = match fetched {
             Ok(gzip) => gzip,
             Err(e) => {

@@ -30,9 +30,21 @@ pub(super) struct AnalysisLoop {
     pub(super) ready: watch::Sender<bool>,
 }
 
+/// Longest the first analysis waits after start for agents to reconnect.
+const STARTUP_GRACE: Duration = Duration::from_secs(3);
+
 impl AnalysisLoop {
     pub(super) async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut engine = Engine::with_previous(std::mem::take(&mut self.upstream.previous));
+        // After a restart the agents come back within their backoff and one
+        // scrape interval; a decision made before then would see no pods
+        // and publish their variants as idle. Nothing is published (and
+        // `/readyz` stays unready) until they had that chance.
+        let grace = self.upstream.tuning.borrow().staleness.min(STARTUP_GRACE);
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
         let mut last_run: Option<Instant> = None;
         loop {
             let tuning = *self.upstream.tuning.borrow_and_update();
@@ -114,5 +126,105 @@ async fn changed_opt<T>(rx: &mut Option<watch::Receiver<T>>) {
     match rx {
         Some(rx) => changed(rx).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use prometheus_client::registry::Registry;
+    use wva_core::config::saturation::SaturationConfigSet;
+    use wva_core::config::scale_to_zero::ScaleToZeroConfigSet;
+    use wva_core::snapshot::Tuning;
+    use wva_core::store::PodKey;
+    use wva_core::variants::parse_variants;
+    use wva_proto::v1::{Hello, ModelSignals, Role, Sample};
+
+    use super::*;
+
+    const VARIANT: &str = "apiVersion: llmd.ai/v1alpha1\nkind: VariantAutoscaling\n\
+        metadata: {name: v, namespace: ns}\n\
+        spec: {scaleTargetRef: {kind: Deployment, name: v}, modelID: m}\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_published_before_agents_had_time_to_return() {
+        let tuning = Tuning {
+            min_analysis_interval: Duration::from_millis(100),
+            analysis_interval: Duration::from_secs(30),
+            staleness: Duration::from_secs(10),
+        };
+        let variants = Arc::new(parse_variants(VARIANT).unwrap());
+        let store = Arc::new(PodStore::default());
+        let trigger = Arc::new(Trigger::default());
+        let mut registry = Registry::default();
+        let (decisions_tx, decisions) = watch::channel(Decisions::default());
+        let (ready_tx, mut ready) = watch::channel(false);
+        let analysis = AnalysisLoop {
+            failures: watch::channel(Failures::default()).1,
+            scale_to_zero: false,
+            store: Arc::clone(&store),
+            trigger: Arc::clone(&trigger),
+            metrics: Arc::new(SelfMetrics::register(&mut registry)),
+            gauges: DecisionGauges::register(&mut registry, false, None),
+            upstream: Upstream::alone(
+                watch::channel(variants).1,
+                watch::channel(Arc::new(SaturationConfigSet::default())).1,
+                watch::channel(Arc::new(ScaleToZeroConfigSet::default())).1,
+                None,
+                tuning,
+            ),
+            decisions: decisions_tx,
+            ready: ready_tx,
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(analysis.run(shutdown.clone()));
+
+        // An aggregator that just restarted: its agents are not back yet.
+        tokio::time::sleep(STARTUP_GRACE / 2).await;
+        assert!(!*ready.borrow(), "no analysis before the grace period");
+        assert!(decisions.borrow().is_empty());
+
+        // One comes back within the grace period.
+        let key = PodKey {
+            namespace: "ns".into(),
+            pod: "v-0".into(),
+        };
+        let hello = Hello {
+            pod: key.pod.clone(),
+            namespace: key.namespace.clone(),
+            variant: "v".into(),
+            role: Role::Vllm as i32,
+            ..Hello::default()
+        };
+        store.register(key.clone(), 1, hello, std::time::Instant::now());
+        let sample = Sample {
+            seq: 1,
+            up: true,
+            models: vec![ModelSignals {
+                model: "m".into(),
+                kv_cache_usage: 0.2,
+                ..ModelSignals::default()
+            }],
+            ..Sample::default()
+        };
+        store.offer(&key, 1, sample, std::time::Instant::now());
+        trigger.fire(std::time::Instant::now());
+
+        ready.wait_for(|r| *r).await.unwrap();
+        let first = decisions.borrow().clone();
+        assert_eq!(first.len(), 1);
+        let pods: HashMap<&str, f64> = first[0]
+            .inputs
+            .iter()
+            .map(|l| (l.pod.as_str(), l.kv_cache_usage))
+            .collect();
+        assert_eq!(
+            pods,
+            HashMap::from([("v-0", 0.2)]),
+            "the first decision sees the agent"
+        );
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
     }
 }
