@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -27,14 +27,44 @@ use wva_proto::v1::{
 
 use super::taps::{TAP_BACKLOG, Taps};
 
-/// Snapshots a watcher may have unread before it is cut off.
+/// Analyses a watcher may fall behind before it is cut off.
 pub const WATCH_BACKLOG: usize = 32;
+/// Watches and taps open at once, over all clients.
+pub const MAX_STREAMS: usize = 64;
 
 pub struct DiagnosticsService {
-    pub decisions: watch::Receiver<Decisions>,
-    pub leading: watch::Receiver<bool>,
-    pub store: Arc<PodStore>,
-    pub taps: Arc<Taps>,
+    decisions: watch::Receiver<Decisions>,
+    leading: watch::Receiver<bool>,
+    store: Arc<PodStore>,
+    taps: Arc<Taps>,
+    /// One permit per open watch or tap.
+    streams: Arc<Semaphore>,
+}
+
+impl DiagnosticsService {
+    pub fn new(
+        decisions: watch::Receiver<Decisions>,
+        leading: watch::Receiver<bool>,
+        store: Arc<PodStore>,
+        taps: Arc<Taps>,
+    ) -> Self {
+        DiagnosticsService {
+            decisions,
+            leading,
+            store,
+            taps,
+            streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+        }
+    }
+
+    /// A place for one more watch or tap, if any is free.
+    fn open_stream(&self) -> Result<OwnedSemaphorePermit, Status> {
+        Arc::clone(&self.streams).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{MAX_STREAMS} diagnostics streams are open on this aggregator; retry later"
+            ))
+        })
+    }
 }
 
 fn matches(filter: &DecisionFilter, d: &Decision) -> bool {
@@ -129,27 +159,44 @@ impl Diagnostics for DiagnosticsService {
         &self,
         request: Request<DecisionFilter>,
     ) -> Result<Response<Self::WatchDecisionsStream>, Status> {
+        let place = self.open_stream()?;
         let filter = request.into_inner();
         let mut decisions = self.decisions.clone();
         let leading = self.leading.clone();
-        let (tx, rx) = mpsc::channel(WATCH_BACKLOG);
+        // Latest wins: one snapshot waits for the client at most, built when
+        // it has taken the previous one, so a slow watcher holds one
+        // snapshot's memory however far behind it falls.
+        let (tx, rx) = mpsc::channel(1);
         let (cut_tx, cut) = oneshot::channel();
         tokio::spawn(async move {
+            let _place = place;
+            // An analysis the client has not been sent yet; the first
+            // snapshot is the current decisions.
+            let mut unsent = true;
+            let mut behind = 0;
             loop {
-                let current = decisions.borrow_and_update().clone();
-                let next = snapshot(&current, *leading.borrow(), &filter);
-                match tx.try_send(Ok(next)) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        let _ = cut_tx.send(Status::resource_exhausted(format!(
-                            "this watcher fell {WATCH_BACKLOG} snapshots behind and was cut off; reconnect to resume from the current decisions"
-                        )));
-                        return;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
-                }
                 tokio::select! {
-                    changed = decisions.changed() => if changed.is_err() { return },
+                    permit = tx.reserve(), if unsent => {
+                        let Ok(permit) = permit else { return };
+                        let current = decisions.borrow_and_update().clone();
+                        permit.send(Ok(snapshot(&current, *leading.borrow(), &filter)));
+                        (unsent, behind) = (false, 0);
+                    }
+                    changed = decisions.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        if unsent {
+                            behind += 1;
+                        }
+                        unsent = true;
+                        if behind >= WATCH_BACKLOG {
+                            let _ = cut_tx.send(Status::resource_exhausted(format!(
+                                "this watcher fell {WATCH_BACKLOG} snapshots behind and was cut off; reconnect to resume from the current decisions"
+                            )));
+                            return;
+                        }
+                    }
                     () = tx.closed() => return,
                 }
             }
@@ -175,6 +222,7 @@ impl Diagnostics for DiagnosticsService {
         &self,
         request: Request<TapRequest>,
     ) -> Result<Response<Self::TapPodStream>, Status> {
+        let place = self.open_stream()?;
         let TapRequest { namespace, pod } = request.into_inner();
         let key = PodKey { namespace, pod };
         let hello = self
@@ -186,6 +234,7 @@ impl Diagnostics for DiagnosticsService {
         let (cut_tx, cut) = oneshot::channel();
         let role = Role::try_from(hello.role).unwrap_or(Role::Unspecified);
         tokio::spawn(async move {
+            let _place = place;
             loop {
                 let sample = tokio::select! {
                     received = guard.rx.recv() => received,
@@ -225,7 +274,7 @@ impl Diagnostics for DiagnosticsService {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use tonic::Code;
     use wva_core::analysis::saturation::Reason;
@@ -255,12 +304,12 @@ mod tests {
         let (decisions, rx) = watch::channel(Decisions::default());
         World {
             decisions,
-            service: DiagnosticsService {
-                decisions: rx,
-                leading: watch::channel(true).1,
-                store: Arc::new(PodStore::default()),
-                taps: Arc::default(),
-            },
+            service: DiagnosticsService::new(
+                rx,
+                watch::channel(true).1,
+                Arc::new(PodStore::default()),
+                Arc::default(),
+            ),
         }
     }
 
@@ -369,6 +418,63 @@ mod tests {
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert!(status.message().contains("cut off"), "{status:?}");
         assert!(received <= WATCH_BACKLOG, "held {received} snapshots");
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_never_reads_holds_one_snapshot() {
+        let w = world();
+        let mut stream = w
+            .service
+            .watch_decisions(Request::new(filter("", "", "")))
+            .await
+            .unwrap()
+            .into_inner();
+        for desired in 0..(WATCH_BACKLOG as u32 - 1) {
+            w.decisions
+                .send_replace(Arc::new(vec![decision("a", "chat", "m1", desired)]));
+            tokio::task::yield_now().await;
+        }
+        // Behind by all but one analysis: still open, holding only the
+        // first snapshot; once read, the latest follows, nothing between.
+        let first = stream.next().await.unwrap().unwrap();
+        assert!(first.decisions.iter().all(|d| d.desired_replicas == 0));
+        let latest = stream.next().await.unwrap().unwrap();
+        assert_eq!(
+            latest.decisions[0].desired_replicas,
+            WATCH_BACKLOG as u32 - 2
+        );
+    }
+
+    #[tokio::test]
+    async fn diagnostics_streams_are_capped() {
+        let w = world();
+        let watch = || w.service.watch_decisions(Request::new(filter("", "", "")));
+        let mut open = Vec::new();
+        for _ in 0..MAX_STREAMS {
+            open.push(watch().await.unwrap().into_inner());
+        }
+        let refused = watch().await.err().expect("one stream too many");
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("64 diagnostics streams"),
+            "{refused:?}"
+        );
+        assert_eq!(
+            w.tap("p").await.err().unwrap().code(),
+            Code::ResourceExhausted
+        );
+        // A client that leaves frees its place.
+        open.pop();
+        let reopened = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match watch().await {
+                    Ok(stream) => break stream,
+                    Err(_) => tokio::task::yield_now().await,
+                }
+            }
+        })
+        .await;
+        assert!(reopened.is_ok(), "a freed place is reused");
     }
 
     #[tokio::test]

@@ -102,12 +102,12 @@ pub fn start(
         leading: upstream.leading.clone(),
         published: upstream.published.clone(),
     };
-    let diagnostics = DiagnosticsService {
-        decisions: decisions_rx.clone(),
-        leading: upstream.leading.clone(),
-        store: Arc::clone(&store),
+    let diagnostics = DiagnosticsService::new(
+        decisions_rx.clone(),
+        upstream.leading.clone(),
+        Arc::clone(&store),
         taps,
-    };
+    );
     let grpc_task = tokio::spawn(grpc::serve(
         ingest,
         (scaler, diagnostics),
