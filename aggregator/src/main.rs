@@ -90,6 +90,7 @@ async fn run(argv: Vec<OsString>, args: Args) -> anyhow::Result<()> {
 }
 
 async fn run_standalone(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
+    startup::check_standalone_exposure(&args)?;
     let settings = startup::settings(&args, |key| std::env::var(key).ok())?;
     let saturation_rx = startup::saturation_file(&args, shutdown.clone())?
         .unwrap_or_else(|| watch::channel(Arc::default()).1);

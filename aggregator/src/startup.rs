@@ -24,6 +24,19 @@ use crate::watchfile;
 /// The static settings; reads the token and TLS files, failing on a bad one.
 /// `lookup` reads keys that have no flag (`PROMETHEUS_*`): the environment,
 /// then in a cluster the main ConfigMap.
+/// Standalone mode trusts each stream to name its pod and variant, so a
+/// port that anyone on the network can reach needs the shared token.
+pub fn check_standalone_exposure(args: &Args) -> anyhow::Result<()> {
+    if args.agent_token_file.is_none() && !args.grpc_addr.ip().is_loopback() {
+        bail!(
+            "standalone mode on {} would let anyone who reaches it feed the analysis: \
+             set --agent-token-file (WVA_AGENT_TOKEN_FILE) or listen on a loopback address",
+            args.grpc_addr
+        );
+    }
+    Ok(())
+}
+
 pub fn settings(args: &Args, lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
     let mut polled: Vec<Arc<dyn PolledSource>> = Vec::new();
     if lookup(prometheus::KEY_BASE_URL).is_some_and(|v| !v.trim().is_empty()) {
@@ -143,4 +156,27 @@ fn tls_config(args: &Args) -> anyhow::Result<Option<ServerTlsConfig>> {
         tls = tls.client_ca_root(Certificate::from_pem(read(ca, "--tls-client-ca")?));
     }
     Ok(Some(tls))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        Args::parse_from(["wva-aggregator", "--standalone"].iter().chain(extra))
+    }
+
+    #[test]
+    fn an_open_standalone_port_needs_the_shared_token() {
+        let error = check_standalone_exposure(&args(&["--grpc-addr", "0.0.0.0:9443"]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--agent-token-file"), "{error}");
+        assert!(check_standalone_exposure(&args(&["--grpc-addr", "127.0.0.1:9443"])).is_ok());
+        assert!(check_standalone_exposure(&args(&["--grpc-addr", "[::1]:9443"])).is_ok());
+        let with_token = args(&["--grpc-addr", "0.0.0.0:9443", "--agent-token-file", "t"]);
+        assert!(check_standalone_exposure(&with_token).is_ok());
+    }
 }
