@@ -54,32 +54,78 @@ pub enum Offer {
     },
 }
 
+/// Pods a store holds at most. A pod's entry is bounded (names of at most
+/// 253 bytes, 64 models a sample), so this bounds the store's memory
+/// whatever streams clients open.
+pub const MAX_PODS: usize = 10_000;
+
+/// The store is full: a new pod was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the aggregator holds {limit} pods, its limit")]
+pub struct Full {
+    pub limit: usize,
+}
+
 /// All connected pods. Critical sections are short: a map lookup and a move.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PodStore {
     pods: Mutex<HashMap<PodKey, PodEntry>>,
+    limit: usize,
+}
+
+impl Default for PodStore {
+    fn default() -> Self {
+        PodStore::with_limit(MAX_PODS)
+    }
 }
 
 impl PodStore {
-    /// Registers a stream for a pod, replacing any previous stream of that pod.
-    /// Returns the id of the replaced stream, if any.
-    pub fn register(&self, key: PodKey, stream_id: u64, hello: Hello, at: Instant) -> Option<u64> {
+    /// A store of at most `limit` pods.
+    pub fn with_limit(limit: usize) -> Self {
+        PodStore {
+            pods: Mutex::default(),
+            limit,
+        }
+    }
+
+    /// Registers a stream for a pod, replacing any previous stream of that
+    /// pod; a new pod is refused when the store is full. Returns the id of
+    /// the replaced stream, if any.
+    pub fn try_register(
+        &self,
+        key: PodKey,
+        stream_id: u64,
+        hello: Hello,
+        at: Instant,
+    ) -> Result<Option<u64>, Full> {
+        let mut pods = self.lock();
+        if !pods.contains_key(&key) && pods.len() >= self.limit {
+            return Err(Full { limit: self.limit });
+        }
         let entry = PodEntry {
             stream_id,
             hello,
             registered_at: at,
             latest: None,
         };
-        self.lock().insert(key, entry).map(|old| old.stream_id)
+        Ok(pods.insert(key, entry).map(|old| old.stream_id))
     }
 
-    /// Stores the latest sample of a stream.
+    /// [`PodStore::try_register`] for tests, whose stores have room.
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn register(&self, key: PodKey, stream_id: u64, hello: Hello, at: Instant) -> Option<u64> {
+        self.try_register(key, stream_id, hello, at)
+            .expect("a test store has room")
+    }
+
     /// Registers `key` for `stream_id` unless another stream holds it (an
-    /// agent's stream wins over a polled source); returns whether it did.
+    /// agent's stream wins over a polled source) or the store is full;
+    /// returns whether it did.
     pub fn claim(&self, key: PodKey, stream_id: u64, hello: Hello, at: Instant) -> bool {
         let mut pods = self.lock();
         match pods.get(&key) {
             Some(entry) => entry.stream_id == stream_id,
+            None if pods.len() >= self.limit => false,
             None => {
                 pods.insert(
                     key,
@@ -95,6 +141,7 @@ impl PodStore {
         }
     }
 
+    /// Stores the latest sample of a stream.
     pub fn offer(&self, key: &PodKey, stream_id: u64, sample: Sample, at: Instant) -> Offer {
         let mut pods = self.lock();
         let Some(entry) = pods.get_mut(key).filter(|e| e.stream_id == stream_id) else {
@@ -383,5 +430,28 @@ mod tests {
     #[test]
     fn pod_key_displays_namespace_slash_pod() {
         assert_eq!(key("p-0").to_string(), "ns/p-0");
+    }
+
+    #[test]
+    fn a_full_store_refuses_new_pods_but_not_reconnects() {
+        let store = PodStore::with_limit(2);
+        let t0 = Instant::now();
+        store.register(key("a"), 1, hello("a", "v"), t0);
+        store.register(key("b"), 2, hello("b", "v"), t0);
+        assert_eq!(
+            store.try_register(key("c"), 3, hello("c", "v"), t0),
+            Err(Full { limit: 2 })
+        );
+        assert!(!store.claim(key("c"), 3, hello("c", "v"), t0));
+        // A pod already held may reconnect.
+        assert_eq!(
+            store.try_register(key("a"), 4, hello("a", "v"), t0),
+            Ok(Some(1))
+        );
+        assert!(store.remove(&key("b"), 2));
+        assert_eq!(
+            store.try_register(key("c"), 5, hello("c", "v"), t0),
+            Ok(None)
+        );
     }
 }

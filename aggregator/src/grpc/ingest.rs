@@ -80,6 +80,9 @@ impl Ingest {
 pub const MAX_NAME_BYTES: usize = 253;
 /// Models one Hello may list.
 const MAX_HELLO_MODELS: usize = 64;
+/// Models one sample may carry (a base model and its LoRA adapters); with
+/// the store's pod cap this bounds the memory of every sample held.
+const MAX_SAMPLE_MODELS: usize = 64;
 
 /// `text` cut to `MAX_NAME_BYTES` (at a character boundary) for logs and
 /// error messages, so a hostile value cannot flood either.
@@ -139,6 +142,12 @@ pub fn validate_hello(hello: &Hello) -> Result<(), String> {
 pub fn validate_sample(sample: &Sample) -> Result<(), String> {
     if !sample.up {
         return Ok(());
+    }
+    if sample.models.len() > MAX_SAMPLE_MODELS {
+        return Err(format!(
+            "the sample carries {} models, over {MAX_SAMPLE_MODELS}",
+            sample.models.len()
+        ));
     }
     for m in &sample.models {
         if m.model.len() > MAX_NAME_BYTES {
@@ -236,10 +245,11 @@ impl Ingest {
         };
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         info!(pod = %key, variant = %hello.variant, role = hello.role, agent_version = %hello.agent_version, "agent connected");
-        if let Some(old) = self
+        let replaced = self
             .store
-            .register(key.clone(), stream_id, hello, Instant::now())
-        {
+            .try_register(key.clone(), stream_id, hello, Instant::now())
+            .map_err(|full| self.reject(Status::resource_exhausted(full.to_string())))?;
+        if let Some(old) = replaced {
             debug!(pod = %key, old_stream = old, "a newer stream replaced the previous one");
         }
         self.metrics.set_connected(self.store.len());
@@ -493,6 +503,8 @@ mod tests {
         let mut many = hello();
         many.models = (0..65).map(|i| format!("m{i}")).collect();
         assert!(validate_hello(&many).unwrap_err().contains("65 models"));
+        let crowded = sample((0..65).map(|_| signals(0.1, 0.0, 0.0)).collect());
+        assert!(validate_sample(&crowded).unwrap_err().contains("65 models"));
 
         let mut model = signals(0.1, 0.0, 0.0);
         model.model = "é".repeat(50_000);
