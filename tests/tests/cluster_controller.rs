@@ -670,11 +670,12 @@ async fn cut_off_from_the_api_server_a_leader_steps_down_and_no_call_hangs() -> 
     let pods = controller_pods(&client, CHAT, 1).await?;
     let pod_name = pods[0].metadata.name.clone().unwrap_or_default();
     let pod = serde_json::to_value(&pods[0])?;
-    let sim: SocketAddr = (
-        node.pod_ip(NS, &pod_name).context("the pod's address")?,
-        8000,
-    )
-        .into();
+    let (node_ref, pod_ref) = (&node, &pod_name);
+    let ip = eventually(WITHIN, "the pod's address", || async move {
+        Ok(node_ref.pod_ip(NS, pod_ref))
+    })
+    .await?;
+    let sim: SocketAddr = (ip, 8000).into();
     let dir = tempfile::tempdir()?;
     let unseen = dir.path().join("unseen.token");
     std::fs::write(&unseen, "eyJhbGciOiJSUzI1NiJ9.never-reviewed.sig")?;
