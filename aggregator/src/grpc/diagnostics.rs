@@ -290,6 +290,25 @@ mod tests {
     }
 
     impl World {
+        /// Watches every decision.
+        async fn watch_all(&self) -> BoxStream<DecisionSnapshot> {
+            self.service
+                .watch_decisions(Request::new(filter("", "", "")))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+
+        /// Publishes `n` analyses, desired 0 to `n - 1`, letting watchers
+        /// run after each.
+        async fn analyse(&self, n: u32) {
+            for desired in 0..n {
+                self.decisions
+                    .send_replace(Arc::new(vec![decision("a", "chat", "m1", desired)]));
+                tokio::task::yield_now().await;
+            }
+        }
+
         /// Opens a tap on pod `a/pod`.
         async fn tap(&self, pod: &str) -> Result<Response<BoxStream<PodSample>>, Status> {
             let request = TapRequest {
@@ -378,12 +397,7 @@ mod tests {
         let w = world();
         w.decisions
             .send_replace(Arc::new(vec![decision("a", "chat", "m1", 1)]));
-        let mut stream = w
-            .service
-            .watch_decisions(Request::new(filter("", "", "")))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = w.watch_all().await;
         let first = stream.next().await.unwrap().unwrap();
         assert_eq!(first.decisions[0].desired_replicas, 1);
         w.decisions
@@ -395,18 +409,9 @@ mod tests {
     #[tokio::test]
     async fn a_watcher_that_falls_behind_is_cut_off_with_a_clear_status() {
         let w = world();
-        let mut stream = w
-            .service
-            .watch_decisions(Request::new(filter("", "", "")))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = w.watch_all().await;
         // Never read while the analysis publishes far more than the backlog.
-        for desired in 0..(WATCH_BACKLOG as u32 * 4) {
-            w.decisions
-                .send_replace(Arc::new(vec![decision("a", "chat", "m1", desired)]));
-            tokio::task::yield_now().await;
-        }
+        w.analyse(WATCH_BACKLOG as u32 * 4).await;
         let mut received = 0;
         let status = loop {
             match stream.next().await {
@@ -423,17 +428,8 @@ mod tests {
     #[tokio::test]
     async fn a_watcher_that_never_reads_holds_one_snapshot() {
         let w = world();
-        let mut stream = w
-            .service
-            .watch_decisions(Request::new(filter("", "", "")))
-            .await
-            .unwrap()
-            .into_inner();
-        for desired in 0..(WATCH_BACKLOG as u32 - 1) {
-            w.decisions
-                .send_replace(Arc::new(vec![decision("a", "chat", "m1", desired)]));
-            tokio::task::yield_now().await;
-        }
+        let mut stream = w.watch_all().await;
+        w.analyse(WATCH_BACKLOG as u32 - 1).await;
         // Behind by all but one analysis: still open, holding only the
         // first snapshot; once read, the latest follows, nothing between.
         let first = stream.next().await.unwrap().unwrap();
