@@ -97,6 +97,17 @@ impl Epp {
         self.pools.clear();
     }
 
+    /// The set that held more distinct keys than one scrape may, if any.
+    pub(super) fn overflowed(&self) -> Option<&'static str> {
+        if self.queues.overflowed() {
+            Some("flow-control queues")
+        } else if self.pools.overflowed() {
+            Some("pools")
+        } else {
+            None
+        }
+    }
+
     /// Accumulates one sample; returns whether it is an EPP series at all.
     pub(super) fn observe(&mut self, sample: &Sample<'_>) -> bool {
         if !PREFIXES.iter().any(|p| sample.name.starts_with(p)) {
@@ -117,7 +128,9 @@ impl Epp {
                     }
                 }
                 let key = if target.is_empty() { model } else { target };
-                let queue = self.queues.entry(key);
+                let Some(queue) = self.queues.entry(key) else {
+                    return true;
+                };
                 queue.seen[generation] = true;
                 match field {
                     Field::QueueSize => queue.size[generation] += value,
@@ -126,7 +139,9 @@ impl Epp {
             }
             Field::PoolKvCache | Field::PoolQueue | Field::PoolRunning => {
                 let name = sample.labels.get("name").map_or("", |l| l.raw_value);
-                let pool = self.pools.entry(name);
+                let Some(pool) = self.pools.entry(name) else {
+                    return true;
+                };
                 let slot = match field {
                     Field::PoolKvCache => &mut pool.kv_cache,
                     Field::PoolQueue => &mut pool.queue,

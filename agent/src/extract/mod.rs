@@ -36,6 +36,8 @@ pub enum ExtractError {
     NoEppMetrics,
     #[error("the extractor was built for ROLE_UNSPECIFIED")]
     UnspecifiedRole,
+    #[error("more than {limit} distinct {what} in one body")]
+    TooManyKeys { what: &'static str, limit: usize },
 }
 
 /// Reusable extractor: keeps its buffers between scrapes so steady-state
@@ -99,6 +101,16 @@ impl Extractor {
 
         if let (0, Some(e)) = (samples, self.first_skipped) {
             return Err(ExtractError::NotExposition(e));
+        }
+        let overflowed = match self.role {
+            Role::Epp => self.epp.overflowed(),
+            _ => self.vllm.overflowed(),
+        };
+        if let Some(what) = overflowed {
+            return Err(ExtractError::TooManyKeys {
+                what,
+                limit: slots::MAX_KEYS,
+            });
         }
         if own == 0 {
             return Err(match self.role {

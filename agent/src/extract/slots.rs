@@ -15,15 +15,22 @@ pub(super) trait Reset {
     fn reset(&mut self);
 }
 
+/// Distinct keys one scrape may hold in one set (models, engines of a model,
+/// pools, queues): the aggregator takes 64 models a sample, and the bound
+/// keeps a hostile body's lookups linear in its length.
+pub const MAX_KEYS: usize = 64;
+
 /// Accumulators keyed by a label value, in order of first appearance.
 /// `clear` keeps the entries and their key strings, so a key already seen in
 /// an earlier scrape costs no allocation; lookups compare the borrowed,
 /// still-escaped label value against the stored keys. Lookup is linear: a pod
-/// serves a handful of models, engines or pools.
+/// serves a handful of models, engines or pools, and at most [`MAX_KEYS`].
 #[derive(Debug)]
 pub(super) struct Slots<T> {
     entries: Vec<(String, T)>,
     len: usize,
+    /// A key beyond [`MAX_KEYS`] was dropped this scrape.
+    overflowed: bool,
 }
 
 impl<T> Default for Slots<T> {
@@ -31,6 +38,7 @@ impl<T> Default for Slots<T> {
         Slots {
             entries: Vec::new(),
             len: 0,
+            overflowed: false,
         }
     }
 }
@@ -38,17 +46,28 @@ impl<T> Default for Slots<T> {
 impl<T: Default + Reset> Slots<T> {
     pub(super) fn clear(&mut self) {
         self.len = 0;
+        self.overflowed = false;
+    }
+
+    /// Whether a key beyond [`MAX_KEYS`] was dropped since `clear`.
+    pub(super) fn overflowed(&self) -> bool {
+        self.overflowed
     }
 
     pub(super) fn len(&self) -> usize {
         self.len
     }
 
-    /// The accumulator for the escaped label value `raw`, reset when new.
-    pub(super) fn entry(&mut self, raw: &str) -> &mut T {
+    /// The accumulator for the escaped label value `raw`, reset when new;
+    /// `None` for a new key beyond [`MAX_KEYS`].
+    pub(super) fn entry(&mut self, raw: &str) -> Option<&mut T> {
         let live = &self.entries[..self.len];
         let index = match live.iter().position(|(key, _)| unescaped_eq(raw, key)) {
             Some(i) => i,
+            None if self.len == MAX_KEYS => {
+                self.overflowed = true;
+                return None;
+            }
             None => {
                 if self.len == self.entries.len() {
                     self.entries.push(Default::default());
@@ -61,7 +80,7 @@ impl<T: Default + Reset> Slots<T> {
                 self.len - 1
             }
         };
-        &mut self.entries[index].1
+        Some(&mut self.entries[index].1)
     }
 
     /// The accumulator for the (unescaped) `key`, if seen in this scrape.
@@ -92,9 +111,9 @@ mod tests {
     #[test]
     fn keys_are_unescaped_and_kept_in_first_seen_order() {
         let mut slots = Slots::<Sum>::default();
-        slots.entry("b").0 += 1.0;
-        slots.entry(r#"a\"q"#).0 += 2.0;
-        slots.entry("b").0 += 3.0;
+        slots.entry("b").unwrap().0 += 1.0;
+        slots.entry(r#"a\"q"#).unwrap().0 += 2.0;
+        slots.entry("b").unwrap().0 += 3.0;
         let got: Vec<_> = slots.iter().map(|(k, v)| (k.to_owned(), v.0)).collect();
         assert_eq!(got, [("b".to_owned(), 4.0), ("a\"q".to_owned(), 2.0)]);
         assert_eq!(slots.get("a\"q"), Some(&Sum(2.0)));
@@ -104,17 +123,33 @@ mod tests {
     #[test]
     fn clear_forgets_values_but_reuses_memory() {
         let mut slots = Slots::<Sum>::default();
-        slots.entry("model-a").0 = 5.0;
+        slots.entry("model-a").unwrap().0 = 5.0;
         let key_ptr = slots.entries[0].0.as_ptr();
         slots.clear();
         assert_eq!(slots.len(), 0);
         assert_eq!(slots.get("model-a"), None);
         // A different key of the same length reuses the stored string.
-        assert_eq!(slots.entry("model-b"), &Sum(0.0));
+        assert_eq!(slots.entry("model-b"), Some(&mut Sum(0.0)));
         assert_eq!(slots.entries[0].0.as_ptr(), key_ptr);
         assert_eq!(
             slots.iter().map(|(k, _)| k).collect::<Vec<_>>(),
             ["model-b"]
         );
+    }
+
+    #[test]
+    fn keys_beyond_the_cap_are_dropped_and_flagged() {
+        let mut slots = Slots::<Sum>::default();
+        for i in 0..MAX_KEYS {
+            slots.entry(&format!("m{i}")).unwrap().0 += 1.0;
+        }
+        assert!(!slots.overflowed());
+        assert!(slots.entry("one-too-many").is_none());
+        assert!(slots.overflowed());
+        // Known keys still accumulate.
+        slots.entry("m0").unwrap().0 += 1.0;
+        assert_eq!(slots.get("m0"), Some(&Sum(2.0)));
+        slots.clear();
+        assert!(!slots.overflowed());
     }
 }

@@ -347,3 +347,45 @@ fn epp_malformed_queue_line_fails_other_epp_lines_are_skipped() {
     let bad = format!("{ok}llm_d_epp_flow_control_queue_size{{model_name=\"m\"}} lots\n");
     assert!(matches!(x.extract(&bad), Err(ExtractError::Parse(e)) if e.line == 2));
 }
+
+#[test]
+fn a_body_with_more_models_than_one_sample_carries_is_a_failed_extraction() {
+    let body = |n: usize| {
+        (0..n)
+            .map(|i| format!("vllm:num_requests_running{{model_name=\"adapter-{i}\"}} 1.0\n"))
+            .collect::<String>()
+    };
+    assert_eq!(
+        models(&body(super::slots::MAX_KEYS)).len(),
+        super::slots::MAX_KEYS
+    );
+    // A hostile or broken target: 100,000 distinct models.
+    let err = extract(Role::Vllm, &body(100_000)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "more than {} distinct models in one body",
+            super::slots::MAX_KEYS
+        )
+    );
+}
+
+#[test]
+fn an_endpoint_picker_with_too_many_queues_is_a_failed_extraction() {
+    let body: String = (0..100)
+        .map(|i| {
+            format!("inference_extension_flow_control_queue_size{{target_model_name=\"m{i}\"}} 1\n")
+        })
+        .collect();
+    let err = extract(Role::Epp, &body).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ExtractError::TooManyKeys {
+                what: "flow-control queues",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

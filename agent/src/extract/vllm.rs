@@ -138,6 +138,18 @@ impl Vllm {
         self.cache.clear();
     }
 
+    /// The set that held more distinct keys than one scrape may, if any.
+    pub(super) fn overflowed(&self) -> Option<&'static str> {
+        if self.models.overflowed() {
+            Some("models")
+        } else if self.cache.overflowed() || self.models.iter().any(|(_, m)| m.engines.overflowed())
+        {
+            Some("engines")
+        } else {
+            None
+        }
+    }
+
     /// Accumulates one sample; returns whether it is a vLLM series at all.
     pub(super) fn observe(&mut self, sample: &Sample<'_>) -> bool {
         if !sample.name.starts_with(PREFIX) {
@@ -162,16 +174,21 @@ impl Vllm {
         }
         if let Series::CacheConfig = series {
             // "None" before the engine has profiled its memory: unknown.
-            let config = self.cache.entry(engine);
-            config.num_gpu_blocks = blocks;
-            config.block_size = block_size;
+            if let Some(config) = self.cache.entry(engine) {
+                config.num_gpu_blocks = blocks;
+                config.block_size = block_size;
+            }
             return true;
         }
         let Some(model) = model else {
             return true;
         };
-        let acc = self.models.entry(model);
-        let rank = acc.engines.entry(engine);
+        let Some(acc) = self.models.entry(model) else {
+            return true;
+        };
+        let Some(rank) = acc.engines.entry(engine) else {
+            return true;
+        };
         match series {
             Series::Kv => rank.kv = Some(sample.value),
             Series::KvV0 => rank.kv_v0 = Some(sample.value),
