@@ -87,8 +87,9 @@ pub struct Args {
     #[arg(long, env = "WVA_SCRAPE_TIMEOUT", value_parser = parse_timeout)]
     pub scrape_timeout: Option<Duration>,
 
-    /// Largest accepted metrics body, after decompression (e.g. 16MiB, 512KiB, 1000000).
-    #[arg(long, env = "WVA_MAX_BODY_BYTES", default_value = "16MiB", value_parser = parse_size)]
+    /// Memory for one metrics body: the bytes received and, for a gzip body,
+    /// the decoded bytes together (e.g. 4MiB, 512KiB, 1000000).
+    #[arg(long, env = "WVA_MAX_BODY_BYTES", default_value = "4MiB", value_parser = parse_size)]
     pub max_body_bytes: usize,
 
     /// Ask the target for a gzip body. Worth it only when the target is not on
@@ -266,7 +267,7 @@ mod tests {
         assert_eq!(args.role, RoleArg::Vllm);
         assert_eq!(args.interval, Duration::from_secs(1));
         assert_eq!(args.listen, "0.0.0.0:9400".parse().unwrap());
-        assert_eq!(args.max_body_bytes, 16 << 20);
+        assert_eq!(args.max_body_bytes, 4 << 20);
         assert_eq!(
             scrape_timeout(args.scrape_timeout, args.interval),
             Duration::from_secs(1)

@@ -290,18 +290,21 @@ impl Scraper {
         Ok(gzip)
     }
 
-    /// Decompresses `raw` into `decoded`, reusing the decoder's state.
+    /// Decompresses `raw` into `decoded`, reusing the decoder's state. The
+    /// limit is one budget for both: the compressed bytes are still held
+    /// while the decoded ones are written.
     fn gunzip(&mut self) -> Result<(), ScrapeError> {
         let limit = self.max_body_bytes;
+        let budget = limit.saturating_sub(self.raw.len());
         self.gunzip.reset(Cursor::new(mem::take(&mut self.raw)));
         self.decoded.clear();
         let read = (&mut self.gunzip)
-            .take(limit as u64 + 1)
+            .take(budget as u64 + 1)
             .read_to_end(&mut self.decoded);
         // Hand the raw buffer back whatever the outcome.
         self.raw = mem::take(self.gunzip.get_mut()).into_inner();
         read.map_err(ScrapeError::Gzip)?;
-        if self.decoded.len() > limit {
+        if self.decoded.len() > budget {
             return Err(ScrapeError::TooLarge { limit });
         }
         Ok(())

@@ -160,6 +160,26 @@ async fn oversized_bodies_are_rejected_at_the_limit() {
 }
 
 #[tokio::test]
+async fn one_budget_covers_the_compressed_and_the_decoded_body() {
+    let target = Target::start(Reply::Text(Vec::new())).await;
+    let mut scraper = Scraper::new(target.url.clone(), LIMIT).unwrap();
+    // Decoded, it fits the limit on its own; with the compressed bytes still
+    // held beside it, it does not.
+    let almost = body(LIMIT - 64);
+    let compressed = gzip(&almost);
+    assert!(compressed.len() > 64);
+    target.set(Reply::Encoded("gzip", compressed));
+    let err = scraper.scrape(TIMEOUT).await.unwrap_err();
+    assert!(
+        matches!(err, ScrapeError::TooLarge { limit: LIMIT }),
+        "{err}"
+    );
+    let fits = body(LIMIT / 2);
+    target.set(Reply::Encoded("gzip", gzip(&fits)));
+    assert_eq!(scraper.scrape(TIMEOUT).await.unwrap().as_bytes(), fits);
+}
+
+#[tokio::test]
 async fn a_failed_scrape_keeps_no_large_buffer() {
     // A limit well above the 64 KiB that buffers may keep between scrapes.
     const BIG: usize = 4 << 20;

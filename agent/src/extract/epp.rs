@@ -5,7 +5,7 @@
 
 use wva_proto::v1::EppSignals;
 
-use super::slots::{Reset, Slots, resized};
+use super::slots::{Overflow, Reset, Slots, resized};
 use crate::parse::Sample;
 
 /// Families that identify an endpoint picker (GIE and llm-d router names).
@@ -97,15 +97,11 @@ impl Epp {
         self.pools.clear();
     }
 
-    /// The set that held more distinct keys than one scrape may, if any.
-    pub(super) fn overflowed(&self) -> Option<&'static str> {
-        if self.queues.overflowed() {
-            Some("flow-control queues")
-        } else if self.pools.overflowed() {
-            Some("pools")
-        } else {
-            None
-        }
+    /// The set that dropped a key this scrape, and why, if any.
+    pub(super) fn overflow(&self) -> Option<(&'static str, Overflow)> {
+        let named = |what, slots: Option<Overflow>| slots.map(|o| (what, o));
+        named("flow-control queues", self.queues.overflow())
+            .or_else(|| named("pools", self.pools.overflow()))
     }
 
     /// Accumulates one sample; returns whether it is an EPP series at all.

@@ -21,6 +21,7 @@ mod vllm;
 
 use wva_proto::v1::{Role, Sample};
 
+use self::slots::Overflow;
 use crate::parse::{Line, ParseError, Parser};
 
 /// Error for a body the extractor cannot use.
@@ -38,6 +39,12 @@ pub enum ExtractError {
     UnspecifiedRole,
     #[error("more than {limit} distinct {what} in one body")]
     TooManyKeys { what: &'static str, limit: usize },
+    #[error("a label naming one of the {what} is {len} bytes, over {limit}")]
+    KeyTooLong {
+        what: &'static str,
+        len: usize,
+        limit: usize,
+    },
 }
 
 /// Reusable extractor: keeps its buffers between scrapes so steady-state
@@ -102,15 +109,25 @@ impl Extractor {
         if let (0, Some(e)) = (samples, self.first_skipped) {
             return Err(ExtractError::NotExposition(e));
         }
-        let overflowed = match self.role {
-            Role::Epp => self.epp.overflowed(),
-            _ => self.vllm.overflowed(),
+        let overflow = match self.role {
+            Role::Epp => self.epp.overflow(),
+            _ => self.vllm.overflow(),
         };
-        if let Some(what) = overflowed {
-            return Err(ExtractError::TooManyKeys {
-                what,
-                limit: slots::MAX_KEYS,
-            });
+        match overflow {
+            Some((what, Overflow::TooMany)) => {
+                return Err(ExtractError::TooManyKeys {
+                    what,
+                    limit: slots::MAX_KEYS,
+                });
+            }
+            Some((what, Overflow::TooLong(len))) => {
+                return Err(ExtractError::KeyTooLong {
+                    what,
+                    len,
+                    limit: slots::MAX_KEY_BYTES,
+                });
+            }
+            None => {}
         }
         if own == 0 {
             return Err(match self.role {

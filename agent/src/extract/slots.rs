@@ -19,6 +19,19 @@ pub(super) trait Reset {
 /// pools, queues): the aggregator takes 64 models a sample, and the bound
 /// keeps a hostile body's lookups linear in its length.
 pub const MAX_KEYS: usize = 64;
+/// Longest key (a model, engine, pool or queue name) read from a label: the
+/// aggregator takes names of at most 253 bytes, and a longer label must not
+/// be copied into the slots and the sample.
+pub const MAX_KEY_BYTES: usize = 253;
+
+/// Why a key was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// A key beyond [`MAX_KEYS`].
+    TooMany,
+    /// A key of this many bytes, over [`MAX_KEY_BYTES`].
+    TooLong(usize),
+}
 
 /// Accumulators keyed by a label value, in order of first appearance.
 /// `clear` keeps the entries and their key strings, so a key already seen in
@@ -29,8 +42,8 @@ pub const MAX_KEYS: usize = 64;
 pub(super) struct Slots<T> {
     entries: Vec<(String, T)>,
     len: usize,
-    /// A key beyond [`MAX_KEYS`] was dropped this scrape.
-    overflowed: bool,
+    /// The first key dropped this scrape, and why.
+    overflow: Option<Overflow>,
 }
 
 impl<T> Default for Slots<T> {
@@ -38,7 +51,7 @@ impl<T> Default for Slots<T> {
         Slots {
             entries: Vec::new(),
             len: 0,
-            overflowed: false,
+            overflow: None,
         }
     }
 }
@@ -46,12 +59,12 @@ impl<T> Default for Slots<T> {
 impl<T: Default + Reset> Slots<T> {
     pub(super) fn clear(&mut self) {
         self.len = 0;
-        self.overflowed = false;
+        self.overflow = None;
     }
 
-    /// Whether a key beyond [`MAX_KEYS`] was dropped since `clear`.
-    pub(super) fn overflowed(&self) -> bool {
-        self.overflowed
+    /// Why a key was dropped since `clear`, if one was.
+    pub(super) fn overflow(&self) -> Option<Overflow> {
+        self.overflow
     }
 
     pub(super) fn len(&self) -> usize {
@@ -59,13 +72,18 @@ impl<T: Default + Reset> Slots<T> {
     }
 
     /// The accumulator for the escaped label value `raw`, reset when new;
-    /// `None` for a new key beyond [`MAX_KEYS`].
+    /// `None` for a key over [`MAX_KEY_BYTES`] or a new one beyond
+    /// [`MAX_KEYS`].
     pub(super) fn entry(&mut self, raw: &str) -> Option<&mut T> {
+        if raw.len() > MAX_KEY_BYTES {
+            self.overflow.get_or_insert(Overflow::TooLong(raw.len()));
+            return None;
+        }
         let live = &self.entries[..self.len];
         let index = match live.iter().position(|(key, _)| unescaped_eq(raw, key)) {
             Some(i) => i,
             None if self.len == MAX_KEYS => {
-                self.overflowed = true;
+                self.overflow.get_or_insert(Overflow::TooMany);
                 return None;
             }
             None => {
@@ -143,13 +161,16 @@ mod tests {
         for i in 0..MAX_KEYS {
             slots.entry(&format!("m{i}")).unwrap().0 += 1.0;
         }
-        assert!(!slots.overflowed());
+        assert_eq!(slots.overflow(), None);
         assert!(slots.entry("one-too-many").is_none());
-        assert!(slots.overflowed());
+        assert_eq!(slots.overflow(), Some(Overflow::TooMany));
         // Known keys still accumulate.
         slots.entry("m0").unwrap().0 += 1.0;
         assert_eq!(slots.get("m0"), Some(&Sum(2.0)));
         slots.clear();
-        assert!(!slots.overflowed());
+        assert_eq!(slots.overflow(), None);
+        assert!(slots.entry(&"x".repeat(MAX_KEY_BYTES + 1)).is_none());
+        assert_eq!(slots.overflow(), Some(Overflow::TooLong(MAX_KEY_BYTES + 1)));
+        assert_eq!(slots.len(), 0, "an over-long key is not stored");
     }
 }

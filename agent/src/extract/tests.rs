@@ -389,3 +389,20 @@ fn an_endpoint_picker_with_too_many_queues_is_a_failed_extraction() {
         "{err}"
     );
 }
+
+#[test]
+fn an_over_long_model_name_is_a_failed_extraction_not_a_copy() {
+    let body = format!(
+        "vllm:num_requests_running{{model_name=\"{}\"}} 1.0\n",
+        "m".repeat(8 << 20)
+    );
+    let err = extract(Role::Vllm, &body).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "a label naming one of the models is {} bytes, over {}",
+            8 << 20,
+            super::slots::MAX_KEY_BYTES
+        )
+    );
+}

@@ -3,7 +3,7 @@
 
 use wva_proto::v1::{Counters, ModelSignals};
 
-use super::slots::{Reset, Slots, resized};
+use super::slots::{Overflow, Reset, Slots, resized};
 use crate::parse::Sample;
 
 pub(super) const PREFIX: &str = "vllm:";
@@ -138,16 +138,15 @@ impl Vllm {
         self.cache.clear();
     }
 
-    /// The set that held more distinct keys than one scrape may, if any.
-    pub(super) fn overflowed(&self) -> Option<&'static str> {
-        if self.models.overflowed() {
-            Some("models")
-        } else if self.cache.overflowed() || self.models.iter().any(|(_, m)| m.engines.overflowed())
-        {
-            Some("engines")
-        } else {
-            None
-        }
+    /// The set that dropped a key this scrape, and why, if any.
+    pub(super) fn overflow(&self) -> Option<(&'static str, Overflow)> {
+        let engines = self
+            .models
+            .iter()
+            .find_map(|(_, m)| m.engines.overflow())
+            .or(self.cache.overflow());
+        let models = self.models.overflow().map(|o| ("models", o));
+        models.or(engines.map(|o| ("engines", o)))
     }
 
     /// Accumulates one sample; returns whether it is a vLLM series at all.
