@@ -790,3 +790,13 @@ fn the_docs_link_to_files_and_sections_that_exist() {
         }
     }
 }
+
+/// The webhook marks an endpoint picker's agent with one annotation and the
+/// aggregator reads the role from the same one.
+#[test]
+fn the_agent_role_annotation_is_one_name() {
+    assert_eq!(
+        wva_k8s::identity::ROLE_ANNOTATION,
+        wva_webhook::injection::ROLE_ANNOTATION
+    );
+}

@@ -23,7 +23,7 @@ use kube::{Api, Client};
 use tokio::sync::Semaphore;
 use tracing::debug;
 use wva_core::admission::{Admission, Refusal, RefusalCode};
-use wva_proto::v1::Hello;
+use wva_proto::v1::{Hello, Role};
 
 /// The audience agents' tokens are minted for.
 pub const DEFAULT_AUDIENCE: &str = "wva-aggregator";
@@ -194,6 +194,45 @@ pub fn owner_deployment(
         .ok_or_else(not_owned)
 }
 
+/// The annotation that makes a pod's agent an endpoint picker's
+/// (`epp`); the injection webhook reads the same one.
+pub const ROLE_ANNOTATION: &str = "wva.llmd.ai/agent-role";
+
+/// Whether the agent's role is the one its pod declares: an endpoint
+/// picker's queue can wake a model from zero, so a pod may report as one
+/// only when the cluster says it is one.
+pub fn check_role(pod: &Pod, hello: &Hello) -> Result<(), Refusal> {
+    let declared = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ROLE_ANNOTATION))
+        .map(|r| r.trim());
+    let declared = match declared {
+        Some("epp") => Role::Epp,
+        _ => Role::Vllm,
+    };
+    if hello.role == declared as i32 {
+        return Ok(());
+    }
+    let name = |role: Option<Role>| match role {
+        Some(Role::Epp) => "epp",
+        Some(Role::Vllm) => "vllm",
+        _ => "an unknown role",
+    };
+    Err(Refusal::new(
+        RefusalCode::PermissionDenied,
+        "role_mismatch",
+        format!(
+            "pod {}/{} is a {} pod ({ROLE_ANNOTATION}), but its agent reports as {}",
+            hello.namespace,
+            hello.pod,
+            name(Some(declared)),
+            name(Role::try_from(hello.role).ok())
+        ),
+    ))
+}
+
 /// When a JWT expires, from its `exp` claim; `None` if it cannot be read
 /// (the token is verified by the API server, not here).
 pub fn token_expiry(token: &str) -> Option<SystemTime> {
@@ -328,6 +367,12 @@ impl Admission for ClusterAdmission {
         };
         let bound = self.review(token).await?;
         check_claim(&bound, hello)?;
+        if let Some(pod) = self
+            .pods
+            .get(&ObjectRef::new(&bound.name).within(&bound.namespace))
+        {
+            check_role(&pod, hello)?;
+        }
         let deployment = owner_deployment(
             &bound,
             |ns, name| {
@@ -597,5 +642,31 @@ mod tests {
         let year = jwt(1_000_000 + 365 * 86_400);
         cache.put(&year, Ok(bound()), now, wall);
         assert!(cache.get(&year, now + MAX_CACHE).is_none());
+    }
+
+    #[test]
+    fn a_pod_reports_the_role_it_declares() {
+        let annotated = |role: Option<&str>| Pod {
+            metadata: ObjectMeta {
+                annotations: role.map(|r| [(ROLE_ANNOTATION.to_string(), r.to_string())].into()),
+                ..ObjectMeta::default()
+            },
+            ..Pod::default()
+        };
+        let claiming = |role: Role| Hello {
+            role: role as i32,
+            ..hello("llama-7d9-x2", "u-1")
+        };
+        assert!(check_role(&annotated(None), &claiming(Role::Vllm)).is_ok());
+        assert!(check_role(&annotated(Some("epp")), &claiming(Role::Epp)).is_ok());
+        let posing = check_role(&annotated(None), &claiming(Role::Epp)).unwrap_err();
+        assert_eq!(posing.reason, "role_mismatch");
+        assert_eq!(posing.code, RefusalCode::PermissionDenied);
+        assert!(
+            posing.message.contains("is a vllm pod"),
+            "{}",
+            posing.message
+        );
+        assert!(check_role(&annotated(Some("epp")), &claiming(Role::Vllm)).is_err());
     }
 }
