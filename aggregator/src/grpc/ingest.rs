@@ -25,8 +25,14 @@ use wva_proto::v1::{
 
 use super::admission;
 use super::taps::Taps;
+use super::throttle::Throttle;
 use crate::runtime::trigger::Trigger;
 use crate::telemetry::SelfMetrics;
+
+/// Least time between two warnings about rejected streams, and between two
+/// about one stream's invalid samples (the counters count every one).
+const REJECTION_LOG_EVERY: Duration = Duration::from_secs(1);
+const INVALID_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// How long a new stream may take to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,6 +45,8 @@ pub struct Ingest {
     /// Pods an operator taps (diagnostics).
     taps: Arc<Taps>,
     next_stream: AtomicU64,
+    /// Rejected streams are logged at most once a second.
+    rejections: Throttle,
     /// Ends every stream with UNAVAILABLE so agents move on at once.
     shutdown: CancellationToken,
 }
@@ -59,6 +67,7 @@ impl Ingest {
             admission,
             taps,
             next_stream: AtomicU64::new(1),
+            rejections: Throttle::new(REJECTION_LOG_EVERY),
             shutdown,
         }
     }
@@ -70,7 +79,9 @@ impl Ingest {
 
     fn reject(&self, status: Status) -> Status {
         self.metrics.stream_rejected(status.code());
-        warn!(code = ?status.code(), message = status.message(), "rejected agent stream");
+        if let Some(left_out) = self.rejections.allow() {
+            warn!(code = ?status.code(), message = status.message(), left_out, "rejected agent stream");
+        }
         status
     }
 }
@@ -285,6 +296,7 @@ impl Ingest {
         tx: &mpsc::Sender<Result<ControlMessage, Status>>,
     ) -> String {
         let shutdown = self.shutdown.clone();
+        let invalid = Throttle::new(INVALID_LOG_EVERY);
         loop {
             let next = tokio::select! {
                 next = inbound.message() => next,
@@ -329,7 +341,9 @@ impl Ingest {
                 Ok(()) => sample,
                 Err(e) => {
                     self.metrics.sample_rejected("invalid");
-                    warn!(pod = %key, error = %e, "invalid sample treated as a failed scrape");
+                    if let Some(left_out) = invalid.allow() {
+                        warn!(pod = %key, error = %e, left_out, "invalid sample treated as a failed scrape");
+                    }
                     Sample {
                         up: false,
                         error: format!("invalid sample: {e}"),

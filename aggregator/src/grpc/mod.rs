@@ -6,6 +6,7 @@ pub mod diagnostics;
 pub mod ingest;
 pub mod keda;
 pub mod taps;
+mod throttle;
 
 use std::sync::Arc;
 use std::time::Duration;
