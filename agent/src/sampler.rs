@@ -61,7 +61,7 @@ impl Sampler {
         let outcome = match scraped {
             Ok(body) => self
                 .extractor
-                .extract(body)
+                .extract_within(body, (started + timeout).into_std())
                 .map_err(|e| ("extract", e.to_string())),
             Err(e) => Err((e.metric_label(), e.to_string())),
         }

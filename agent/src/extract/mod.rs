@@ -19,6 +19,8 @@ mod epp;
 mod slots;
 mod vllm;
 
+use std::time::Instant;
+
 use wva_proto::v1::{Role, Sample};
 
 use self::slots::Overflow;
@@ -37,6 +39,8 @@ pub enum ExtractError {
     NoEppMetrics,
     #[error("the extractor was built for ROLE_UNSPECIFIED")]
     UnspecifiedRole,
+    #[error("extraction ran out of time after {lines} lines")]
+    Deadline { lines: usize },
     #[error("more than {limit} distinct {what} in one body")]
     TooManyKeys { what: &'static str, limit: usize },
     #[error("a label naming one of the {what} is {len} bytes, over {limit}")]
@@ -46,6 +50,10 @@ pub enum ExtractError {
         limit: usize,
     },
 }
+
+/// How often, in lines, extraction looks at its deadline: reading the
+/// clock costs about as much as a few lines.
+pub const DEADLINE_CHECK_LINES: usize = 1024;
 
 /// Reusable extractor: keeps its buffers between scrapes so steady-state
 /// extraction does not allocate.
@@ -74,6 +82,17 @@ impl Extractor {
 
     /// Parses one body and replaces the signals of the previous one.
     pub fn extract(&mut self, body: &str) -> Result<(), ExtractError> {
+        self.extract_by(body, None)
+    }
+
+    /// Like [`Extractor::extract`], giving up at `deadline` (checked every
+    /// [`DEADLINE_CHECK_LINES`] lines), so a scrape's timeout covers its
+    /// extraction too.
+    pub fn extract_within(&mut self, body: &str, deadline: Instant) -> Result<(), ExtractError> {
+        self.extract_by(body, Some(deadline))
+    }
+
+    fn extract_by(&mut self, body: &str, deadline: Option<Instant>) -> Result<(), ExtractError> {
         self.valid = false;
         self.skipped = 0;
         self.first_skipped = None;
@@ -85,7 +104,14 @@ impl Extractor {
 
         let (mut samples, mut own) = (0usize, 0usize);
         let mut lines = Parser::new(body);
+        let mut read = 0usize;
         while let Some(line) = lines.next() {
+            read += 1;
+            if read.is_multiple_of(DEADLINE_CHECK_LINES)
+                && deadline.is_some_and(|d| Instant::now() >= d)
+            {
+                return Err(ExtractError::Deadline { lines: read });
+            }
             match line {
                 Ok(Line::Sample(sample)) => {
                     samples += 1;

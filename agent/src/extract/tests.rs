@@ -406,3 +406,27 @@ fn an_over_long_model_name_is_a_failed_extraction_not_a_copy() {
         )
     );
 }
+
+#[test]
+fn extraction_gives_up_at_its_deadline() {
+    let body: String = (0..3 * super::DEADLINE_CHECK_LINES)
+        .map(|i| {
+            format!(
+                "vllm:num_requests_running{{model_name=\"m\",engine=\"{}\"}} 1.0\n",
+                i % 4
+            )
+        })
+        .collect();
+    let mut x = Extractor::new(Role::Vllm);
+    let past = std::time::Instant::now();
+    let err = x.extract_within(&body, past).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "extraction ran out of time after {} lines",
+            super::DEADLINE_CHECK_LINES
+        )
+    );
+    let later = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    assert!(x.extract_within(&body, later).is_ok());
+}
