@@ -206,6 +206,19 @@ pub fn standalone_aggregator(
     cmd
 }
 
+/// Writes a variants file in `dir` holding one VariantAutoscaling,
+/// `namespace/name` of model `model`, scaling Deployment `name`.
+pub fn one_variant_file(dir: &Path, namespace: &str, name: &str, model: &str) -> PathBuf {
+    let path = dir.join("variants.yaml");
+    let text = format!(
+        "apiVersion: llmd.ai/v1alpha1\nkind: VariantAutoscaling\n\
+         metadata: {{name: {name}, namespace: {namespace}}}\n\
+         spec: {{scaleTargetRef: {{kind: Deployment, name: {name}}}, modelID: {model}}}\n"
+    );
+    std::fs::write(&path, text).expect("write the variants file");
+    path
+}
+
 /// Starts `wva-aggregator --standalone` on the given addresses.
 pub fn start_aggregator(
     variants: &Path,

@@ -12,16 +12,6 @@ use wva_proto::MAX_MESSAGE_BYTES;
 use wva_proto::v1::telemetry_client::TelemetryClient;
 use wva_proto::v1::{AgentMessage, Hello, Role, Sample, agent_message};
 
-fn variants(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
-    let path = dir.join("variants.yaml");
-    std::fs::write(
-        &path,
-        "apiVersion: llmd.ai/v1alpha1\nkind: VariantAutoscaling\nmetadata: {name: v, namespace: e2e}\n\
-         spec: {scaleTargetRef: {kind: Deployment, name: v}, modelID: m}\n",
-    )?;
-    Ok(path)
-}
-
 fn message(kind: agent_message::Kind) -> AgentMessage {
     AgentMessage { kind: Some(kind) }
 }
@@ -31,7 +21,12 @@ async fn a_sample_over_the_limit_ends_its_stream_as_resource_exhausted_and_is_co
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (grpc, metrics) = (free_addr(), free_addr());
-    let _aggregator = start_aggregator(&variants(dir.path())?, grpc, metrics, &[])?;
+    let _aggregator = start_aggregator(
+        &one_variant_file(dir.path(), "e2e", "v", "m"),
+        grpc,
+        metrics,
+        &[],
+    )?;
     let mut client = eventually(Duration::from_secs(10), "the gRPC port", || async move {
         Ok(TelemetryClient::connect(format!("http://{grpc}"))
             .await
@@ -110,7 +105,12 @@ async fn one_connection_may_not_open_unbounded_streams() -> anyhow::Result<()> {
     const MAX_CONCURRENT_STREAMS: u16 = 0x3;
     let dir = tempfile::tempdir()?;
     let (grpc, metrics) = (free_addr(), free_addr());
-    let _aggregator = start_aggregator(&variants(dir.path())?, grpc, metrics, &[])?;
+    let _aggregator = start_aggregator(
+        &one_variant_file(dir.path(), "e2e", "v", "m"),
+        grpc,
+        metrics,
+        &[],
+    )?;
     let settings = eventually(Duration::from_secs(10), "the gRPC port", || async move {
         Ok(server_settings(grpc).await.ok())
     })

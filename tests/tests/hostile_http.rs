@@ -80,12 +80,7 @@ async fn slow_headers_are_cut_off(addr: SocketAddr, name: &str) -> anyhow::Resul
 #[tokio::test]
 async fn the_aggregator_and_agent_http_ports_stay_open_to_everyone() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let variants = dir.path().join("variants.yaml");
-    std::fs::write(
-        &variants,
-        "apiVersion: llmd.ai/v1alpha1\nkind: VariantAutoscaling\nmetadata: {name: v, namespace: e2e}\n\
-         spec: {scaleTargetRef: {kind: Deployment, name: v}, modelID: m}\n",
-    )?;
+    let variants = one_variant_file(dir.path(), "e2e", "v", "m");
     let (grpc, metrics) = (free_addr(), free_addr());
     let _aggregator = start_aggregator(&variants, grpc, metrics, &[])?;
     let agent_addr = free_addr();

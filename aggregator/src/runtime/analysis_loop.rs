@@ -138,14 +138,9 @@ mod tests {
     use wva_core::config::scale_to_zero::ScaleToZeroConfigSet;
     use wva_core::snapshot::Tuning;
     use wva_core::store::PodKey;
-    use wva_core::variants::parse_variants;
     use wva_proto::v1::{Hello, ModelSignals, Role, Sample};
 
     use super::*;
-
-    const VARIANT: &str = "apiVersion: llmd.ai/v1alpha1\nkind: VariantAutoscaling\n\
-        metadata: {name: v, namespace: ns}\n\
-        spec: {scaleTargetRef: {kind: Deployment, name: v}, modelID: m}\n";
 
     #[tokio::test(start_paused = true)]
     async fn nothing_is_published_before_agents_had_time_to_return() {
@@ -154,7 +149,8 @@ mod tests {
             analysis_interval: Duration::from_secs(30),
             staleness: Duration::from_secs(10),
         };
-        let variants = Arc::new(parse_variants(VARIANT).unwrap());
+        // Variant llm/chat of model m, scaling Deployment chat-deploy.
+        let variants = Arc::new(vec![wva_core::testing::variant(&[])]);
         let store = Arc::new(PodStore::default());
         let trigger = Arc::new(Trigger::default());
         let mut registry = Registry::default();
@@ -187,13 +183,13 @@ mod tests {
 
         // One comes back within the grace period.
         let key = PodKey {
-            namespace: "ns".into(),
-            pod: "v-0".into(),
+            namespace: "llm".into(),
+            pod: "chat-0".into(),
         };
         let hello = Hello {
             pod: key.pod.clone(),
             namespace: key.namespace.clone(),
-            variant: "v".into(),
+            variant: "chat-deploy".into(),
             role: Role::Vllm as i32,
             ..Hello::default()
         };
@@ -221,7 +217,7 @@ mod tests {
             .collect();
         assert_eq!(
             pods,
-            HashMap::from([("v-0", 0.2)]),
+            HashMap::from([("chat-0", 0.2)]),
             "the first decision sees the agent"
         );
         shutdown.cancel();
