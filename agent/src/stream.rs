@@ -147,6 +147,7 @@ impl StreamConfig {
                 agent_version: env!("CARGO_PKG_VERSION").to_owned(),
                 interval_ms: 0,
                 pod_uid: args.pod_uid.clone().unwrap_or_default(),
+                instance: instance_id(),
             },
         })
     }
@@ -414,4 +415,13 @@ impl Stream for Outbound {
 
 fn message(kind: agent_message::Kind) -> AgentMessage {
     AgentMessage { kind: Some(kind) }
+}
+
+/// A random id for this agent process, sent in every Hello. The standard
+/// library's randomly keyed hasher gives 64 unpredictable bits, enough to tell
+/// two agents apart without a randomness dependency.
+fn instance_id() -> String {
+    use std::hash::BuildHasher;
+    let bits = std::hash::RandomState::new().hash_one(std::process::id());
+    format!("{bits:016x}")
 }

@@ -340,3 +340,16 @@ async fn stop_ends_the_stream_cleanly() {
     within("the stream task", &mut agent.task).await.unwrap();
     assert_eq!(agent.telemetry.stream_connected.get(), 0);
 }
+
+/// Each agent process says who it is, the same on every stream it opens, so
+/// the aggregator can tell its reconnect from another agent's claim.
+#[test]
+fn every_agent_has_an_instance_of_its_own_kept_across_targets() {
+    let args = args("http://aggregator:9090", &[]);
+    let one = StreamConfig::from_args(&args).unwrap();
+    let other = StreamConfig::from_args(&args).unwrap();
+    assert_eq!(one.hello.instance.len(), 16, "{:?}", one.hello.instance);
+    assert_ne!(one.hello.instance, other.hello.instance);
+    let target = one.for_target("http://10.0.0.7:9090".parse().unwrap(), &one.aggregator);
+    assert_eq!(target.hello.instance, one.hello.instance);
+}

@@ -16,6 +16,46 @@ fn message(kind: agent_message::Kind) -> AgentMessage {
     AgentMessage { kind: Some(kind) }
 }
 
+/// A stream for `hello` on a fresh connection: the sender of its messages
+/// and the aggregator's answers, or the status it was refused with.
+async fn open_stream(
+    grpc: std::net::SocketAddr,
+    hello: Hello,
+) -> anyhow::Result<
+    Result<
+        (
+            mpsc::Sender<AgentMessage>,
+            tonic::Streaming<wva_proto::v1::ControlMessage>,
+        ),
+        tonic::Status,
+    >,
+> {
+    let mut client = eventually(Duration::from_secs(10), "the gRPC port", || async move {
+        Ok(TelemetryClient::connect(format!("http://{grpc}"))
+            .await
+            .ok())
+    })
+    .await?;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(message(agent_message::Kind::Hello(hello))).await?;
+    Ok(match client.stream(ReceiverStream::new(rx)).await {
+        Ok(answers) => Ok((tx, answers.into_inner())),
+        Err(status) => Err(status),
+    })
+}
+
+fn hello(pod: &str, instance: &str) -> Hello {
+    Hello {
+        pod: pod.into(),
+        namespace: "e2e".into(),
+        variant: "v".into(),
+        role: Role::Vllm as i32,
+        instance: instance.into(),
+        interval_ms: 1_000,
+        ..Hello::default()
+    }
+}
+
 #[tokio::test]
 async fn a_sample_over_the_limit_ends_its_stream_as_resource_exhausted_and_is_counted()
 -> anyhow::Result<()> {
@@ -27,27 +67,9 @@ async fn a_sample_over_the_limit_ends_its_stream_as_resource_exhausted_and_is_co
         metrics,
         &[],
     )?;
-    let mut client = eventually(Duration::from_secs(10), "the gRPC port", || async move {
-        Ok(TelemetryClient::connect(format!("http://{grpc}"))
-            .await
-            .ok())
-    })
-    .await?;
-
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(message(agent_message::Kind::Hello(Hello {
-        pod: "p".into(),
-        namespace: "e2e".into(),
-        variant: "v".into(),
-        role: Role::Vllm as i32,
-        ..Hello::default()
-    })))
-    .await?;
-    let mut answers = client
-        .stream(ReceiverStream::new(rx))
-        .await
-        .context("the stream is admitted")?
-        .into_inner();
+    let (tx, mut answers) = open_stream(grpc, hello("p", "a"))
+        .await?
+        .context("the stream is admitted")?;
     answers.message().await?.context("Accepted")?;
     let oversized = Sample {
         seq: 1,
@@ -71,6 +93,62 @@ async fn a_sample_over_the_limit_ends_its_stream_as_resource_exhausted_and_is_co
             ),
         "{counted:?}"
     );
+    Ok(())
+}
+
+/// With a shared token (or none) a stream does not prove its pod: another
+/// agent cannot take a live pod over, while the pod's own agent can reconnect.
+#[tokio::test]
+async fn another_agent_cannot_take_over_a_live_pod_but_its_own_can_reconnect() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let (grpc, metrics) = (free_addr(), free_addr());
+    let _aggregator = start_aggregator(
+        &one_variant_file(dir.path(), "e2e", "v", "m"),
+        grpc,
+        metrics,
+        &[],
+    )?;
+    let (tx, mut answers) = open_stream(grpc, hello("p", "real"))
+        .await?
+        .context("the pod's agent is admitted")?;
+    answers.message().await?.context("Accepted")?;
+    let sample = |seq| {
+        message(agent_message::Kind::Sample(Sample {
+            seq,
+            up: true,
+            ..Sample::default()
+        }))
+    };
+    tx.send(sample(1)).await?;
+
+    let refused = open_stream(grpc, hello("p", "impostor"))
+        .await?
+        .err()
+        .context("another agent is refused while the pod's agent sends")?;
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("held by another agent"),
+        "{refused:?}"
+    );
+    let counted = metric(metrics, "wva_agent_stream_refusals_total").await?;
+    assert!(
+        counted
+            .iter()
+            .any(|(labels, _)| labels.get("reason").map(String::as_str) == Some("pod_in_use")),
+        "{counted:?}"
+    );
+
+    // The pod's own agent reconnecting replaces its old stream at once.
+    let (_tx2, mut answers2) = open_stream(grpc, hello("p", "real"))
+        .await?
+        .context("the same agent instance is admitted")?;
+    answers2.message().await?.context("Accepted")?;
+    tx.send(sample(2)).await?;
+    let old = tokio::time::timeout(Duration::from_secs(10), answers.message())
+        .await
+        .context("the old stream is told it was replaced")?;
+    assert_eq!(old.expect_err("superseded").code(), Code::Aborted);
     Ok(())
 }
 

@@ -43,6 +43,11 @@ pub trait Admission: Send + Sync + 'static {
     /// Bearer` header) with `hello`; returns the name of the Deployment whose
     /// variant the pod's data feeds.
     async fn admit(&self, bearer: Option<&str>, hello: &Hello) -> Result<String, Refusal>;
+
+    /// Whether an admitted stream's credential proves which pod it speaks
+    /// for. Where it does not, a pod whose agent is still sending cannot be
+    /// taken over by another stream (see `store::Takeover`).
+    fn proves_pod(&self) -> bool;
 }
 
 /// A shared secret, or none: every stream is trusted to name its variant.
@@ -68,6 +73,11 @@ impl Admission for SharedToken {
             }
         }
         Ok(hello.variant.clone())
+    }
+
+    /// Every agent holding the shared token may name any pod.
+    fn proves_pod(&self) -> bool {
+        false
     }
 }
 

@@ -35,6 +35,39 @@ pub struct PodEntry {
 }
 
 impl PodEntry {
+    /// Whether a stream sending `hello` at `now` may replace this holder.
+    fn may_be_replaced(
+        &self,
+        key: &PodKey,
+        hello: &Hello,
+        now: Instant,
+        takeover: Takeover,
+    ) -> Result<(), RegisterError> {
+        let Takeover::SameAgentOrSilent { least_silence } = takeover else {
+            return Ok(());
+        };
+        if !hello.instance.is_empty() && hello.instance == self.hello.instance {
+            return Ok(());
+        }
+        let heard = self
+            .latest
+            .as_ref()
+            .map_or(self.registered_at, |(_, at)| *at);
+        let silent = now.saturating_duration_since(heard);
+        // The holder's own interval counts up to a minute, so a squatter
+        // cannot declare an endless one.
+        let interval = Duration::from_millis(u64::from(self.hello.interval_ms)).min(MAX_INTERVAL);
+        let needed = (interval * 3).max(least_silence);
+        if silent >= needed {
+            return Ok(());
+        }
+        Err(RegisterError::Held {
+            pod: key.to_string(),
+            silent_ms: silent.as_millis(),
+            needed_ms: needed.as_millis(),
+        })
+    }
+
     /// The latest sample if it arrived within `staleness` of `now`.
     pub fn fresh_sample(&self, now: Instant, staleness: Duration) -> Option<(&Sample, Instant)> {
         let (sample, at) = self.latest.as_ref()?;
@@ -59,11 +92,35 @@ pub enum Offer {
 /// whatever streams clients open.
 pub const MAX_PODS: usize = 10_000;
 
-/// The store is full: a new pod was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the aggregator holds {limit} pods, its limit")]
-pub struct Full {
-    pub limit: usize,
+/// Who may replace the stream that holds a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takeover {
+    /// Any admitted stream: its credential proves it speaks for the pod.
+    Anyone,
+    /// The same agent process (the Hello's `instance`), or anyone once the
+    /// holder has sent nothing for three of its scrape intervals (at least
+    /// `least_silence`): a shared token does not prove which pod a stream
+    /// speaks for, so a live pod's identity cannot be taken from it.
+    SameAgentOrSilent { least_silence: Duration },
+}
+
+/// The longest scrape interval a holder's silence is measured against.
+const MAX_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Why a stream could not register.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    #[error("the aggregator holds {limit} pods, its limit")]
+    Full { limit: usize },
+    #[error(
+        "pod {pod} is held by another agent that sent data {silent_ms} ms ago; \
+         another stream takes it over after {needed_ms} ms of silence, or from the same agent instance"
+    )]
+    Held {
+        pod: String,
+        silent_ms: u128,
+        needed_ms: u128,
+    },
 }
 
 /// All connected pods. Critical sections are short: a map lookup and a move.
@@ -88,19 +145,24 @@ impl PodStore {
         }
     }
 
-    /// Registers a stream for a pod, replacing any previous stream of that
-    /// pod; a new pod is refused when the store is full. Returns the id of
-    /// the replaced stream, if any.
+    /// Registers a stream for a pod, replacing the previous stream of that
+    /// pod where `takeover` allows; a new pod is refused when the store is
+    /// full. Returns the id of the replaced stream, if any.
     pub fn try_register(
         &self,
         key: PodKey,
         stream_id: u64,
         hello: Hello,
         at: Instant,
-    ) -> Result<Option<u64>, Full> {
+        takeover: Takeover,
+    ) -> Result<Option<u64>, RegisterError> {
         let mut pods = self.lock();
-        if !pods.contains_key(&key) && pods.len() >= self.limit {
-            return Err(Full { limit: self.limit });
+        match pods.get(&key) {
+            None if pods.len() >= self.limit => {
+                return Err(RegisterError::Full { limit: self.limit });
+            }
+            Some(holder) => holder.may_be_replaced(&key, &hello, at, takeover)?,
+            None => {}
         }
         let entry = PodEntry {
             stream_id,
@@ -114,7 +176,7 @@ impl PodStore {
     /// [`PodStore::try_register`] for tests, whose stores have room.
     #[cfg(any(test, feature = "test-support"))]
     pub fn register(&self, key: PodKey, stream_id: u64, hello: Hello, at: Instant) -> Option<u64> {
-        self.try_register(key, stream_id, hello, at)
+        self.try_register(key, stream_id, hello, at, Takeover::Anyone)
             .expect("a test store has room")
     }
 
@@ -439,19 +501,103 @@ mod tests {
         store.register(key("a"), 1, hello("a", "v"), t0);
         store.register(key("b"), 2, hello("b", "v"), t0);
         assert_eq!(
-            store.try_register(key("c"), 3, hello("c", "v"), t0),
-            Err(Full { limit: 2 })
+            store.try_register(key("c"), 3, hello("c", "v"), t0, Takeover::Anyone),
+            Err(RegisterError::Full { limit: 2 })
         );
         assert!(!store.claim(key("c"), 3, hello("c", "v"), t0));
         // A pod already held may reconnect.
         assert_eq!(
-            store.try_register(key("a"), 4, hello("a", "v"), t0),
+            store.try_register(key("a"), 4, hello("a", "v"), t0, Takeover::Anyone),
             Ok(Some(1))
         );
         assert!(store.remove(&key("b"), 2));
         assert_eq!(
-            store.try_register(key("c"), 5, hello("c", "v"), t0),
+            store.try_register(key("c"), 5, hello("c", "v"), t0, Takeover::Anyone),
             Ok(None)
+        );
+    }
+
+    #[test]
+    fn a_live_pod_is_taken_over_only_by_its_own_agent_or_after_silence() {
+        let store = PodStore::default();
+        let t0 = Instant::now();
+        let policy = Takeover::SameAgentOrSilent {
+            least_silence: Duration::from_secs(3),
+        };
+        let agent = |instance: &str, interval_ms| Hello {
+            instance: instance.to_string(),
+            interval_ms,
+            ..hello("a", "v")
+        };
+        store.register(key("a"), 1, agent("first", 1_000), t0);
+        store.offer(&key("a"), 1, sample(1), t0 + Duration::from_secs(2));
+
+        // Another agent while the holder sends: refused, saying for how long.
+        let held = store.try_register(
+            key("a"),
+            2,
+            agent("other", 1_000),
+            t0 + Duration::from_secs(4),
+            policy,
+        );
+        assert_eq!(
+            held,
+            Err(RegisterError::Held {
+                pod: "ns/a".to_string(),
+                silent_ms: 2_000,
+                needed_ms: 3_000,
+            })
+        );
+        // An agent without an instance is another agent too.
+        assert!(
+            store
+                .try_register(
+                    key("a"),
+                    2,
+                    agent("", 1_000),
+                    t0 + Duration::from_secs(4),
+                    policy
+                )
+                .is_err()
+        );
+        // The same agent reconnecting takes over at once.
+        assert_eq!(
+            store.try_register(
+                key("a"),
+                3,
+                agent("first", 1_000),
+                t0 + Duration::from_secs(2),
+                policy
+            ),
+            Ok(Some(1))
+        );
+        // After three of the holder's intervals (10 s) of silence, anyone may.
+        store.register(key("b"), 4, agent("slow", 10_000), t0);
+        assert!(
+            store
+                .try_register(
+                    key("b"),
+                    5,
+                    agent("other", 1_000),
+                    t0 + Duration::from_secs(29),
+                    policy
+                )
+                .is_err()
+        );
+        assert_eq!(
+            store.try_register(
+                key("b"),
+                5,
+                agent("other", 1_000),
+                t0 + Duration::from_secs(30),
+                policy
+            ),
+            Ok(Some(4))
+        );
+        // Where the credential proves the pod, the newest stream wins.
+        assert_eq!(
+            store.try_register(key("b"), 6, agent("third", 1_000), t0, Takeover::Anyone),
+            Ok(Some(5))
         );
     }
 }

@@ -389,6 +389,11 @@ impl Admission for ClusterAdmission {
         debug!(pod = %format!("{}/{}", bound.namespace, bound.name), %deployment, "agent identity verified");
         Ok(deployment)
     }
+
+    /// The token is bound to the pod it names (checked in `check_claim`).
+    fn proves_pod(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

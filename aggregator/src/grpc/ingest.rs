@@ -15,8 +15,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
-use wva_core::admission::{Admission, Refusal};
-use wva_core::store::{Offer, PodKey, PodStore};
+use wva_core::admission::{Admission, Refusal, RefusalCode};
+use wva_core::store::{Offer, PodKey, PodStore, RegisterError, Takeover};
 use wva_proto::MAX_MESSAGE_BYTES;
 use wva_proto::v1::telemetry_server::Telemetry;
 use wva_proto::v1::{
@@ -33,6 +33,11 @@ use crate::telemetry::SelfMetrics;
 /// about one stream's invalid samples (the counters count every one).
 const REJECTION_LOG_EVERY: Duration = Duration::from_secs(1);
 const INVALID_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Least silence of a pod's agent before a stream from another agent may
+/// take the pod over, where the credential does not prove the pod (three of
+/// the holder's scrape intervals when longer).
+const TAKEOVER_SILENCE: Duration = Duration::from_secs(3);
 
 /// How long a new stream may take to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -256,10 +261,26 @@ impl Ingest {
         };
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         info!(pod = %key, variant = %hello.variant, role = hello.role, agent_version = %hello.agent_version, "agent connected");
+        let takeover = if self.admission.proves_pod() {
+            Takeover::Anyone
+        } else {
+            Takeover::SameAgentOrSilent {
+                least_silence: TAKEOVER_SILENCE,
+            }
+        };
         let replaced = self
             .store
-            .try_register(key.clone(), stream_id, hello, Instant::now())
-            .map_err(|full| self.reject(Status::resource_exhausted(full.to_string())))?;
+            .try_register(key.clone(), stream_id, hello, Instant::now(), takeover)
+            .map_err(|e| match e {
+                RegisterError::Full { .. } => {
+                    self.reject(Status::resource_exhausted(e.to_string()))
+                }
+                RegisterError::Held { .. } => self.refuse(Refusal::new(
+                    RefusalCode::FailedPrecondition,
+                    "pod_in_use",
+                    e.to_string(),
+                )),
+            })?;
         if let Some(old) = replaced {
             debug!(pod = %key, old_stream = old, "a newer stream replaced the previous one");
         }
