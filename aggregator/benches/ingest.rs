@@ -61,6 +61,7 @@ fn main() -> anyhow::Result<()> {
                     poll_interval: Duration::from_secs(5),
                     webhook_metrics: None,
                     tls: None,
+                    readers: Default::default(),
                 },
                 TcpListener::from_std(grpc)?,
                 TcpListener::from_std(http)?,

@@ -211,9 +211,25 @@ pub struct Args {
     #[arg(long, env = "WVA_GRPC_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// PEM CA bundle; when set, agents must present a client certificate it signed.
+    /// PEM CA bundle for client certificates on the gRPC port; who must
+    /// present one is --tls-client-auth.
     #[arg(long, env = "WVA_GRPC_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+
+    /// Which gRPC clients must present a certificate signed by --tls-client-ca.
+    #[arg(
+        long,
+        env = "WVA_GRPC_TLS_CLIENT_AUTH",
+        value_enum,
+        default_value_t = ClientAuth::All,
+        requires = "tls_client_ca"
+    )]
+    pub tls_client_auth: ClientAuth,
+
+    /// File holding a bearer token that KEDA and diagnostics clients
+    /// (wvactl) may present instead of a client certificate.
+    #[arg(long, env = "WVA_READER_TOKEN_FILE")]
+    pub reader_token_file: Option<PathBuf>,
 
     /// Who sets replica counts in standalone mode.
     #[arg(long, env = "WVA_ACTUATOR", value_enum, default_value_t = ActuatorKind::None)]
@@ -256,6 +272,15 @@ pub struct ElectionArgs {
 pub enum Command {
     /// Print the VariantAutoscaling CustomResourceDefinition as YAML and exit.
     PrintCrd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClientAuth {
+    /// Every client: agents, KEDA and diagnostics.
+    All,
+    /// KEDA and diagnostics clients only (or the reader token); agents
+    /// authenticate by token, e.g. their pod's own in Kubernetes mode.
+    Readers,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

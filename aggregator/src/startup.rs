@@ -16,7 +16,8 @@ use wva_core::config::saturation::SaturationConfigSet;
 use wva_core::config::scale_to_zero::ScaleToZeroConfigSet;
 use wva_core::sources::{PolledSource, SourceKind};
 
-use crate::args::Args;
+use crate::args::{Args, ClientAuth};
+use crate::grpc::readers::ReaderAuth;
 use crate::prometheus::client::{self as prometheus, PrometheusClient, PrometheusConfig};
 use crate::runtime::Settings;
 use crate::watchfile;
@@ -26,15 +27,36 @@ use crate::watchfile;
 /// then in a cluster the main ConfigMap.
 /// Standalone mode trusts each stream to name its pod and variant, so a
 /// port that anyone on the network can reach needs the shared token.
+/// KEDA and diagnostics read every decision, so there they need a reader
+/// credential too.
 pub fn check_standalone_exposure(args: &Args) -> anyhow::Result<()> {
-    if args.agent_token_file.is_none() && !args.grpc_addr.ip().is_loopback() {
+    if args.grpc_addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if args.agent_token_file.is_none() {
         bail!(
             "standalone mode on {} would let anyone who reaches it feed the analysis: \
              set --agent-token-file (WVA_AGENT_TOKEN_FILE) or listen on a loopback address",
             args.grpc_addr
         );
     }
+    if args.reader_token_file.is_none() && args.tls_client_ca.is_none() {
+        bail!(
+            "standalone mode on {} would let anyone who reaches it read every decision: \
+             set --reader-token-file (WVA_READER_TOKEN_FILE) or --tls-client-ca, \
+             or listen on a loopback address",
+            args.grpc_addr
+        );
+    }
     Ok(())
+}
+
+/// The reader credentials the flags configure.
+pub fn readers(args: &Args) -> anyhow::Result<ReaderAuth> {
+    Ok(ReaderAuth {
+        token: read_token(args.reader_token_file.as_deref(), "--reader-token-file")?,
+        certificates: args.tls_client_ca.is_some(),
+    })
 }
 
 pub fn settings(args: &Args, lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
@@ -58,8 +80,12 @@ pub fn settings(args: &Args, lookup: impl Fn(&str) -> Option<String>) -> anyhow:
         legacy_metrics: args.legacy_metrics,
         controller_instance: args.controller_instance.clone(),
         scale_to_zero: args.scale_to_zero,
-        admission: Arc::new(SharedToken(read_token(args.agent_token_file.as_deref())?)),
+        admission: Arc::new(SharedToken(read_token(
+            args.agent_token_file.as_deref(),
+            "--agent-token-file",
+        )?)),
         tls: tls_config(args)?,
+        readers: readers(args)?,
     })
 }
 
@@ -130,13 +156,13 @@ pub fn loopback(addr: SocketAddr) -> SocketAddr {
     addr
 }
 
-fn read_token(path: Option<&Path>) -> anyhow::Result<Option<String>> {
+fn read_token(path: Option<&Path>, flag: &str) -> anyhow::Result<Option<String>> {
     let Some(path) = path else { return Ok(None) };
     let token = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read --agent-token-file {}", path.display()))?;
+        .with_context(|| format!("cannot read {flag} {}", path.display()))?;
     let token = token.trim().to_string();
     if token.is_empty() {
-        bail!("--agent-token-file {} is empty", path.display());
+        bail!("{flag} {} is empty", path.display());
     }
     Ok(Some(token))
 }
@@ -153,7 +179,9 @@ fn tls_config(args: &Args) -> anyhow::Result<Option<ServerTlsConfig>> {
         read(key, "--tls-key")?,
     ));
     if let Some(ca) = &args.tls_client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read(ca, "--tls-client-ca")?));
+        tls = tls
+            .client_ca_root(Certificate::from_pem(read(ca, "--tls-client-ca")?))
+            .client_auth_optional(args.tls_client_auth == ClientAuth::Readers);
     }
     Ok(Some(tls))
 }
@@ -169,14 +197,40 @@ mod tests {
     }
 
     #[test]
-    fn an_open_standalone_port_needs_the_shared_token() {
+    fn an_open_standalone_port_needs_the_shared_token_and_a_reader_credential() {
         let error = check_standalone_exposure(&args(&["--grpc-addr", "0.0.0.0:9443"]))
             .unwrap_err()
             .to_string();
         assert!(error.contains("--agent-token-file"), "{error}");
         assert!(check_standalone_exposure(&args(&["--grpc-addr", "127.0.0.1:9443"])).is_ok());
         assert!(check_standalone_exposure(&args(&["--grpc-addr", "[::1]:9443"])).is_ok());
-        let with_token = args(&["--grpc-addr", "0.0.0.0:9443", "--agent-token-file", "t"]);
-        assert!(check_standalone_exposure(&with_token).is_ok());
+        let open = ["--grpc-addr", "0.0.0.0:9443", "--agent-token-file", "t"];
+        let error = check_standalone_exposure(&args(&open))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("read every decision"), "{error}");
+        let with_reader_token = args(&[&open[..], &["--reader-token-file", "r"]].concat());
+        assert!(check_standalone_exposure(&with_reader_token).is_ok());
+        let tls = ["--tls-cert", "c", "--tls-key", "k", "--tls-client-ca", "ca"];
+        let with_certificates = args(&[&open[..], &tls].concat());
+        assert!(check_standalone_exposure(&with_certificates).is_ok());
+    }
+
+    #[test]
+    fn client_certificates_can_be_asked_of_readers_only() {
+        let tls = ["--tls-cert", "c", "--tls-key", "k", "--tls-client-ca", "ca"];
+        assert_eq!(args(&tls).tls_client_auth, ClientAuth::All);
+        let readers = args(&[&tls[..], &["--tls-client-auth", "readers"]].concat());
+        assert_eq!(readers.tls_client_auth, ClientAuth::Readers);
+        assert!(
+            Args::try_parse_from([
+                "wva-aggregator",
+                "--standalone",
+                "--tls-client-auth",
+                "readers"
+            ])
+            .is_err(),
+            "--tls-client-auth needs --tls-client-ca"
+        );
     }
 }

@@ -10,6 +10,9 @@ struct Pki {
     ca_pem: String,
     cert_pem: String,
     key_pem: String,
+    /// A client certificate the same CA signed.
+    client_cert_pem: String,
+    client_key_pem: String,
 }
 
 fn pki() -> Pki {
@@ -17,15 +20,23 @@ fn pki() -> Pki {
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca = ca_params.self_signed(&ca_key).expect("CA cert");
-    let key = rcgen::KeyPair::generate().expect("server key");
-    let params =
-        rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
     let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-    let cert = params.signed_by(&key, &issuer).expect("server cert");
+    let signed = |name: &str, usage| {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &issuer).expect("certificate");
+        (cert.pem(), key.serialize_pem())
+    };
+    let (cert_pem, key_pem) = signed("localhost", rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert_pem, client_key_pem) =
+        signed("keda", rcgen::ExtendedKeyUsagePurpose::ClientAuth);
     Pki {
         ca_pem: ca.pem(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        cert_pem,
+        key_pem,
+        client_cert_pem,
+        client_key_pem,
     }
 }
 
@@ -114,5 +125,143 @@ async fn agents_connect_over_tls_with_a_token_and_a_wrong_token_is_refused() -> 
         .filter_map(|i| i["pod"].as_str())
         .collect();
     assert_eq!(pods, ["secure-1"], "only the authenticated pod speaks");
+    Ok(())
+}
+
+/// With client certificates asked of readers only, agents stream with their
+/// token alone, while KEDA and diagnostics need a certificate or the reader
+/// token.
+#[tokio::test]
+async fn keda_and_diagnostics_need_a_certificate_or_the_reader_token() -> anyhow::Result<()> {
+    use tonic::Code;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    use wva_proto::keda::ScaledObjectRef;
+    use wva_proto::keda::external_scaler_client::ExternalScalerClient;
+    use wva_proto::v1::DecisionFilter;
+    use wva_proto::v1::diagnostics_client::DiagnosticsClient;
+
+    let dir = tempfile::tempdir()?;
+    let path = |name: &str| dir.path().join(name);
+    let s = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+    let pki = pki();
+    std::fs::write(path("ca.pem"), &pki.ca_pem)?;
+    std::fs::write(path("cert.pem"), &pki.cert_pem)?;
+    std::fs::write(path("key.pem"), &pki.key_pem)?;
+    std::fs::write(path("agents"), "agent-token\n")?;
+    std::fs::write(path("readers"), "reader-token\n")?;
+    let variants = one_variant_file(dir.path(), "e2e", "secure", MODEL);
+    let (grpc, metrics) = (free_addr(), free_addr());
+    let _aggregator = start_aggregator(
+        &variants,
+        grpc,
+        metrics,
+        &[
+            "--tls-cert",
+            &s(path("cert.pem")),
+            "--tls-key",
+            &s(path("key.pem")),
+            "--tls-client-ca",
+            &s(path("ca.pem")),
+            "--tls-client-auth",
+            "readers",
+            "--agent-token-file",
+            &s(path("agents")),
+            "--reader-token-file",
+            &s(path("readers")),
+        ],
+    )?;
+
+    // An agent with its token and no certificate feeds the analysis.
+    let url = format!("https://localhost:{}", grpc.port());
+    let (_sim, addr) = start_sim(MODEL, &[]).await?;
+    let (ca, token) = (s(path("ca.pem")), s(path("agents")));
+    let _agent = start_agent(&AgentSpec {
+        target: addr,
+        aggregator: &url,
+        pod: "secure-1",
+        namespace: "e2e",
+        variant: "secure",
+        model: MODEL,
+        interval: "250ms",
+        extra: &["--tls-ca", ca.as_str(), "--token-file", token.as_str()],
+    })?;
+    eventually(
+        Duration::from_secs(20),
+        "the agent without a certificate",
+        || async {
+            let all = decisions(metrics).await?;
+            Ok(all.into_iter().find(|d| d["data"] == "fresh"))
+        },
+    )
+    .await?;
+
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+        .domain_name("localhost");
+    let channel = |tls: ClientTlsConfig| async move {
+        Channel::from_shared(format!("https://localhost:{}", grpc.port()))?
+            .tls_config(tls)?
+            .connect()
+            .await
+            .map_err(anyhow::Error::from)
+    };
+    let scaled_object = ScaledObjectRef {
+        name: "secure-so".into(),
+        namespace: "e2e".into(),
+        scaler_metadata: [("variantAutoscaling".to_string(), "secure".to_string())].into(),
+    };
+    let with_token = |token: &str| {
+        let mut request = tonic::Request::new(DecisionFilter::default());
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    };
+
+    // Without a credential: refused, saying what is needed.
+    let anonymous = channel(tls.clone()).await?;
+    let refused = DiagnosticsClient::new(anonymous.clone())
+        .get_decisions(DecisionFilter::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(
+        refused.message().contains("client certificate"),
+        "{refused:?}"
+    );
+    let refused = ExternalScalerClient::new(anonymous.clone())
+        .get_metric_spec(scaled_object.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    // The agents' token is not a reader's.
+    let refused = DiagnosticsClient::new(anonymous.clone())
+        .get_decisions(with_token("agent-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+
+    // The reader token opens diagnostics.
+    let snapshot = DiagnosticsClient::new(anonymous)
+        .get_decisions(with_token("reader-token"))
+        .await?
+        .into_inner();
+    assert!(!snapshot.decisions.is_empty(), "{snapshot:?}");
+
+    // A client certificate the CA signed opens both, as KEDA's trigger
+    // authentication presents it.
+    let keda = channel(tls.identity(Identity::from_pem(
+        &pki.client_cert_pem,
+        &pki.client_key_pem,
+    )))
+    .await?;
+    let spec = ExternalScalerClient::new(keda.clone())
+        .get_metric_spec(scaled_object)
+        .await?
+        .into_inner();
+    assert!(!spec.metric_specs.is_empty(), "{spec:?}");
+    DiagnosticsClient::new(keda)
+        .get_decisions(DecisionFilter::default())
+        .await?;
     Ok(())
 }

@@ -69,6 +69,12 @@ pub async fn run(
             .or_else(|| config_map.get(key).cloned())
     };
     let mut settings = startup::settings(&args, lookup)?;
+    if settings.readers.is_open() {
+        warn!(
+            "KEDA's external scaler and the diagnostics service answer anyone who reaches the gRPC port: \
+             set WVA_READER_TOKEN_FILE or WVA_GRPC_TLS_CLIENT_CA (see docs/security.md)"
+        );
+    }
     settings.polled.push(Arc::new(PodScrapingSource::new(
         client.clone(),
         ScrapeConfig {

@@ -23,6 +23,7 @@ use wva_core::config::saturation::SaturationConfigSet;
 use wva_core::variants::{VariantKey, parse_variants};
 
 use crate::args::Args;
+use crate::grpc::readers::ReaderAuth;
 use crate::runtime::{self, Settings, Upstream};
 use crate::standalone::actuator::{ActuatorConfig, LocalActuator};
 
@@ -69,6 +70,8 @@ pub async fn run(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Sum
         scale_to_zero: false,
         admission: Arc::new(SharedToken(None)),
         tls: None,
+        // The demo listens on loopback only.
+        readers: ReaderAuth::default(),
         polled: Vec::new(),
         poll_interval: args.poll_interval,
         webhook_metrics: None,

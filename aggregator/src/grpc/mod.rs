@@ -5,6 +5,7 @@ pub mod admission;
 pub mod diagnostics;
 pub mod ingest;
 pub mod keda;
+pub mod readers;
 pub mod taps;
 mod throttle;
 
@@ -24,6 +25,7 @@ use wva_proto::v1::telemetry_server::TelemetryServer;
 use self::diagnostics::DiagnosticsService;
 use self::ingest::{Ingest, IngestService};
 use self::keda::Scaler;
+use self::readers::ReaderAuth;
 
 /// How long in-flight connections may take to finish after shutdown starts.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -39,10 +41,12 @@ const MAX_PENDING_RESETS: usize = 20;
 /// connection is closed.
 const MAX_ERROR_RESETS: usize = 1024;
 
-/// Serves agent ingest, KEDA's external scaler and diagnostics on one port.
+/// Serves agent ingest, KEDA's external scaler and diagnostics on one port;
+/// the last two answer only clients `readers` admits.
 pub async fn serve(
     ingest: Arc<Ingest>,
     (scaler, diagnostics): (Scaler, DiagnosticsService),
+    readers: ReaderAuth,
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
     shutdown: CancellationToken,
@@ -59,11 +63,16 @@ pub async fn serve(
     }
     let service =
         TelemetryServer::new(IngestService(ingest)).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let keda_readers = readers.clone();
     let stop = shutdown.clone();
     let server = builder
         .add_service(service)
-        .add_service(ExternalScalerServer::new(scaler))
-        .add_service(DiagnosticsServer::new(diagnostics))
+        .add_service(ExternalScalerServer::with_interceptor(scaler, move |r| {
+            keda_readers.check(r)
+        }))
+        .add_service(DiagnosticsServer::with_interceptor(diagnostics, move |r| {
+            readers.check(r)
+        }))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             stop.cancelled().await;
         });

@@ -28,7 +28,8 @@ use self::trigger::Trigger;
 pub use self::upstream::Upstream;
 use crate::gauges::DecisionGauges;
 use crate::grpc::{
-    self, diagnostics::DiagnosticsService, ingest::Ingest, keda::Scaler, taps::Taps,
+    self, diagnostics::DiagnosticsService, ingest::Ingest, keda::Scaler, readers::ReaderAuth,
+    taps::Taps,
 };
 use crate::http::{self, HttpState};
 use crate::telemetry::SelfMetrics;
@@ -41,6 +42,8 @@ pub struct Settings {
     /// Who may stream, and which variant each pod feeds.
     pub admission: Arc<dyn Admission>,
     pub tls: Option<ServerTlsConfig>,
+    /// Who may use KEDA's external scaler and the diagnostics service.
+    pub readers: ReaderAuth,
     /// Sources asked for the pods of variants that name one, and how often.
     pub polled: Vec<Arc<dyn PolledSource>>,
     /// The source of variants that name none.
@@ -111,6 +114,7 @@ pub fn start(
     let grpc_task = tokio::spawn(grpc::serve(
         ingest,
         (scaler, diagnostics),
+        settings.readers.clone(),
         grpc,
         settings.tls.clone(),
         shutdown.clone(),
