@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -373,8 +373,27 @@ pub struct Wva {
 }
 
 pub async fn wva_on_a_node(replicas_wanted: usize, values: &[&str]) -> anyhow::Result<Wva> {
+    wva_on_a_node_with(replicas_wanted, values, Vec::new()).await
+}
+
+/// [`wva_on_a_node`], with `secrets` in `wva-system` before the chart is
+/// installed (as an earlier installation would have left them).
+pub async fn wva_on_a_node_with(
+    replicas_wanted: usize,
+    values: &[&str],
+    secrets: Vec<Secret>,
+) -> anyhow::Result<Wva> {
     let plane = ControlPlane::start().await?;
     let client = plane.client().await?;
+    if !secrets.is_empty() {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let system = serde_json::from_value(json!({"metadata": {"name": SYSTEM}}))?;
+        namespaces.create(&PostParams::default(), &system).await?;
+        let api: Api<Secret> = Api::namespaced(client.clone(), SYSTEM);
+        for secret in &secrets {
+            api.create(&PostParams::default(), secret).await?;
+        }
+    }
     let node = LocalNode::start(&plane, "wva-local", &[SYSTEM, NS]).await?;
     let count = format!("replicas={replicas_wanted}");
     let mut all = vec![TEST_VALUES, count.as_str()];

@@ -436,6 +436,165 @@ async fn the_webhook_certifies_itself_and_answers_every_kind_of_pod() -> anyhow:
     Ok(())
 }
 
+/// A Secret `key`'s text.
+fn secret_text(secret: &k8s_openapi::api::core::v1::Secret, key: &str) -> Option<String> {
+    let data = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(data.0.clone()).ok()
+}
+
+/// When the first certificate of a PEM text expires, in Unix seconds.
+fn pem_not_after(pem: &str) -> anyhow::Result<i64> {
+    let first = wva_webhook::certs::issue::first_certificate(pem).context("a certificate")?;
+    let end = wva_webhook::certs::issue::not_after(&first).context("a validity")?;
+    Ok(end.unix_timestamp())
+}
+
+/// The webhook's self-made certificate left by an older version, five days
+/// from its end and without its CA's key, is replaced at start by a new CA
+/// and certificate; the new caBundle trusts both CAs, every replica serves
+/// and exports the new one, and the API server goes on calling the webhook.
+/// A renewal written by one replica is then picked up by the others.
+#[tokio::test]
+async fn the_webhook_certificate_is_renewed_before_it_expires() -> anyhow::Result<()> {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use time::{Duration as Days, OffsetDateTime};
+    use wva_webhook::certs::issue::{LEAF_LIFETIME, Plan, issue};
+    use wva_webhook::certs::{CertBundle, dns_names};
+
+    let names = dns_names("wva-webhook", SYSTEM);
+    let now = OffsetDateTime::now_utc();
+    let old = issue(
+        Plan::NewCa,
+        None,
+        &names,
+        now - LEAF_LIFETIME + Days::days(5),
+    )?;
+    let data = [
+        ("tls.crt", &old.cert),
+        ("tls.key", &old.key),
+        ("ca.crt", &old.ca),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+    .collect();
+    let left_behind: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "wva-webhook-tls",
+                     "annotations": {"wva.llmd.ai/dns-names": names.join(",")}},
+        "type": "kubernetes.io/tls",
+    }))?;
+    let left_behind = Secret {
+        data: Some(data),
+        ..left_behind
+    };
+    let Wva {
+        plane,
+        client,
+        node: _node,
+        replicas,
+    } = wva_on_a_node_with(2, &[], vec![left_behind]).await?;
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM);
+    let secret = secrets.get("wva-webhook-tls").await?;
+    let text = |key| secret_text(&secret, key).with_context(|| key.to_string());
+    let (cert, ca) = (text("tls.crt")?, text("ca.crt")?);
+    assert_ne!(cert, old.cert, "a new certificate");
+    assert!(text("ca.key").is_ok(), "the CA's key is kept for renewals");
+    let end = pem_not_after(&cert)?;
+    let lasts = end - now.unix_timestamp();
+    assert!(lasts > Days::days(360).whole_seconds(), "valid {lasts} s");
+    let cas: Vec<_> = CertificateDer::pem_slice_iter(ca.as_bytes()).collect::<Result<_, _>>()?;
+    assert_eq!(cas.len(), 2, "the new CA and the one it replaces");
+    assert_eq!(
+        Some(&cas[1]),
+        wva_webhook::certs::issue::first_certificate(&old.ca).as_ref()
+    );
+    eventually(
+        WITHIN,
+        "the new CA bundle in the webhook configuration",
+        || async {
+            let published = webhook_ca(&plane).await?;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&ca);
+            Ok(
+                (published.split_whitespace().all(|b| b == encoded)
+                    && !published.trim().is_empty())
+                .then_some(()),
+            )
+        },
+    )
+    .await?;
+    for replica in &replicas {
+        let exported = scalar(
+            replica.metrics,
+            "wva_webhook_certificate_expiry_timestamp_seconds",
+        )
+        .await?;
+        assert_eq!(exported as i64, end, "{}", replica.pod);
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let injected = |pod: &Pod| {
+        pod.spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .any(|c| c.name == "wva-agent")
+    };
+    let pod = |name: &str| -> anyhow::Result<Pod> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai:v0.11.0",
+                                     "args": ["--model", MODEL]}]},
+        }))?)
+    };
+    let created = pods
+        .create(&PostParams::default(), &pod("after-new-ca")?)
+        .await?;
+    assert!(
+        injected(&created),
+        "the API server calls the renewed webhook"
+    );
+
+    // Another replica renews (same CA, a day later): every replica serves
+    // the renewal at its next check.
+    let current = CertBundle {
+        ca,
+        ca_key: Some(text("ca.key")?),
+        cert,
+        key: text("tls.key")?,
+    };
+    let renewed = issue(Plan::NewLeaf, Some(&current), &names, now + Days::days(1))?;
+    let mut secret = secret.clone();
+    for (key, value) in [("tls.crt", &renewed.cert), ("tls.key", &renewed.key)] {
+        secret
+            .data
+            .get_or_insert_default()
+            .insert(key.into(), ByteString(value.as_bytes().to_vec()));
+    }
+    secrets
+        .replace("wva-webhook-tls", &PostParams::default(), &secret)
+        .await?;
+    let end = pem_not_after(&renewed.cert)?;
+    for replica in &replicas {
+        eventually(
+            std::time::Duration::from_secs(90),
+            "every replica serving the renewal",
+            || async {
+                let exported = scalar(
+                    replica.metrics,
+                    "wva_webhook_certificate_expiry_timestamp_seconds",
+                )
+                .await?;
+                Ok((exported as i64 == end).then_some(()))
+            },
+        )
+        .await?;
+    }
+    let created = pods
+        .create(&PostParams::default(), &pod("after-renewal")?)
+        .await?;
+    assert!(injected(&created), "the API server trusts the renewal");
+    Ok(())
+}
+
 #[tokio::test]
 async fn pods_are_admitted_without_the_agent_when_opted_out_or_the_webhook_is_down()
 -> anyhow::Result<()> {

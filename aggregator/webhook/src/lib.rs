@@ -19,12 +19,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use self::certs::CertDir;
+use self::certs::{CertDir, Renewable};
 use self::injection::InjectionConfig;
 
-/// How often a self-made CA is checked in the webhook configuration: an
-/// upgrade of the chart re-renders it with an empty `caBundle`.
-const REPUBLISH: Duration = Duration::from_secs(30);
+/// How often a self-made certificate is checked: renewed when due (or
+/// picked up when another replica renewed it), and its CA put back into the
+/// webhook configuration, which a chart upgrade re-renders with an empty
+/// `caBundle`.
+const CHECK_EVERY: Duration = Duration::from_secs(30);
 
 /// Where the webhook listens and where its certificate comes from.
 #[derive(Debug, Clone)]
@@ -57,25 +59,26 @@ pub async fn start(
     let injection = InjectionConfig::parse(&text)
         .map_err(|e| anyhow::anyhow!("injection configuration {}: {e}", path.display()))?;
     let mut tasks = Vec::new();
+    let expiry = metrics.certificate_expiry();
     let resolver: Arc<dyn rustls::server::ResolvesServerCert> = match &settings.cert_dir {
-        Some(dir) => Arc::new(CertDir::load(dir)?),
+        Some(dir) => Arc::new(CertDir::load(dir, expiry)?),
         None => {
             let names = certs::dns_names(&settings.service, &settings.namespace);
-            let bundle = certs::shared_bundle(
+            let bundle = certs::secret::current(
                 client.clone(),
                 &settings.namespace,
                 &settings.secret,
                 &names,
             )
             .await?;
-            let key = certs::certified_key(&bundle, &settings.secret)?;
-            tasks.push(tokio::spawn(keep_ca_published(
+            let served = Arc::new(Renewable::new(&bundle, &settings.secret, expiry)?);
+            tasks.push(tokio::spawn(keep_certificate_current(
                 client,
-                settings.configuration.clone(),
-                bundle.ca,
+                settings.clone(),
+                Arc::clone(&served),
                 shutdown.clone(),
             )));
-            Arc::new(rustls::sign::SingleCertAndKey::from(key))
+            served
         }
     };
     let listener = TcpListener::bind(settings.addr)
@@ -92,30 +95,47 @@ pub async fn start(
     Ok(tasks)
 }
 
-/// Puts the CA into the webhook configuration, and again whenever it is
-/// overwritten, until shutdown.
-async fn keep_ca_published(
+/// Every [`CHECK_EVERY`] until shutdown: renews the certificate in the
+/// Secret when due, puts its CA into the webhook configuration, then serves
+/// it. The CA goes first, so the API server trusts a new certificate before
+/// it is served.
+async fn keep_certificate_current(
     client: Client,
-    configuration: String,
-    ca: String,
+    settings: WebhookSettings,
+    served: Arc<Renewable>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let names = certs::dns_names(&settings.service, &settings.namespace);
     let mut failing = false;
     loop {
-        match certs::publish_ca(client.clone(), &configuration, &ca).await {
+        let round = async {
+            let bundle = certs::secret::current(
+                client.clone(),
+                &settings.namespace,
+                &settings.secret,
+                &names,
+            )
+            .await?;
+            certs::secret::publish_ca(client.clone(), &settings.configuration, &bundle.ca).await?;
+            if served.renew(&bundle, &settings.secret)? {
+                info!(secret = %settings.secret, "serving the renewed webhook certificate");
+            }
+            Ok::<_, certs::CertError>(())
+        };
+        match round.await {
             Ok(()) if failing => {
-                info!(%configuration, "the webhook CA is published again");
+                info!(configuration = %settings.configuration, "the webhook certificate and CA are current again");
                 failing = false;
             }
             Ok(()) => {}
             Err(e) if !failing => {
-                warn!(error = %e, "cannot publish the webhook CA; the API server cannot call the webhook until it is");
+                warn!(error = %e, "cannot keep the webhook certificate current; the API server cannot call the webhook if its CA is not published");
                 failing = true;
             }
             Err(_) => {}
         }
         tokio::select! {
-            _ = tokio::time::sleep(REPUBLISH) => {}
+            _ = tokio::time::sleep(CHECK_EVERY) => {}
             _ = shutdown.cancelled() => return Ok(()),
         }
     }

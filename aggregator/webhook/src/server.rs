@@ -27,8 +27,10 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
 use wva_listen::{Limits, Listener};
 
+use super::certs::ExpiryGauge;
 use super::injection::{InjectionConfig, Outcome, Scope, mutate};
 
 /// Larger than any pod the API server accepts (its request limit is 3 MiB).
@@ -64,6 +66,7 @@ impl Verdict {
 #[derive(Debug, Clone, Default)]
 pub struct WebhookMetrics {
     admissions: Family<[(&'static str, &'static str); 1], Counter>,
+    certificate_expiry: ExpiryGauge,
 }
 
 impl WebhookMetrics {
@@ -73,6 +76,16 @@ impl WebhookMetrics {
             "Pod admission requests the agent-injection webhook answered, by outcome",
             self.admissions.clone(),
         );
+        registry.register(
+            "wva_webhook_certificate_expiry_timestamp_seconds",
+            "Unix time the webhook's serving certificate expires",
+            self.certificate_expiry.clone(),
+        );
+    }
+
+    /// The gauge the certificate source keeps at its certificate's end.
+    pub fn certificate_expiry(&self) -> ExpiryGauge {
+        self.certificate_expiry.clone()
     }
 
     fn count(&self, verdict: Verdict) {
