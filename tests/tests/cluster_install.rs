@@ -444,8 +444,8 @@ fn secret_text(secret: &k8s_openapi::api::core::v1::Secret, key: &str) -> Option
 
 /// When the first certificate of a PEM text expires, in Unix seconds.
 fn pem_not_after(pem: &str) -> anyhow::Result<i64> {
-    let first = wva_webhook::certs::issue::first_certificate(pem).context("a certificate")?;
-    let end = wva_webhook::certs::issue::not_after(&first).context("a validity")?;
+    let first = wva_certs::first_certificate(pem).context("a certificate")?;
+    let end = wva_certs::not_after(&first).context("a validity")?;
     Ok(end.unix_timestamp())
 }
 
@@ -459,8 +459,8 @@ async fn the_webhook_certificate_is_renewed_before_it_expires() -> anyhow::Resul
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::Secret;
     use time::{Duration as Days, OffsetDateTime};
-    use wva_webhook::certs::issue::{LEAF_LIFETIME, Plan, issue};
-    use wva_webhook::certs::{CertBundle, dns_names};
+    use wva_certs::issue::{LEAF_LIFETIME, Plan, issue};
+    use wva_certs::{CertBundle, dns_names};
 
     let names = dns_names("wva-webhook", SYSTEM);
     let now = OffsetDateTime::now_utc();
@@ -507,7 +507,7 @@ async fn the_webhook_certificate_is_renewed_before_it_expires() -> anyhow::Resul
     assert_eq!(cas.len(), 2, "the new CA and the one it replaces");
     assert_eq!(
         Some(&cas[1]),
-        wva_webhook::certs::issue::first_certificate(&old.ca).as_ref()
+        wva_certs::first_certificate(&old.ca).as_ref()
     );
     eventually(
         WITHIN,

@@ -74,8 +74,15 @@ fn the_webhook_needs_nothing_of_the_aggregator() {
     let aggregator = ["wva-core", "wva-k8s", "wva-aggregator", "wva-agent"];
     let found: Vec<&&str> = aggregator.iter().filter(|c| deps.contains(**c)).collect();
     assert!(found.is_empty(), "wva-webhook depends on {found:?}");
-    // Only the project's listener limits, which every HTTP server shares.
-    assert!(deps.contains("wva-listen"), "{deps:?}");
+    // Only the project's listener limits, which every HTTP server shares,
+    // and the certificates every TLS port shares.
+    assert!(
+        deps.contains("wva-listen") && deps.contains("wva-certs"),
+        "{deps:?}"
+    );
+    let certs = normal_dependencies("wva-certs");
+    let found: Vec<&&str> = aggregator.iter().filter(|c| certs.contains(**c)).collect();
+    assert!(found.is_empty(), "wva-certs depends on {found:?}");
 }
 
 #[test]
@@ -86,6 +93,7 @@ fn no_crate_has_an_import_cycle_between_files() {
         "aggregator/core/src",
         "aggregator/k8s/src",
         "aggregator/webhook/src",
+        "aggregator/certs/src",
         "aggregator/src",
         "listen/src",
         "sim/src",

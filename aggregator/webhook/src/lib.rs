@@ -3,7 +3,7 @@
 //! other part of the aggregator is needed to read or test it.
 #![forbid(unsafe_code)]
 
-pub mod certs;
+pub mod ca_bundle;
 pub mod injection;
 pub mod server;
 
@@ -19,8 +19,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use self::certs::{CertDir, Renewable};
 use self::injection::InjectionConfig;
+use wva_certs::{CertFiles, Renewable};
 
 /// How often a self-made certificate is checked: renewed when due (or
 /// picked up when another replica renewed it), and its CA put back into the
@@ -61,10 +61,10 @@ pub async fn start(
     let mut tasks = Vec::new();
     let expiry = metrics.certificate_expiry();
     let resolver: Arc<dyn rustls::server::ResolvesServerCert> = match &settings.cert_dir {
-        Some(dir) => Arc::new(CertDir::load(dir, expiry)?),
+        Some(dir) => Arc::new(CertFiles::in_dir(dir, expiry)?),
         None => {
-            let names = certs::dns_names(&settings.service, &settings.namespace);
-            let bundle = certs::secret::current(
+            let names = wva_certs::dns_names(&settings.service, &settings.namespace);
+            let bundle = wva_certs::secret::current(
                 client.clone(),
                 &settings.namespace,
                 &settings.secret,
@@ -87,7 +87,7 @@ pub async fn start(
     info!(addr = %settings.addr, image = %injection.image, "serving the agent-injection webhook");
     tasks.push(tokio::spawn(server::serve(
         listener,
-        certs::server_config(resolver),
+        server::tls_config(resolver),
         Arc::new(injection),
         metrics,
         shutdown,
@@ -105,22 +105,22 @@ async fn keep_certificate_current(
     served: Arc<Renewable>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let names = certs::dns_names(&settings.service, &settings.namespace);
+    let names = wva_certs::dns_names(&settings.service, &settings.namespace);
     let mut failing = false;
     loop {
         let round = async {
-            let bundle = certs::secret::current(
+            let bundle = wva_certs::secret::current(
                 client.clone(),
                 &settings.namespace,
                 &settings.secret,
                 &names,
             )
             .await?;
-            certs::secret::publish_ca(client.clone(), &settings.configuration, &bundle.ca).await?;
+            ca_bundle::publish_ca(client.clone(), &settings.configuration, &bundle.ca).await?;
             if served.renew(&bundle, &settings.secret)? {
                 info!(secret = %settings.secret, "serving the renewed webhook certificate");
             }
-            Ok::<_, certs::CertError>(())
+            anyhow::Ok(())
         };
         match round.await {
             Ok(()) if failing => {

@@ -28,9 +28,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use wva_certs::ExpiryGauge;
 use wva_listen::{Limits, Listener};
 
-use super::certs::ExpiryGauge;
 use super::injection::{InjectionConfig, Outcome, Scope, mutate};
 
 /// Larger than any pod the API server accepts (its request limit is 3 MiB).
@@ -263,4 +263,16 @@ fn text(status: StatusCode, message: String) -> Response<Full<Bytes>> {
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(Full::new(Bytes::from(message + "\n")))
         .expect("static headers are valid")
+}
+
+/// The webhook's TLS configuration for a certificate source: HTTP/1.1, no
+/// client certificates (the API server presents none).
+pub fn tls_config(certs: Arc<dyn rustls::server::ResolvesServerCert>) -> rustls::ServerConfig {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(wva_certs::provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
 }

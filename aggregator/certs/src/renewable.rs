@@ -1,102 +1,11 @@
-//! The webhook's serving certificate: files that cert-manager keeps
-//! current, or a CA and certificate the aggregator makes itself, renews
-//! before they expire, shares between its replicas through a Secret, and
-//! hands to the API server as the webhook configuration's `caBundle`.
+//! A self-made certificate served while it may be renewed.
 
-mod dir;
-pub mod issue;
-pub mod secret;
-
-use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 
-use prometheus_client::metrics::gauge::Gauge;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-pub use self::dir::CertDir;
-
-/// PEM material of the webhook's certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertBundle {
-    /// CAs the API server must trust: the issuing CA first, then the one it
-    /// replaced while that is still valid.
-    pub ca: String,
-    /// The issuing CA's key; missing in Secrets written by older versions.
-    pub ca_key: Option<String>,
-    pub cert: String,
-    pub key: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CertError {
-    #[error("cannot make the webhook certificate: {0}")]
-    Generate(#[from] rcgen::Error),
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{what} is not a usable PEM {kind}: {reason}")]
-    Pem {
-        what: String,
-        kind: &'static str,
-        reason: String,
-    },
-    #[error("Secret {0}: {1}")]
-    Secret(String, String),
-    #[error("MutatingWebhookConfiguration {0}: {1}")]
-    Configuration(String, String),
-}
-
-/// The Unix time the served certificate expires, exported as
-/// `wva_webhook_certificate_expiry_timestamp_seconds`.
-pub type ExpiryGauge = Gauge<i64, AtomicI64>;
-
-/// Sets `gauge` to the end of `key`'s certificate (0 if unreadable, which
-/// an alert on "expires within N days" also catches).
-fn record_expiry(gauge: &ExpiryGauge, key: &CertifiedKey) {
-    let end = key.cert.first().and_then(issue::not_after);
-    gauge.set(end.map_or(0, |t| t.unix_timestamp()));
-}
-
-/// The names the API server may call the webhook Service by.
-pub fn dns_names(service: &str, namespace: &str) -> Vec<String> {
-    vec![
-        service.to_string(),
-        format!("{service}.{namespace}"),
-        format!("{service}.{namespace}.svc"),
-        format!("{service}.{namespace}.svc.cluster.local"),
-    ]
-}
-
-/// The serving key of a certificate bundle.
-pub fn certified_key(bundle: &CertBundle, what: &str) -> Result<Arc<CertifiedKey>, CertError> {
-    let pem = |kind: &'static str, reason: String| CertError::Pem {
-        what: what.to_string(),
-        kind,
-        reason,
-    };
-    let chain = CertificateDer::pem_slice_iter(bundle.cert.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem("certificate", e.to_string()))?;
-    if chain.is_empty() {
-        return Err(pem("certificate", "no certificate in it".into()));
-    }
-    let key = PrivateKeyDer::from_pem_slice(bundle.key.as_bytes())
-        .map_err(|e| pem("private key", e.to_string()))?;
-    let provider = provider();
-    CertifiedKey::from_der(chain, key, &provider)
-        .map(Arc::new)
-        .map_err(|e| pem("private key", e.to_string()))
-}
-
-fn provider() -> CryptoProvider {
-    rustls::crypto::ring::default_provider()
-}
+use crate::bundle::{CertBundle, CertError, ExpiryGauge, certified_key, record_expiry};
 
 /// A self-made certificate, replaced in place when renewed: connections
 /// already open keep theirs, new ones get the new one.
@@ -138,26 +47,17 @@ impl ResolvesServerCert for Renewable {
     }
 }
 
-/// The server TLS configuration for a certificate source.
-pub fn server_config(certs: Arc<dyn ResolvesServerCert>) -> rustls::ServerConfig {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_no_client_auth()
-        .with_cert_resolver(certs);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config
-}
-
 #[cfg(test)]
 mod tests {
     use rustls::client::WebPkiServerVerifier;
     use rustls::client::danger::ServerCertVerifier;
-    use rustls::pki_types::{ServerName, UnixTime};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
     use time::OffsetDateTime;
 
-    use super::issue::{Plan, issue};
     use super::*;
+    use crate::bundle::provider;
+    use crate::issue::{self, Plan, issue};
 
     /// Whether a client trusting `ca_bundle` accepts `bundle`'s certificate as `name`.
     fn trusted(ca_bundle: &str, bundle: &CertBundle, name: &str) -> bool {
@@ -178,7 +78,10 @@ mod tests {
 
     #[test]
     fn a_made_certificate_is_trusted_for_the_service_names_only() {
-        let names = dns_names("wva-webhook", "wva-system");
+        let names = vec![
+            "wva-webhook.wva-system.svc".to_string(),
+            "wva-webhook.wva-system.svc.cluster.local".to_string(),
+        ];
         let bundle = issue(Plan::NewCa, None, &names, OffsetDateTime::now_utc()).unwrap();
         for name in [
             "wva-webhook.wva-system.svc",
@@ -191,7 +94,10 @@ mod tests {
 
     #[test]
     fn renewals_stay_trusted_by_the_published_bundle() {
-        let names = dns_names("wva-webhook", "wva-system");
+        let names = vec![
+            "wva-webhook.wva-system.svc".to_string(),
+            "wva-webhook.wva-system.svc.cluster.local".to_string(),
+        ];
         let name = "wva-webhook.wva-system.svc";
         let now = OffsetDateTime::now_utc();
         let first = issue(Plan::NewCa, None, &names, now).unwrap();

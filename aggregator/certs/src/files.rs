@@ -1,4 +1,5 @@
-//! `tls.crt` and `tls.key` kept current by cert-manager in a mounted Secret.
+//! A certificate and key in files that cert-manager (or an operator) keeps
+//! current, such as a mounted `kubernetes.io/tls` Secret.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -8,76 +9,80 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tracing::{info, warn};
 
-use super::{CertBundle, CertError, ExpiryGauge, certified_key, record_expiry};
+use crate::bundle::{CertBundle, CertError, ExpiryGauge, certified_key, record_expiry};
 
-const CERT_KEY: &str = "tls.crt";
-const KEY_KEY: &str = "tls.key";
-
-/// `tls.crt` and `tls.key` in a directory (a mounted Secret), read again
-/// when the certificate file changes, so a renewed certificate is served
-/// without a restart.
+/// A certificate file and its key, read again when the certificate file
+/// changes, so a renewed certificate is served without a restart.
 #[derive(Debug)]
-pub struct CertDir {
-    dir: PathBuf,
+pub struct CertFiles {
+    cert: PathBuf,
+    key: PathBuf,
     current: Mutex<(SystemTime, Arc<CertifiedKey>)>,
     expiry: ExpiryGauge,
 }
 
-impl CertDir {
+impl CertFiles {
     /// Reads the files now; a missing or broken file fails the start.
-    pub fn load(dir: &Path, expiry: ExpiryGauge) -> Result<Self, CertError> {
-        let (modified, key) = read_dir(dir)?;
-        record_expiry(&expiry, &key);
-        Ok(CertDir {
-            dir: dir.to_owned(),
-            current: Mutex::new((modified, key)),
+    pub fn load(cert: &Path, key: &Path, expiry: ExpiryGauge) -> Result<Self, CertError> {
+        let (modified, certified) = read(cert, key)?;
+        record_expiry(&expiry, &certified);
+        Ok(CertFiles {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: Mutex::new((modified, certified)),
             expiry,
         })
     }
 
+    /// `tls.crt` and `tls.key` in `dir` (a mounted `kubernetes.io/tls` Secret).
+    pub fn in_dir(dir: &Path, expiry: ExpiryGauge) -> Result<Self, CertError> {
+        CertFiles::load(&dir.join("tls.crt"), &dir.join("tls.key"), expiry)
+    }
+
     fn current(&self) -> Arc<CertifiedKey> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        let modified = std::fs::metadata(self.dir.join(CERT_KEY)).and_then(|m| m.modified());
+        let modified = std::fs::metadata(&self.cert).and_then(|m| m.modified());
         if modified.is_ok_and(|m| m != current.0) {
             // A half-written renewal keeps the old certificate until it is whole.
-            match read_dir(&self.dir) {
+            match read(&self.cert, &self.key) {
                 Ok(fresh) => {
-                    info!(dir = %self.dir.display(), "serving the renewed webhook certificate");
+                    info!(cert = %self.cert.display(), "serving the renewed certificate");
                     record_expiry(&self.expiry, &fresh.1);
                     *current = fresh;
                 }
-                Err(e) => warn!(error = %e, "keeping the current webhook certificate"),
+                Err(e) => warn!(error = %e, "keeping the current certificate"),
             }
         }
         Arc::clone(&current.1)
     }
 }
 
-fn read_dir(dir: &Path) -> Result<(SystemTime, Arc<CertifiedKey>), CertError> {
-    let read = |name: &str| {
-        let path = dir.join(name);
-        std::fs::read_to_string(&path).map_err(|source| CertError::Read { path, source })
+fn read(cert: &Path, key: &Path) -> Result<(SystemTime, Arc<CertifiedKey>), CertError> {
+    let text = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| CertError::Read {
+            path: path.to_owned(),
+            source,
+        })
     };
-    let cert_path = dir.join(CERT_KEY);
-    let modified = std::fs::metadata(&cert_path)
+    let modified = std::fs::metadata(cert)
         .and_then(|m| m.modified())
         .map_err(|source| CertError::Read {
-            path: cert_path.clone(),
+            path: cert.to_owned(),
             source,
         })?;
     let bundle = CertBundle {
         ca: String::new(),
         ca_key: None,
-        cert: read(CERT_KEY)?,
-        key: read(KEY_KEY)?,
+        cert: text(cert)?,
+        key: text(key)?,
     };
     Ok((
         modified,
-        certified_key(&bundle, &dir.display().to_string())?,
+        certified_key(&bundle, &cert.display().to_string())?,
     ))
 }
 
-impl ResolvesServerCert for CertDir {
+impl ResolvesServerCert for CertFiles {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current())
     }
@@ -87,8 +92,8 @@ impl ResolvesServerCert for CertDir {
 mod tests {
     use time::OffsetDateTime;
 
-    use super::super::issue::{Plan, issue};
     use super::*;
+    use crate::issue::{Plan, issue};
 
     fn issued() -> CertBundle {
         issue(
@@ -101,16 +106,16 @@ mod tests {
     }
 
     #[test]
-    fn a_certificate_directory_is_read_again_when_renewed() {
+    fn certificate_files_are_read_again_when_renewed() {
         let dir = tempfile::tempdir().unwrap();
         let write = |bundle: &CertBundle| {
-            std::fs::write(dir.path().join(KEY_KEY), &bundle.key).unwrap();
-            std::fs::write(dir.path().join(CERT_KEY), &bundle.cert).unwrap();
+            std::fs::write(dir.path().join("tls.key"), &bundle.key).unwrap();
+            std::fs::write(dir.path().join("tls.crt"), &bundle.cert).unwrap();
         };
         let first = issued();
         write(&first);
         let expiry = ExpiryGauge::default();
-        let certs = CertDir::load(dir.path(), expiry.clone()).unwrap();
+        let certs = CertFiles::in_dir(dir.path(), expiry.clone()).unwrap();
         assert!(expiry.get() > 0, "the expiry is exported");
         let served = certs.current().cert[0].clone();
         let second = issued();
@@ -119,16 +124,16 @@ mod tests {
         let later = SystemTime::now() + std::time::Duration::from_secs(5);
         std::fs::File::options()
             .write(true)
-            .open(dir.path().join(CERT_KEY))
+            .open(dir.path().join("tls.crt"))
             .unwrap()
             .set_modified(later)
             .unwrap();
         let renewed = certs.current().cert[0].clone();
         assert_ne!(served, renewed);
         assert_eq!(renewed, certified_key(&second, "second").unwrap().cert[0]);
-        std::fs::write(dir.path().join(KEY_KEY), "not a key").unwrap();
+        std::fs::write(dir.path().join("tls.key"), "not a key").unwrap();
         assert!(
-            CertDir::load(dir.path(), ExpiryGauge::default())
+            CertFiles::in_dir(dir.path(), ExpiryGauge::default())
                 .unwrap_err()
                 .to_string()
                 .contains("private key")

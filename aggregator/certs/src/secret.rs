@@ -1,19 +1,17 @@
-//! The self-made certificate kept in a Secret, so every replica serves the
-//! same one and a renewal made by one is picked up by the others; and its CA
-//! published as the webhook configuration's `caBundle`.
+//! A self-made certificate kept in a Secret, so every replica serves the
+//! same one and a renewal made by one is picked up by the others.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use time::OffsetDateTime;
 use tracing::info;
 
-use super::issue::{self, Plan};
-use super::{CertBundle, CertError};
+use crate::bundle::{CertBundle, CertError};
+use crate::issue::{self, Plan};
 
 /// Lists the names the stored certificate was made for, so a changed
 /// Service name makes a new one.
@@ -24,8 +22,6 @@ const CA_KEY: &str = "ca.crt";
 /// The CA's private key, so a serving certificate can be renewed without a
 /// new CA. The Secret is readable by the aggregator's ServiceAccount only.
 const CA_KEY_KEY: &str = "ca.key";
-/// Attempts at updating the webhook configuration against concurrent writers.
-const CONFLICT_RETRIES: usize = 5;
 
 /// The certificate in Secret `name`, made (or renewed) and stored there
 /// first when [`issue::plan`] says so. Replicas racing on it agree: the
@@ -72,7 +68,7 @@ pub async fn current(
     };
     match written {
         Ok(_) => {
-            info!(secret = %id, ?plan, "stored a new webhook certificate");
+            info!(secret = %id, ?plan, "stored a new certificate");
             Ok(bundle)
         }
         // Another replica wrote first: use its certificate.
@@ -117,43 +113,6 @@ fn bundle_of(secret: &Secret) -> Option<CertBundle> {
         cert: text(CERT_KEY)?,
         key: text(KEY_KEY)?,
     })
-}
-
-/// Sets `caBundle` on every webhook of the configuration `name` (with the
-/// resourceVersion it read, retrying on a conflict).
-pub async fn publish_ca(client: Client, name: &str, ca_pem: &str) -> Result<(), CertError> {
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
-    let error = |e: kube::Error| CertError::Configuration(name.to_string(), e.to_string());
-    let bundle = ByteString(ca_pem.as_bytes().to_vec());
-    for _ in 0..CONFLICT_RETRIES {
-        let mut configuration = api.get(name).await.map_err(error)?;
-        let webhooks = configuration.webhooks.iter_mut().flatten();
-        let mut changed = false;
-        for webhook in webhooks {
-            if webhook.client_config.ca_bundle.as_ref() != Some(&bundle) {
-                webhook.client_config.ca_bundle = Some(bundle.clone());
-                changed = true;
-            }
-        }
-        if !changed {
-            return Ok(());
-        }
-        match api
-            .replace(name, &PostParams::default(), &configuration)
-            .await
-        {
-            Ok(_) => {
-                info!(configuration = name, "published the webhook CA");
-                return Ok(());
-            }
-            Err(kube::Error::Api(status)) if status.code == 409 => continue,
-            Err(e) => return Err(error(e)),
-        }
-    }
-    Err(CertError::Configuration(
-        name.to_string(),
-        format!("still conflicting after {CONFLICT_RETRIES} attempts"),
-    ))
 }
 
 #[cfg(test)]

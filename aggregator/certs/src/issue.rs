@@ -1,23 +1,23 @@
-//! Making the webhook's own CA and serving certificate, and deciding when
-//! either must be made again. Pure: the time is an argument.
+//! Making a CA and serving certificate, and deciding when either must be
+//! made again. Pure: the time is an argument.
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
 use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use time::{Duration, OffsetDateTime};
 
-use super::{CertBundle, CertError};
+use crate::bundle::{CertBundle, CertError, first_certificate, not_after};
 
 /// How long a serving certificate is valid, and how long before it ends a
 /// new one is made: renewal has a quarter of the lifetime to succeed, across
 /// restarts and API server outages.
 pub const LEAF_LIFETIME: Duration = Duration::days(365);
 pub const RENEW_BEFORE: Duration = Duration::days(90);
-/// How long the CA is valid. Pods hold no copy of it, so a new CA only
-/// needs a new `caBundle` in the webhook configuration.
+/// How long the CA is valid. Clients get the CA when they are set up (the
+/// webhook configuration's `caBundle`, an injected agent's environment), so
+/// it changes rarely.
 const CA_LIFETIME: Duration = Duration::days(3650);
 /// Validity starts this far back, so clock skew between the aggregator and
 /// the API server never makes a new certificate "not yet valid".
@@ -110,7 +110,7 @@ fn new_ca(now: OffsetDateTime) -> Result<(String, KeyPair), CertError> {
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params
         .distinguished_name
-        .push(DnType::CommonName, "wva webhook CA");
+        .push(DnType::CommonName, "wva self-made CA");
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.not_before = now - BACKDATE;
     params.not_after = now + CA_LIFETIME;
@@ -118,17 +118,6 @@ fn new_ca(now: OffsetDateTime) -> Result<(String, KeyPair), CertError> {
     let pem = ca.pem();
     let key = KeyPair::from_pem(&ca.key().serialize_pem())?;
     Ok((pem, key))
-}
-
-/// The first certificate of a PEM bundle.
-pub fn first_certificate(pem: &str) -> Option<CertificateDer<'static>> {
-    CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok()
-}
-
-/// When a DER certificate stops being valid; `None` if it cannot be read.
-pub fn not_after(der: &CertificateDer<'_>) -> Option<OffsetDateTime> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp()).ok()
 }
 
 fn pem_of(der: &CertificateDer<'_>) -> String {
@@ -145,6 +134,8 @@ fn pem_of(der: &CertificateDer<'_>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use rustls::pki_types::pem::PemObject;
+
     use super::*;
 
     fn names() -> Vec<String> {
