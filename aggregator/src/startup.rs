@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::info;
+use wva_certs::{CertFiles, ExpiryGauge};
 use wva_core::admission::SharedToken;
 use wva_core::config::saturation::SaturationConfigSet;
 use wva_core::config::scale_to_zero::ScaleToZeroConfigSet;
@@ -18,6 +20,7 @@ use wva_core::sources::{PolledSource, SourceKind};
 
 use crate::args::{Args, ClientAuth};
 use crate::grpc::readers::ReaderAuth;
+use crate::grpc::tls::{self, ClientCertificates};
 use crate::prometheus::client::{self as prometheus, PrometheusClient, PrometheusConfig};
 use crate::runtime::Settings;
 use crate::watchfile;
@@ -167,23 +170,39 @@ fn read_token(path: Option<&Path>, flag: &str) -> anyhow::Result<Option<String>>
     Ok(Some(token))
 }
 
-fn tls_config(args: &Args) -> anyhow::Result<Option<ServerTlsConfig>> {
+/// TLS on the gRPC port from `--tls-cert`/`--tls-key` (read again when
+/// renewed), with `--tls-client-ca` as `--tls-client-auth` says.
+fn tls_config(args: &Args) -> anyhow::Result<Option<(Arc<rustls::ServerConfig>, ExpiryGauge)>> {
     let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
         return Ok(None);
     };
-    let read = |p: &PathBuf, flag: &str| {
-        std::fs::read(p).with_context(|| format!("cannot read {flag} {}", p.display()))
+    let expiry = ExpiryGauge::default();
+    let certs = Arc::new(CertFiles::load(cert, key, expiry.clone())?);
+    Ok(Some((grpc_tls(args, certs)?, expiry)))
+}
+
+/// The gRPC port's TLS configuration for a certificate source, with the
+/// client certificates the flags ask for.
+pub fn grpc_tls(
+    args: &Args,
+    certs: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let clients = match &args.tls_client_ca {
+        None => None,
+        Some(path) => {
+            let roots = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("cannot read --tls-client-ca {}", path.display()))?;
+            if roots.is_empty() {
+                bail!("--tls-client-ca {} holds no certificate", path.display());
+            }
+            Some(ClientCertificates {
+                roots,
+                optional: args.tls_client_auth == ClientAuth::Readers,
+            })
+        }
     };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
-        read(cert, "--tls-cert")?,
-        read(key, "--tls-key")?,
-    ));
-    if let Some(ca) = &args.tls_client_ca {
-        tls = tls
-            .client_ca_root(Certificate::from_pem(read(ca, "--tls-client-ca")?))
-            .client_auth_optional(args.tls_client_auth == ClientAuth::Readers);
-    }
-    Ok(Some(tls))
+    Ok(Arc::new(tls::server_config(certs, clients)?))
 }
 
 #[cfg(test)]

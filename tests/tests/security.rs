@@ -265,3 +265,72 @@ async fn keda_and_diagnostics_need_a_certificate_or_the_reader_token() -> anyhow
         .await?;
     Ok(())
 }
+
+/// The gRPC port's certificate files are read again when renewed, so a
+/// renewal (cert-manager rewriting its Secret) is served without a restart;
+/// and a client that stalls in its TLS handshake holds up no other.
+#[tokio::test]
+async fn a_renewed_grpc_certificate_is_served_without_a_restart() -> anyhow::Result<()> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    use wva_proto::v1::DecisionFilter;
+    use wva_proto::v1::diagnostics_client::DiagnosticsClient;
+
+    let dir = tempfile::tempdir()?;
+    let path = |name: &str| dir.path().join(name);
+    let s = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+    let (first, second) = (pki(), pki());
+    std::fs::write(path("cert.pem"), &first.cert_pem)?;
+    std::fs::write(path("key.pem"), &first.key_pem)?;
+    let variants = one_variant_file(dir.path(), "e2e", "secure", MODEL);
+    let (grpc, metrics) = (free_addr(), free_addr());
+    let _aggregator = start_aggregator(
+        &variants,
+        grpc,
+        metrics,
+        &[
+            "--tls-cert",
+            &s(path("cert.pem")),
+            "--tls-key",
+            &s(path("key.pem")),
+        ],
+    )?;
+    let ask = |ca: &str| {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name("localhost");
+        async move {
+            let channel = Channel::from_shared(format!("https://localhost:{}", grpc.port()))?
+                .tls_config(tls)?
+                .connect()
+                .await?;
+            DiagnosticsClient::new(channel)
+                .get_decisions(DecisionFilter::default())
+                .await?;
+            anyhow::Ok(())
+        }
+    };
+    eventually(Duration::from_secs(10), "the first certificate", || async {
+        Ok(ask(&first.ca_pem).await.ok())
+    })
+    .await?;
+
+    // A client that opens a connection and never says a word.
+    let _stalled = tokio::net::TcpStream::connect(grpc).await?;
+    assert!(ask(&second.ca_pem).await.is_err(), "not yet renewed");
+
+    // The renewal lands as cert-manager writes it: key, then certificate.
+    std::fs::write(path("key.pem"), &second.key_pem)?;
+    std::fs::write(path("cert.pem"), &second.cert_pem)?;
+    eventually(
+        Duration::from_secs(10),
+        "the renewed certificate",
+        || async { Ok(ask(&second.ca_pem).await.ok()) },
+    )
+    .await?;
+    let expiry = metric(metrics, "wva_grpc_certificate_expiry_timestamp_seconds").await?;
+    assert!(
+        expiry.first().is_some_and(|(_, end)| *end > 0.0),
+        "{expiry:?}"
+    );
+    Ok(())
+}

@@ -8,6 +8,7 @@ pub mod keda;
 pub mod readers;
 pub mod taps;
 mod throttle;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tracing::warn;
 use wva_proto::MAX_MESSAGE_BYTES;
 use wva_proto::keda::external_scaler_server::ExternalScalerServer;
@@ -41,41 +42,48 @@ const MAX_PENDING_RESETS: usize = 20;
 /// connection is closed.
 const MAX_ERROR_RESETS: usize = 1024;
 
-/// Serves agent ingest, KEDA's external scaler and diagnostics on one port;
-/// the last two answer only clients `readers` admits.
+/// Serves agent ingest, KEDA's external scaler and diagnostics on one port,
+/// over TLS when `tls` is given; the last two answer only clients `readers`
+/// admits.
 pub async fn serve(
     ingest: Arc<Ingest>,
     (scaler, diagnostics): (Scaler, DiagnosticsService),
     readers: ReaderAuth,
     listener: TcpListener,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut builder = Server::builder()
+    let service =
+        TelemetryServer::new(IngestService(ingest)).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let keda_readers = readers.clone();
+    let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
         .http2_max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
-        .tcp_nodelay(true);
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
-    let service =
-        TelemetryServer::new(IngestService(ingest)).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let keda_readers = readers.clone();
-    let stop = shutdown.clone();
-    let server = builder
+        .tcp_nodelay(true)
         .add_service(service)
         .add_service(ExternalScalerServer::with_interceptor(scaler, move |r| {
             keda_readers.check(r)
         }))
         .add_service(DiagnosticsServer::with_interceptor(diagnostics, move |r| {
             readers.check(r)
-        }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            stop.cancelled().await;
-        });
+        }));
+    let stop = shutdown.clone();
+    let stopped = async move { stop.cancelled().await };
+    let server = async {
+        match tls {
+            Some(config) => {
+                let incoming = tls::incoming(listener, config, shutdown.clone());
+                router.serve_with_incoming_shutdown(incoming, stopped).await
+            }
+            None => {
+                let incoming = TcpListenerStream::new(listener);
+                router.serve_with_incoming_shutdown(incoming, stopped).await
+            }
+        }
+    };
     tokio::select! {
         result = server => Ok(result?),
         _ = async {

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::ServerTlsConfig;
+use wva_certs::ExpiryGauge;
 use wva_core::admission::Admission;
 use wva_core::snapshot::{Decisions, Failures};
 use wva_core::sources::{PolledSource, SourceKind};
@@ -41,7 +41,8 @@ pub struct Settings {
     pub scale_to_zero: bool,
     /// Who may stream, and which variant each pod feeds.
     pub admission: Arc<dyn Admission>,
-    pub tls: Option<ServerTlsConfig>,
+    /// TLS on the gRPC port, and the gauge of its certificate's end.
+    pub tls: Option<(Arc<rustls::ServerConfig>, ExpiryGauge)>,
     /// Who may use KEDA's external scaler and the diagnostics service.
     pub readers: ReaderAuth,
     /// Sources asked for the pods of variants that name one, and how often.
@@ -81,6 +82,13 @@ pub fn start(
     if let Some(webhook) = &settings.webhook_metrics {
         webhook.register(&mut registry);
     }
+    if let Some((_, expiry)) = &settings.tls {
+        registry.register(
+            "wva_grpc_certificate_expiry_timestamp_seconds",
+            "Unix time the gRPC port's serving certificate expires",
+            expiry.clone(),
+        );
+    }
     let gauges = DecisionGauges::register(
         &mut registry,
         settings.legacy_metrics,
@@ -116,7 +124,7 @@ pub fn start(
         (scaler, diagnostics),
         settings.readers.clone(),
         grpc,
-        settings.tls.clone(),
+        settings.tls.as_ref().map(|(config, _)| Arc::clone(config)),
         shutdown.clone(),
     ));
 
