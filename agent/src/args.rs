@@ -99,8 +99,18 @@ pub struct Args {
 
     /// PEM file with the CA certificates that sign the aggregator's certificate
     /// (https aggregator URL; without it the system roots are used).
-    #[arg(long, env = "WVA_TLS_CA")]
+    #[arg(long, env = "WVA_TLS_CA", conflicts_with = "tls_ca_pem")]
     pub tls_ca: Option<PathBuf>,
+
+    /// The same CA certificates as PEM text (the injection webhook sets it to
+    /// the aggregator's self-made CA).
+    #[arg(
+        long,
+        env = "WVA_TLS_CA_PEM",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub tls_ca_pem: Option<String>,
 
     /// PEM client certificate presented to the aggregator.
     #[arg(long, env = "WVA_TLS_CERT", requires = "tls_key")]

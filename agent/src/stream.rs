@@ -110,6 +110,7 @@ impl StreamConfig {
     pub fn from_args(args: &Args) -> Result<Self, TlsError> {
         let tls = TlsFiles {
             ca: args.tls_ca.clone(),
+            ca_pem: args.tls_ca_pem.clone(),
             client: args.tls_cert.clone().zip(args.tls_key.clone()),
             server_name: args.tls_server_name.clone(),
         };
@@ -127,7 +128,7 @@ impl StreamConfig {
         }
         let tls = if https {
             Some(tls)
-        } else if tls.ca.is_some() || tls.client.is_some() || tls.server_name.is_some() {
+        } else if tls.any_set() {
             return Err(TlsError::NeedsHttps(urls()));
         } else {
             None

@@ -38,6 +38,8 @@ pub enum TlsError {
 pub struct TlsFiles {
     /// CA bundle for the aggregator's certificate; the system roots otherwise.
     pub ca: Option<PathBuf>,
+    /// The CA bundle as PEM text, instead of a file.
+    pub ca_pem: Option<String>,
     /// Client certificate and key.
     pub client: Option<(PathBuf, PathBuf)>,
     /// Name to verify instead of the URL's host.
@@ -45,14 +47,27 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
+    /// Whether any option is set: with an http:// URL that is a mistake.
+    pub fn any_set(&self) -> bool {
+        self.ca.is_some()
+            || self.ca_pem.is_some()
+            || self.client.is_some()
+            || self.server_name.is_some()
+    }
+
     /// Reads the files into a tonic client TLS configuration.
     pub fn load(&self) -> Result<ClientTlsConfig, TlsError> {
         let mut config = ClientTlsConfig::new();
-        config = match &self.ca {
-            Some(path) => {
-                config.ca_certificate(Certificate::from_pem(read_certs("CA file", path)?))
+        config = match (&self.ca, &self.ca_pem) {
+            (Some(path), _) => {
+                let pem = read("CA file", path)?;
+                config.ca_certificate(Certificate::from_pem(certificates(pem, "CA file", path)?))
             }
-            None => config.with_native_roots(),
+            (None, Some(pem)) => {
+                let pem = certificates(pem.clone().into_bytes(), "CA", Path::new("--tls-ca-pem"))?;
+                config.ca_certificate(Certificate::from_pem(pem))
+            }
+            (None, None) => config.with_native_roots(),
         };
         if let Some((cert, key)) = &self.client {
             let cert = read_certs("client certificate", cert)?;
@@ -78,7 +93,11 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 /// wrong path or a key given as certificate fails here with its name instead
 /// of later as an anonymous handshake error.
 fn read_certs(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    let pem = read(what, path)?;
+    certificates(read(what, path)?, what, path)
+}
+
+/// `pem` if it holds at least one certificate, and only certificates.
+fn certificates(pem: Vec<u8>, what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     let mut certs = CertificateDer::pem_slice_iter(&pem);
     let valid = match certs.next() {
         Some(first) => first.is_ok() && certs.all(|c| c.is_ok()),

@@ -288,6 +288,45 @@ async fn tls_with_ca_and_client_certificate() {
     assert_eq!(conn.sample().await.seq, 1);
 }
 
+/// The injection webhook hands agents the aggregator's CA as text.
+#[tokio::test]
+async fn tls_with_the_ca_given_as_text() {
+    let pki = Pki::new();
+    let mut server = TestAggregator::start(Some(pki.server_tls())).await;
+    let ca = std::fs::read_to_string(&pki.ca).unwrap();
+    let url = format!("https://{}", server.addr);
+    let with_ca = args(
+        &url,
+        &[
+            "--tls-ca-pem",
+            &ca,
+            "--tls-cert",
+            pki.client_cert.to_str().unwrap(),
+            "--tls-key",
+            pki.client_key.to_str().unwrap(),
+            "--tls-server-name",
+            SERVER_NAME,
+        ],
+    );
+    let agent = Agent::start(&with_ca);
+    let mut conn = server.accept().await;
+    assert_eq!(conn.hello().await.pod, "vllm-0");
+    agent.publish(1);
+    assert_eq!(conn.sample().await.seq, 1);
+
+    let garbled = args(&url, &["--tls-ca-pem", "not a certificate"]);
+    let err = StreamConfig::from_args(&garbled)
+        .unwrap()
+        .tls
+        .unwrap()
+        .load()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "CA --tls-ca-pem holds no valid PEM certificate"
+    );
+}
+
 #[tokio::test]
 async fn wrong_ca_fails_the_connection_with_the_reason() {
     wva_agent::tls::install_crypto_provider();

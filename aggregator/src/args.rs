@@ -226,6 +226,22 @@ pub struct Args {
     )]
     pub tls_client_auth: ClientAuth,
 
+    /// Kubernetes mode: serve the gRPC port over TLS with a certificate the
+    /// aggregator makes, renews and shares through this Secret in
+    /// --pod-namespace; the injection webhook gives agents its CA.
+    #[arg(long, env = "WVA_GRPC_TLS_SECRET", conflicts_with = "tls_cert")]
+    pub grpc_tls_secret: Option<String>,
+
+    /// Services in --pod-namespace whose in-cluster names the self-made gRPC
+    /// certificate covers (comma-separated).
+    #[arg(
+        long,
+        env = "WVA_GRPC_TLS_SERVICES",
+        value_delimiter = ',',
+        requires = "grpc_tls_secret"
+    )]
+    pub grpc_tls_services: Vec<String>,
+
     /// File holding a bearer token that KEDA and diagnostics clients
     /// (wvactl) may present instead of a client certificate.
     #[arg(long, env = "WVA_READER_TOKEN_FILE")]

@@ -165,12 +165,13 @@ impl Client {
 fn tls_files(connection: &Connection) -> Result<Option<TlsFiles>, TlsError> {
     let files = TlsFiles {
         ca: connection.tls_ca.clone(),
+        ca_pem: None,
         client: connection.tls_cert.clone().zip(connection.tls_key.clone()),
         server_name: connection.tls_server_name.clone(),
     };
     if connection.server.scheme_str() == Some("https") {
         Ok(Some(files))
-    } else if files.ca.is_some() || files.client.is_some() || files.server_name.is_some() {
+    } else if files.any_set() {
         Err(TlsError::NeedsHttps(display(&connection.server)))
     } else {
         Ok(None)

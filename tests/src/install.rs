@@ -12,6 +12,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::Context;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -296,12 +297,53 @@ pub struct Replica {
     pub pod: String,
     pub grpc: SocketAddr,
     pub metrics: SocketAddr,
+    /// The CA of the gRPC port's self-made certificate, when it serves TLS
+    /// (the chart's default).
+    pub grpc_ca: Option<String>,
 }
 
 impl Replica {
+    /// A name the gRPC certificate covers, to verify it by when dialling
+    /// the replica's address.
+    pub const GRPC_NAME: &str = "wva-headless.wva-system.svc";
+
     pub fn url(&self) -> String {
-        format!("http://{}", self.grpc)
+        let scheme = if self.grpc_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.grpc)
     }
+}
+
+/// The CA of the gRPC port's self-made certificate, once a replica has made
+/// it; `None` when the chart's Deployment serves plaintext.
+async fn grpc_ca(client: &kube::Client) -> anyhow::Result<Option<String>> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), SYSTEM);
+    let deployment = deployments.get(RELEASE).await?;
+    let tls = deployment
+        .spec
+        .iter()
+        .flat_map(|s| s.template.spec.iter())
+        .flat_map(|p| &p.containers)
+        .flat_map(|c| c.env.iter().flatten())
+        .any(|e| e.name == "WVA_GRPC_TLS_SECRET");
+    if !tls {
+        return Ok(None);
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM);
+    let ca = eventually(WITHIN, "the gRPC port's certificate", || {
+        let secrets = secrets.clone();
+        async move {
+            let secret = secrets.get_opt("wva-grpc-tls").await?;
+            Ok(secret
+                .and_then(|s| s.data?.remove("ca.crt"))
+                .map(|ca| String::from_utf8_lossy(&ca.0).into_owned()))
+        }
+    })
+    .await?;
+    Ok(Some(ca))
 }
 
 /// The chart's `count` aggregator replicas, once running on `node`.
@@ -321,6 +363,7 @@ pub async fn replicas(
         .iter()
         .filter_map(|p| p.metadata.name.clone())
         .collect();
+    let grpc_ca = grpc_ca(client).await?;
     eventually(WITHIN, "the aggregator replicas running", || {
         let running: Option<Vec<Replica>> = names
             .iter()
@@ -330,6 +373,7 @@ pub async fn replicas(
                     pod: name.clone(),
                     grpc: (ip, 9443).into(),
                     metrics: (ip, 8080).into(),
+                    grpc_ca: grpc_ca.clone(),
                 })
             })
             .collect();

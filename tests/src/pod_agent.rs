@@ -5,18 +5,20 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::install::Replica;
 use crate::{AgentSpec, Proc, start_agent};
 
 /// What every agent claims as its variant: the aggregator must ignore it and
 /// take the pod's owning Deployment instead.
 pub const CLAIMED_VARIANT: &str = "claimed-by-the-agent";
 
-/// An agent in a pod: scrapes `target` and streams to `aggregators`
-/// (comma-separated URLs) claiming pod `pod` with UID `uid`, presenting
-/// `token` when given. Its `--variant` is [`CLAIMED_VARIANT`].
+/// An agent in a pod: scrapes `target` and streams to the aggregator
+/// `replica` (over TLS when it serves TLS) claiming pod `pod` with UID
+/// `uid`, presenting `token` when given. Its `--variant` is
+/// [`CLAIMED_VARIANT`].
 pub struct PodAgent<'a> {
     pub target: SocketAddr,
-    pub aggregators: &'a str,
+    pub replica: &'a Replica,
     pub namespace: &'a str,
     pub pod: &'a str,
     pub uid: &'a str,
@@ -30,12 +32,12 @@ impl PodAgent<'_> {
         pod: &'a Value,
         token: Option<&'a Path>,
         target: SocketAddr,
-        aggregators: &'a str,
+        replica: &'a Replica,
         model: &'a str,
     ) -> PodAgent<'a> {
         PodAgent {
             target,
-            aggregators,
+            replica,
             namespace: namespace_of(pod).unwrap_or_default(),
             pod: name_of(pod),
             uid: uid_of(pod),
@@ -50,10 +52,14 @@ impl PodAgent<'_> {
             extra.push("--token-file".into());
             extra.push(token.to_string_lossy().into_owned());
         }
+        if let Some(ca) = &self.replica.grpc_ca {
+            extra.extend(["--tls-ca-pem".into(), ca.clone()]);
+            extra.extend(["--tls-server-name".into(), Replica::GRPC_NAME.into()]);
+        }
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         start_agent(&AgentSpec {
             target: self.target,
-            aggregator: self.aggregators,
+            aggregator: &self.replica.url(),
             pod: self.pod,
             namespace: self.namespace,
             variant: CLAIMED_VARIANT,

@@ -1095,6 +1095,7 @@ fn metrics_secret_access_can_be_turned_off() {
     let objects = render(&[
         "rbac.readMetricsSecrets=false",
         "webhook.certManager.enabled=true",
+        "grpc.tls.enabled=false",
     ]);
     for role in of_kind(&objects, "ClusterRole")
         .into_iter()
@@ -1226,7 +1227,7 @@ fn injection_config_has_the_computed_defaults() {
     let values: Value = serde_yaml::from_str(&read("charts/wva/values.yaml")).unwrap();
     let mut expected = values["injection"]["agent"].clone();
     expected["image"] = json!(format!("ghcr.io/wva-project/wva-agent:{}", app_version()));
-    expected["aggregatorAddress"] = json!("http://wva-headless.wva-system.svc:9443");
+    expected["aggregatorAddress"] = json!("https://wva-headless.wva-system.svc:9443");
     assert_eq!(injection, expected);
     assert_eq!(injection["fanOut"], true);
     assert_eq!(injection["tokenAudience"], "wva-aggregator");
@@ -1351,10 +1352,8 @@ fn webhook_disabled_leaves_no_trace() {
                 !rule.resources.contains("mutatingwebhookconfigurations"),
                 "{rule:?}"
             );
-            assert!(
-                !rule.verbs.contains("create") || !rule.resources.contains("secrets"),
-                "{rule:?}"
-            );
+            // Only the gRPC port's certificate is kept in a Secret.
+            assert!(!rule.resource_names.contains("wva-webhook-tls"), "{rule:?}");
         }
     }
 }
@@ -1399,9 +1398,14 @@ fn cert_manager_issues_and_injects_the_webhook_certificate() {
                 !rule.resources.contains("mutatingwebhookconfigurations"),
                 "{rule:?}"
             );
+            // The aggregator writes the gRPC port's Secret only.
+            let writes = rule.verbs.contains("update") || rule.verbs.contains("create");
             assert!(
                 !rule.resources.contains("secrets")
-                    || rule.verbs == BTreeSet::from(["get".to_string()]),
+                    || !writes
+                    || rule.resource_names.is_empty()
+                        && rule.verbs == BTreeSet::from(["create".to_string()])
+                    || rule.resource_names == BTreeSet::from(["wva-grpc-tls".to_string()]),
                 "{rule:?}"
             );
         }

@@ -4,6 +4,7 @@
 //! configuration live and static, watches across an API-server restart, and
 //! leader election on a real Lease.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -66,6 +67,23 @@ async fn deployments_run_with_injected_agents_and_their_variant_settles() -> any
         sidecars,
         ["wva-agent"],
         "injected by the webhook on creation"
+    );
+    // It streams over TLS: an https:// address and the aggregator's own CA.
+    let agent_env: BTreeMap<String, String> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .flat_map(|c| c.env.iter().flatten())
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect();
+    assert_eq!(
+        agent_env.get("WVA_AGGREGATOR").map(String::as_str),
+        Some("https://wva-headless.wva-system.svc:9443")
+    );
+    assert_eq!(agent_env.get("WVA_TLS_CA_PEM"), aggregator.grpc_ca.as_ref());
+    assert!(
+        aggregator.grpc_ca.is_some(),
+        "the chart serves TLS by default"
     );
     let va = va_where(&client, "fresh metrics and a decision", |va| {
         has_condition(va, "MetricsAvailable", "True", "MetricsFound")
@@ -231,7 +249,7 @@ async fn bound_tokens_speak_only_for_their_own_live_pod() -> anyhow::Result<()> 
         node,
         replicas,
     } = wva_on_a_node(1, &[]).await?;
-    let (metrics, url) = (replicas[0].metrics, replicas[0].url());
+    let (metrics, replica) = (replicas[0].metrics, &replicas[0]);
     plane.create(&variant_autoscaling(CHAT, CHAT)).await?;
     plane.create(&vllm_deployment(CHAT, 2)).await?;
     let pods = controller_pods(&client, CHAT, 2).await?;
@@ -251,7 +269,7 @@ async fn bound_tokens_speak_only_for_their_own_live_pod() -> anyhow::Result<()> 
     let (a_value, b_value) = (serde_json::to_value(a)?, serde_json::to_value(b)?);
     let _impostor = PodAgent {
         token: Some(&a_token),
-        ..PodAgent::of(&b_value, None, a_sim, &url, MODEL)
+        ..PodAgent::of(&b_value, None, a_sim, replica, MODEL)
     }
     .start()?;
     // A token bound to pod b, for another audience.
@@ -263,12 +281,12 @@ async fn bound_tokens_speak_only_for_their_own_live_pod() -> anyhow::Result<()> 
     let wrong_audience_file = dir.path().join("wrong-audience.token");
     std::fs::write(&wrong_audience_file, wrong_audience)?;
     let _stranger =
-        PodAgent::of(&b_value, Some(&wrong_audience_file), a_sim, &url, MODEL).start()?;
+        PodAgent::of(&b_value, Some(&wrong_audience_file), a_sim, replica, MODEL).start()?;
     // A made-up token, and no token at all.
     let forged_file = dir.path().join("forged.token");
     std::fs::write(&forged_file, "eyJhbGciOiJSUzI1NiJ9.forged.sig")?;
-    let _forger = PodAgent::of(&b_value, Some(&forged_file), a_sim, &url, MODEL).start()?;
-    let _anonymous = PodAgent::of(&b_value, None, a_sim, &url, MODEL).start()?;
+    let _forger = PodAgent::of(&b_value, Some(&forged_file), a_sim, replica, MODEL).start()?;
+    let _anonymous = PodAgent::of(&b_value, None, a_sim, replica, MODEL).start()?;
     let before_ref = &before;
     let refused = eventually(WITHIN, "four refusals", || async move {
         let now = refusals(metrics).await?;
@@ -319,7 +337,7 @@ async fn bound_tokens_speak_only_for_their_own_live_pod() -> anyhow::Result<()> 
     assert!(error.contains("token has been invalidated"), "{error}");
     let before = refusals(metrics).await?;
     let b_sim: SocketAddr = (node.pod_ip(NS, &name(b)).context("b's address")?, 8000).into();
-    let _late = PodAgent::of(&a_value, Some(&saved), b_sim, &url, MODEL).start()?;
+    let _late = PodAgent::of(&a_value, Some(&saved), b_sim, replica, MODEL).start()?;
     let before_ref = &before;
     let refused = eventually(WITHIN, "the dead pod's token refused", || async move {
         let new = new_refusals(before_ref, refusals(metrics).await?);
@@ -696,8 +714,7 @@ async fn cut_off_from_the_api_server_a_leader_steps_down_and_no_call_hangs() -> 
     // A stream whose token was never reviewed: its TokenReview cannot be
     // answered, and is given up after the call bound (15 s), refused as
     // UNAVAILABLE, instead of holding the stream forever.
-    let url = replicas[0].url();
-    let _agent = PodAgent::of(&pod, Some(&unseen), sim, &url, MODEL).start()?;
+    let _agent = PodAgent::of(&pod, Some(&unseen), sim, &replicas[0], MODEL).start()?;
     let before_ref = &before;
     let review_given_up = eventually(WITHIN, "the TokenReview given up", || async move {
         let refused = new_refusals(before_ref, refusals(metrics).await?);

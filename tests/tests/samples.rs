@@ -543,14 +543,26 @@ fn chart_default_injection() -> InjectionConfig {
             str_at(&chart, "/appVersion")
         ));
     }
+    let tls = values["grpc"]["tls"]["enabled"] == json!(true);
     if agent["aggregatorAddress"] == "" {
+        let scheme = if tls { "https" } else { "http" };
         agent["aggregatorAddress"] = json!(format!(
-            "http://{FULLNAME}-headless.{RELEASE_NAMESPACE}.svc:9443"
+            "{scheme}://{FULLNAME}-headless.{RELEASE_NAMESPACE}.svc:9443"
         ));
     }
     let yaml = serde_yaml::to_string(&agent).expect("YAML");
-    InjectionConfig::parse(&yaml).unwrap_or_else(|e| panic!("the chart's injection.yaml: {e}"))
+    let config =
+        InjectionConfig::parse(&yaml).unwrap_or_else(|e| panic!("the chart's injection.yaml: {e}"));
+    // The aggregator hands the webhook its gRPC CA at run time; the
+    // documentation shows where that text goes.
+    InjectionConfig {
+        aggregator_ca: tls.then(|| AGGREGATOR_CA.to_string()),
+        ..config
+    }
 }
+
+/// What docs/injection.md's snippet shows for the aggregator's CA.
+const AGGREGATOR_CA: &str = "-----BEGIN CERTIFICATE-----\n(the aggregator's CA, from its Secret wva-grpc-tls)\n-----END CERTIFICATE-----\n";
 
 /// A pod of `deployment` as its ReplicaSet creates it.
 fn pod_of(deployment: &Deployment) -> Value {

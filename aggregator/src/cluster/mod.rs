@@ -6,13 +6,16 @@ pub mod configmaps;
 
 use std::ffi::OsString;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use kube::runtime::events::Reporter;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use wva_agent::tls::TargetTls;
+use wva_certs::{CertBundle, ExpiryGauge, Kept};
 use wva_k8s::controller::{self, Controller};
 use wva_k8s::identity::ClusterAdmission;
 use wva_k8s::scrape_source::PodScrapingSource;
@@ -22,6 +25,9 @@ use wva_webhook::server::WebhookMetrics;
 use wva_webhook::{self, WebhookSettings};
 
 use self::configmaps::{Names, Outputs};
+
+/// How often the self-made gRPC certificate is checked for renewal.
+const CERTIFICATE_CHECK: Duration = Duration::from_secs(30);
 use crate::args::{ActuatorKind, Args};
 use crate::params;
 use crate::runtime::{self, Upstream};
@@ -86,7 +92,28 @@ pub async fn run(
             tls: scrape_tls(&args)?,
         },
     )));
-    let mut webhook_tasks = Vec::new();
+    let mut tasks = Vec::new();
+    let (agent_ca_tx, agent_ca) = watch::channel(None);
+    match &args.grpc_tls_secret {
+        Some(secret) => {
+            let (served, task) = self_made_grpc_certificate(
+                &args,
+                client.clone(),
+                &names.namespace,
+                secret,
+                agent_ca_tx,
+                shutdown.clone(),
+            )
+            .await?;
+            settings.tls = Some(served);
+            tasks.push(task);
+        }
+        None if settings.tls.is_none() => warn!(
+            "the gRPC port serves plaintext: agents' tokens travel in the clear unless the network \
+             encrypts them; set WVA_GRPC_TLS_SECRET (the chart's default) or WVA_GRPC_TLS_CERT"
+        ),
+        None => {}
+    }
     if let Some(addr) = args.webhook_addr {
         let webhook = WebhookSettings {
             addr,
@@ -96,10 +123,12 @@ pub async fn run(
             namespace: names.namespace.clone(),
             secret: args.webhook_secret.clone(),
             configuration: args.webhook_configuration.clone(),
+            agent_ca: args.grpc_tls_secret.is_some().then_some(agent_ca),
         };
         let metrics = WebhookMetrics::default();
-        webhook_tasks =
-            wva_webhook::start(client.clone(), webhook, metrics.clone(), shutdown.clone()).await?;
+        tasks.extend(
+            wva_webhook::start(client.clone(), webhook, metrics.clone(), shutdown.clone()).await?,
+        );
         settings.webhook_metrics = Some(metrics);
     }
     let election = election_config(&args)?;
@@ -197,7 +226,7 @@ pub async fn run(
     if let Some(task) = election_task {
         task.await??;
     }
-    for task in webhook_tasks {
+    for task in tasks {
         task.await??;
     }
     info!("stopped");
@@ -222,6 +251,55 @@ fn from_file_or_config_map<T: Default + Send + Sync + 'static>(
 }
 
 /// The election settings, or `None` when election is off.
+/// The self-made certificate of the gRPC port, kept current like the
+/// webhook's; its CA (first the current one, then each renewal's) goes to
+/// `agent_ca` for the webhook to give injected agents.
+async fn self_made_grpc_certificate(
+    args: &Args,
+    client: kube::Client,
+    namespace: &str,
+    secret: &str,
+    agent_ca: watch::Sender<Option<String>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(
+    (Arc<rustls::ServerConfig>, ExpiryGauge),
+    JoinHandle<anyhow::Result<()>>,
+)> {
+    if args.grpc_tls_services.is_empty() {
+        bail!(
+            "WVA_GRPC_TLS_SECRET needs WVA_GRPC_TLS_SERVICES: the Services agents and KEDA reach the gRPC port by"
+        );
+    }
+    let kept = Kept {
+        client,
+        namespace: namespace.to_string(),
+        name: secret.to_string(),
+        names: args
+            .grpc_tls_services
+            .iter()
+            .flat_map(|service| wva_certs::dns_names(service, namespace))
+            .collect(),
+        what: "the gRPC port",
+    };
+    let hand_out = {
+        let agent_ca = agent_ca.clone();
+        move |bundle: CertBundle| {
+            agent_ca.send_replace(Some(bundle.ca));
+            async { Ok(()) }
+        }
+    };
+    let expiry = ExpiryGauge::default();
+    let (served, first, task) =
+        wva_certs::serve_self_made(kept, expiry.clone(), CERTIFICATE_CHECK, hand_out, shutdown)
+            .await?;
+    agent_ca.send_replace(Some(first.ca));
+    let config = startup::grpc_tls(args, served)?;
+    Ok((
+        (config, expiry),
+        tokio::spawn(async move { Ok(task.await?) }),
+    ))
+}
+
 fn election_config(args: &Args) -> anyhow::Result<Option<leader::ElectionConfig>> {
     let e = &args.election;
     if !e.leader_elect {

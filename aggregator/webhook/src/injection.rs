@@ -68,6 +68,11 @@ pub struct InjectionConfig {
     /// The agent's own `/metrics`, `/healthz` and `/readyz`.
     #[serde(default = "agent_port")]
     pub agent_port: u16,
+    /// The CA of the aggregator's self-made gRPC certificate (PEM), given
+    /// to agents of an https `aggregatorAddress`; set by the aggregator, not
+    /// the file.
+    #[serde(skip)]
+    pub aggregator_ca: Option<String>,
 }
 
 fn if_not_present() -> String {
@@ -344,6 +349,11 @@ fn container(config: &InjectionConfig, agent: &Agent) -> Container {
     }
     if let Some(models) = &agent.models {
         env.push(value("WVA_MODELS", models.clone()));
+    }
+    if let Some(ca) = &config.aggregator_ca
+        && config.aggregator_address.starts_with("https://")
+    {
+        env.push(value("WVA_TLS_CA_PEM", ca.clone()));
     }
     let port = i32::from(config.agent_port);
     Container {

@@ -15,12 +15,13 @@ use std::time::Duration;
 use anyhow::Context;
 use kube::Client;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use self::injection::InjectionConfig;
-use wva_certs::{CertFiles, Renewable};
+use wva_certs::{CertFiles, Kept};
 
 /// How often a self-made certificate is checked: renewed when due (or
 /// picked up when another replica renewed it), and its CA put back into the
@@ -42,6 +43,9 @@ pub struct WebhookSettings {
     pub namespace: String,
     pub secret: String,
     pub configuration: String,
+    /// The CA agents are to trust for the aggregator's gRPC certificate,
+    /// kept current; injected with the agent when set.
+    pub agent_ca: Option<watch::Receiver<Option<String>>>,
 }
 
 /// Reads the injection configuration and the certificate, binds the port
@@ -63,80 +67,60 @@ pub async fn start(
     let resolver: Arc<dyn rustls::server::ResolvesServerCert> = match &settings.cert_dir {
         Some(dir) => Arc::new(CertFiles::in_dir(dir, expiry)?),
         None => {
-            let names = wva_certs::dns_names(&settings.service, &settings.namespace);
-            let bundle = wva_certs::secret::current(
-                client.clone(),
-                &settings.namespace,
-                &settings.secret,
-                &names,
-            )
-            .await?;
-            let served = Arc::new(Renewable::new(&bundle, &settings.secret, expiry)?);
-            tasks.push(tokio::spawn(keep_certificate_current(
-                client,
-                settings.clone(),
-                Arc::clone(&served),
-                shutdown.clone(),
-            )));
+            let kept = Kept {
+                client: client.clone(),
+                namespace: settings.namespace.clone(),
+                name: settings.secret.clone(),
+                names: wva_certs::dns_names(&settings.service, &settings.namespace),
+                what: "the webhook",
+            };
+            // The CA goes into the webhook configuration before a
+            // certificate it signed is served.
+            let configuration = settings.configuration.clone();
+            let publish = move |bundle: wva_certs::CertBundle| {
+                let (client, configuration) = (client.clone(), configuration.clone());
+                async move {
+                    ca_bundle::publish_ca(client, &configuration, &bundle.ca)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            };
+            let (served, _, task) =
+                wva_certs::serve_self_made(kept, expiry, CHECK_EVERY, publish, shutdown.clone())
+                    .await?;
+            tasks.push(tokio::spawn(async move { Ok(task.await?) }));
             served
         }
     };
+    let image = injection.image.clone();
+    let (config, injection_config) = watch::channel(Arc::new(injection.clone()));
+    if let Some(mut agent_ca) = settings.agent_ca.clone() {
+        // Agents injected from now on trust the aggregator's current CA.
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let ca = agent_ca.borrow_and_update().clone();
+                config.send_replace(Arc::new(InjectionConfig {
+                    aggregator_ca: ca,
+                    ..injection.clone()
+                }));
+                tokio::select! {
+                    changed = agent_ca.changed() => if changed.is_err() { return Ok(()) },
+                    _ = stop.cancelled() => return Ok(()),
+                }
+            }
+        }));
+    }
     let listener = TcpListener::bind(settings.addr)
         .await
         .with_context(|| format!("cannot listen on {} for the webhook", settings.addr))?;
-    info!(addr = %settings.addr, image = %injection.image, "serving the agent-injection webhook");
+    info!(addr = %settings.addr, %image, "serving the agent-injection webhook");
     tasks.push(tokio::spawn(server::serve(
         listener,
         server::tls_config(resolver),
-        Arc::new(injection),
+        injection_config,
         metrics,
         shutdown,
     )));
     Ok(tasks)
-}
-
-/// Every [`CHECK_EVERY`] until shutdown: renews the certificate in the
-/// Secret when due, puts its CA into the webhook configuration, then serves
-/// it. The CA goes first, so the API server trusts a new certificate before
-/// it is served.
-async fn keep_certificate_current(
-    client: Client,
-    settings: WebhookSettings,
-    served: Arc<Renewable>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let names = wva_certs::dns_names(&settings.service, &settings.namespace);
-    let mut failing = false;
-    loop {
-        let round = async {
-            let bundle = wva_certs::secret::current(
-                client.clone(),
-                &settings.namespace,
-                &settings.secret,
-                &names,
-            )
-            .await?;
-            ca_bundle::publish_ca(client.clone(), &settings.configuration, &bundle.ca).await?;
-            if served.renew(&bundle, &settings.secret)? {
-                info!(secret = %settings.secret, "serving the renewed webhook certificate");
-            }
-            anyhow::Ok(())
-        };
-        match round.await {
-            Ok(()) if failing => {
-                info!(configuration = %settings.configuration, "the webhook certificate and CA are current again");
-                failing = false;
-            }
-            Ok(()) => {}
-            Err(e) if !failing => {
-                warn!(error = %e, "cannot keep the webhook certificate current; the API server cannot call the webhook if its CA is not published");
-                failing = true;
-            }
-            Err(_) => {}
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(CHECK_EVERY) => {}
-            _ = shutdown.cancelled() => return Ok(()),
-        }
-    }
 }

@@ -24,6 +24,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde_json::Value;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -154,11 +155,12 @@ pub fn review(
     Ok((response.into_review(), verdict))
 }
 
-/// Serves the webhook over TLS until shutdown.
+/// Serves the webhook over TLS until shutdown, with the injection
+/// configuration `config` holds at each request.
 pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
-    config: Arc<InjectionConfig>,
+    config: watch::Receiver<Arc<InjectionConfig>>,
     metrics: WebhookMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -169,7 +171,7 @@ pub async fn serve(
             connection = listener.accept() => connection,
             _ = shutdown.cancelled() => return Ok(()),
         };
-        let (acceptor, config, metrics) = (acceptor.clone(), Arc::clone(&config), metrics.clone());
+        let (acceptor, config, metrics) = (acceptor.clone(), config.clone(), metrics.clone());
         let builder = listener.limits().http1();
         let peer = connection.peer();
         tokio::spawn(async move {
@@ -179,8 +181,10 @@ pub async fn serve(
                     Ok(Err(e)) => return debug!(%peer, error = %e, "webhook: TLS handshake failed"),
                     Err(_) => return debug!(%peer, "webhook: TLS handshake timed out"),
                 };
-            let service =
-                service_fn(move |request| handle(request, Arc::clone(&config), metrics.clone()));
+            // Each request uses the configuration current when it arrives.
+            let service = service_fn(move |request| {
+                handle(request, Arc::clone(&config.borrow()), metrics.clone())
+            });
             if let Err(e) = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await

@@ -108,6 +108,10 @@ by the aggregator or by cert-manager.
 {{- include "wva.fullname" . }}-webhook-tls
 {{- end }}
 
+{{- define "wva.grpcSecretName" -}}
+{{- include "wva.fullname" . }}-grpc-tls
+{{- end }}
+
 {{- define "wva.certificateName" -}}
 {{- include "wva.fullname" . }}-webhook
 {{- end }}
@@ -133,7 +137,8 @@ injection.agent with the defaults that depend on the release filled in.
 {{- $_ := set $agent "image" (printf "ghcr.io/wva-project/wva-agent:%s" .Chart.AppVersion) }}
 {{- end }}
 {{- if not $agent.aggregatorAddress }}
-{{- $_ := set $agent "aggregatorAddress" (printf "http://%s.%s.svc:9443" (include "wva.headlessServiceName" .) .Release.Namespace) }}
+{{- $scheme := ternary "https" "http" .Values.grpc.tls.enabled }}
+{{- $_ := set $agent "aggregatorAddress" (printf "%s://%s.%s.svc:9443" $scheme (include "wva.headlessServiceName" .) .Release.Namespace) }}
 {{- end }}
 {{- toYaml $agent }}
 {{- end }}

@@ -63,6 +63,8 @@ pub const PARAMS: &[Param] = &[
     param("WVA_GRPC_TLS_KEY", "tls_key", Static),
     param("WVA_GRPC_TLS_CLIENT_CA", "tls_client_ca", Static),
     param("WVA_GRPC_TLS_CLIENT_AUTH", "tls_client_auth", Static),
+    param("WVA_GRPC_TLS_SECRET", "grpc_tls_secret", Static),
+    param("WVA_GRPC_TLS_SERVICES", "grpc_tls_services", Static),
     param("WVA_READER_TOKEN_FILE", "reader_token_file", Static),
     param("WVA_AGENT_TOKEN_FILE", "agent_token_file", Static),
     param("WVA_VERIFY_AGENT_IDENTITY", "verify_agent_identity", Static),
