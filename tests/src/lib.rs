@@ -4,6 +4,7 @@
 
 pub mod controlplane;
 pub mod install;
+pub mod netns;
 pub mod node;
 pub mod pod_agent;
 pub mod prometheus;
@@ -91,12 +92,36 @@ impl Proc {
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// The most memory the process has held resident so far (`VmHWM`).
+    pub fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .context("VmHWM in /proc/<pid>/status")?
+            .trim()
+            .parse()?;
+        Ok(kib * 1024)
+    }
 }
 
 /// The command of a workspace binary: killed when dropped, logging at
 /// `WVA_TEST_LOG` (`warn` unless set).
 pub fn command(name: &str) -> Command {
-    let mut cmd = Command::new(bin(name));
+    program(Command::new(bin(name)))
+}
+
+/// [`command`] run inside network namespace `netns` (`ip netns exec`, which
+/// becomes the program, so signals reach it).
+pub fn command_in_netns(netns: &str, name: &str) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns]).arg(bin(name));
+    program(cmd)
+}
+
+fn program(mut cmd: Command) -> Command {
     cmd.stdin(Stdio::null()).kill_on_drop(true).env(
         "RUST_LOG",
         std::env::var("WVA_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -128,7 +153,18 @@ pub async fn start_sim_at(
     model: &str,
     extra: &[&str],
 ) -> anyhow::Result<(Proc, SocketAddr)> {
-    let mut child = command("vllm-sim")
+    start_sim_with(command("vllm-sim"), addr, model, extra).await
+}
+
+/// [`start_sim_at`] with the `vllm-sim` command `sim` (e.g. in a network
+/// namespace).
+pub async fn start_sim_with(
+    mut sim: Command,
+    addr: SocketAddr,
+    model: &str,
+    extra: &[&str],
+) -> anyhow::Result<(Proc, SocketAddr)> {
+    let mut child = sim
         .args(["--host", &addr.ip().to_string()])
         .args(["--port", &addr.port().to_string(), "--model", model])
         .args(extra)
@@ -165,13 +201,24 @@ pub struct AgentSpec<'a> {
 }
 
 pub fn start_agent(spec: &AgentSpec<'_>) -> anyhow::Result<Proc> {
-    let child = command("wva-agent")
+    start_agent_with(command("wva-agent"), spec)
+}
+
+/// [`start_agent`] with the `wva-agent` command `agent` (e.g. in a network
+/// namespace).
+pub fn start_agent_with(mut agent: Command, spec: &AgentSpec<'_>) -> anyhow::Result<Proc> {
+    agent
         .args(["--target", &format!("http://{}/metrics", spec.target)])
         .args(["--aggregator", spec.aggregator])
         .args(["--pod-name", spec.pod, "--namespace", spec.namespace])
         .args(["--variant", spec.variant, "--model", spec.model])
-        .args(["--interval", spec.interval, "--listen", "127.0.0.1:0"])
-        .args(spec.extra)
+        .args(["--interval", spec.interval])
+        .args(spec.extra);
+    // Its own port is of no interest unless a test names one.
+    if !spec.extra.contains(&"--listen") {
+        agent.args(["--listen", "127.0.0.1:0"]);
+    }
+    let child = agent
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -179,30 +226,29 @@ pub fn start_agent(spec: &AgentSpec<'_>) -> anyhow::Result<Proc> {
     Ok(Proc { child })
 }
 
-/// The command of `wva-aggregator` serving on the given addresses with the
-/// tests' fast analysis (stdout discarded, stderr inherited).
-pub fn aggregator(grpc: SocketAddr, metrics: SocketAddr) -> Command {
-    let mut cmd = command("wva-aggregator");
-    cmd.args(["--grpc-addr", &grpc.to_string()])
-        .args(["--metrics-addr", &metrics.to_string()])
-        .args(["--min-analysis-interval", "100ms", "--staleness", "3s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    cmd
-}
-
-/// The command of `wva-aggregator --standalone` on the given addresses.
+/// The command of `wva-aggregator --standalone` on the given addresses with
+/// the tests' pace (fast analyses, a 3 s staleness bound, unless `extra`
+/// sets them), stdout discarded and stderr inherited.
 pub fn standalone_aggregator(
     variants: &Path,
     grpc: SocketAddr,
     metrics: SocketAddr,
     extra: &[&str],
 ) -> Command {
-    let mut cmd = aggregator(grpc, metrics);
+    let mut cmd = command("wva-aggregator");
+    cmd.args(["--grpc-addr", &grpc.to_string()])
+        .args(["--metrics-addr", &metrics.to_string()]);
+    for (flag, value) in [("--min-analysis-interval", "100ms"), ("--staleness", "3s")] {
+        if !extra.contains(&flag) {
+            cmd.args([flag, value]);
+        }
+    }
     cmd.arg("--standalone")
         .arg("--variants")
         .arg(variants)
-        .args(extra);
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
     cmd
 }
 

@@ -432,6 +432,33 @@ async fn a_variant_annotated_for_prometheus_is_driven_by_it() -> anyhow::Result<
         "{decision}"
     );
     assert_eq!(decision["data"], "fresh", "{decision}");
+    let desired = decision["desiredReplicas"].clone();
+
+    // Prometheus hangs (its process stopped, connections open): queries time
+    // out, the decision says so and holds; once it answers again, so does
+    // the source.
+    scraped.prometheus.proc.signal("STOP").await?;
+    let hung = eventually(WITHIN, "the hung source on the decision", || async move {
+        let all = decisions(metrics).await?;
+        Ok(all
+            .into_iter()
+            .find(|d| d["sourceFailure"]["source"] == "prometheus"))
+    })
+    .await?;
+    assert_eq!(hung["desiredReplicas"], desired, "held while hung: {hung}");
+    scraped.prometheus.proc.signal("CONT").await?;
+    let resumed = std::time::Instant::now();
+    eventually(WITHIN, "the source back", || async move {
+        let all = decisions(metrics).await?;
+        Ok(all
+            .into_iter()
+            .find(|d| d["sourceFailure"].is_null() && d["data"] == "fresh"))
+    })
+    .await?;
+    println!(
+        "Prometheus answering again: fresh data {:?} later",
+        resumed.elapsed()
+    );
 
     // Prometheus goes away: the decision says why its data stops.
     scraped.prometheus.stop().await;

@@ -34,7 +34,51 @@ pub struct PodEntry {
     pub latest: Option<(Sample, Instant)>,
 }
 
+/// What the budget counts for a Hello: its strings and list, beside the
+/// struct itself.
+fn hello_bytes(hello: &Hello) -> usize {
+    let strings = [
+        &hello.pod,
+        &hello.namespace,
+        &hello.variant,
+        &hello.accelerator,
+        &hello.agent_version,
+        &hello.pod_uid,
+        &hello.instance,
+    ];
+    std::mem::size_of::<Hello>()
+        + strings.iter().map(|s| s.len()).sum::<usize>()
+        + hello
+            .models
+            .iter()
+            .map(|m| std::mem::size_of::<String>() + m.len())
+            .sum::<usize>()
+}
+
+/// What the budget counts for a sample: its error text, models and queues.
+fn sample_bytes(sample: &Sample) -> usize {
+    let models = sample
+        .models
+        .iter()
+        .map(|m| std::mem::size_of_val(m) + m.model.len())
+        .sum::<usize>();
+    let queues = sample
+        .epp
+        .iter()
+        .flat_map(|e| &e.queues)
+        .map(|q| std::mem::size_of_val(q) + q.model.len())
+        .sum::<usize>();
+    std::mem::size_of::<Sample>() + sample.error.len() + models + queues
+}
+
 impl PodEntry {
+    /// The bytes the store's budget counts for this entry.
+    fn footprint(&self) -> usize {
+        std::mem::size_of::<PodEntry>()
+            + hello_bytes(&self.hello)
+            + self.latest.as_ref().map_or(0, |(s, _)| sample_bytes(s))
+    }
+
     /// Whether a stream sending `hello` at `now` may replace this holder.
     fn may_be_replaced(
         &self,
@@ -85,12 +129,18 @@ pub enum Offer {
     OutOfOrder {
         last: u64,
     },
+    /// The store's memory budget had no room for the sample's signals: it
+    /// was kept as a failed scrape.
+    OverBudget,
 }
 
-/// Pods a store holds at most. A pod's entry is bounded (names of at most
-/// 253 bytes, 64 models a sample), so this bounds the store's memory
-/// whatever streams clients open.
+/// Pods a store holds at most.
 pub const MAX_PODS: usize = 10_000;
+/// Bytes of pod state (names, models, signals) a store holds at most. Real
+/// pods take a few hundred bytes each; clients that fill every name and
+/// model list to its limit reach this budget long before the pod cap, so it
+/// keeps the aggregator within its memory limit whatever they send.
+pub const MAX_BYTES: usize = 96 << 20;
 
 /// Who may replace the stream that holds a pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +162,8 @@ const MAX_INTERVAL: Duration = Duration::from_secs(60);
 pub enum RegisterError {
     #[error("the aggregator holds {limit} pods, its limit")]
     Full { limit: usize },
+    #[error("the aggregator's pod state is at its budget of {budget} bytes")]
+    OverBudget { budget: usize },
     #[error(
         "pod {pod} is held by another agent that sent data {silent_ms} ms ago; \
          another stream takes it over after {needed_ms} ms of silence, or from the same agent instance"
@@ -126,22 +178,51 @@ pub enum RegisterError {
 /// All connected pods. Critical sections are short: a map lookup and a move.
 #[derive(Debug)]
 pub struct PodStore {
-    pods: Mutex<HashMap<PodKey, PodEntry>>,
+    pods: Mutex<Pods>,
     limit: usize,
+    budget: usize,
+}
+
+/// The pods and the bytes their state takes, kept together under one lock.
+#[derive(Debug, Default)]
+struct Pods {
+    map: HashMap<PodKey, PodEntry>,
+    bytes: usize,
+}
+
+impl Pods {
+    fn insert(&mut self, key: PodKey, entry: PodEntry) -> Option<PodEntry> {
+        self.bytes += entry.footprint();
+        let old = self.map.insert(key, entry);
+        self.bytes -= old.as_ref().map_or(0, PodEntry::footprint);
+        old
+    }
+
+    fn remove(&mut self, key: &PodKey) {
+        if let Some(old) = self.map.remove(key) {
+            self.bytes -= old.footprint();
+        }
+    }
 }
 
 impl Default for PodStore {
     fn default() -> Self {
-        PodStore::with_limit(MAX_PODS)
+        PodStore::with_limits(MAX_PODS, MAX_BYTES)
     }
 }
 
 impl PodStore {
     /// A store of at most `limit` pods.
     pub fn with_limit(limit: usize) -> Self {
+        PodStore::with_limits(limit, MAX_BYTES)
+    }
+
+    /// A store of at most `limit` pods taking at most `budget` bytes.
+    pub fn with_limits(limit: usize, budget: usize) -> Self {
         PodStore {
             pods: Mutex::default(),
             limit,
+            budget,
         }
     }
 
@@ -157,19 +238,27 @@ impl PodStore {
         takeover: Takeover,
     ) -> Result<Option<u64>, RegisterError> {
         let mut pods = self.lock();
-        match pods.get(&key) {
-            None if pods.len() >= self.limit => {
+        let old = match pods.map.get(&key) {
+            None if pods.map.len() >= self.limit => {
                 return Err(RegisterError::Full { limit: self.limit });
             }
-            Some(holder) => holder.may_be_replaced(&key, &hello, at, takeover)?,
-            None => {}
-        }
+            Some(holder) => {
+                holder.may_be_replaced(&key, &hello, at, takeover)?;
+                holder.footprint()
+            }
+            None => 0,
+        };
         let entry = PodEntry {
             stream_id,
             hello,
             registered_at: at,
             latest: None,
         };
+        if pods.bytes - old + entry.footprint() > self.budget {
+            return Err(RegisterError::OverBudget {
+                budget: self.budget,
+            });
+        }
         Ok(pods.insert(key, entry).map(|old| old.stream_id))
     }
 
@@ -185,28 +274,31 @@ impl PodStore {
     /// returns whether it did.
     pub fn claim(&self, key: PodKey, stream_id: u64, hello: Hello, at: Instant) -> bool {
         let mut pods = self.lock();
-        match pods.get(&key) {
+        match pods.map.get(&key) {
             Some(entry) => entry.stream_id == stream_id,
-            None if pods.len() >= self.limit => false,
+            None if pods.map.len() >= self.limit => false,
             None => {
-                pods.insert(
-                    key,
-                    PodEntry {
-                        stream_id,
-                        hello,
-                        registered_at: at,
-                        latest: None,
-                    },
-                );
-                true
+                let entry = PodEntry {
+                    stream_id,
+                    hello,
+                    registered_at: at,
+                    latest: None,
+                };
+                let room = pods.bytes + entry.footprint() <= self.budget;
+                if room {
+                    pods.insert(key, entry);
+                }
+                room
             }
         }
     }
 
-    /// Stores the latest sample of a stream.
+    /// Stores the latest sample of a stream; one whose signals do not fit
+    /// the memory budget is kept as a failed scrape.
     pub fn offer(&self, key: &PodKey, stream_id: u64, sample: Sample, at: Instant) -> Offer {
-        let mut pods = self.lock();
-        let Some(entry) = pods.get_mut(key).filter(|e| e.stream_id == stream_id) else {
+        let mut guard = self.lock();
+        let pods = &mut *guard;
+        let Some(entry) = pods.map.get_mut(key).filter(|e| e.stream_id == stream_id) else {
             return Offer::Superseded;
         };
         if let Some((last, _)) = &entry.latest
@@ -214,14 +306,28 @@ impl PodStore {
         {
             return Offer::OutOfOrder { last: last.seq };
         }
+        let old = entry.latest.as_ref().map_or(0, |(s, _)| sample_bytes(s));
+        let (sample, offer) = if pods.bytes - old + sample_bytes(&sample) <= self.budget {
+            (sample, Offer::Accepted)
+        } else {
+            let failed = Sample {
+                up: false,
+                error: "the aggregator's pod state is at its memory budget".to_string(),
+                models: Vec::new(),
+                epp: None,
+                ..sample
+            };
+            (failed, Offer::OverBudget)
+        };
+        pods.bytes = pods.bytes - old + sample_bytes(&sample);
         entry.latest = Some((sample, at));
-        Offer::Accepted
+        offer
     }
 
     /// Removes the pod if `stream_id` still owns it. Returns whether it did.
     pub fn remove(&self, key: &PodKey, stream_id: u64) -> bool {
         let mut pods = self.lock();
-        if pods.get(key).is_some_and(|e| e.stream_id == stream_id) {
+        if pods.map.get(key).is_some_and(|e| e.stream_id == stream_id) {
             pods.remove(key);
             true
         } else {
@@ -232,37 +338,47 @@ impl PodStore {
     /// Drops pods whose latest sample (or registration, when none arrived) is
     /// older than `staleness`; returns the removed keys.
     pub fn expire(&self, now: Instant, staleness: Duration) -> Vec<PodKey> {
-        let mut removed = Vec::new();
-        self.lock().retain(|key, entry| {
-            let seen = entry
-                .latest
-                .as_ref()
-                .map_or(entry.registered_at, |(_, at)| *at);
-            let alive = now.saturating_duration_since(seen) <= staleness;
-            if !alive {
-                removed.push(key.clone());
-            }
-            alive
-        });
+        let mut pods = self.lock();
+        let removed: Vec<PodKey> = pods
+            .map
+            .iter()
+            .filter(|(_, entry)| {
+                let seen = entry
+                    .latest
+                    .as_ref()
+                    .map_or(entry.registered_at, |(_, at)| *at);
+                now.saturating_duration_since(seen) > staleness
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &removed {
+            pods.remove(key);
+        }
         removed
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().map.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Runs `f` over a consistent view of every pod.
-    pub fn with_pods<R>(&self, f: impl FnOnce(&HashMap<PodKey, PodEntry>) -> R) -> R {
-        f(&self.lock())
+    /// The bytes the pods' state takes, as the budget counts them.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PodKey, PodEntry>> {
+    /// Runs `f` over a consistent view of every pod.
+    pub fn with_pods<R>(&self, f: impl FnOnce(&HashMap<PodKey, PodEntry>) -> R) -> R {
+        f(&self.lock().map)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pods> {
         // A panic while holding the lock cannot leave the map half-updated
-        // (every mutation is a single insert/remove), so poisoning is ignored.
+        // (every mutation is a single insert/remove with its byte count), so
+        // poisoning is ignored.
         self.pods.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -599,5 +715,55 @@ mod tests {
             store.try_register(key("b"), 6, agent("third", 1_000), t0, Takeover::Anyone),
             Ok(Some(5))
         );
+    }
+
+    #[test]
+    fn the_memory_budget_refuses_new_pods_and_strips_samples_once_full() {
+        use wva_proto::v1::ModelSignals;
+
+        let t0 = Instant::now();
+        let long = |m: usize| format!("model-{m}-{}", "x".repeat(240));
+        let big = |pod: &str| Hello {
+            models: (0..64).map(long).collect(),
+            ..hello(pod, "v")
+        };
+        let one = PodEntry {
+            stream_id: 0,
+            hello: big("a"),
+            registered_at: t0,
+            latest: None,
+        }
+        .footprint();
+        assert!(one > 64 * 250, "names are counted: {one}");
+        let store = PodStore::with_limits(100, one * 2 + one / 2);
+        store.register(key("a"), 1, big("a"), t0);
+        store.register(key("b"), 2, big("b"), t0);
+        assert!(matches!(
+            store.try_register(key("c"), 3, big("c"), t0, Takeover::Anyone),
+            Err(RegisterError::OverBudget { .. })
+        ));
+        assert!(!store.claim(key("c"), 3, big("c"), t0));
+
+        // A sample that does not fit is kept as a failed scrape.
+        let full = Sample {
+            models: (0..64)
+                .map(|m| ModelSignals {
+                    model: long(m),
+                    ..ModelSignals::default()
+                })
+                .collect(),
+            ..sample(1)
+        };
+        assert_eq!(store.offer(&key("a"), 1, full, t0), Offer::OverBudget);
+        store.with_pods(|pods| {
+            let (kept, _) = pods[&key("a")].latest.as_ref().unwrap();
+            assert!(!kept.up && kept.models.is_empty(), "{kept:?}");
+        });
+        // Leaving gives the room back, to the byte.
+        let before = store.bytes();
+        assert!(store.remove(&key("b"), 2));
+        assert_eq!(store.bytes(), before - one);
+        store.expire(t0 + STALENESS * 2, STALENESS);
+        assert_eq!((store.len(), store.bytes()), (0, 0));
     }
 }

@@ -272,7 +272,7 @@ impl Ingest {
             .store
             .try_register(key.clone(), stream_id, hello, Instant::now(), takeover)
             .map_err(|e| match e {
-                RegisterError::Full { .. } => {
+                RegisterError::Full { .. } | RegisterError::OverBudget { .. } => {
                     self.reject(Status::resource_exhausted(e.to_string()))
                 }
                 RegisterError::Held { .. } => self.refuse(Refusal::new(
@@ -378,6 +378,10 @@ impl Ingest {
             match self.store.offer(key, stream_id, sample, now) {
                 Offer::Accepted => {
                     self.metrics.sample_received();
+                    self.trigger.fire(now);
+                }
+                Offer::OverBudget => {
+                    self.metrics.sample_rejected("memory_budget");
                     self.trigger.fire(now);
                 }
                 Offer::OutOfOrder { last } => {

@@ -250,7 +250,7 @@ impl Poller {
             ..polled.sample
         };
         match self.store.offer(key, id, sample, now) {
-            Offer::Accepted => {
+            Offer::Accepted | Offer::OverBudget => {
                 self.trigger.fire(now);
                 true
             }
