@@ -264,22 +264,21 @@ async fn set_interval_is_applied_clamped_and_reported() {
     assert_eq!(conn.hello().await.interval_ms, 60_000);
 }
 
-#[tokio::test]
-async fn tls_with_ca_and_client_certificate() {
-    let pki = Pki::new();
+/// An agent given the CA by `ca` (a flag and its value) and a client
+/// certificate streams to an aggregator serving TLS.
+async fn streams_over_tls(pki: &Pki, ca: [&str; 2]) {
     let mut server = TestAggregator::start(Some(pki.server_tls())).await;
+    let tls = [
+        "--tls-cert",
+        pki.client_cert.to_str().unwrap(),
+        "--tls-key",
+        pki.client_key.to_str().unwrap(),
+        "--tls-server-name",
+        SERVER_NAME,
+    ];
     let args = args(
         &format!("https://{}", server.addr),
-        &[
-            "--tls-ca",
-            pki.ca.to_str().unwrap(),
-            "--tls-cert",
-            pki.client_cert.to_str().unwrap(),
-            "--tls-key",
-            pki.client_key.to_str().unwrap(),
-            "--tls-server-name",
-            SERVER_NAME,
-        ],
+        &[&ca[..], &tls].concat(),
     );
     let agent = Agent::start(&args);
     let mut conn = server.accept().await;
@@ -288,32 +287,20 @@ async fn tls_with_ca_and_client_certificate() {
     assert_eq!(conn.sample().await.seq, 1);
 }
 
+#[tokio::test]
+async fn tls_with_ca_and_client_certificate() {
+    let pki = Pki::new();
+    streams_over_tls(&pki, ["--tls-ca", pki.ca.to_str().unwrap()]).await;
+}
+
 /// The injection webhook hands agents the aggregator's CA as text.
 #[tokio::test]
 async fn tls_with_the_ca_given_as_text() {
     let pki = Pki::new();
-    let mut server = TestAggregator::start(Some(pki.server_tls())).await;
     let ca = std::fs::read_to_string(&pki.ca).unwrap();
-    let url = format!("https://{}", server.addr);
-    let with_ca = args(
-        &url,
-        &[
-            "--tls-ca-pem",
-            &ca,
-            "--tls-cert",
-            pki.client_cert.to_str().unwrap(),
-            "--tls-key",
-            pki.client_key.to_str().unwrap(),
-            "--tls-server-name",
-            SERVER_NAME,
-        ],
-    );
-    let agent = Agent::start(&with_ca);
-    let mut conn = server.accept().await;
-    assert_eq!(conn.hello().await.pod, "vllm-0");
-    agent.publish(1);
-    assert_eq!(conn.sample().await.seq, 1);
+    streams_over_tls(&pki, ["--tls-ca-pem", &ca]).await;
 
+    let url = "https://aggregator:9443";
     let garbled = args(&url, &["--tls-ca-pem", "not a certificate"]);
     let err = StreamConfig::from_args(&garbled)
         .unwrap()

@@ -27,6 +27,25 @@ fn low_threshold(dir: &Path) -> anyhow::Result<String> {
     Ok(path.to_string_lossy().into_owned())
 }
 
+/// The agent of pod `pod` of the variant, scraping `target` every 250 ms.
+fn agent<'a>(
+    target: SocketAddr,
+    aggregator: &'a str,
+    pod: &'a str,
+    extra: &'a [&'a str],
+) -> AgentSpec<'a> {
+    AgentSpec {
+        target,
+        aggregator,
+        pod,
+        namespace: "e2e",
+        variant: VARIANT,
+        model: MODEL,
+        interval: "250ms",
+        extra,
+    }
+}
+
 fn desired(decision: &serde_json::Value) -> i64 {
     decision["desiredReplicas"].as_i64().unwrap_or(-1)
 }
@@ -88,18 +107,10 @@ async fn a_partition_holds_the_decision_and_heals_by_itself() -> anyhow::Result<
     )
     .await?;
     let url = format!("http://{grpc}");
+    let target = (Ipv4Addr::LOCALHOST, bound.port()).into();
     let _agent = start_agent_with(
         command_in_netns(&host.name, "wva-agent"),
-        &AgentSpec {
-            target: (Ipv4Addr::LOCALHOST, bound.port()).into(),
-            aggregator: &url,
-            pod: "chat-1",
-            namespace: "e2e",
-            variant: VARIANT,
-            model: MODEL,
-            interval: "250ms",
-            extra: &["--token-file", &agents_token],
-        },
+        &agent(target, &url, "chat-1", &["--token-file", &agents_token]),
     )?;
     let _request = hold_completion((host.inside, bound.port()).into(), MODEL, 400, 500).await?;
     decision_where(
@@ -155,18 +166,9 @@ async fn an_aggregator_restarted_under_load_comes_back_with_every_pod() -> anyho
     let names: Vec<String> = (1..=PODS).map(|i| format!("chat-{i}")).collect();
     for name in &names {
         let (sim, addr) = start_sim(MODEL, &SLOW_DECODING_SIM).await?;
-        let agent = start_agent(&AgentSpec {
-            target: addr,
-            aggregator: &url,
-            pod: name,
-            namespace: "e2e",
-            variant: VARIANT,
-            model: MODEL,
-            interval: "250ms",
-            extra: &[],
-        })?;
+        let process = start_agent(&agent(addr, &url, name, &[]))?;
         requests.push(hold_completion(addr, MODEL, 400, 500).await?);
-        pods.push((sim, agent));
+        pods.push((sim, process));
     }
     let all: Vec<&str> = names.iter().map(String::as_str).collect();
     let before = decision_where(
@@ -221,16 +223,13 @@ async fn a_bad_token_file_costs_no_open_stream_and_recovers_when_fixed() -> anyh
     let url = format!("http://{grpc}");
     let agent_metrics = free_addr();
     let listen = agent_metrics.to_string();
-    let _agent = start_agent(&AgentSpec {
-        target: addr,
-        aggregator: &url,
-        pod: "chat-1",
-        namespace: "e2e",
-        variant: VARIANT,
-        model: MODEL,
-        interval: "250ms",
-        extra: &["--token-file", &token_flag, "--listen", &listen],
-    })?;
+    let agent_flags = [
+        "--token-file",
+        token_flag.as_str(),
+        "--listen",
+        listen.as_str(),
+    ];
+    let _agent = start_agent(&agent(addr, &url, "chat-1", &agent_flags))?;
     decision_where(metrics, Duration::from_secs(20), "fresh data", |d| {
         d["data"] == "fresh"
     })

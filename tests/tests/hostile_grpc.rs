@@ -1,6 +1,7 @@
 //! The aggregator's gRPC port against misbehaving clients, with the release
 //! binary on loopback and real tonic clients.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -19,7 +20,7 @@ fn message(kind: agent_message::Kind) -> AgentMessage {
 /// A stream for `hello` on a fresh connection: the sender of its messages
 /// and the aggregator's answers, or the status it was refused with.
 async fn open_stream(
-    grpc: std::net::SocketAddr,
+    grpc: SocketAddr,
     hello: Hello,
 ) -> anyhow::Result<
     Result<
@@ -44,6 +45,16 @@ async fn open_stream(
     })
 }
 
+/// A standalone aggregator with one variant, `v`, of model `m`: its
+/// directory, process, gRPC and metrics addresses.
+fn aggregator() -> anyhow::Result<(tempfile::TempDir, Proc, SocketAddr, SocketAddr)> {
+    let dir = tempfile::tempdir()?;
+    let (grpc, metrics) = (free_addr(), free_addr());
+    let variants = one_variant_file(dir.path(), "e2e", "v", "m");
+    let aggregator = start_aggregator(&variants, grpc, metrics, &[])?;
+    Ok((dir, aggregator, grpc, metrics))
+}
+
 fn hello(pod: &str, instance: &str) -> Hello {
     Hello {
         pod: pod.into(),
@@ -59,14 +70,7 @@ fn hello(pod: &str, instance: &str) -> Hello {
 #[tokio::test]
 async fn a_sample_over_the_limit_ends_its_stream_as_resource_exhausted_and_is_counted()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let (grpc, metrics) = (free_addr(), free_addr());
-    let _aggregator = start_aggregator(
-        &one_variant_file(dir.path(), "e2e", "v", "m"),
-        grpc,
-        metrics,
-        &[],
-    )?;
+    let (_dir, _aggregator, grpc, metrics) = aggregator()?;
     let (tx, mut answers) = open_stream(grpc, hello("p", "a"))
         .await?
         .context("the stream is admitted")?;
@@ -101,14 +105,7 @@ async fn a_sample_over_the_limit_ends_its_stream_as_resource_exhausted_and_is_co
 #[tokio::test]
 async fn another_agent_cannot_take_over_a_live_pod_but_its_own_can_reconnect() -> anyhow::Result<()>
 {
-    let dir = tempfile::tempdir()?;
-    let (grpc, metrics) = (free_addr(), free_addr());
-    let _aggregator = start_aggregator(
-        &one_variant_file(dir.path(), "e2e", "v", "m"),
-        grpc,
-        metrics,
-        &[],
-    )?;
+    let (_dir, _aggregator, grpc, metrics) = aggregator()?;
     let (tx, mut answers) = open_stream(grpc, hello("p", "real"))
         .await?
         .context("the pod's agent is admitted")?;
@@ -153,7 +150,7 @@ async fn another_agent_cannot_take_over_a_live_pod_but_its_own_can_reconnect() -
 }
 
 /// The HTTP/2 settings a server announces first on a new connection.
-async fn server_settings(addr: std::net::SocketAddr) -> anyhow::Result<Vec<(u16, u32)>> {
+async fn server_settings(addr: SocketAddr) -> anyhow::Result<Vec<(u16, u32)>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(addr).await?;
     // The client preface, then an empty SETTINGS frame.
@@ -181,14 +178,7 @@ async fn server_settings(addr: std::net::SocketAddr) -> anyhow::Result<Vec<(u16,
 #[tokio::test]
 async fn one_connection_may_not_open_unbounded_streams() -> anyhow::Result<()> {
     const MAX_CONCURRENT_STREAMS: u16 = 0x3;
-    let dir = tempfile::tempdir()?;
-    let (grpc, metrics) = (free_addr(), free_addr());
-    let _aggregator = start_aggregator(
-        &one_variant_file(dir.path(), "e2e", "v", "m"),
-        grpc,
-        metrics,
-        &[],
-    )?;
+    let (_dir, _aggregator, grpc, _) = aggregator()?;
     let settings = eventually(Duration::from_secs(10), "the gRPC port", || async move {
         Ok(server_settings(grpc).await.ok())
     })

@@ -1,5 +1,6 @@
 //! Agent credentials end to end: TLS to the aggregator and a bearer token.
 
+use std::path::Path;
 use std::time::Duration;
 
 use wva_e2e::*;
@@ -40,41 +41,39 @@ fn pki() -> Pki {
     }
 }
 
+/// Writes `content` to `name` in `dir`; returns the path as a flag value.
+fn write(dir: &Path, name: &str, content: &str) -> anyhow::Result<String> {
+    let path = dir.join(name);
+    std::fs::write(&path, content)?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
 #[tokio::test]
 async fn agents_connect_over_tls_with_a_token_and_a_wrong_token_is_refused() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let path = |name: &str| dir.path().join(name);
     let pki = pki();
-    std::fs::write(path("ca.pem"), &pki.ca_pem)?;
-    std::fs::write(path("cert.pem"), &pki.cert_pem)?;
-    std::fs::write(path("key.pem"), &pki.key_pem)?;
-    std::fs::write(path("token"), "s3cret-token\n")?;
-    std::fs::write(path("wrong"), "not-the-token\n")?;
-    std::fs::write(
-        path("variants.yaml"),
-        format!(
-            "apiVersion: llmd.ai/v1alpha1\nkind: VariantAutoscaling\nmetadata: {{name: secure, namespace: e2e}}\n\
-             spec: {{scaleTargetRef: {{kind: Deployment, name: secure}}, modelID: {MODEL}}}\n"
-        ),
-    )?;
-    let s = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+    let ca = write(dir.path(), "ca.pem", &pki.ca_pem)?;
+    let cert = write(dir.path(), "cert.pem", &pki.cert_pem)?;
+    let key = write(dir.path(), "key.pem", &pki.key_pem)?;
+    let good = write(dir.path(), "token", "s3cret-token\n")?;
+    let bad = write(dir.path(), "wrong", "not-the-token\n")?;
+    let variants = one_variant_file(dir.path(), "e2e", "secure", MODEL);
     let (grpc, metrics) = (free_addr(), free_addr());
     let _aggregator = start_aggregator(
-        &path("variants.yaml"),
+        &variants,
         grpc,
         metrics,
         &[
             "--tls-cert",
-            &s(path("cert.pem")),
+            &cert,
             "--tls-key",
-            &s(path("key.pem")),
+            &key,
             "--agent-token-file",
-            &s(path("token")),
+            &good,
         ],
     )?;
     let url = format!("https://localhost:{}", grpc.port());
     let (_sim, addr) = start_sim(MODEL, &[]).await?;
-    let (ca, good, bad) = (s(path("ca.pem")), s(path("token")), s(path("wrong")));
     let (good_flags, bad_flags) = (
         ["--tls-ca", ca.as_str(), "--token-file", good.as_str()],
         ["--tls-ca", ca.as_str(), "--token-file", bad.as_str()],
@@ -141,14 +140,12 @@ async fn keda_and_diagnostics_need_a_certificate_or_the_reader_token() -> anyhow
     use wva_proto::v1::diagnostics_client::DiagnosticsClient;
 
     let dir = tempfile::tempdir()?;
-    let path = |name: &str| dir.path().join(name);
-    let s = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
     let pki = pki();
-    std::fs::write(path("ca.pem"), &pki.ca_pem)?;
-    std::fs::write(path("cert.pem"), &pki.cert_pem)?;
-    std::fs::write(path("key.pem"), &pki.key_pem)?;
-    std::fs::write(path("agents"), "agent-token\n")?;
-    std::fs::write(path("readers"), "reader-token\n")?;
+    let ca = write(dir.path(), "ca.pem", &pki.ca_pem)?;
+    let cert = write(dir.path(), "cert.pem", &pki.cert_pem)?;
+    let key = write(dir.path(), "key.pem", &pki.key_pem)?;
+    let token = write(dir.path(), "agents", "agent-token\n")?;
+    let readers = write(dir.path(), "readers", "reader-token\n")?;
     let variants = one_variant_file(dir.path(), "e2e", "secure", MODEL);
     let (grpc, metrics) = (free_addr(), free_addr());
     let _aggregator = start_aggregator(
@@ -157,24 +154,23 @@ async fn keda_and_diagnostics_need_a_certificate_or_the_reader_token() -> anyhow
         metrics,
         &[
             "--tls-cert",
-            &s(path("cert.pem")),
+            &cert,
             "--tls-key",
-            &s(path("key.pem")),
+            &key,
             "--tls-client-ca",
-            &s(path("ca.pem")),
+            &ca,
             "--tls-client-auth",
             "readers",
             "--agent-token-file",
-            &s(path("agents")),
+            &token,
             "--reader-token-file",
-            &s(path("readers")),
+            &readers,
         ],
     )?;
 
     // An agent with its token and no certificate feeds the analysis.
     let url = format!("https://localhost:{}", grpc.port());
     let (_sim, addr) = start_sim(MODEL, &[]).await?;
-    let (ca, token) = (s(path("ca.pem")), s(path("agents")));
     let _agent = start_agent(&AgentSpec {
         target: addr,
         aggregator: &url,
@@ -276,23 +272,16 @@ async fn a_renewed_grpc_certificate_is_served_without_a_restart() -> anyhow::Res
     use wva_proto::v1::diagnostics_client::DiagnosticsClient;
 
     let dir = tempfile::tempdir()?;
-    let path = |name: &str| dir.path().join(name);
-    let s = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
     let (first, second) = (pki(), pki());
-    std::fs::write(path("cert.pem"), &first.cert_pem)?;
-    std::fs::write(path("key.pem"), &first.key_pem)?;
+    let cert = write(dir.path(), "cert.pem", &first.cert_pem)?;
+    let key = write(dir.path(), "key.pem", &first.key_pem)?;
     let variants = one_variant_file(dir.path(), "e2e", "secure", MODEL);
     let (grpc, metrics) = (free_addr(), free_addr());
     let _aggregator = start_aggregator(
         &variants,
         grpc,
         metrics,
-        &[
-            "--tls-cert",
-            &s(path("cert.pem")),
-            "--tls-key",
-            &s(path("key.pem")),
-        ],
+        &["--tls-cert", &cert, "--tls-key", &key],
     )?;
     let ask = |ca: &str| {
         let tls = ClientTlsConfig::new()
@@ -319,8 +308,8 @@ async fn a_renewed_grpc_certificate_is_served_without_a_restart() -> anyhow::Res
     assert!(ask(&second.ca_pem).await.is_err(), "not yet renewed");
 
     // The renewal lands as cert-manager writes it: key, then certificate.
-    std::fs::write(path("key.pem"), &second.key_pem)?;
-    std::fs::write(path("cert.pem"), &second.cert_pem)?;
+    write(dir.path(), "key.pem", &second.key_pem)?;
+    write(dir.path(), "cert.pem", &second.cert_pem)?;
     eventually(
         Duration::from_secs(10),
         "the renewed certificate",
