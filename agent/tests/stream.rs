@@ -301,7 +301,7 @@ async fn tls_with_the_ca_given_as_text() {
     streams_over_tls(&pki, ["--tls-ca-pem", &ca]).await;
 
     let url = "https://aggregator:9443";
-    let garbled = args(&url, &["--tls-ca-pem", "not a certificate"]);
+    let garbled = args(url, &["--tls-ca-pem", "not a certificate"]);
     let err = StreamConfig::from_args(&garbled)
         .unwrap()
         .tls
