@@ -54,6 +54,23 @@ fn engine_ranks_are_summed_and_kv_weighted_by_blocks() {
     assert!((m.kv_cache_usage - (0.5 * 3000.0 + 0.2 * 1000.0) / 4000.0).abs() < 1e-12);
 }
 
+/// Found by fuzzing: block counts near u64::MAX on two engines overflowed
+/// the sums (a panic with overflow checks, a KV usage far above 1 without).
+#[test]
+fn huge_block_counts_neither_wrap_nor_skew_the_kv_average() {
+    let huge = "10000000000000000000";
+    let body = format!(
+        "vllm:kv_cache_usage_perc{{engine=\"0\",model_name=\"m\"}} 0.5\n\
+         vllm:kv_cache_usage_perc{{engine=\"1\",model_name=\"m\"}} 0.5\n\
+         {}{}",
+        cache_config("engine=\"0\",", huge),
+        cache_config("engine=\"1\",", huge),
+    );
+    let m = one_model(&body);
+    assert_eq!(m.num_gpu_blocks, u64::MAX);
+    assert!((m.kv_cache_usage - 0.5).abs() < 1e-12, "{}", m.kv_cache_usage);
+}
+
 #[test]
 fn kv_is_a_plain_average_when_blocks_are_unknown() {
     let body = format!(

@@ -218,12 +218,14 @@ impl Vllm {
     fn fill_model(&self, acc: &ModelAcc, out: &mut ModelSignals) {
         let mut blocks_total = 0;
         let mut block_size = 0;
-        let (mut weighted, mut weight, mut all_weighted) = (0.0, 0, true);
+        // Weights are summed as floats and block counts saturate: an engine
+        // may report any u64, and the sums must neither wrap nor panic.
+        let (mut weighted, mut weight, mut all_weighted) = (0.0, 0.0, true);
         let (mut plain, mut ranks_with_kv) = (0.0, 0u32);
         for (engine, rank) in acc.engines.iter() {
             let config = self.cache_config(engine);
             let blocks = config.and_then(|c| c.num_gpu_blocks).filter(|&b| b > 0);
-            blocks_total += blocks.unwrap_or(0);
+            blocks_total = blocks.unwrap_or(0).saturating_add(blocks_total);
             block_size = block_size.max(config.and_then(|c| c.block_size).unwrap_or(0));
             // V1 name first: 0.9–0.11 can serve both.
             if let Some(kv) = rank.kv.or(rank.kv_v0) {
@@ -232,7 +234,7 @@ impl Vllm {
                 match blocks {
                     Some(b) => {
                         weighted += kv * b as f64;
-                        weight += b;
+                        weight += b as f64;
                     }
                     None => all_weighted = false,
                 }
@@ -240,7 +242,7 @@ impl Vllm {
         }
         out.kv_cache_usage = match (ranks_with_kv, all_weighted) {
             (0, _) => 0.0,
-            (_, true) => weighted / weight as f64,
+            (_, true) => weighted / weight,
             (n, false) => plain / f64::from(n),
         };
         out.num_gpu_blocks = blocks_total;
