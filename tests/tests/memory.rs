@@ -248,3 +248,112 @@ async fn idle_diagnostics_watchers_stay_within_the_aggregators_limit() -> anyhow
         AGGREGATOR_LIMIT,
     )
 }
+
+/// A "vLLM" that answers every scrape with an attack, in turn: a gzip body
+/// that decodes to 64 MiB, a 3 MiB label and 60,000 model names (both under
+/// the body budget, so the extractor meets them), and a chunked body that
+/// never ends (66 MB of agent memory before one budget covered received and
+/// decoded bytes; 100,000 names wedged the agent for about 100 s).
+async fn hostile_target() -> anyhow::Result<SocketAddr> {
+    use std::io::Write;
+
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(&vec![b'0'; 64 << 20])?;
+    let bomb = encoder.finish()?;
+    let label = format!(
+        "vllm:num_requests_running{{model_name=\"{}\"}} 1\n",
+        "m".repeat(3 << 20)
+    );
+    let names: String = (0..60_000)
+        .map(|i| format!("vllm:num_requests_running{{model_name=\"model-{i}\"}} 1\n"))
+        .collect();
+    let replies: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        (
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+                bomb.len()
+            )
+            .into_bytes(),
+            bomb,
+        ),
+        (
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", label.len()).into_bytes(),
+            label.into_bytes(),
+        ),
+        (
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", names.len()).into_bytes(),
+            names.into_bytes(),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            Vec::new(),
+        ),
+    ];
+    let replies = std::sync::Arc::new(replies);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let mut turn = 0;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let replies = std::sync::Arc::clone(&replies);
+            let reply = turn % replies.len();
+            turn += 1;
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut request).await;
+                let (head, body) = &replies[reply];
+                if stream.write_all(head).await.is_err() {
+                    return;
+                }
+                if body.is_empty() {
+                    // Endless: chunk after chunk until the agent hangs up.
+                    let chunk = format!("1000\r\n{}\r\n", "x".repeat(0x1000));
+                    while stream.write_all(chunk.as_bytes()).await.is_ok() {}
+                } else {
+                    let _ = stream.write_all(body).await;
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::test]
+async fn a_hostile_vllm_leaves_the_agent_within_its_limit() -> anyhow::Result<()> {
+    let target = hostile_target().await?;
+    let agent_addr = free_addr();
+    let listen = agent_addr.to_string();
+    let agent = start_agent(&AgentSpec {
+        target,
+        aggregator: &format!("http://{}", free_addr()),
+        pod: "p",
+        namespace: "e2e",
+        variant: "v",
+        model: "m",
+        interval: "100ms",
+        extra: &["--listen", &listen, "--accept-gzip"],
+    })?;
+    let scrapes = || async move {
+        let value = metric(agent_addr, "wva_agent_scrapes_total").await?;
+        anyhow::Ok(value.first().map_or(0.0, |(_, v)| *v))
+    };
+    // Every attack five times over.
+    eventually(
+        Duration::from_secs(120),
+        "twenty hostile scrapes",
+        || async move { Ok(scrapes().await.ok().filter(|n| *n >= 20.0)) },
+    )
+    .await?;
+    let failures = metric(agent_addr, "wva_agent_scrape_failures_total").await?;
+    println!("scrape failures: {failures:?}");
+    let reasons: Vec<&str> = failures.iter().map(|(l, _)| l["reason"].as_str()).collect();
+    assert!(
+        reasons.contains(&"too_large") && reasons.contains(&"extract"),
+        "the body budget and the extractor's limits both met an attack: {failures:?}"
+    );
+    within(
+        "agent, a hostile vLLM (gzip bomb, 3 MiB label, 60k models, endless body)",
+        &agent,
+        AGENT_LIMIT,
+    )
+}
