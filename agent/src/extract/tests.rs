@@ -68,7 +68,11 @@ fn huge_block_counts_neither_wrap_nor_skew_the_kv_average() {
     );
     let m = one_model(&body);
     assert_eq!(m.num_gpu_blocks, u64::MAX);
-    assert!((m.kv_cache_usage - 0.5).abs() < 1e-12, "{}", m.kv_cache_usage);
+    assert!(
+        (m.kv_cache_usage - 0.5).abs() < 1e-12,
+        "{}",
+        m.kv_cache_usage
+    );
 }
 
 #[test]
