@@ -418,11 +418,8 @@ fn message(kind: agent_message::Kind) -> AgentMessage {
     AgentMessage { kind: Some(kind) }
 }
 
-/// A random id for this agent process, sent in every Hello. The standard
-/// library's randomly keyed hasher gives 64 unpredictable bits, enough to tell
-/// two agents apart without a randomness dependency.
+/// A random id for this agent process, sent in every Hello: 64 bits, enough
+/// to tell two agents apart.
 fn instance_id() -> String {
-    use std::hash::BuildHasher;
-    let bits = std::hash::RandomState::new().hash_one(std::process::id());
-    format!("{bits:016x}")
+    format!("{:016x}", rand::random::<u64>())
 }

@@ -14,7 +14,9 @@ use wva_core::sources::SourceKind;
 #[command(
     name = "wva-aggregator",
     version,
-    about = "Ingests wva-agent telemetry, analyses saturation per model and publishes desired replicas"
+    about = "Ingests wva-agent telemetry, analyses saturation per model and publishes desired replicas",
+    // The gRPC port's certificate: files, or self-made in Kubernetes mode.
+    group(clap::ArgGroup::new("grpc_tls").args(["tls_cert", "grpc_tls_secret"]))
 )]
 pub struct Args {
     #[command(subcommand)]
@@ -213,7 +215,7 @@ pub struct Args {
 
     /// PEM CA bundle for client certificates on the gRPC port; who must
     /// present one is --tls-client-auth.
-    #[arg(long, env = "WVA_GRPC_TLS_CLIENT_CA", requires = "tls_cert")]
+    #[arg(long, env = "WVA_GRPC_TLS_CLIENT_CA", requires = "grpc_tls")]
     pub tls_client_ca: Option<PathBuf>,
 
     /// Which gRPC clients must present a certificate signed by --tls-client-ca.

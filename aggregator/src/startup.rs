@@ -236,6 +236,18 @@ mod tests {
     }
 
     #[test]
+    fn a_client_ca_goes_with_either_kind_of_server_certificate() {
+        let self_made = ["--grpc-tls-secret", "wva-grpc-tls", "--tls-client-ca", "ca"];
+        assert!(Args::try_parse_from([&["wva-aggregator"][..], &self_made].concat()).is_ok());
+        let files = ["--tls-cert", "c", "--tls-key", "k", "--tls-client-ca", "ca"];
+        assert!(Args::try_parse_from([&["wva-aggregator"][..], &files].concat()).is_ok());
+        assert!(
+            Args::try_parse_from(["wva-aggregator", "--tls-client-ca", "ca"]).is_err(),
+            "a client CA needs the port to serve TLS"
+        );
+    }
+
+    #[test]
     fn client_certificates_can_be_asked_of_readers_only() {
         let tls = ["--tls-cert", "c", "--tls-key", "k", "--tls-client-ca", "ca"];
         assert_eq!(args(&tls).tls_client_auth, ClientAuth::All);

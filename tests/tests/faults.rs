@@ -127,6 +127,13 @@ async fn a_partition_holds_the_decision_and_heals_by_itself() -> anyhow::Result<
     let cut_at = Instant::now();
     let lowest = lowest_desired_for(metrics, Duration::from_secs(20)).await?;
     assert_eq!(lowest, 2, "no scale-down while the pod cannot be heard");
+    // The silent stream was dropped, so the heal below is a reconnect.
+    let connected = metric(metrics, "wva_connected_agents").await?;
+    assert_eq!(
+        connected.first().map(|(_, v)| *v),
+        Some(0.0),
+        "the partitioned agent's stream is gone"
+    );
     let held = decisions(metrics).await?.remove(0);
     assert_ne!(held["data"], "fresh", "{held}");
 

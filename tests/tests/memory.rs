@@ -51,6 +51,8 @@ async fn unfinished_headers(addr: SocketAddr) -> anyhow::Result<()> {
     let chunk = format!("GET / HTTP/1.1\r\nX-Big: {}", "a".repeat(4_000));
     let mut held = Vec::new();
     for i in 0..400u32 {
+        // A connection over a peer's share may be closed at once; the
+        // attack goes on with the others.
         let Ok(mut stream) = connect_from((i % 200 + 1) as u8, addr).await else {
             continue;
         };
@@ -65,9 +67,14 @@ async fn unfinished_headers(addr: SocketAddr) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_secs(12)).await;
         }));
     }
+    let connected = held.len();
     for task in held {
         let _ = task.await;
     }
+    anyhow::ensure!(
+        connected >= 300,
+        "only {connected} of 400 attacking connections opened"
+    );
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -17,9 +17,22 @@ use crate::bundle::{CertBundle, CertError, ExpiryGauge, certified_key, record_ex
 pub struct CertFiles {
     cert: PathBuf,
     key: PathBuf,
-    current: Mutex<(SystemTime, Arc<CertifiedKey>)>,
+    current: Mutex<Current>,
     expiry: ExpiryGauge,
 }
+
+/// The certificate served, the modification time it was read at, and when
+/// reading a newer one last failed.
+#[derive(Debug)]
+struct Current {
+    modified: SystemTime,
+    key: Arc<CertifiedKey>,
+    failed_at: Option<Instant>,
+}
+
+/// Least time between two reads of files that did not make a certificate,
+/// so a broken renewal costs no read at every handshake.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl CertFiles {
     /// Reads the files now; a missing or broken file fails the start.
@@ -29,7 +42,11 @@ impl CertFiles {
         Ok(CertFiles {
             cert: cert.to_owned(),
             key: key.to_owned(),
-            current: Mutex::new((modified, certified)),
+            current: Mutex::new(Current {
+                modified,
+                key: certified,
+                failed_at: None,
+            }),
             expiry,
         })
     }
@@ -42,18 +59,30 @@ impl CertFiles {
     fn current(&self) -> Arc<CertifiedKey> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let modified = std::fs::metadata(&self.cert).and_then(|m| m.modified());
-        if modified.is_ok_and(|m| m != current.0) {
+        let retry = current
+            .failed_at
+            .is_none_or(|at| at.elapsed() >= RETRY_AFTER);
+        if modified.is_ok_and(|m| m != current.modified) && retry {
             // A half-written renewal keeps the old certificate until it is whole.
             match read(&self.cert, &self.key) {
-                Ok(fresh) => {
+                Ok((modified, key)) => {
                     info!(cert = %self.cert.display(), "serving the renewed certificate");
-                    record_expiry(&self.expiry, &fresh.1);
-                    *current = fresh;
+                    record_expiry(&self.expiry, &key);
+                    *current = Current {
+                        modified,
+                        key,
+                        failed_at: None,
+                    };
                 }
-                Err(e) => warn!(error = %e, "keeping the current certificate"),
+                Err(e) => {
+                    if current.failed_at.is_none() {
+                        warn!(error = %e, "keeping the current certificate");
+                    }
+                    current.failed_at = Some(Instant::now());
+                }
             }
         }
-        Arc::clone(&current.1)
+        Arc::clone(&current.key)
     }
 }
 

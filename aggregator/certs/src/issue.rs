@@ -36,22 +36,28 @@ pub enum Plan {
     NewCa,
 }
 
-/// What `stored` (made for `same_names` or not) needs at `now`.
+/// What `stored` (made for `same_names` or not) needs at `now`: nothing
+/// while its certificate lasts, else a new certificate from its CA, or a new
+/// CA when the CA's key is not stored or the CA would end first.
 pub fn plan(stored: Option<&CertBundle>, same_names: bool, now: OffsetDateTime) -> Plan {
     let Some(stored) = stored else {
         return Plan::NewCa;
     };
+    let leaf_lasts = first_certificate(&stored.cert)
+        .and_then(|leaf| not_after(&leaf))
+        .is_some_and(|end| end - now >= RENEW_BEFORE);
+    let ca_readable = first_certificate(&stored.ca).is_some();
+    if same_names && leaf_lasts && ca_readable {
+        // Even without the CA's key (a Secret of an earlier version): while
+        // replicas of that version run, they keep publishing its CA alone,
+        // so a new CA would flip the caBundle back and forth.
+        return Plan::Keep;
+    }
     let ca_lasts = first_certificate(&stored.ca)
         .and_then(|ca| not_after(&ca))
         .is_some_and(|end| end - now >= LEAF_LIFETIME + RENEW_BEFORE);
     if stored.ca_key.is_none() || !ca_lasts {
-        return Plan::NewCa;
-    }
-    let leaf_lasts = first_certificate(&stored.cert)
-        .and_then(|leaf| not_after(&leaf))
-        .is_some_and(|end| end - now >= RENEW_BEFORE);
-    if same_names && leaf_lasts {
-        Plan::Keep
+        Plan::NewCa
     } else {
         Plan::NewLeaf
     }
@@ -199,7 +205,13 @@ mod tests {
             ca_key: None,
             ..issue(Plan::NewCa, None, &names(), now).unwrap()
         };
-        assert_eq!(plan(Some(&old), true, now), Plan::NewCa);
+        // Kept while its certificate lasts (replicas of the earlier version
+        // may still be publishing its CA) ...
+        assert_eq!(plan(Some(&old), true, now), Plan::Keep);
+        // ... and replaced, CA and all, once it is due.
+        let due = now + LEAF_LIFETIME - RENEW_BEFORE + Duration::days(1);
+        assert_eq!(plan(Some(&old), true, due), Plan::NewCa);
+        assert_eq!(plan(Some(&old), false, now), Plan::NewCa);
         let new = issue(Plan::NewCa, Some(&old), &names(), now).unwrap();
         let trusted = cas(&new);
         assert_eq!(trusted.len(), 2, "the new CA and the one it replaces");

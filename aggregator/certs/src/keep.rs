@@ -19,7 +19,7 @@ pub async fn serve_self_made<F, Fut>(
     kept: Kept,
     expiry: ExpiryGauge,
     every: Duration,
-    before_serving: F,
+    mut before_serving: F,
     shutdown: CancellationToken,
 ) -> Result<(Arc<Renewable>, CertBundle, tokio::task::JoinHandle<()>), CertError>
 where
@@ -33,6 +33,11 @@ where
         &kept.names,
     )
     .await?;
+    // The clients get the CA before anything is served here too; if that
+    // fails, the first round of `keep_current` tries again at once.
+    if let Err(error) = before_serving(bundle.clone()).await {
+        warn!(secret = %kept.name, %error, "cannot hand out the CA of {} yet", kept.what);
+    }
     let served = Arc::new(Renewable::new(&bundle, &kept.name, expiry)?);
     let task = tokio::spawn(keep_current(
         kept,

@@ -34,8 +34,8 @@ pub struct PodEntry {
     pub latest: Option<(Sample, Instant)>,
 }
 
-/// What the budget counts for a Hello: its strings and list, beside the
-/// struct itself.
+/// What the budget counts for a Hello: the struct, its strings and its
+/// list, by capacity (what the allocator holds, not what is used).
 fn hello_bytes(hello: &Hello) -> usize {
     let strings = [
         &hello.pod,
@@ -47,28 +47,32 @@ fn hello_bytes(hello: &Hello) -> usize {
         &hello.instance,
     ];
     std::mem::size_of::<Hello>()
-        + strings.iter().map(|s| s.len()).sum::<usize>()
-        + hello
-            .models
-            .iter()
-            .map(|m| std::mem::size_of::<String>() + m.len())
-            .sum::<usize>()
+        + strings.iter().map(|s| s.capacity()).sum::<usize>()
+        + vec_bytes(&hello.models)
+        + hello.models.iter().map(String::capacity).sum::<usize>()
 }
 
-/// What the budget counts for a sample: its error text, models and queues.
+/// What the budget counts for a sample: the struct, its error text, and its
+/// models, queues and pools with their names, by capacity.
 fn sample_bytes(sample: &Sample) -> usize {
-    let models = sample
-        .models
-        .iter()
-        .map(|m| std::mem::size_of_val(m) + m.model.len())
-        .sum::<usize>();
-    let queues = sample
-        .epp
-        .iter()
-        .flat_map(|e| &e.queues)
-        .map(|q| std::mem::size_of_val(q) + q.model.len())
-        .sum::<usize>();
-    std::mem::size_of::<Sample>() + sample.error.len() + models + queues
+    let models = vec_bytes(&sample.models)
+        + sample
+            .models
+            .iter()
+            .map(|m| m.model.capacity())
+            .sum::<usize>();
+    let epp = sample.epp.as_ref().map_or(0, |e| {
+        vec_bytes(&e.queues)
+            + e.queues.iter().map(|q| q.model.capacity()).sum::<usize>()
+            + vec_bytes(&e.pools)
+            + e.pools.iter().map(|p| p.pool.capacity()).sum::<usize>()
+    });
+    std::mem::size_of::<Sample>() + sample.error.capacity() + models + epp
+}
+
+/// The heap a vector holds for its elements.
+fn vec_bytes<T>(items: &Vec<T>) -> usize {
+    items.capacity() * std::mem::size_of::<T>()
 }
 
 impl PodEntry {

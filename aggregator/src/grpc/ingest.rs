@@ -129,6 +129,7 @@ pub fn validate_hello(hello: &Hello) -> Result<(), String> {
         ("pod_uid", &hello.pod_uid),
         ("accelerator", &hello.accelerator),
         ("agent_version", &hello.agent_version),
+        ("instance", &hello.instance),
     ]);
     for (field, value) in named.chain(hello.models.iter().map(|m| ("models[]", m))) {
         if value.len() > MAX_NAME_BYTES {
@@ -154,25 +155,51 @@ pub fn validate_hello(hello: &Hello) -> Result<(), String> {
     }
 }
 
-/// Checks that a sample's signals are usable numbers; the error names the field.
+/// Longest error text a failed scrape's sample may carry.
+const MAX_ERROR_BYTES: usize = 1024;
+
+/// Checks that a sample is bounded and its signals usable numbers, whether
+/// or not it reports a successful scrape; the error names the field.
 pub fn validate_sample(sample: &Sample) -> Result<(), String> {
+    if sample.error.len() > MAX_ERROR_BYTES {
+        return Err(format!(
+            "error text of {} bytes, over {MAX_ERROR_BYTES}",
+            sample.error.len()
+        ));
+    }
+    let epp = sample.epp.as_ref();
+    let lists = [
+        ("models", sample.models.len()),
+        ("endpoint picker queues", epp.map_or(0, |e| e.queues.len())),
+        ("endpoint picker pools", epp.map_or(0, |e| e.pools.len())),
+    ];
+    for (what, len) in lists {
+        if len > MAX_SAMPLE_MODELS {
+            return Err(format!(
+                "the sample carries {len} {what}, over {MAX_SAMPLE_MODELS}"
+            ));
+        }
+    }
+    let names = (sample.models.iter().map(|m| ("model", &m.model)))
+        .chain(
+            epp.iter()
+                .flat_map(|e| &e.queues)
+                .map(|q| ("queue model", &q.model)),
+        )
+        .chain(epp.iter().flat_map(|e| &e.pools).map(|p| ("pool", &p.pool)));
+    for (what, name) in names {
+        if name.len() > MAX_NAME_BYTES {
+            return Err(format!(
+                "{what} name of {} bytes, over {MAX_NAME_BYTES}: {}",
+                name.len(),
+                clip(name)
+            ));
+        }
+    }
     if !sample.up {
         return Ok(());
     }
-    if sample.models.len() > MAX_SAMPLE_MODELS {
-        return Err(format!(
-            "the sample carries {} models, over {MAX_SAMPLE_MODELS}",
-            sample.models.len()
-        ));
-    }
     for m in &sample.models {
-        if m.model.len() > MAX_NAME_BYTES {
-            return Err(format!(
-                "model name of {} bytes, over {MAX_NAME_BYTES}: {}",
-                m.model.len(),
-                clip(&m.model)
-            ));
-        }
         let checks = [
             ("kv_cache_usage", m.kv_cache_usage, 0.0..=1.0),
             ("requests_waiting", m.requests_waiting, 0.0..=f64::MAX),
@@ -401,7 +428,7 @@ impl Ingest {
 
 #[cfg(test)]
 mod tests {
-    use wva_proto::v1::{EppModelQueue, EppSignals, ModelSignals};
+    use wva_proto::v1::{EppModelQueue, EppPool, EppSignals, ModelSignals};
 
     use super::*;
 
@@ -432,6 +459,52 @@ mod tests {
             models,
             ..Sample::default()
         }
+    }
+
+    /// Whatever a sample says of its scrape, what it carries is bounded:
+    /// memory is spent on it before it is judged.
+    #[test]
+    fn failed_scrapes_and_endpoint_picker_lists_are_bounded_too() {
+        let down = Sample {
+            up: false,
+            ..sample(vec![signals(0.1, 0.0, 0.0); MAX_SAMPLE_MODELS + 1])
+        };
+        let error = validate_sample(&down).unwrap_err();
+        assert!(error.contains("65 models"), "{error}");
+        let talkative = Sample {
+            up: false,
+            error: "x".repeat(MAX_ERROR_BYTES + 1),
+            ..sample(Vec::new())
+        };
+        let error = validate_sample(&talkative).unwrap_err();
+        assert!(error.starts_with("error text of 1025 bytes"), "{error}");
+        let pools = Sample {
+            epp: Some(EppSignals {
+                pools: vec![EppPool::default(); MAX_SAMPLE_MODELS + 1],
+                ..EppSignals::default()
+            }),
+            ..sample(Vec::new())
+        };
+        let error = validate_sample(&pools).unwrap_err();
+        assert!(error.contains("65 endpoint picker pools"), "{error}");
+        let named = Sample {
+            epp: Some(EppSignals {
+                pools: vec![EppPool {
+                    pool: "p".repeat(MAX_NAME_BYTES + 1),
+                    ..EppPool::default()
+                }],
+                ..EppSignals::default()
+            }),
+            ..sample(Vec::new())
+        };
+        let error = validate_sample(&named).unwrap_err();
+        assert!(error.starts_with("pool name of 254 bytes"), "{error}");
+        let instance = Hello {
+            instance: "i".repeat(MAX_NAME_BYTES + 1),
+            ..hello()
+        };
+        let error = validate_hello(&instance).unwrap_err();
+        assert!(error.starts_with("hello.instance is 254 bytes"), "{error}");
     }
 
     #[test]

@@ -76,18 +76,26 @@ pub fn incoming(
     tokio::spawn(async move {
         let mut backoff = ACCEPT_BACKOFF.0;
         loop {
-            let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
-                return;
+            // Until shutdown, or until the server stops taking connections.
+            let permit = tokio::select! {
+                permit = Arc::clone(&handshakes).acquire_owned() => permit,
+                _ = shutdown.cancelled() => return,
+                _ = tx.closed() => return,
             };
+            let Ok(permit) = permit else { return };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 _ = shutdown.cancelled() => return,
+                _ = tx.closed() => return,
             };
             let (tcp, peer) = match accepted {
                 Ok(connection) => {
                     backoff = ACCEPT_BACKOFF.0;
                     connection
                 }
+                // One connection's trouble (it was reset while queued): the
+                // next is fine.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
                     warn!(error = %e, "gRPC port: accept failed; retrying");
                     tokio::time::sleep(backoff).await;

@@ -93,7 +93,15 @@ pub async fn start(
         }
     };
     let image = injection.image.clone();
-    let (config, injection_config) = watch::channel(Arc::new(injection.clone()));
+    // Seeded with the CA already known, so no pod is injected without it.
+    let current_ca = settings
+        .agent_ca
+        .as_ref()
+        .and_then(|ca| ca.borrow().clone());
+    let (config, injection_config) = watch::channel(Arc::new(InjectionConfig {
+        aggregator_ca: current_ca,
+        ..injection.clone()
+    }));
     if let Some(mut agent_ca) = settings.agent_ca.clone() {
         // Agents injected from now on trust the aggregator's current CA.
         let stop = shutdown.clone();
