@@ -74,8 +74,12 @@ impl AnalysisLoop {
     fn analyse(&mut self, engine: &mut Engine, staleness: Duration) {
         let now = Instant::now();
         let pending_since = self.trigger.take();
-        for pod in self.store.expire(now, staleness) {
-            warn!(%pod, ?staleness, "no sample within the staleness bound; pod left the analysis");
+        // One line per analysis, however many pods went stale at once (made-up
+        // pods could otherwise write a line each).
+        let expired = self.store.expire(now, staleness);
+        if let Some(pod) = expired.first() {
+            let more = expired.len() - 1;
+            warn!(%pod, more, ?staleness, "no sample within the staleness bound; pod left the analysis");
         }
         let variants = self.upstream.variants.borrow_and_update().clone();
         let config = self.upstream.saturation.borrow().clone();
