@@ -34,7 +34,7 @@ where
     )
     .await?;
     // The clients get the CA before anything is served here too; if that
-    // fails, the first round of `keep_current` tries again at once.
+    // fails, the next round of `keep_current` tries again.
     if let Err(error) = before_serving(bundle.clone()).await {
         warn!(secret = %kept.name, %error, "cannot hand out the CA of {} yet", kept.what);
     }
@@ -65,7 +65,7 @@ pub struct Kept {
 /// due (or picks up another replica's renewal), runs `before_serving` with
 /// it (hand its CA to the clients first), then serves it. A failed round is
 /// logged once, and its recovery too.
-pub async fn keep_current<F, Fut>(
+async fn keep_current<F, Fut>(
     kept: Kept,
     served: Arc<Renewable>,
     every: Duration,
@@ -77,6 +77,11 @@ pub async fn keep_current<F, Fut>(
 {
     let mut failing = false;
     loop {
+        // The round at start was `serve_self_made`'s.
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
         let round = async {
             let bundle = secret::current(
                 kept.client.clone(),
@@ -104,10 +109,6 @@ pub async fn keep_current<F, Fut>(
                 failing = true;
             }
             Err(_) => {}
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.cancelled() => return,
         }
     }
 }

@@ -16,7 +16,7 @@ pub use self::bundle::{
     CertBundle, CertError, ExpiryGauge, certified_key, first_certificate, not_after, provider,
 };
 pub use self::files::CertFiles;
-pub use self::keep::{Kept, keep_current, serve_self_made};
+pub use self::keep::{Kept, serve_self_made};
 pub use self::renewable::Renewable;
 
 /// The names a Service in `namespace` is called by inside the cluster.
