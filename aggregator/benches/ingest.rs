@@ -74,6 +74,7 @@ fn main() -> anyhow::Result<()> {
                         min_analysis_interval: Duration::from_secs(1),
                         analysis_interval: Duration::from_secs(30),
                         staleness: Duration::from_secs(10),
+                        convergence_timeout: Duration::from_secs(600),
                     },
                 ),
                 server_stop,

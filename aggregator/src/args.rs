@@ -176,6 +176,12 @@ pub struct Args {
     #[arg(long, env = "WVA_STALENESS", default_value = "10s", value_parser = humantime::parse_duration)]
     pub staleness: Duration,
 
+    /// How long a variant may take to carry out a step (its scaler applying
+    /// it, its new pods becoming ready and reporting) before its model goes
+    /// on without it. Size it to a slow vLLM start: image pull, weights, warm-up.
+    #[arg(long, env = "WVA_CONVERGENCE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub convergence_timeout: Duration,
+
     /// Also publish the legacy `inferno_*` series.
     #[arg(long, env = "WVA_LEGACY_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub legacy_metrics: bool,
@@ -345,6 +351,7 @@ impl Args {
             min_analysis_interval: self.min_analysis_interval,
             analysis_interval: self.analysis_interval,
             staleness: self.staleness,
+            convergence_timeout: self.convergence_timeout,
         }
     }
 }

@@ -215,6 +215,7 @@ mod tests {
             basis: Basis::Analysis(Reason::Steady),
             change_reason: None,
             source_failure: None,
+            limit: None,
             data: DataState::Fresh,
             data_age: None,
             inputs: Vec::new(),

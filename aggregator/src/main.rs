@@ -65,6 +65,10 @@ async fn run(argv: Vec<OsString>, args: Args) -> anyhow::Result<()> {
                 .unwrap_or_default();
             println!("{variant}: peak desired {peak}, final desired {last}");
         }
+        println!(
+            "peak queue: {} requests waiting across the model's replicas",
+            summary.peak_queue
+        );
         if let Some(lag) = summary.keda_max_lag {
             println!(
                 "KEDA external scaler: every change seen within {} ms of its decision",

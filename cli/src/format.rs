@@ -108,12 +108,22 @@ pub fn sorted(snapshot: &DecisionSnapshot) -> Vec<&VariantDecision> {
     decisions
 }
 
-/// The `get` table; SOURCE-FAILURE only when a variant's source failed.
+/// A column's heading and how a decision fills it.
+type Column = (&'static str, fn(&VariantDecision) -> &str);
+
+/// Columns shown only when some decision has a value for them.
+const OPTIONAL: [Column; 2] = [
+    ("LIMITED", |d| &d.limit),
+    ("SOURCE-FAILURE", |d| &d.source_failure),
+];
+
+/// The `get` table; LIMITED only when a variant cannot take its step, and
+/// SOURCE-FAILURE only when a variant's source failed.
 pub fn decisions_table(snapshot: &DecisionSnapshot) -> String {
-    let failures = snapshot
-        .decisions
-        .iter()
-        .any(|d| !d.source_failure.is_empty());
+    let optional: Vec<_> = OPTIONAL
+        .into_iter()
+        .filter(|(_, value)| snapshot.decisions.iter().any(|d| !value(d).is_empty()))
+        .collect();
     let mut header = vec![
         "NAMESPACE",
         "VARIANT",
@@ -128,9 +138,7 @@ pub fn decisions_table(snapshot: &DecisionSnapshot) -> String {
         "QUEUE",
         "AGE",
     ];
-    if failures {
-        header.push("SOURCE-FAILURE");
-    }
+    header.extend(optional.iter().map(|(name, _)| *name));
     let rows: Vec<Vec<String>> = sorted(snapshot)
         .into_iter()
         .map(|d| {
@@ -149,9 +157,7 @@ pub fn decisions_table(snapshot: &DecisionSnapshot) -> String {
                 queue,
                 age(d.data_age_seconds),
             ];
-            if failures {
-                row.push(or_dash(&d.source_failure));
-            }
+            row.extend(optional.iter().map(|(_, value)| or_dash(value(d))));
             row
         })
         .collect();
@@ -398,6 +404,34 @@ llm         chat-l4     meta/llama-8b   L4            2         2       3       
         assert!(lines[0].ends_with("AGE    SOURCE-FAILURE"), "{table}");
         assert!(lines[1].ends_with("0.4s   -"), "{table}");
         assert!(lines[2].ends_with("0.4s   prometheus: HTTP 503"), "{table}");
+    }
+
+    #[test]
+    fn a_limited_variant_adds_its_column_before_source_failures() {
+        let limited = VariantDecision {
+            limit: "pods_pending".into(),
+            ..decision("llm", "b", 2, &[])
+        };
+        let failed = VariantDecision {
+            source_failure: "prometheus: HTTP 503".into(),
+            ..decision("llm", "c", 2, &[])
+        };
+        let snapshot = DecisionSnapshot {
+            decisions: vec![decision("llm", "a", 2, &[(0.5, 0.0)]), limited, failed],
+            leading: true,
+            at_ms: 0,
+        };
+        let table = decisions_table(&snapshot);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].ends_with("AGE    LIMITED        SOURCE-FAILURE"),
+            "{table}"
+        );
+        assert!(lines[2].ends_with("pods_pending   -"), "{table}");
+        assert!(
+            lines[3].ends_with("-              prometheus: HTTP 503"),
+            "{table}"
+        );
     }
 
     #[test]

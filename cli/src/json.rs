@@ -42,6 +42,7 @@ pub struct Decision<'a> {
     pub inputs: Vec<Input<'a>>,
     pub decided_at_ms: i64,
     pub source_failure: &'a str,
+    pub limit: &'a str,
     pub saturation: Option<Saturation>,
 }
 
@@ -72,6 +73,7 @@ impl<'a> From<&'a pb::VariantDecision> for Decision<'a> {
                 .collect(),
             decided_at_ms: d.decided_at_ms,
             source_failure: &d.source_failure,
+            limit: &d.limit,
             saturation: d.saturation.as_ref().map(Saturation::from),
         }
     }

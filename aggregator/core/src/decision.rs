@@ -50,6 +50,75 @@ impl Serialize for Basis {
     }
 }
 
+/// Why a variant cannot take the replicas its model needs. All but
+/// [`LimitReason::AtMaxReplicas`] come from a step not carried out within the
+/// convergence timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitReason {
+    /// Replicas stayed not ready (Pending for lack of GPUs or quota, an image
+    /// that cannot be pulled, a crash loop).
+    PodsPending,
+    /// More replicas stayed ready than the target has.
+    PodsNotStopping,
+    /// Ready pods sent no sample.
+    PodsNotReporting,
+    /// The published value was not applied to the target.
+    ScalerNotActing,
+    /// The model needs more than the scaler's `maxReplicas` allows.
+    AtMaxReplicas,
+}
+
+impl LimitReason {
+    /// Stable name, as in JSON, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitReason::PodsPending => "pods_pending",
+            LimitReason::PodsNotStopping => "pods_not_stopping",
+            LimitReason::PodsNotReporting => "pods_not_reporting",
+            LimitReason::ScalerNotActing => "scaler_not_acting",
+            LimitReason::AtMaxReplicas => "at_max_replicas",
+        }
+    }
+
+    /// The reason of a Kubernetes condition.
+    pub fn condition_reason(self) -> &'static str {
+        match self {
+            LimitReason::PodsPending => "PodsPending",
+            LimitReason::PodsNotStopping => "PodsNotStopping",
+            LimitReason::PodsNotReporting => "PodsNotReporting",
+            LimitReason::ScalerNotActing => "ScalerNotActing",
+            LimitReason::AtMaxReplicas => "AtMaxReplicas",
+        }
+    }
+
+    /// What happened and what the model does about it, for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            LimitReason::PodsPending => {
+                "replicas stayed not ready past the convergence timeout; they no longer count as coming capacity and the model's scale-ups go to other variants"
+            }
+            LimitReason::PodsNotStopping => {
+                "surplus ready replicas stayed past the convergence timeout; the model no longer waits for them"
+            }
+            LimitReason::PodsNotReporting => {
+                "ready pods sent no metrics past the convergence timeout; they do not count as capacity and the model's scale-ups go to other variants"
+            }
+            LimitReason::ScalerNotActing => {
+                "the desired replicas were not applied within the convergence timeout; the step was abandoned and the model's scale-ups go to other variants"
+            }
+            LimitReason::AtMaxReplicas => {
+                "the model needs more replicas than the autoscaler's maxReplicas allows; the rest go to other variants"
+            }
+        }
+    }
+}
+
+impl Serialize for LimitReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// How complete the variant's signals were.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -92,6 +161,8 @@ pub struct Decision {
     pub change_reason: Option<&'static str>,
     /// Why the variant's polled metrics source gave no answer, if it did not.
     pub source_failure: Option<SourceFailure>,
+    /// Why the variant cannot take what its model needs, if it cannot.
+    pub limit: Option<LimitReason>,
     pub data: DataState,
     /// Age of the oldest sample used, when any was.
     #[serde(serialize_with = "seconds")]

@@ -12,6 +12,7 @@ pub mod decision;
 pub mod engine;
 pub mod snapshot;
 pub mod sources;
+pub mod stabilization;
 pub mod store;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

@@ -30,6 +30,10 @@ pub struct ReplicaCounts {
     /// `minReplicas`); 0 without one. A decision never asks for fewer, or
     /// the model would wait forever for a step its scaler cannot take.
     pub floor: u32,
+    /// The most replicas the target's scaler can set (an HPA's
+    /// `maxReplicas`); `None` without one. A scale-up never asks for more,
+    /// and what the model needs beyond it goes to its other variants.
+    pub ceiling: Option<u32>,
 }
 
 /// The timing of the analysis; may change while running.
@@ -38,4 +42,6 @@ pub struct Tuning {
     pub min_analysis_interval: Duration,
     pub analysis_interval: Duration,
     pub staleness: Duration,
+    /// How long a step may take before its model goes on without it.
+    pub convergence_timeout: Duration,
 }

@@ -50,6 +50,7 @@ pub fn decision(
         basis,
         change_reason: None,
         source_failure: None,
+        limit: None,
         data,
         data_age: None,
         inputs: (0..reporting)

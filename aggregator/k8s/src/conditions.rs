@@ -8,6 +8,9 @@ pub const READY: &str = "Ready";
 pub const TARGET_RESOLVED: &str = "TargetResolved";
 pub const METRICS_AVAILABLE: &str = "MetricsAvailable";
 pub const OPTIMIZATION_READY: &str = "OptimizationReady";
+/// True while the variant cannot take what its model needs (its reason is a
+/// `LimitReason`), as the HPA's condition of that name.
+pub const SCALING_LIMITED: &str = "ScalingLimited";
 
 /// Stable reasons, as WVA names them where it has a name.
 pub mod reason {
@@ -25,6 +28,7 @@ pub mod reason {
     pub const OPTIMIZATION_FAILED: &str = "OptimizationFailed";
     pub const INVALID_CONFIGURATION: &str = "InvalidConfiguration";
     pub const AWAITING_ANALYSIS: &str = "AwaitingAnalysis";
+    pub const NOT_LIMITED: &str = "NotLimited";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -64,7 +64,7 @@ enum Change {
     Deployments {
         listed: bool,
     },
-    /// HPAs only set floors: a decision waits for the two lists above, not
+    /// HPAs only set floors and ceilings: a decision waits for the two lists above, not
     /// for this one, so a cluster that forbids reading HPAs still works.
     Autoscalers,
 }
@@ -224,6 +224,7 @@ impl Controller {
                 .get(&ObjectRef::new(name).within(ns))
                 .map(|d| ReplicaCounts {
                     floor: resolve::scaler_floor(hpas.iter().map(Arc::as_ref), ns, name),
+                    ceiling: resolve::scaler_ceiling(hpas.iter().map(Arc::as_ref), ns, name),
                     ..resolve::replica_counts(&d)
                 })
         })

@@ -4,7 +4,9 @@
 
 use wva_core::decision::{Basis, Decision};
 
-use super::conditions::{self, METRICS_AVAILABLE, OPTIMIZATION_READY, READY, reason};
+use super::conditions::{
+    self, METRICS_AVAILABLE, OPTIMIZATION_READY, READY, SCALING_LIMITED, reason,
+};
 use super::crd::VariantAutoscalingStatus;
 
 /// One event to publish about a VariantAutoscaling.
@@ -26,6 +28,7 @@ pub mod event_reason {
     pub const METRICS_MISSING: &str = "MetricsMissing";
     pub const METRICS_STALE: &str = "MetricsStale";
     pub const SOURCE_FAILED: &str = "MetricsSourceFailed";
+    pub const SCALING_LIMITED: &str = "ScalingLimited";
 }
 
 /// The events for moving from `previous` to `next`; `decision` is what
@@ -91,6 +94,20 @@ pub fn between(
         note(true, event_reason::SAFETY_NET, message(OPTIMIZATION_READY));
     }
 
+    // A new limit, or another reason for one.
+    let limit = |s: Option<&VariantAutoscalingStatus>| {
+        s.and_then(|s| conditions::find(&s.conditions, SCALING_LIMITED))
+            .filter(|c| c.status == conditions::Status::True.as_str())
+            .map(|c| c.reason.clone())
+    };
+    if running && limit(Some(next)).is_some() && limit(Some(next)) != limit(previous) {
+        note(
+            true,
+            event_reason::SCALING_LIMITED,
+            message(SCALING_LIMITED),
+        );
+    }
+
     let before = previous.and_then(|s| s.desired_optimized_alloc.num_replicas);
     let after = next.desired_optimized_alloc.num_replicas;
     if let (Some(from), Some(to), Some(d)) = (before, after, decision)
@@ -122,7 +139,7 @@ mod tests {
     use super::*;
     use crate::status::{self, Situation};
     use wva_core::analysis::saturation::Reason;
-    use wva_core::decision::{DataState, Fallback};
+    use wva_core::decision::{DataState, Fallback, LimitReason};
     use wva_core::snapshot::ReplicaCounts;
 
     fn at(seconds: i64) -> Time {
@@ -140,6 +157,7 @@ mod tests {
                 current: 1,
                 ready: 1,
                 floor: 0,
+                ceiling: None,
             },
             decision: Some(d),
         }
@@ -224,6 +242,50 @@ mod tests {
         assert!(notes.iter().all(|n| n.warning));
         let still = status::next(Some(&after), running(&held), None, &at(3));
         assert!(between(Some(&after), &still, Some(&held)).is_empty());
+    }
+
+    #[test]
+    fn a_limit_is_a_warning_once_per_reason_in_the_status_and_events() {
+        let ok = decision(2, Basis::Analysis(Reason::Steady), DataState::Fresh);
+        let mut pending = ok.clone();
+        pending.limit = Some(LimitReason::PodsPending);
+        let before = status::next(None, running(&ok), None, &at(1));
+        let limited = conditions::find(&before.conditions, SCALING_LIMITED).unwrap();
+        assert_eq!(
+            (limited.status.as_str(), limited.reason.as_str()),
+            ("False", "NotLimited")
+        );
+
+        let after = status::next(Some(&before), running(&pending), None, &at(2));
+        let limited = conditions::find(&after.conditions, SCALING_LIMITED).unwrap();
+        assert_eq!(
+            (limited.status.as_str(), limited.reason.as_str()),
+            ("True", "PodsPending")
+        );
+        assert!(
+            limited
+                .message
+                .contains("not ready past the convergence timeout"),
+            "{}",
+            limited.message
+        );
+        let notes = between(Some(&before), &after, Some(&pending));
+        assert_eq!(reasons(&notes), [event_reason::SCALING_LIMITED]);
+        assert!(notes[0].warning);
+        // Still limited for the same reason: no new event.
+        let still = status::next(Some(&after), running(&pending), None, &at(3));
+        assert!(between(Some(&after), &still, Some(&pending)).is_empty());
+        // Another reason is news.
+        let mut at_max = ok.clone();
+        at_max.limit = Some(LimitReason::AtMaxReplicas);
+        let max = status::next(Some(&still), running(&at_max), None, &at(4));
+        assert_eq!(
+            reasons(&between(Some(&still), &max, Some(&at_max))),
+            [event_reason::SCALING_LIMITED]
+        );
+        // Free again: the condition goes back to False without an event.
+        let free = status::next(Some(&max), running(&ok), None, &at(5));
+        assert!(between(Some(&max), &free, Some(&ok)).is_empty());
     }
 
     #[test]

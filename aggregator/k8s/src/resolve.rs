@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::autoscaling::v2::{HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec};
 use wva_core::snapshot::ReplicaCounts;
 use wva_core::variants::{self, DEFAULT_TARGET_KIND, FieldError, Variant, VariantKey};
 
@@ -75,11 +75,33 @@ pub fn replica_counts(deployment: &Deployment) -> ReplicaCounts {
         current: u32::try_from(current).unwrap_or(0),
         ready: u32::try_from(ready).unwrap_or(0),
         floor: 0,
+        ceiling: None,
     }
 }
 
 /// Marks the HPAs KEDA manages; KEDA itself takes such a target to zero.
 const KEDA_SCALED_OBJECT_LABEL: &str = "scaledobject.keda.sh/name";
+
+/// The HPAs in `namespace` that scale Deployment `name`.
+fn scaling<'a>(
+    hpas: impl IntoIterator<Item = &'a HorizontalPodAutoscaler>,
+    namespace: &str,
+    name: &str,
+) -> impl Iterator<Item = (&'a HorizontalPodAutoscaler, &'a HorizontalPodAutoscalerSpec)> {
+    hpas.into_iter().filter_map(move |hpa| {
+        let spec = hpa.spec.as_ref()?;
+        let target = &spec.scale_target_ref;
+        let api_group = target
+            .api_version
+            .as_deref()
+            .map(|v| v.split('/').next().unwrap_or(v));
+        (hpa.metadata.namespace.as_deref() == Some(namespace)
+            && target.kind == "Deployment"
+            && target.name == name
+            && matches!(api_group, None | Some("apps")))
+        .then_some((hpa, spec))
+    })
+}
 
 /// The fewest replicas the autoscalers of Deployment `namespace/name` can
 /// set: the highest `minReplicas` (default 1) of the HPAs that target it, or
@@ -90,29 +112,31 @@ pub fn scaler_floor<'a>(
     namespace: &str,
     name: &str,
 ) -> u32 {
-    hpas.into_iter()
-        .filter(|hpa| hpa.metadata.namespace.as_deref() == Some(namespace))
-        .filter_map(|hpa| {
-            let spec = hpa.spec.as_ref()?;
-            let target = &spec.scale_target_ref;
-            let api_group = target
-                .api_version
-                .as_deref()
-                .map(|v| v.split('/').next().unwrap_or(v));
-            (target.kind == "Deployment"
-                && target.name == name
-                && matches!(api_group, None | Some("apps")))
-            .then_some(())?;
+    scaling(hpas, namespace, name)
+        .map(|(hpa, spec)| {
             let min = u32::try_from(spec.min_replicas.unwrap_or(1)).unwrap_or(0);
             let keda = hpa
                 .metadata
                 .labels
                 .as_ref()
                 .is_some_and(|l| l.contains_key(KEDA_SCALED_OBJECT_LABEL));
-            Some(if keda && min <= 1 { 0 } else { min })
+            if keda && min <= 1 { 0 } else { min }
         })
         .max()
         .unwrap_or(0)
+}
+
+/// The most replicas the autoscalers of Deployment `namespace/name` can set:
+/// the lowest `maxReplicas` of the HPAs that target it (KEDA's HPA carries
+/// its ScaledObject's `maxReplicaCount`), or `None` without any.
+pub fn scaler_ceiling<'a>(
+    hpas: impl IntoIterator<Item = &'a HorizontalPodAutoscaler>,
+    namespace: &str,
+    name: &str,
+) -> Option<u32> {
+    scaling(hpas, namespace, name)
+        .map(|(_, spec)| u32::try_from(spec.max_replicas).unwrap_or(0))
+        .min()
 }
 
 /// Resolves `vas` against `target(namespace, name)`, the replica counts of
@@ -248,6 +272,7 @@ mod tests {
             current: 3,
             ready: 2,
             floor: 0,
+            ceiling: None,
         };
         assert_eq!(resolved.replicas.get(&key), Some(&counts));
         assert_eq!(resolved.variants.len(), 1);
@@ -287,6 +312,7 @@ mod tests {
                 current: 1,
                 ready: 0,
                 floor: 0,
+                ceiling: None,
             }
         );
     }
@@ -383,5 +409,25 @@ mod tests {
         assert_eq!(floor("code-l4"), 0, "KEDA takes it from 1 to 0 itself");
         assert_eq!(floor("code-h100"), 2);
         assert_eq!(floor("no-hpa"), 0);
+    }
+
+    #[test]
+    fn the_scaler_ceiling_is_the_lowest_max_replicas() {
+        let mut tight = hpa("llm", ("Deployment", "chat-l4"), Some(2), false);
+        tight.spec.as_mut().unwrap().max_replicas = 4;
+        let hpas = [
+            hpa("llm", ("Deployment", "chat-l4"), None, false),
+            tight,
+            hpa("llm", ("Deployment", "code-l4"), Some(1), true),
+            hpa("other", ("Deployment", "chat-h100"), None, false),
+        ];
+        let ceiling = |name| scaler_ceiling(&hpas, "llm", name);
+        assert_eq!(ceiling("chat-l4"), Some(4));
+        assert_eq!(
+            ceiling("code-l4"),
+            Some(10),
+            "KEDA's HPA carries maxReplicaCount"
+        );
+        assert_eq!(ceiling("chat-h100"), None, "another namespace");
     }
 }

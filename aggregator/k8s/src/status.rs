@@ -8,7 +8,8 @@ use wva_core::snapshot::ReplicaCounts;
 use wva_core::variants::FieldError;
 
 use super::conditions::{
-    self, METRICS_AVAILABLE, OPTIMIZATION_READY, READY, Status, TARGET_RESOLVED, Wanted, reason,
+    self, METRICS_AVAILABLE, OPTIMIZATION_READY, READY, SCALING_LIMITED, Status, TARGET_RESOLVED,
+    Wanted, reason,
 };
 use super::crd::{Actuation, CurrentAlloc, OptimizedAlloc, VariantAutoscalingStatus};
 
@@ -171,11 +172,12 @@ fn running(
         Some(d) => {
             wanted.push(metrics(d));
             wanted.push(optimization(d));
+            wanted.push(limited(d));
         }
         None => {
             // Until the first analysis, keep what a previous leader wrote
             // rather than flapping to Unknown and back.
-            for type_ in [METRICS_AVAILABLE, OPTIMIZATION_READY] {
+            for type_ in [METRICS_AVAILABLE, OPTIMIZATION_READY, SCALING_LIMITED] {
                 if conditions::find(&previous.conditions, type_).is_none() {
                     wanted.push(Wanted::new(
                         type_,
@@ -249,6 +251,29 @@ fn metrics(d: &Decision) -> Wanted {
     }
 }
 
+fn limited(d: &Decision) -> Wanted {
+    match d.limit {
+        Some(limit) => Wanted::new(
+            SCALING_LIMITED,
+            Status::True,
+            limit.condition_reason(),
+            format!(
+                "{} (replicas {}, ready {}, desired {})",
+                limit.describe(),
+                d.current_replicas,
+                d.ready_replicas,
+                d.desired_replicas
+            ),
+        ),
+        None => Wanted::new(
+            SCALING_LIMITED,
+            Status::False,
+            reason::NOT_LIMITED,
+            "the variant can take the replicas its model asks of it",
+        ),
+    }
+}
+
 fn optimization(d: &Decision) -> Wanted {
     match d.basis {
         Basis::Analysis(r) => Wanted::new(
@@ -290,6 +315,7 @@ mod tests {
         current: 2,
         ready: 2,
         floor: 0,
+        ceiling: None,
     };
 
     fn condition<'a>(s: &'a VariantAutoscalingStatus, type_: &str) -> (&'a str, &'a str) {

@@ -33,12 +33,29 @@ pub const VARIANTS: &str = include_str!("variants.yaml");
 /// Longest wait, after the load ends, for the fleet to scale back down.
 const SETTLE: Duration = Duration::from_secs(90);
 
+/// The demo's load lasts 100 s, so its scale-down window is 20 s (at speed
+/// 1) rather than the HPA's 300 s a real fleet uses.
+const SCALE_DOWN_WINDOW_SECONDS: f64 = 20.0;
+
+/// The built-in thresholds and steps, with the demo's scale-down window.
+fn saturation_config(speed: f64) -> anyhow::Result<SaturationConfigSet> {
+    let seconds = (SCALE_DOWN_WINDOW_SECONDS / speed).ceil();
+    let data = std::collections::BTreeMap::from([(
+        "default".to_string(),
+        format!("scaleDownStabilizationSeconds: {seconds}"),
+    )]);
+    Ok(SaturationConfigSet::from_data(&data)?)
+}
+
 /// What the demo saw, for its closing lines and for tests.
 #[derive(Debug, Default)]
 pub struct Summary {
     pub peak_desired: HashMap<VariantKey, u32>,
     pub final_desired: HashMap<VariantKey, u32>,
     pub completed: u64,
+    /// The most requests waiting across the model's replicas at once, as
+    /// the analysis saw them (sampled every second).
+    pub peak_queue: u64,
     pub settled: bool,
     /// The slowest change the KEDA-shaped client saw, after its decision.
     pub keda_max_lag: Option<Duration>,
@@ -56,9 +73,10 @@ pub async fn run(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Sum
     let grpc_addr = grpc.local_addr()?;
     let metrics_url = format!("http://{}/metrics", http.local_addr()?);
 
+    let speed = args.demo_speed.max(0.1);
     let stop = CancellationToken::new();
     let (_variants_tx, variants_rx) = watch::channel(Arc::new(variants));
-    let (_saturation_tx, saturation_rx) = watch::channel(Arc::new(SaturationConfigSet::default()));
+    let (_saturation_tx, saturation_rx) = watch::channel(Arc::new(saturation_config(speed)?));
     let actuator = LocalActuator::new(ActuatorConfig::from_args(
         &args.local,
         format!("http://{grpc_addr}"),
@@ -93,7 +111,6 @@ pub async fn run(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Sum
     let endpoints = actuator.endpoints();
     let actuator_task = tokio::spawn(actuator.run(variants_rx, decisions.clone(), stop.clone()));
 
-    let speed = args.demo_speed.max(0.1);
     let profile = Profile {
         points: [
             (10.0, 0.0),
@@ -188,6 +205,12 @@ async fn watch_and_draw(
                 .final_desired
                 .insert(d.variant.clone(), d.desired_replicas);
         }
+        let waiting: f64 = current
+            .iter()
+            .flat_map(|d| &d.inputs)
+            .map(|load| load.requests_waiting)
+            .sum();
+        summary.peak_queue = summary.peak_queue.max(waiting as u64);
         summary.completed = stats.completed.load(Ordering::Relaxed);
 
         let load_over = t >= profile.duration();

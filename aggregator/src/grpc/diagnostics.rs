@@ -111,6 +111,7 @@ pub fn to_proto(d: &Decision) -> VariantDecision {
             .as_ref()
             .map(|f| format!("{}: {}", f.source, f.error))
             .unwrap_or_default(),
+        limit: d.limit.map(|l| l.as_str()).unwrap_or_default().into(),
         saturation: Some(ModelSaturation {
             total_replicas: count(analysis.total_replicas),
             saturated_replicas: count(analysis.saturated_replicas),

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use wva_core::engine::{Engine, Inputs};
-use wva_core::snapshot::{Decisions, Failures};
+use wva_core::snapshot::{Decisions, Failures, Tuning};
 use wva_core::store::PodStore;
 
 use super::trigger::Trigger;
@@ -67,11 +67,12 @@ impl AnalysisLoop {
                 }
             }
             last_run = Some(Instant::now());
-            self.analyse(&mut engine, tuning.staleness);
+            self.analyse(&mut engine, &tuning);
         }
     }
 
-    fn analyse(&mut self, engine: &mut Engine, staleness: Duration) {
+    fn analyse(&mut self, engine: &mut Engine, tuning: &Tuning) {
+        let staleness = tuning.staleness;
         let now = Instant::now();
         let pending_since = self.trigger.take();
         // One line per analysis, however many pods went stale at once (made-up
@@ -99,6 +100,7 @@ impl AnalysisLoop {
                 replicas: replicas.as_deref(),
                 config: &config,
                 staleness,
+                convergence_timeout: tuning.convergence_timeout,
                 scale_to_zero: self.scale_to_zero.then_some(&*scale_to_zero),
                 failures: &failures,
             })
@@ -152,6 +154,7 @@ mod tests {
             min_analysis_interval: Duration::from_millis(100),
             analysis_interval: Duration::from_secs(30),
             staleness: Duration::from_secs(10),
+            convergence_timeout: Duration::from_secs(600),
         };
         // Variant llm/chat of model m, scaling Deployment chat-deploy.
         let variants = Arc::new(vec![wva_core::testing::variant(&[])]);

@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use wva_core::decision::Decision;
 use wva_core::snapshot::{Decisions, ReplicaCounts, Replicas, Variants};
+use wva_core::stabilization::Window;
 use wva_core::variants::{Variant, VariantKey};
 
 use super::replica::{self, ReplicaEvent, ReplicaSpec};
-use super::stabilize::Stabilizer;
 use crate::args::LocalActuatorArgs;
 
 /// Annotation with extra `vllm-sim` flags for a variant's replicas (standalone only).
@@ -90,7 +90,7 @@ pub struct LocalActuator {
     config: ActuatorConfig,
     slots: BTreeMap<VariantKey, Vec<Slot>>,
     next_index: HashMap<VariantKey, u32>,
-    stabilizers: HashMap<VariantKey, Stabilizer>,
+    stabilizers: HashMap<VariantKey, Window>,
     tasks: JoinSet<()>,
     events_tx: replica::Events<VariantKey>,
     events_rx: mpsc::Receiver<(VariantKey, ReplicaEvent)>,
@@ -186,8 +186,8 @@ impl LocalActuator {
                 Some(&(want, seen)) if seen == have => self
                     .stabilizers
                     .entry(key.clone())
-                    .or_insert_with(|| Stabilizer::new(self.config.scale_down_stabilization))
-                    .next(now, have, want),
+                    .or_default()
+                    .stabilize(now, self.config.scale_down_stabilization, want, have),
                 _ => have,
             };
             if want > have {
@@ -276,6 +276,7 @@ impl LocalActuator {
                     ready: ready.len() as u32,
                     // The local actuator sets any count, zero included.
                     floor: 0,
+                    ceiling: None,
                 },
             );
             endpoints.extend(ready.iter().filter_map(|s| {

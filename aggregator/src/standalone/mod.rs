@@ -4,4 +4,3 @@
 pub mod actuator;
 pub mod probe;
 pub mod replica;
-pub mod stabilize;

@@ -1,10 +1,12 @@
 //! WVA's CAPACITY-ONLY saturation analysis (V1), per model across its variants.
 //!
 //! [`analyze`] pools the reporting replicas of every variant of one model and
-//! decides whether the model needs one more replica or can safely lose one;
-//! [`targets`] turns that verdict into at most one ±1 step on one variant,
-//! chosen by cost. The rules, with a worked example, are in `docs/saturation.md`.
+//! decides whether the model needs more replicas or can safely lose some;
+//! [`need`] sizes that step from the pooled load, and
+//! [`steps::targets`](super::steps::targets) spreads it over the variants by
+//! cost. The rules, with a worked example, are in `docs/saturation.md`.
 
+use super::steps::Need;
 use crate::config::saturation::SaturationConfig;
 
 /// Load of one reporting replica (pod) of a variant.
@@ -32,8 +34,27 @@ pub struct VariantState {
     /// Lowest replica count a scale-down may leave (1 for the cheapest
     /// variant when scale to zero is off, else 0).
     pub min_replicas: u32,
+    /// Most replicas the variant's scaler can set (an HPA's `maxReplicas`).
+    pub max_replicas: Option<u32>,
+    /// The variant waited longer than the convergence deadline: it no longer
+    /// holds its model, takes no scale-up, and its replicas that are not
+    /// ready are not counted as coming capacity.
+    pub blocked: bool,
     /// Fresh signals of the pods that report for this variant.
     pub loads: Vec<ReplicaLoad>,
+}
+
+/// What a variant still waits for after an earlier step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Wait {
+    /// A published desired value that its scaler has not applied yet.
+    Scaler,
+    /// Replicas that are not ready yet (starting, or Pending).
+    PodsStarting,
+    /// More ready replicas than the target has (a rollout's surplus).
+    PodsStopping,
+    /// Ready pods that have not reported a sample yet.
+    PodsReporting,
 }
 
 /// Saturation verdict over all replicas of one model.
@@ -62,6 +83,9 @@ pub enum Reason {
     Steady,
     /// Another step of this model is still converging (desired ≠ current, pods pending or not yet reporting).
     Converging,
+    /// A scale-down held back by the stabilization window: a higher value
+    /// was recommended within it.
+    Stabilizing,
     /// A scale-down not yet carried out, called off because the model saturated meanwhile.
     ScaleDownWithdrawn,
     /// The model had no request for its scale-to-zero retention period.
@@ -78,6 +102,7 @@ impl Reason {
             Reason::ScaleDownSpare => "spare_capacity",
             Reason::Steady => "steady",
             Reason::Converging => "converging",
+            Reason::Stabilizing => "stabilizing",
             Reason::ScaleDownWithdrawn => "scale_down_withdrawn",
             Reason::ScaleToZero => "scale_to_zero",
             Reason::ScaleFromZero => "scale_from_zero",
@@ -85,34 +110,66 @@ impl Reason {
     }
 }
 
-/// The target the analysis proposes for one variant.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VariantTarget {
-    pub name: String,
-    pub target_replicas: u32,
-    pub reason: Reason,
-}
-
 impl VariantState {
-    /// Whether this variant is still moving toward an earlier step: a published
-    /// desired value it has not reached, ready replicas that differ from its
-    /// replicas (pods starting, or surplus pods of a rollout), or ready pods that
-    /// have not reported yet. While any variant of a model converges, the model
-    /// takes no new step, so one step is judged on the load it produced.
-    pub fn is_converging(&self) -> bool {
-        self.previous_desired
+    /// What this variant still waits for after an earlier step, if anything:
+    /// a published desired value it has not reached, ready replicas that
+    /// differ from its replicas, or ready pods that have not reported yet.
+    pub fn waiting(&self) -> Option<Wait> {
+        if self
+            .previous_desired
             .is_some_and(|desired| desired != self.current_replicas)
-            || self.ready_replicas != self.current_replicas
-            || self.loads.len() < self.ready_replicas as usize
+        {
+            Some(Wait::Scaler)
+        } else if self.ready_replicas < self.current_replicas {
+            Some(Wait::PodsStarting)
+        } else if self.ready_replicas > self.current_replicas {
+            Some(Wait::PodsStopping)
+        } else if self.loads.len() < self.ready_replicas as usize {
+            Some(Wait::PodsReporting)
+        } else {
+            None
+        }
     }
 
-    /// The target re-published while the model converges, and the safety net's
-    /// value: the previous desired value (so the HPA keeps moving toward it),
-    /// or the current replicas when there is none, but never a scale-down below
-    /// `min_replicas` (the minimum can rise after the desired value was set, for
-    /// example when a cheaper variant is removed).
+    /// Whether this variant still converges toward an earlier step, within
+    /// the deadline. While any variant of a model does, the model takes no new
+    /// step, so each step is judged on the load it produced.
+    pub fn is_converging(&self) -> bool {
+        !self.blocked && self.waiting().is_some()
+    }
+
+    /// Replicas that count as the variant's capacity, now or soon: all of
+    /// them, unless it is blocked, when only those that report do.
+    pub fn anticipated_replicas(&self) -> u32 {
+        if self.blocked {
+            self.current_replicas.min(self.loads.len() as u32)
+        } else {
+            self.current_replicas
+        }
+    }
+
+    /// The most replicas a scale-up may give this variant: its scaler's
+    /// maximum, and no more than it has while it is blocked.
+    pub fn ceiling(&self) -> u32 {
+        let ceiling = self.max_replicas.unwrap_or(u32::MAX);
+        if self.blocked {
+            ceiling.min(self.current_replicas)
+        } else {
+            ceiling
+        }
+    }
+
+    /// The target re-published while the model converges: the step in
+    /// flight (so the HPA keeps moving toward it), else the current replicas.
     pub fn held_target(&self) -> u32 {
-        let held = self.previous_desired.unwrap_or(self.current_replicas);
+        self.held(self.previous_desired)
+    }
+
+    /// `previous`, or the current replicas when there is none, but never a
+    /// scale-down below `min_replicas` (the minimum can rise after the value
+    /// was set, for example when a cheaper variant is removed).
+    pub fn held(&self, previous: Option<u32>) -> u32 {
+        let held = previous.unwrap_or(self.current_replicas);
         if held < self.current_replicas {
             held.max(self.min_replicas.min(self.current_replicas))
         } else {
@@ -176,76 +233,83 @@ pub fn analyze(variants: &[VariantState], config: &SaturationConfig) -> ModelAna
     }
 }
 
-/// Turns the model-wide verdict into one target per variant (same order as `variants`).
+/// Sizes the step the verdict asks for, in replicas of the model (V1 treats
+/// every replica alike).
 ///
-/// - While any variant converges ([`VariantState::is_converging`]), every
-///   variant keeps its previous desired value (or its current replicas) with
-///   [`Reason::Converging`]. One exception: when the model needs capacity, a
-///   scale-down that has not happened yet (an HPA's stabilization window may
-///   hold it for minutes) is called off, back to the current replicas, with
-///   [`Reason::ScaleDownWithdrawn`]. That is not a new step, so it does not
-///   stack on the one in flight; it only stops removing capacity under load.
-/// - Otherwise variants are ordered by `(cost, name)`. A scale-up adds one
-///   replica to the first (the cheapest; among equal costs the first name); a
-///   scale-down removes one from the last variant above its `min_replicas`
-///   (the most expensive; among equal costs the last name). Scale-up wins if
-///   both verdicts are set. Every other variant stays at its current replicas.
-pub fn targets(variants: &[VariantState], analysis: &ModelAnalysis) -> Vec<VariantTarget> {
-    let target = |v: &VariantState, target_replicas, reason| VariantTarget {
-        name: v.name.clone(),
-        target_replicas,
-        reason,
-    };
-    if variants.iter().any(VariantState::is_converging) {
-        return variants
-            .iter()
-            .map(|v| match v.held_target() {
-                held if analysis.should_scale_up && held < v.current_replicas => {
-                    target(v, v.current_replicas, Reason::ScaleDownWithdrawn)
-                }
-                held => target(v, held, Reason::Converging),
-            })
-            .collect();
-    }
-
-    let order = cost_order(variants);
-    let step = if analysis.should_scale_up {
-        order.first().and_then(|&i| {
-            let up = variants[i].current_replicas.checked_add(1)?;
-            Some((i, up, Reason::ScaleUpSaturation))
-        })
+/// - Scale-up: the fewest replicas over which the pooled load of *all*
+///   reporting replicas leaves both spares at or above their triggers (a
+///   saturated replica counts with its real load, an implausible reading as
+///   exactly at its thresholds), and at least one more than report now.
+/// - Scale-down: the fewest that keep V1's own scale-down test true: the
+///   healthy replicas' load spread over the healthy ones that remain.
+pub fn need(
+    variants: &[VariantState],
+    config: &SaturationConfig,
+    analysis: &ModelAnalysis,
+) -> Need {
+    let loads = || variants.iter().flat_map(|v| &v.loads);
+    let reporting = analysis.total_replicas as u32;
+    if analysis.should_scale_up {
+        let (mut kv, mut queue) = (0.0, 0.0);
+        for load in loads() {
+            let plausible = |v: f64| v.is_finite() && v >= 0.0;
+            kv += if plausible(load.kv_cache_usage) {
+                load.kv_cache_usage.min(1.0)
+            } else {
+                config.kv_cache_threshold
+            };
+            queue += if plausible(load.requests_waiting) {
+                load.requests_waiting
+            } else {
+                config.queue_length_threshold
+            };
+        }
+        let fits = |m: u32| fits_over(config, (kv, queue), m);
+        Need::Up(f64::from(fewest(reporting + 1, fits)))
     } else if analysis.scale_down_safe {
-        order
-            .iter()
-            .rev()
-            .find(|&&i| variants[i].current_replicas > variants[i].min_replicas)
-            .map(|&i| (i, variants[i].current_replicas - 1, Reason::ScaleDownSpare))
+        let (mut kv, mut queue) = (0.0, 0.0);
+        for load in loads().filter(|l| !is_saturated(l, config)) {
+            kv += load.kv_cache_usage;
+            queue += load.requests_waiting;
+        }
+        let healthy = analysis.non_saturated_replicas as u32;
+        // The verdict guarantees that `healthy - 1` fit.
+        let keep = fewest(1, |m| fits_over(config, (kv, queue), m)).min(healthy - 1);
+        Need::Down(f64::from(reporting - (healthy - keep)))
     } else {
-        None
-    };
-    variants
-        .iter()
-        .enumerate()
-        .map(|(i, v)| match step {
-            Some((chosen, replicas, reason)) if chosen == i => target(v, replicas, reason),
-            _ => target(v, v.current_replicas, Reason::Steady),
-        })
-        .collect()
+        Need::Hold
+    }
 }
 
-/// Indices of `variants`, cheapest first; equal costs by name.
-fn cost_order(variants: &[VariantState]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..variants.len()).collect();
-    order.sort_by(|&a, &b| {
-        let (a, b) = (&variants[a], &variants[b]);
-        a.cost.total_cmp(&b.cost).then_with(|| a.name.cmp(&b.name))
-    });
-    order
+/// Whether a load `(kv, queue)` spread over `m` replicas leaves both spares
+/// at or above their triggers.
+fn fits_over(config: &SaturationConfig, (kv, queue): (f64, f64), m: u32) -> bool {
+    let m = f64::from(m);
+    config.kv_cache_threshold - kv / m >= config.kv_spare_trigger
+        && config.queue_length_threshold - queue / m >= config.queue_spare_trigger
+}
+
+/// The fewest replicas, at least `from`, for which `fits` holds (it holds for
+/// every larger count once it holds for one); `from` when no realistic count
+/// fits (a trigger equal to its threshold), so the step is the smallest one.
+fn fewest(from: u32, fits: impl Fn(u32) -> bool) -> u32 {
+    const MOST: u32 = 1 << 20;
+    if fits(from) || !fits(MOST) {
+        return from;
+    }
+    let (mut lo, mut hi) = (from, MOST);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) { hi = mid } else { lo = mid }
+    }
+    hi
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analysis::fixtures::{load, summary, variant, with_loads};
+    use crate::analysis::steps::targets;
     use proptest::prelude::*;
 
     /// Thresholds whose differences are exact in binary, so boundaries are exact.
@@ -254,60 +318,86 @@ mod tests {
         queue_length_threshold: 8.0,
         kv_spare_trigger: 0.25,
         queue_spare_trigger: 2.0,
+        max_scale_up_replicas: 4,
+        max_scale_up_percent: 100.0,
+        scale_down_stabilization_seconds: 0,
     };
-
-    fn load(kv: f64, queue: f64) -> ReplicaLoad {
-        ReplicaLoad {
-            pod: String::new(),
-            kv_cache_usage: kv,
-            requests_waiting: queue,
-        }
-    }
-
-    /// A settled variant: every replica ready and reporting an idle load.
-    fn variant(name: &str, cost: f64, replicas: u32) -> VariantState {
-        VariantState {
-            name: name.to_string(),
-            cost,
-            current_replicas: replicas,
-            ready_replicas: replicas,
-            previous_desired: None,
-            min_replicas: 0,
-            loads: (0..replicas).map(|_| load(0.0, 0.0)).collect(),
-        }
-    }
-
-    fn with_loads(name: &str, loads: &[(f64, f64)]) -> VariantState {
-        let mut v = variant(name, 10.0, loads.len() as u32);
-        v.loads = loads.iter().map(|&(kv, q)| load(kv, q)).collect();
-        v
-    }
-
-    fn verdict(should_scale_up: bool, scale_down_safe: bool) -> ModelAnalysis {
-        ModelAnalysis {
-            total_replicas: 0,
-            saturated_replicas: 0,
-            non_saturated_replicas: 0,
-            avg_spare_kv: 0.0,
-            avg_spare_queue: 0.0,
-            should_scale_up,
-            scale_down_safe,
-        }
-    }
-
-    /// `(name, target, reason)` per variant, for compact assertions.
-    type Summary<'a> = Vec<(&'a str, u32, Reason)>;
-
-    fn summary(targets: &[VariantTarget]) -> Summary<'_> {
-        targets
-            .iter()
-            .map(|t| (t.name.as_str(), t.target_replicas, t.reason))
-            .collect()
-    }
 
     const UP: (bool, bool) = (true, false);
     const DOWN: (bool, bool) = (false, true);
     const HOLD: (bool, bool) = (false, false);
+
+    #[test]
+    fn a_model_without_replicas_has_no_verdict() {
+        assert_eq!(
+            analyze(&[], &CONFIG),
+            analyze(&[variant("a", 10.0, 0)], &CONFIG)
+        );
+        assert_eq!(need(&[], &CONFIG, &analyze(&[], &CONFIG)), Need::Hold);
+    }
+
+    #[test]
+    fn need_sizes_the_step_from_the_pooled_load() {
+        // (case, loads, need) with thresholds 0.75 / 8 and triggers 0.25 / 2.
+        #[rustfmt::skip]
+        type Case = (&'static str, &'static [(f64, f64)], Need);
+        let cases: &[Case] = &[
+            (
+                "a queue of 30 wants 5 replicas of 6 waiting",
+                &[(0.5, 30.0)],
+                Need::Up(5.0),
+            ),
+            (
+                "KV alone: 2.4 of KV over 0.5 spare each",
+                &[(0.8, 0.0), (0.8, 0.0), (0.8, 0.0)],
+                Need::Up(5.0),
+            ),
+            (
+                "just over a trigger: one more",
+                &[(0.5078125, 0.0)],
+                Need::Up(2.0),
+            ),
+            (
+                "an implausible reading counts at its thresholds",
+                &[(f64::NAN, f64::NAN)],
+                Need::Up(2.0),
+            ),
+            ("KV above 1 counts as full", &[(7.0, 0.0)], Need::Up(2.0)),
+            (
+                "light load: one of four is enough",
+                &[(0.125, 0.0); 4],
+                Need::Down(1.0),
+            ),
+            (
+                "saturated replicas stay",
+                &[(0.9, 0.0), (0.125, 0.0), (0.125, 0.0), (0.125, 0.0)],
+                Need::Down(2.0),
+            ),
+            (
+                "half the KV fits on half the replicas",
+                &[(0.25, 0.0); 4],
+                Need::Down(2.0),
+            ),
+            ("steady", &[(0.4, 4.0), (0.4, 4.0)], Need::Hold),
+        ];
+        for &(case, loads, want) in cases {
+            let (a, b) = loads.split_at(loads.len() / 2);
+            let model = [with_loads("a", a), with_loads("b", b)];
+            let got = need(&model, &CONFIG, &analyze(&model, &CONFIG));
+            assert_eq!(got, want, "{case}");
+        }
+        // A trigger equal to its threshold can never be met by more
+        // replicas: the step is the smallest one.
+        let tight = SaturationConfig {
+            queue_spare_trigger: 8.0,
+            ..CONFIG
+        };
+        let model = [with_loads("a", &[(0.1, 9.0)])];
+        assert_eq!(
+            need(&model, &tight, &analyze(&model, &tight)),
+            Need::Up(2.0)
+        );
+    }
 
     #[test]
     fn analyze_classifies_and_decides() {
@@ -360,271 +450,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn targets_steady_without_a_verdict() {
-        let variants = [variant("a", 10.0, 2), variant("b", 30.0, 1)];
-        assert_eq!(
-            summary(&targets(&variants, &verdict(false, false))),
-            [("a", 2, Reason::Steady), ("b", 1, Reason::Steady)]
-        );
-    }
-
-    #[test]
-    fn targets_choose_the_variant_by_cost_then_name() {
-        let up = verdict(true, false);
-        let down = verdict(false, true);
-        let cases: &[(&str, Vec<VariantState>, &ModelAnalysis, Summary)] = &[
-            (
-                "scale-up goes to the cheapest",
-                vec![variant("h100", 30.0, 1), variant("l4", 10.0, 1)],
-                &up,
-                vec![
-                    ("h100", 1, Reason::Steady),
-                    ("l4", 2, Reason::ScaleUpSaturation),
-                ],
-            ),
-            (
-                "scale-up tie goes to the first name",
-                vec![
-                    variant("b", 10.0, 1),
-                    variant("a", 10.0, 3),
-                    variant("c", 20.0, 1),
-                ],
-                &up,
-                vec![
-                    ("b", 1, Reason::Steady),
-                    ("a", 4, Reason::ScaleUpSaturation),
-                    ("c", 1, Reason::Steady),
-                ],
-            ),
-            (
-                "scale-down comes from the most expensive",
-                vec![variant("l4", 10.0, 2), variant("h100", 30.0, 2)],
-                &down,
-                vec![
-                    ("l4", 2, Reason::Steady),
-                    ("h100", 1, Reason::ScaleDownSpare),
-                ],
-            ),
-            (
-                "scale-down tie comes from the last name",
-                vec![
-                    variant("b", 10.0, 2),
-                    variant("a", 10.0, 2),
-                    variant("c", 5.0, 2),
-                ],
-                &down,
-                vec![
-                    ("b", 1, Reason::ScaleDownSpare),
-                    ("a", 2, Reason::Steady),
-                    ("c", 2, Reason::Steady),
-                ],
-            ),
-            (
-                "a zero-replica cheapest variant is scaled up from zero",
-                vec![variant("h100", 30.0, 2), variant("l4", 10.0, 0)],
-                &up,
-                vec![
-                    ("h100", 2, Reason::Steady),
-                    ("l4", 1, Reason::ScaleUpSaturation),
-                ],
-            ),
-            (
-                "a zero-replica expensive variant is skipped by scale-down",
-                vec![variant("h100", 30.0, 0), variant("l4", 10.0, 2)],
-                &down,
-                vec![
-                    ("h100", 0, Reason::Steady),
-                    ("l4", 1, Reason::ScaleDownSpare),
-                ],
-            ),
-            (
-                "scale-up wins when both verdicts are set",
-                vec![variant("a", 10.0, 2), variant("b", 20.0, 2)],
-                &verdict(true, true),
-                vec![
-                    ("a", 3, Reason::ScaleUpSaturation),
-                    ("b", 2, Reason::Steady),
-                ],
-            ),
-        ];
-        for (name, variants, analysis, want) in cases {
-            assert_eq!(&summary(&targets(variants, analysis)), want, "{name}");
-        }
-    }
-
-    #[test]
-    fn scale_down_respects_min_replicas() {
-        let down = verdict(false, true);
-        let mut cheap = variant("l4", 10.0, 2);
-        cheap.min_replicas = 1;
-        let mut pricey = variant("h100", 30.0, 1);
-        pricey.min_replicas = 1;
-        // The most expensive is at its minimum: the next one gives a replica.
-        assert_eq!(
-            summary(&targets(&[cheap.clone(), pricey.clone()], &down)),
-            [
-                ("l4", 1, Reason::ScaleDownSpare),
-                ("h100", 1, Reason::Steady)
-            ]
-        );
-        // Everything at its minimum: nothing moves.
-        cheap.current_replicas = 1;
-        cheap.ready_replicas = 1;
-        cheap.loads.truncate(1);
-        assert_eq!(
-            summary(&targets(&[cheap.clone(), pricey], &down)),
-            [("l4", 1, Reason::Steady), ("h100", 1, Reason::Steady)]
-        );
-        // A single variant with a single replica and min 1 stays.
-        assert_eq!(
-            summary(&targets(&[cheap], &down)),
-            [("l4", 1, Reason::Steady)]
-        );
-    }
-
-    #[test]
-    fn converging_variants_block_every_step_of_the_model() {
-        let up = verdict(true, false);
-        let mut moving = variant("h100", 30.0, 2);
-        moving.previous_desired = Some(3);
-        let cheap = variant("l4", 10.0, 1);
-        // The previous desired keeps being published; the cheap one is not scaled.
-        assert_eq!(
-            summary(&targets(&[cheap.clone(), moving.clone()], &up)),
-            [
-                ("l4", 1, Reason::Converging),
-                ("h100", 3, Reason::Converging)
-            ]
-        );
-        // A previous desired equal to current is settled.
-        moving.previous_desired = Some(2);
-        assert_eq!(
-            summary(&targets(&[cheap, moving], &up)),
-            [
-                ("l4", 2, Reason::ScaleUpSaturation),
-                ("h100", 2, Reason::Steady)
-            ]
-        );
-    }
-
-    #[test]
-    fn saturation_withdraws_a_pending_scale_down_without_a_new_step() {
-        // h100 was told to go 3 → 2, but still runs 3 (a stabilization window holds it).
-        let mut pending = variant("h100", 30.0, 3);
-        pending.previous_desired = Some(2);
-        let cheap = variant("l4", 10.0, 1);
-        let both = [cheap, pending];
-        assert_eq!(
-            summary(&targets(&both, &verdict(true, false))),
-            [
-                ("l4", 1, Reason::Converging),
-                ("h100", 3, Reason::ScaleDownWithdrawn)
-            ],
-            "the scale-down is called off; l4 takes no step yet"
-        );
-        assert_eq!(
-            summary(&targets(&both, &verdict(false, false))),
-            [
-                ("l4", 1, Reason::Converging),
-                ("h100", 2, Reason::Converging)
-            ],
-            "without saturation the pending scale-down stands"
-        );
-        // A pending scale-up is never touched.
-        let mut rising = variant("l4", 10.0, 1);
-        rising.previous_desired = Some(2);
-        assert_eq!(
-            summary(&targets(&[rising], &verdict(true, false))),
-            [("l4", 2, Reason::Converging)]
-        );
-    }
-
-    #[test]
-    fn pending_replicas_are_not_scaled_again() {
-        // The cheapest variant was just scaled (3 replicas, 2 ready): it must
-        // not get another one, and no other variant steps in for it.
-        let mut pending = variant("l4", 10.0, 3);
-        pending.ready_replicas = 2;
-        pending.loads.truncate(2);
-        pending.previous_desired = Some(3);
-        let other = variant("h100", 30.0, 1);
-        assert_eq!(
-            summary(&targets(
-                &[pending.clone(), other.clone()],
-                &verdict(true, false)
-            )),
-            [
-                ("l4", 3, Reason::Converging),
-                ("h100", 1, Reason::Converging)
-            ]
-        );
-        // Pending pods block even without a previous desired value (a restart).
-        pending.previous_desired = None;
-        assert!(pending.is_converging());
-        assert_eq!(
-            summary(&targets(&[pending, other], &verdict(false, true))),
-            [
-                ("l4", 3, Reason::Converging),
-                ("h100", 1, Reason::Converging)
-            ]
-        );
-    }
-
-    #[test]
-    fn surplus_ready_replicas_block_steps() {
-        let mut rolling = variant("a", 10.0, 2);
-        rolling.ready_replicas = 3;
-        rolling.loads.push(load(0.0, 0.0));
-        assert_eq!(
-            summary(&targets(&[rolling], &verdict(false, true))),
-            [("a", 2, Reason::Converging)]
-        );
-    }
-
-    #[test]
-    fn unreported_ready_pods_block_steps() {
-        let mut quiet = variant("a", 10.0, 2);
-        quiet.loads.truncate(1);
-        assert!(quiet.is_converging());
-        assert_eq!(
-            summary(&targets(
-                &[quiet, variant("b", 20.0, 2)],
-                &verdict(false, true)
-            )),
-            [("a", 2, Reason::Converging), ("b", 2, Reason::Converging)]
-        );
-    }
-
-    #[test]
-    fn held_scale_down_never_goes_below_min_replicas() {
-        let mut v = variant("a", 10.0, 2);
-        v.previous_desired = Some(0);
-        v.min_replicas = 1;
-        assert_eq!(
-            summary(&targets(&[v.clone()], &verdict(false, false))),
-            [("a", 1, Reason::Converging)]
-        );
-        // A held scale-up is kept as is, even from below the minimum.
-        v.current_replicas = 0;
-        v.ready_replicas = 0;
-        v.loads.clear();
-        v.previous_desired = Some(2);
-        assert_eq!(
-            summary(&targets(&[v], &verdict(false, false))),
-            [("a", 2, Reason::Converging)]
-        );
-    }
-
-    #[test]
-    fn no_variants_no_targets() {
-        assert!(targets(&[], &verdict(true, false)).is_empty());
-        assert_eq!(
-            analyze(&[], &CONFIG),
-            analyze(&[variant("a", 10.0, 0)], &CONFIG)
-        );
-    }
-
     /// The worked example of docs/saturation.md, with WVA's default thresholds.
     #[test]
     fn documented_worked_example() {
@@ -644,8 +469,11 @@ mod tests {
         assert!((analysis.avg_spare_kv - 0.09).abs() < 1e-9, "{analysis:?}");
         assert_eq!(analysis.avg_spare_queue, 2.0);
         assert!(analysis.should_scale_up && !analysis.scale_down_safe);
+        // The pooled load (KV 2.27, queue 7) needs 4 replicas: one more.
+        let up = need(&variants, &config, &analysis);
+        assert_eq!(up, Need::Up(4.0));
         assert_eq!(
-            summary(&targets(&variants, &analysis)),
+            summary(&targets(&variants, up, config.max_scale_up(3))),
             [
                 ("llama-8b-l4", 3, Reason::ScaleUpSaturation),
                 ("llama-8b-h100", 1, Reason::Steady)
@@ -666,10 +494,13 @@ mod tests {
             analysis.scale_down_safe && !analysis.should_scale_up,
             "{analysis:?}"
         );
+        // KV 0.8 and queue 1 fit on 2 replicas: two of the four can go.
+        let down = need(&quiet, &config, &analysis);
+        assert_eq!(down, Need::Down(2.0));
         assert_eq!(
-            summary(&targets(&quiet, &analysis)),
+            summary(&targets(&quiet, down, config.max_scale_up(4))),
             [
-                ("llama-8b-l4", 3, Reason::Steady),
+                ("llama-8b-l4", 2, Reason::ScaleDownSpare),
                 ("llama-8b-h100", 0, Reason::ScaleDownSpare)
             ]
         );
@@ -713,6 +544,8 @@ mod tests {
                         ready_replicas: ready,
                         previous_desired: if settled { None } else { previous },
                         min_replicas: min,
+                        max_replicas: None,
+                        blocked: false,
                         loads: readings.into_iter().map(|(kv, q)| load(kv, q)).collect(),
                     }
                 },
@@ -738,46 +571,22 @@ mod tests {
         }
 
         #[test]
-        fn targets_take_at_most_one_unit_step(variants in arb_model()) {
-            let out = targets(&variants, &analyze(&variants, &SaturationConfig::default()));
-            let names: Vec<&str> = variants.iter().map(|v| v.name.as_str()).collect();
-            let out_names: Vec<&str> = out.iter().map(|t| t.name.as_str()).collect();
-            prop_assert_eq!(names, out_names);
-
-            let converging = variants.iter().any(VariantState::is_converging);
-            let mut changed = 0;
-            for (v, t) in variants.iter().zip(&out) {
-                if t.target_replicas < v.current_replicas {
-                    prop_assert!(t.target_replicas >= v.min_replicas, "{:?} -> {:?}", v, t);
+        fn the_sized_step_agrees_with_the_verdict(variants in arb_model()) {
+            let config = CONFIG;
+            let a = analyze(&variants, &config);
+            let reporting = a.total_replicas as f64;
+            match need(&variants, &config, &a) {
+                Need::Up(n) => {
+                    prop_assert!(a.should_scale_up);
+                    prop_assert!(n >= reporting + 1.0, "{} for {}", n, reporting);
                 }
-                if converging {
-                    if t.reason == Reason::ScaleDownWithdrawn {
-                        prop_assert_eq!(t.target_replicas, v.current_replicas);
-                    } else {
-                        prop_assert_eq!(t.reason, Reason::Converging);
-                    }
-                    if t.target_replicas != v.current_replicas {
-                        prop_assert!(v.previous_desired.is_some());
-                    }
-                    continue;
+                Need::Down(n) => {
+                    prop_assert!(a.scale_down_safe);
+                    // Fewer, but every saturated replica and one healthy one stay.
+                    prop_assert!(n < reporting);
+                    prop_assert!(n >= (a.saturated_replicas + 1) as f64);
                 }
-                match t.target_replicas as i64 - v.current_replicas as i64 {
-                    0 => prop_assert_eq!(t.reason, Reason::Steady),
-                    1 => prop_assert_eq!(t.reason, Reason::ScaleUpSaturation),
-                    -1 => prop_assert_eq!(t.reason, Reason::ScaleDownSpare),
-                    other => prop_assert!(false, "step of {} on {:?}", other, v),
-                }
-                changed += usize::from(t.target_replicas != v.current_replicas);
-            }
-            prop_assert!(changed <= 1);
-        }
-
-        #[test]
-        fn scale_up_goes_to_a_cheapest_variant(variants in arb_model()) {
-            let out = targets(&variants, &verdict(true, false));
-            if let Some(i) = out.iter().position(|t| t.reason == Reason::ScaleUpSaturation) {
-                let cheapest = variants.iter().map(|v| v.cost).fold(f64::INFINITY, f64::min);
-                prop_assert_eq!(variants[i].cost, cheapest);
+                Need::Hold => prop_assert!(!a.should_scale_up && !a.scale_down_safe),
             }
         }
     }

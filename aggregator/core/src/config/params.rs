@@ -41,6 +41,7 @@ pub const PARAMS: &[Param] = &[
         Dynamic,
     ),
     param("WVA_STALENESS", "staleness", Dynamic),
+    param("WVA_CONVERGENCE_TIMEOUT", "convergence_timeout", Dynamic),
     param("WVA_POLL_INTERVAL", "poll_interval", Static),
     param("WVA_METRICS_SOURCE", "metrics_source", Static),
     param("WVA_SCRAPE_CA_FILE", "scrape_ca_file", Static),

@@ -16,7 +16,8 @@ use thiserror::Error;
 /// The `data` key holding the global thresholds.
 pub const DEFAULT_KEY: &str = "default";
 
-/// Thresholds of the saturation analysis (WVA's documented defaults: 0.80, 5, 0.1, 3).
+/// Thresholds of the saturation analysis (WVA's documented defaults: 0.80, 5,
+/// 0.1, 3) and the limits on how fast a model's replicas move.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SaturationConfig {
@@ -24,6 +25,14 @@ pub struct SaturationConfig {
     pub queue_length_threshold: f64,
     pub kv_spare_trigger: f64,
     pub queue_spare_trigger: f64,
+    /// A scale-up adds at most the larger of this many replicas and
+    /// [`Self::max_scale_up_percent`] of the model's replicas (the HPA's
+    /// default policy: 4 pods or 100 %).
+    pub max_scale_up_replicas: u32,
+    pub max_scale_up_percent: f64,
+    /// A scale-down goes only to the highest value recommended within this
+    /// window (the HPA's `stabilizationWindowSeconds`, same default).
+    pub scale_down_stabilization_seconds: u32,
 }
 
 impl Default for SaturationConfig {
@@ -33,7 +42,26 @@ impl Default for SaturationConfig {
             queue_length_threshold: 5.0,
             kv_spare_trigger: 0.1,
             queue_spare_trigger: 3.0,
+            max_scale_up_replicas: 4,
+            max_scale_up_percent: 100.0,
+            scale_down_stabilization_seconds: 300,
         }
+    }
+}
+
+/// The longest scale-down stabilization window, as the HPA allows.
+pub const MAX_STABILIZATION_SECONDS: u32 = 3600;
+
+impl SaturationConfig {
+    /// The most replicas one decision may add to a model that has `replicas`.
+    pub fn max_scale_up(&self, replicas: u32) -> u32 {
+        let by_percent = (f64::from(replicas) * self.max_scale_up_percent / 100.0).ceil();
+        // The cast saturates, and the percentage is validated finite.
+        self.max_scale_up_replicas.max(by_percent as u32)
+    }
+
+    pub fn scale_down_window(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.scale_down_stabilization_seconds.into())
     }
 }
 
@@ -106,6 +134,9 @@ pub enum Field {
     QueueLengthThreshold,
     KvSpareTrigger,
     QueueSpareTrigger,
+    MaxScaleUpReplicas,
+    MaxScaleUpPercent,
+    ScaleDownStabilizationSeconds,
 }
 
 impl fmt::Display for Field {
@@ -115,6 +146,9 @@ impl fmt::Display for Field {
             Field::QueueLengthThreshold => "queueLengthThreshold",
             Field::KvSpareTrigger => "kvSpareTrigger",
             Field::QueueSpareTrigger => "queueSpareTrigger",
+            Field::MaxScaleUpReplicas => "maxScaleUpReplicas",
+            Field::MaxScaleUpPercent => "maxScaleUpPercent",
+            Field::ScaleDownStabilizationSeconds => "scaleDownStabilizationSeconds",
         })
     }
 }
@@ -131,6 +165,9 @@ struct RawEntry {
     queue_length_threshold: Option<f64>,
     kv_spare_trigger: Option<f64>,
     queue_spare_trigger: Option<f64>,
+    max_scale_up_replicas: Option<u32>,
+    max_scale_up_percent: Option<f64>,
+    scale_down_stabilization_seconds: Option<u32>,
 }
 
 impl RawEntry {
@@ -153,6 +190,15 @@ impl RawEntry {
                 .unwrap_or(base.queue_length_threshold),
             kv_spare_trigger: self.kv_spare_trigger.unwrap_or(base.kv_spare_trigger),
             queue_spare_trigger: self.queue_spare_trigger.unwrap_or(base.queue_spare_trigger),
+            max_scale_up_replicas: self
+                .max_scale_up_replicas
+                .unwrap_or(base.max_scale_up_replicas),
+            max_scale_up_percent: self
+                .max_scale_up_percent
+                .unwrap_or(base.max_scale_up_percent),
+            scale_down_stabilization_seconds: self
+                .scale_down_stabilization_seconds
+                .unwrap_or(base.scale_down_stabilization_seconds),
         };
         let out_of_range = |field, value, set: Option<f64>, requirement: String| {
             Err(ConfigError::OutOfRange {
@@ -201,6 +247,33 @@ impl RawEntry {
                 Field::QueueSpareTrigger,
                 trigger,
                 self.queue_spare_trigger,
+                requirement,
+            );
+        }
+        let step = config.max_scale_up_replicas;
+        if step == 0 {
+            let requirement = "at least 1".to_string();
+            let set = self.max_scale_up_replicas.map(f64::from);
+            return out_of_range(Field::MaxScaleUpReplicas, 0.0, set, requirement);
+        }
+        let percent = config.max_scale_up_percent;
+        if !(0.0..=10_000.0).contains(&percent) {
+            let requirement = "in [0, 10000]".to_string();
+            return out_of_range(
+                Field::MaxScaleUpPercent,
+                percent,
+                self.max_scale_up_percent,
+                requirement,
+            );
+        }
+        let window = config.scale_down_stabilization_seconds;
+        if window > MAX_STABILIZATION_SECONDS {
+            let requirement = format!("at most {MAX_STABILIZATION_SECONDS}");
+            let set = self.scale_down_stabilization_seconds.map(f64::from);
+            return out_of_range(
+                Field::ScaleDownStabilizationSeconds,
+                f64::from(window),
+                set,
                 requirement,
             );
         }
@@ -336,6 +409,7 @@ data:
                 queue_length_threshold: 5.0,
                 kv_spare_trigger: 0.1,
                 queue_spare_trigger: 3.0,
+                ..SaturationConfig::default()
             }
         );
     }
@@ -373,6 +447,7 @@ data:
                 queue_length_threshold: 5.0,
                 kv_spare_trigger: 0.1,
                 queue_spare_trigger: 2.0,
+                ..SaturationConfig::default()
             }
         );
         assert_eq!(
@@ -382,6 +457,7 @@ data:
                 queue_length_threshold: 8.0,
                 kv_spare_trigger: 0.1,
                 queue_spare_trigger: 2.0,
+                ..SaturationConfig::default()
             }
         );
     }
@@ -471,6 +547,80 @@ data:
         for (entries, expected) in cases {
             assert_eq!(error(entries), *expected, "entries {entries:?}");
         }
+    }
+
+    #[test]
+    fn step_and_window_limits_are_validated_and_inherited() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("default", "maxScaleUpReplicas: 0")],
+                r#"saturation config key "default": maxScaleUpReplicas must be at least 1, got 0"#,
+            ),
+            (
+                &[("default", "maxScaleUpPercent: -5")],
+                r#"saturation config key "default": maxScaleUpPercent must be in [0, 10000], got -5"#,
+            ),
+            (
+                &[("default", "maxScaleUpPercent: .nan")],
+                r#"saturation config key "default": maxScaleUpPercent must be in [0, 10000], got NaN"#,
+            ),
+            (
+                &[(
+                    "x",
+                    "model_id: m\nnamespace: n\nscaleDownStabilizationSeconds: 3601",
+                )],
+                r#"saturation config key "x": scaleDownStabilizationSeconds must be at most 3600, got 3601"#,
+            ),
+        ];
+        for (entries, expected) in cases {
+            assert_eq!(error(entries), *expected, "entries {entries:?}");
+        }
+        let msg = error(&[("default", "maxScaleUpReplicas: -1")]);
+        assert!(msg.contains("maxScaleUpReplicas: invalid type"), "{msg}");
+
+        let set = SaturationConfigSet::from_data(&data(&[
+            (
+                "default",
+                "scaleDownStabilizationSeconds: 60\nmaxScaleUpReplicas: 2",
+            ),
+            ("a", "model_id: m\nnamespace: ns\nmaxScaleUpPercent: 0"),
+        ]))
+        .unwrap();
+        let model = set.for_model("m", "ns");
+        assert_eq!(
+            model.scale_down_window(),
+            std::time::Duration::from_secs(60)
+        );
+        assert_eq!(
+            (model.max_scale_up_replicas, model.max_scale_up_percent),
+            (2, 0.0)
+        );
+    }
+
+    #[test]
+    fn a_scale_up_is_capped_by_the_larger_of_replicas_and_percent() {
+        let config = SaturationConfig::default();
+        // 4 replicas or 100 %, whichever is more.
+        for (replicas, cap) in [(0, 4), (1, 4), (4, 4), (5, 5), (12, 12)] {
+            assert_eq!(config.max_scale_up(replicas), cap, "{replicas} replicas");
+        }
+        let one_at_a_time = SaturationConfig {
+            max_scale_up_replicas: 1,
+            max_scale_up_percent: 0.0,
+            ..config
+        };
+        assert_eq!(one_at_a_time.max_scale_up(40), 1);
+        let half = SaturationConfig {
+            max_scale_up_replicas: 1,
+            max_scale_up_percent: 50.0,
+            ..config
+        };
+        assert_eq!(half.max_scale_up(5), 3, "50 % of 5 rounds up");
+        let huge = SaturationConfig {
+            max_scale_up_percent: 10_000.0,
+            ..config
+        };
+        assert_eq!(huge.max_scale_up(u32::MAX), u32::MAX, "saturates");
     }
 
     #[test]

@@ -5,10 +5,14 @@
 //!
 //! One model's evaluation, in order: [`reporting`] finds each variant's pods
 //! and fresh loads; [`scale_to_zero`] says whether the model is idle or must
-//! wake; the saturation analysis sizes the model; each variant then takes the
-//! analysis' target, or the [`safety_net`]'s held value when its data is
-//! missing; [`Engine::record`] remembers the value and builds the decision.
+//! wake; [`convergence`] says which variants still wait for an earlier step
+//! and which waited past the deadline; the saturation analysis sizes the
+//! model's step and spreads it over the variants; a stabilization
+//! [`Window`] holds scale-downs for the model's window; each variant then takes that target,
+//! or the [`safety_net`]'s held value when its data is missing;
+//! [`Engine::record`] remembers the value and builds the decision.
 
+mod convergence;
 mod reporting;
 mod safety_net;
 mod scale_to_zero;
@@ -18,15 +22,20 @@ mod tests;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
+use self::convergence::Convergence;
 use self::reporting::{PodView, Reporting, derived_counts, fresh_loads};
 use self::safety_net::SafetyNet;
 use self::scale_to_zero::{Policy, Zero};
 use crate::activity::{ActivityTracker, ModelKey};
-use crate::analysis::saturation::{self, ModelAnalysis, VariantState};
+use crate::analysis::saturation::{self, ModelAnalysis, Reason, VariantState};
+use crate::analysis::steps::{self, Need, VariantTarget};
 use crate::config::saturation::{SaturationConfig, SaturationConfigSet};
 use crate::config::scale_to_zero::ScaleToZeroConfigSet;
-use crate::decision::{Basis, DataState, Decision, Saturation, ScalingEvent, SourceFailure};
+use crate::decision::{
+    Basis, DataState, Decision, LimitReason, Saturation, ScalingEvent, SourceFailure,
+};
 use crate::snapshot::ReplicaCounts;
+use crate::stabilization::Window;
 use crate::store::{PodEntry, PodKey};
 use crate::variants::{Variant, VariantKey};
 
@@ -41,6 +50,9 @@ pub struct Inputs<'a> {
     pub replicas: Option<&'a HashMap<VariantKey, ReplicaCounts>>,
     pub config: &'a SaturationConfigSet,
     pub staleness: Duration,
+    /// How long a variant may take to carry out a step before its model goes
+    /// on without it.
+    pub convergence_timeout: Duration,
     /// Per-model scale-to-zero policies; `None` when scale to zero is off,
     /// and the cheapest variant of every model keeps at least 1 replica.
     pub scale_to_zero: Option<&'a ScaleToZeroConfigSet>,
@@ -53,6 +65,9 @@ pub struct Inputs<'a> {
 #[derive(Debug, Default)]
 pub struct Engine {
     previous: HashMap<VariantKey, u32>,
+    convergence: Convergence,
+    /// Each variant's recent recommendations, for scale-down stabilization.
+    windows: HashMap<VariantKey, Window>,
     safety_net: SafetyNet,
     /// Why each variant's desired value last changed.
     change_reasons: HashMap<VariantKey, &'static str>,
@@ -66,6 +81,8 @@ struct Observed {
     data: DataState,
     /// Age of the oldest fresh sample used.
     age: Option<Duration>,
+    /// Why it cannot take what the model needs, if it cannot.
+    limit: Option<LimitReason>,
 }
 
 impl Engine {
@@ -105,6 +122,8 @@ impl Engine {
             .collect();
         self.activity.retain(&models, &inputs.pods.keys().collect());
         self.previous.retain(|k, _| live.contains(k));
+        self.convergence.retain(&live);
+        self.windows.retain(|k, _| live.contains(k));
         self.safety_net.retain(&live);
         self.change_reasons.retain(|k, _| live.contains(k));
         decisions.sort_by(|a, b| a.variant.cmp(&b.variant));
@@ -151,7 +170,7 @@ impl Engine {
             cheapest,
         );
 
-        let (states, observed): (Vec<VariantState>, Vec<Observed>) = variants
+        let (states, mut observed): (Vec<VariantState>, Vec<Observed>) = variants
             .iter()
             .zip(&pods)
             .map(|(va, (pods, counts))| {
@@ -159,9 +178,20 @@ impl Engine {
             })
             .unzip();
         let analysis = saturation::analyze(&states, &config);
-        let targets = saturation::targets(&states, &analysis);
+        let need = saturation::need(&states, &config, &analysis);
+        if !matches!(need, Need::Up(_)) {
+            for seen in &observed {
+                self.convergence.forgive_scalers(&seen.key);
+            }
+        }
+        let replicas: u32 = states.iter().map(|s| s.current_replicas).sum();
+        let targets = steps::targets(&states, need, config.max_scale_up(replicas));
 
-        for (((va, state), target), seen) in variants.iter().zip(states).zip(targets).zip(observed)
+        for (((va, state), mut target), seen) in variants
+            .iter()
+            .zip(states)
+            .zip(targets)
+            .zip(observed.drain(..))
         {
             let (desired, basis) = if seen.data == DataState::Missing {
                 let previous = self.previous.get(&seen.key).copied();
@@ -169,11 +199,16 @@ impl Engine {
                     .hold(&seen.key, &state, previous, seen.counts)
             } else {
                 self.safety_net.release(&seen.key);
+                self.stabilize(inputs.now, &config, &seen, &mut target);
                 zero.desired(&seen.key, &target, seen.counts)
             };
+            let limit = seen
+                .limit
+                .or(target.at_max.then_some(LimitReason::AtMaxReplicas));
             let outcome = Outcome {
                 desired,
                 basis,
+                limit,
                 state,
                 analysis: &analysis,
                 config,
@@ -182,9 +217,32 @@ impl Engine {
         }
     }
 
+    /// Holds a scale-down the model's window does not allow yet.
+    fn stabilize(
+        &mut self,
+        now: Instant,
+        config: &SaturationConfig,
+        seen: &Observed,
+        target: &mut VariantTarget,
+    ) {
+        let current = seen.counts.current;
+        let window = config.scale_down_window();
+        // A variant first seen (or seen again after a restart) keeps its
+        // replicas for one window.
+        let published = self
+            .windows
+            .entry(seen.key.clone())
+            .or_insert_with(|| Window::holding(now, current))
+            .stabilize(now, window, target.target_replicas, current);
+        if published != target.target_replicas {
+            target.target_replicas = published;
+            target.reason = Reason::Stabilizing;
+        }
+    }
+
     /// One variant's input to its model's analysis.
     fn variant_state(
-        &self,
+        &mut self,
         inputs: &Inputs<'_>,
         model_id: &str,
         va: &Variant,
@@ -203,15 +261,24 @@ impl Engine {
         // Only an idle model goes to zero; until then its cheapest variant
         // keeps one replica.
         let min_replicas = u32::from(zero.keeps_a_replica(&key)).max(counts.floor);
-        let state = VariantState {
+        let mut state = VariantState {
             name: va.name.clone(),
             cost: va.cost,
             current_replicas: counts.current,
             ready_replicas: counts.ready,
-            previous_desired: self.previous.get(&key).copied(),
+            previous_desired: self.convergence.step(&key),
             min_replicas,
+            // A ceiling below the floor is no ceiling the scaler can keep.
+            max_replicas: counts.ceiling.map(|c| c.max(counts.floor)),
+            blocked: false,
             loads,
         };
+        let limit = self
+            .convergence
+            .observe(&key, &state, inputs.now, inputs.convergence_timeout);
+        // A blocked step is abandoned.
+        state.previous_desired = self.convergence.step(&key);
+        state.blocked = limit.is_some();
         let age = oldest.map(|t| inputs.now.saturating_duration_since(t));
         (
             state,
@@ -220,6 +287,7 @@ impl Engine {
                 counts,
                 data,
                 age,
+                limit,
             },
         )
     }
@@ -239,16 +307,20 @@ impl Engine {
             counts,
             data,
             age,
+            limit: _,
         } = seen;
         let Outcome {
             desired,
             basis,
+            limit,
             state,
             analysis,
             config,
         } = outcome;
         let from = self.previous.get(&key).copied().unwrap_or(counts.current);
         if desired != from {
+            self.convergence
+                .published(&key, desired, counts.current, inputs.now);
             events.push(ScalingEvent {
                 variant: key.clone(),
                 from,
@@ -271,6 +343,7 @@ impl Engine {
             basis,
             change_reason,
             source_failure,
+            limit,
             data,
             data_age: age,
             inputs: state.loads,
@@ -287,6 +360,7 @@ impl Engine {
 struct Outcome<'a> {
     desired: u32,
     basis: Basis,
+    limit: Option<LimitReason>,
     state: VariantState,
     analysis: &'a ModelAnalysis,
     config: SaturationConfig,

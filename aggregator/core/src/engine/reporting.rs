@@ -140,5 +140,6 @@ pub(super) fn derived_counts(pods: &[&PodView<'_>]) -> ReplicaCounts {
         current: n,
         ready: n,
         floor: 0,
+        ceiling: None,
     }
 }

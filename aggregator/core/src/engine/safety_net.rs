@@ -27,7 +27,7 @@ impl SafetyNet {
         previous: Option<u32>,
         counts: ReplicaCounts,
     ) -> (u32, Basis) {
-        let value = state.held_target();
+        let value = state.held(previous);
         let source = match previous {
             Some(_) => Fallback::PreviousDesired,
             None => Fallback::CurrentReplicas,

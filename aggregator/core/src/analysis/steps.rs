@@ -1,0 +1,552 @@
+//! Turns a model's sized step into one target per variant: scale-ups go to
+//! the cheapest variants that can grow, scale-downs come from the most
+//! expensive ones that can shrink, and nothing moves while an earlier step
+//! still converges.
+
+use super::saturation::{Reason, VariantState};
+
+/// How many replicas the model should have, as its analysis sized it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Need {
+    /// At least this many.
+    Up(f64),
+    /// No fewer than this many.
+    Down(f64),
+    Hold,
+}
+
+/// The target the analysis proposes for one variant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VariantTarget {
+    pub name: String,
+    pub target_replicas: u32,
+    pub reason: Reason,
+    /// The model needed replicas this variant would have taken, but its
+    /// scaler's `maxReplicas` stopped it.
+    pub at_max: bool,
+}
+
+/// One target per variant (same order as `variants`).
+///
+/// - While any variant converges ([`VariantState::is_converging`]), every
+///   variant keeps its held value ([`VariantState::held_target`]) with
+///   [`Reason::Converging`]. One exception: when the model needs capacity, a
+///   scale-down not carried out yet is called off, back to the current
+///   replicas, with [`Reason::ScaleDownWithdrawn`]; that is not a new step.
+/// - A scale-up adds the replicas the model misses beyond its anticipated
+///   capacity (at least one), at most `max_up` of them, to the variants by
+///   `(cost, name)`, each up to its ceiling ([`VariantState::ceiling`]).
+/// - A scale-down removes the replicas above the need from the variants by
+///   descending `(cost, name)`, each down to its `min_replicas`.
+pub fn targets(variants: &[VariantState], need: Need, max_up: u32) -> Vec<VariantTarget> {
+    let mut out: Vec<VariantTarget> = variants
+        .iter()
+        .map(|v| VariantTarget {
+            name: v.name.clone(),
+            target_replicas: v.current_replicas,
+            reason: Reason::Steady,
+            at_max: false,
+        })
+        .collect();
+    if variants.iter().any(VariantState::is_converging) {
+        for (v, t) in variants.iter().zip(&mut out) {
+            let held = v.held_target();
+            (t.target_replicas, t.reason) =
+                if matches!(need, Need::Up(_)) && held < v.current_replicas {
+                    (v.current_replicas, Reason::ScaleDownWithdrawn)
+                } else {
+                    (held, Reason::Converging)
+                };
+        }
+        return out;
+    }
+    let anticipated: u32 = variants
+        .iter()
+        .map(VariantState::anticipated_replicas)
+        .sum();
+    let order = cost_order(variants);
+    match need {
+        Need::Up(wanted) => {
+            let mut missing = replicas_above(wanted, anticipated).max(1).min(max_up);
+            for &i in &order {
+                let v = &variants[i];
+                let room = v.ceiling().saturating_sub(v.current_replicas);
+                let add = room.min(missing);
+                if add < missing && !v.blocked && v.max_replicas.is_some() {
+                    out[i].at_max = true;
+                }
+                if add > 0 {
+                    out[i].target_replicas = v.current_replicas + add;
+                    out[i].reason = Reason::ScaleUpSaturation;
+                    missing -= add;
+                }
+            }
+        }
+        Need::Down(kept) => {
+            let mut excess = anticipated.saturating_sub(kept.ceil() as u32);
+            for &i in order.iter().rev() {
+                let v = &variants[i];
+                let remove = v
+                    .current_replicas
+                    .saturating_sub(v.min_replicas)
+                    .min(excess);
+                if remove > 0 {
+                    out[i].target_replicas = v.current_replicas - remove;
+                    out[i].reason = Reason::ScaleDownSpare;
+                    excess -= remove;
+                }
+            }
+        }
+        Need::Hold => {}
+    }
+    out
+}
+
+/// Whole replicas needed to bring `have` up to `wanted`.
+fn replicas_above(wanted: f64, have: u32) -> u32 {
+    // Saturating float-to-int cast; NaN gives 0.
+    (wanted - f64::from(have)).ceil().max(0.0) as u32
+}
+
+/// Indices of `variants`, cheapest first; equal costs by name.
+fn cost_order(variants: &[VariantState]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..variants.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&variants[a], &variants[b]);
+        a.cost.total_cmp(&b.cost).then_with(|| a.name.cmp(&b.name))
+    });
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::fixtures::{Summary, load, summary, variant};
+    use proptest::prelude::*;
+
+    /// The targets of a one-replica step: `+1` up, `-1` down, `0` none.
+    fn one_step(variants: &[VariantState], delta: i32) -> Vec<VariantTarget> {
+        let total: u32 = variants.iter().map(|v| v.current_replicas).sum();
+        let need = match delta {
+            1 => Need::Up(f64::from(total) + 1.0),
+            -1 => Need::Down(f64::from(total) - 1.0),
+            _ => Need::Hold,
+        };
+        targets(variants, need, 1)
+    }
+
+    #[test]
+    fn targets_steady_without_a_need() {
+        let variants = [variant("a", 10.0, 2), variant("b", 30.0, 1)];
+        assert_eq!(
+            summary(&one_step(&variants, 0)),
+            [("a", 2, Reason::Steady), ("b", 1, Reason::Steady)]
+        );
+    }
+
+    #[test]
+    fn targets_choose_the_variant_by_cost_then_name() {
+        let cases: &[(&str, Vec<VariantState>, i32, Summary)] = &[
+            (
+                "scale-up goes to the cheapest",
+                vec![variant("h100", 30.0, 1), variant("l4", 10.0, 1)],
+                1,
+                vec![
+                    ("h100", 1, Reason::Steady),
+                    ("l4", 2, Reason::ScaleUpSaturation),
+                ],
+            ),
+            (
+                "scale-up tie goes to the first name",
+                vec![
+                    variant("b", 10.0, 1),
+                    variant("a", 10.0, 3),
+                    variant("c", 20.0, 1),
+                ],
+                1,
+                vec![
+                    ("b", 1, Reason::Steady),
+                    ("a", 4, Reason::ScaleUpSaturation),
+                    ("c", 1, Reason::Steady),
+                ],
+            ),
+            (
+                "scale-down comes from the most expensive",
+                vec![variant("l4", 10.0, 2), variant("h100", 30.0, 2)],
+                -1,
+                vec![
+                    ("l4", 2, Reason::Steady),
+                    ("h100", 1, Reason::ScaleDownSpare),
+                ],
+            ),
+            (
+                "scale-down tie comes from the last name",
+                vec![
+                    variant("b", 10.0, 2),
+                    variant("a", 10.0, 2),
+                    variant("c", 5.0, 2),
+                ],
+                -1,
+                vec![
+                    ("b", 1, Reason::ScaleDownSpare),
+                    ("a", 2, Reason::Steady),
+                    ("c", 2, Reason::Steady),
+                ],
+            ),
+            (
+                "a zero-replica cheapest variant is scaled up from zero",
+                vec![variant("h100", 30.0, 2), variant("l4", 10.0, 0)],
+                1,
+                vec![
+                    ("h100", 2, Reason::Steady),
+                    ("l4", 1, Reason::ScaleUpSaturation),
+                ],
+            ),
+            (
+                "a zero-replica expensive variant is skipped by scale-down",
+                vec![variant("h100", 30.0, 0), variant("l4", 10.0, 2)],
+                -1,
+                vec![
+                    ("h100", 0, Reason::Steady),
+                    ("l4", 1, Reason::ScaleDownSpare),
+                ],
+            ),
+        ];
+        for (name, variants, need, want) in cases {
+            assert_eq!(&summary(&one_step(variants, *need)), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn scale_down_respects_min_replicas() {
+        let mut cheap = variant("l4", 10.0, 2);
+        cheap.min_replicas = 1;
+        let mut pricey = variant("h100", 30.0, 1);
+        pricey.min_replicas = 1;
+        // The most expensive is at its minimum: the next one gives a replica.
+        assert_eq!(
+            summary(&one_step(&[cheap.clone(), pricey.clone()], -1)),
+            [
+                ("l4", 1, Reason::ScaleDownSpare),
+                ("h100", 1, Reason::Steady)
+            ]
+        );
+        // Everything at its minimum: nothing moves.
+        cheap.current_replicas = 1;
+        cheap.ready_replicas = 1;
+        cheap.loads.truncate(1);
+        assert_eq!(
+            summary(&one_step(&[cheap.clone(), pricey], -1)),
+            [("l4", 1, Reason::Steady), ("h100", 1, Reason::Steady)]
+        );
+        // A single variant with a single replica and min 1 stays.
+        assert_eq!(
+            summary(&one_step(&[cheap], -1)),
+            [("l4", 1, Reason::Steady)]
+        );
+    }
+
+    #[test]
+    fn converging_variants_block_every_step_of_the_model() {
+        let mut moving = variant("h100", 30.0, 2);
+        moving.previous_desired = Some(3);
+        let cheap = variant("l4", 10.0, 1);
+        // The previous desired keeps being published; the cheap one is not scaled.
+        assert_eq!(
+            summary(&one_step(&[cheap.clone(), moving.clone()], 1)),
+            [
+                ("l4", 1, Reason::Converging),
+                ("h100", 3, Reason::Converging)
+            ]
+        );
+        // A previous desired equal to current is settled.
+        moving.previous_desired = Some(2);
+        assert_eq!(
+            summary(&one_step(&[cheap, moving], 1)),
+            [
+                ("l4", 2, Reason::ScaleUpSaturation),
+                ("h100", 2, Reason::Steady)
+            ]
+        );
+    }
+
+    #[test]
+    fn saturation_withdraws_a_pending_scale_down_without_a_new_step() {
+        // h100 was told to go 3 → 2, but still runs 3 (a stabilization window holds it).
+        let mut pending = variant("h100", 30.0, 3);
+        pending.previous_desired = Some(2);
+        let cheap = variant("l4", 10.0, 1);
+        let both = [cheap, pending];
+        assert_eq!(
+            summary(&one_step(&both, 1)),
+            [
+                ("l4", 1, Reason::Converging),
+                ("h100", 3, Reason::ScaleDownWithdrawn)
+            ],
+            "the scale-down is called off; l4 takes no step yet"
+        );
+        assert_eq!(
+            summary(&one_step(&both, 0)),
+            [
+                ("l4", 1, Reason::Converging),
+                ("h100", 2, Reason::Converging)
+            ],
+            "without saturation the pending scale-down stands"
+        );
+        // A pending scale-up is never touched.
+        let mut rising = variant("l4", 10.0, 1);
+        rising.previous_desired = Some(2);
+        assert_eq!(
+            summary(&one_step(&[rising], 1)),
+            [("l4", 2, Reason::Converging)]
+        );
+    }
+
+    #[test]
+    fn pending_replicas_are_not_scaled_again() {
+        // The cheapest variant was just scaled (3 replicas, 2 ready): it must
+        // not get another one, and no other variant steps in for it.
+        let mut pending = variant("l4", 10.0, 3);
+        pending.ready_replicas = 2;
+        pending.loads.truncate(2);
+        pending.previous_desired = Some(3);
+        let other = variant("h100", 30.0, 1);
+        assert_eq!(
+            summary(&one_step(&[pending.clone(), other.clone()], 1)),
+            [
+                ("l4", 3, Reason::Converging),
+                ("h100", 1, Reason::Converging)
+            ]
+        );
+        // Pending pods block even without a previous desired value (a restart).
+        pending.previous_desired = None;
+        assert!(pending.is_converging());
+        assert_eq!(
+            summary(&one_step(&[pending, other], -1)),
+            [
+                ("l4", 3, Reason::Converging),
+                ("h100", 1, Reason::Converging)
+            ]
+        );
+    }
+
+    #[test]
+    fn surplus_ready_replicas_block_steps() {
+        let mut rolling = variant("a", 10.0, 2);
+        rolling.ready_replicas = 3;
+        rolling.loads.push(load(0.0, 0.0));
+        assert_eq!(
+            summary(&one_step(&[rolling], -1)),
+            [("a", 2, Reason::Converging)]
+        );
+    }
+
+    #[test]
+    fn unreported_ready_pods_block_steps() {
+        let mut quiet = variant("a", 10.0, 2);
+        quiet.loads.truncate(1);
+        assert!(quiet.is_converging());
+        assert_eq!(
+            summary(&one_step(&[quiet, variant("b", 20.0, 2)], -1)),
+            [("a", 2, Reason::Converging), ("b", 2, Reason::Converging)]
+        );
+    }
+
+    #[test]
+    fn held_scale_down_never_goes_below_min_replicas() {
+        let mut v = variant("a", 10.0, 2);
+        v.previous_desired = Some(0);
+        v.min_replicas = 1;
+        assert_eq!(
+            summary(&one_step(&[v.clone()], 0)),
+            [("a", 1, Reason::Converging)]
+        );
+        // A held scale-up is kept as is, even from below the minimum.
+        v.current_replicas = 0;
+        v.ready_replicas = 0;
+        v.loads.clear();
+        v.previous_desired = Some(2);
+        assert_eq!(summary(&one_step(&[v], 0)), [("a", 2, Reason::Converging)]);
+    }
+
+    #[test]
+    fn no_variants_no_targets() {
+        assert!(targets(&[], Need::Up(1.0), 4).is_empty());
+    }
+
+    #[test]
+    fn a_deep_need_is_spread_cheapest_first_up_to_each_ceiling() {
+        let mut l4 = variant("l4", 10.0, 2);
+        l4.max_replicas = Some(4);
+        let a100 = variant("a100", 20.0, 1);
+        let h100 = variant("h100", 30.0, 1);
+        let model = [h100, l4, a100];
+        // 4 reporting, 9 needed: l4 takes 2 (its maximum), a100 the other 3.
+        let out = targets(&model, Need::Up(9.0), 8);
+        assert_eq!(
+            summary(&out),
+            [
+                ("h100", 1, Reason::Steady),
+                ("l4", 4, Reason::ScaleUpSaturation),
+                ("a100", 4, Reason::ScaleUpSaturation),
+            ]
+        );
+        assert_eq!(
+            out.iter().map(|t| t.at_max).collect::<Vec<_>>(),
+            [false, true, false],
+            "l4 would have taken more"
+        );
+        // A fractional need is rounded up to whole replicas.
+        let out = targets(&model, Need::Up(5.5), 8);
+        assert_eq!(out[1].target_replicas, 4);
+        assert!(!out[1].at_max, "l4 had room for the whole step");
+    }
+
+    #[test]
+    fn a_step_is_capped_and_at_least_one_replica() {
+        let model = [variant("a", 10.0, 2)];
+        assert_eq!(
+            summary(&targets(&model, Need::Up(40.0), 4)),
+            [("a", 6, Reason::ScaleUpSaturation)]
+        );
+        // A need already covered still adds one replica: the verdict wants one.
+        assert_eq!(
+            summary(&targets(&model, Need::Up(1.0), 4)),
+            [("a", 3, Reason::ScaleUpSaturation)]
+        );
+    }
+
+    #[test]
+    fn every_variant_at_its_maximum_takes_nothing_and_says_so() {
+        let mut a = variant("a", 10.0, 3);
+        a.max_replicas = Some(3);
+        let out = targets(&[a], Need::Up(5.0), 4);
+        assert_eq!(summary(&out), [("a", 3, Reason::Steady)]);
+        assert!(out[0].at_max);
+    }
+
+    #[test]
+    fn a_blocked_variant_hands_its_step_to_the_next_and_counts_only_reporting_replicas() {
+        // l4 asked for 4 replicas; 2 never became ready and the deadline passed.
+        let mut l4 = variant("l4", 10.0, 4);
+        l4.ready_replicas = 2;
+        l4.loads.truncate(2);
+        l4.blocked = true;
+        let h100 = variant("h100", 30.0, 1);
+        assert!(
+            !l4.is_converging(),
+            "a blocked variant does not hold its model"
+        );
+        assert_eq!(l4.anticipated_replicas(), 2);
+        // 3 replicas report, 5 are needed: both go to h100.
+        let out = targets(&[l4.clone(), h100], Need::Up(5.0), 4);
+        assert_eq!(
+            summary(&out),
+            [
+                ("l4", 4, Reason::Steady),
+                ("h100", 3, Reason::ScaleUpSaturation)
+            ]
+        );
+        assert!(!out[0].at_max, "blocked is its own condition");
+        // It can still shrink when the load leaves.
+        let out = targets(&[l4], Need::Down(1.0), 4);
+        assert_eq!(summary(&out), [("l4", 3, Reason::ScaleDownSpare)]);
+    }
+
+    #[test]
+    fn a_scale_down_removes_every_replica_above_the_need_most_expensive_first() {
+        let mut l4 = variant("l4", 10.0, 4);
+        l4.min_replicas = 1;
+        let mut h100 = variant("h100", 30.0, 2);
+        h100.min_replicas = 1;
+        // 6 reporting, 2 needed: h100 gives 1 (down to its floor), l4 gives 3.
+        assert_eq!(
+            summary(&targets(&[l4, h100], Need::Down(2.0), 4)),
+            [
+                ("l4", 1, Reason::ScaleDownSpare),
+                ("h100", 1, Reason::ScaleDownSpare)
+            ]
+        );
+    }
+
+    fn arb_variant(index: usize) -> impl Strategy<Value = VariantState> {
+        (
+            prop::sample::select(vec![10.0, 20.0, 30.0]),
+            0u32..6,
+            0u32..3,
+            prop::option::of(0u32..8),
+            any::<bool>(),
+            0u32..6,
+        )
+            .prop_map(move |(cost, current, min, max, blocked, ready)| {
+                let mut v = variant(&format!("v{index}"), cost, current);
+                v.min_replicas = min;
+                v.max_replicas = max;
+                if blocked {
+                    v.blocked = true;
+                    v.ready_replicas = ready.min(current);
+                    v.loads.truncate(v.ready_replicas as usize);
+                }
+                v
+            })
+    }
+
+    fn arb_model() -> impl Strategy<Value = Vec<VariantState>> {
+        (0usize..5).prop_flat_map(|n| (0..n).map(arb_variant).collect::<Vec<_>>())
+    }
+
+    fn arb_need() -> impl Strategy<Value = Need> {
+        prop_oneof![
+            (0.0..30.0f64).prop_map(Need::Up),
+            (0.0..30.0f64).prop_map(Need::Down),
+            Just(Need::Hold),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn steps_stay_within_every_bound(variants in arb_model(), need in arb_need(), max_up in 1u32..6) {
+            let out = targets(&variants, need, max_up);
+            prop_assert_eq!(out.len(), variants.len());
+            let mut added = 0;
+            for (v, t) in variants.iter().zip(&out) {
+                prop_assert_eq!(&v.name, &t.name);
+                if t.target_replicas > v.current_replicas {
+                    prop_assert!(matches!(need, Need::Up(_)));
+                    prop_assert!(!v.blocked, "{:?}", v);
+                    prop_assert!(t.target_replicas <= v.max_replicas.unwrap_or(u32::MAX));
+                    prop_assert_eq!(t.reason, Reason::ScaleUpSaturation);
+                    added += t.target_replicas - v.current_replicas;
+                } else if t.target_replicas < v.current_replicas {
+                    prop_assert!(matches!(need, Need::Down(_)));
+                    prop_assert!(t.target_replicas >= v.min_replicas);
+                    prop_assert_eq!(t.reason, Reason::ScaleDownSpare);
+                } else {
+                    prop_assert_eq!(t.reason, Reason::Steady);
+                }
+            }
+            prop_assert!(added <= max_up);
+            if let Need::Up(wanted) = need {
+                let anticipated: u32 = variants.iter().map(VariantState::anticipated_replicas).sum();
+                let most = (wanted - f64::from(anticipated)).ceil().max(1.0);
+                prop_assert!(f64::from(added) <= most);
+            }
+        }
+
+        #[test]
+        fn a_scale_up_never_skips_a_cheaper_variant_with_room(variants in arb_model(), wanted in 0.0..30.0f64) {
+            let out = targets(&variants, Need::Up(wanted), 4);
+            for (i, t) in out.iter().enumerate() {
+                if t.target_replicas <= variants[i].current_replicas {
+                    continue;
+                }
+                for (j, v) in variants.iter().enumerate() {
+                    let cheaper = (v.cost, &v.name) < (variants[i].cost, &variants[i].name);
+                    if cheaper {
+                        prop_assert_eq!(out[j].target_replicas, v.ceiling().max(v.current_replicas), "{:?}", v);
+                    }
+                }
+            }
+        }
+    }
+}
