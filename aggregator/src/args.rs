@@ -34,6 +34,10 @@ pub struct Args {
     #[arg(long, env = "WVA_DEMO_SPEED", default_value_t = 1.0, requires = "demo")]
     pub demo_speed: f64,
 
+    /// The demo's load: the ramp, or the step-size benchmark's step or noisy load.
+    #[arg(long, value_enum, default_value = "ramp", requires = "demo")]
+    pub demo_trace: crate::demo::trace::Trace,
+
     /// YAML file of VariantAutoscaling objects (several per file); reloaded when it changes.
     #[arg(long, env = "WVA_VARIANTS_FILE")]
     pub variants: Option<PathBuf>,

@@ -200,7 +200,7 @@ mod tests {
     use prometheus_client::encoding::text::encode;
 
     use super::*;
-    use wva_core::analysis::saturation::Reason;
+    use wva_core::analysis::model::Reason;
     use wva_core::decision::{Basis, DataState};
 
     fn decision(name: &str, accelerator: &str, current: u32, desired: u32) -> Decision {

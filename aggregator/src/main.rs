@@ -69,6 +69,20 @@ async fn run(argv: Vec<OsString>, args: Args) -> anyhow::Result<()> {
             "peak queue: {} requests waiting across the model's replicas",
             summary.peak_queue
         );
+        if let Some(p95) = summary.ttft_p95 {
+            println!("time to first token: p95 {} ms", p95.as_millis());
+        }
+        println!(
+            "replica-minutes: {:.1}; direction changes under load: {}",
+            summary.replica_seconds as f64 / 60.0,
+            summary.direction_changes
+        );
+        if let Some(cover) = summary.time_to_cover {
+            println!(
+                "capacity covered the step's demand after {:.0} s",
+                cover.as_secs_f64()
+            );
+        }
         if let Some(lag) = summary.keda_max_lag {
             println!(
                 "KEDA external scaler: every change seen within {} ms of its decision",

@@ -6,7 +6,8 @@
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use wva_aggregator::grpc::ingest::{validate_hello, validate_sample};
-use wva_core::analysis::saturation::{ReplicaLoad, is_saturated};
+use wva_core::analysis::model::ReplicaLoad;
+use wva_core::analysis::saturation::is_saturated;
 use wva_core::config::saturation::SaturationConfig;
 use wva_proto::v1::agent_message::Kind;
 use wva_proto::v1::{AgentMessage, Hello, Role, Sample};

@@ -18,6 +18,12 @@ use wva_e2e::install::*;
 use wva_e2e::pod_agent::PodAgent;
 use wva_e2e::*;
 
+/// A saturation config under which a request from `hold_completion` (about
+/// 40 % of a `SLOW_DECODING_SIM`'s KV cache) saturates a replica, and each
+/// decision adds one replica, so the tests see exactly 1 → 2.
+const ONE_STEP_AT_LOW_THRESHOLD: &str =
+    "kvCacheThreshold: 0.3\nkvSpareTrigger: 0.1\nmaxScaleUpReplicas: 1\nmaxScaleUpPercent: 0\n";
+
 #[tokio::test]
 async fn deployments_run_with_injected_agents_and_their_variant_settles() -> anyhow::Result<()> {
     let Wva {
@@ -390,7 +396,7 @@ async fn configuration_changes_apply_live_and_a_static_change_is_rejected() -> a
     patch_config_map(
         &client,
         "saturation-scaling-config",
-        json!({"default": "kvCacheThreshold: 0.3\nkvSpareTrigger: 0.1\n"}),
+        json!({"default": ONE_STEP_AT_LOW_THRESHOLD}),
     )
     .await?;
     va_where(&client, "two desired replicas in status", |va| {
@@ -581,7 +587,7 @@ async fn a_follower_takes_the_real_lease_over_from_a_crashed_leader_and_keeps_th
     patch_config_map(
         &client,
         "saturation-scaling-config",
-        json!({"default": "kvCacheThreshold: 0.3\nkvSpareTrigger: 0.1\n"}),
+        json!({"default": ONE_STEP_AT_LOW_THRESHOLD}),
     )
     .await?;
     let first = eventually(WITHIN, "a leader", || async { leader(&client).await }).await?;

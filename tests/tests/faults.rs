@@ -16,13 +16,15 @@ const MODEL: &str = "e2e/llama";
 const VARIANT: &str = "chat";
 
 /// A saturation config under which a request from [`hold_completion`]
-/// (about 40% of a [`SLOW_DECODING_SIM`]'s KV cache) saturates a replica.
+/// (about 40% of a [`SLOW_DECODING_SIM`]'s KV cache) saturates a replica,
+/// and each decision adds one replica.
 fn low_threshold(dir: &Path) -> anyhow::Result<String> {
     let path = dir.join("saturation.yaml");
     std::fs::write(
         &path,
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: saturation-scaling-config}\n\
-         data:\n  default: |\n    kvCacheThreshold: 0.3\n    kvSpareTrigger: 0.1\n",
+         data:\n  default: |\n    kvCacheThreshold: 0.3\n    kvSpareTrigger: 0.1\n    \
+         maxScaleUpReplicas: 1\n    maxScaleUpPercent: 0\n",
     )?;
     Ok(path.to_string_lossy().into_owned())
 }

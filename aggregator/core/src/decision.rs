@@ -5,7 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::analysis::saturation::{ModelAnalysis, Reason, ReplicaLoad};
+use crate::analysis::model::{Reason, ReplicaLoad};
+use crate::analysis::saturation::ModelAnalysis;
 use crate::config::saturation::SaturationConfig;
 use crate::variants::VariantKey;
 

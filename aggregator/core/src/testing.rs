@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use crate::analysis::saturation::ReplicaLoad;
+use crate::analysis::model::ReplicaLoad;
 use crate::decision::{Basis, DataState, Decision, Saturation};
 use crate::variants::{ScaleTarget, Variant, VariantKey};
 

@@ -138,7 +138,7 @@ mod tests {
 
     use super::*;
     use crate::status::{self, Situation};
-    use wva_core::analysis::saturation::Reason;
+    use wva_core::analysis::model::Reason;
     use wva_core::decision::{DataState, Fallback, LimitReason};
     use wva_core::snapshot::ReplicaCounts;
 

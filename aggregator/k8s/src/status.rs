@@ -301,7 +301,7 @@ mod tests {
     use k8s_openapi::jiff::Timestamp;
 
     use super::*;
-    use wva_core::analysis::saturation::Reason;
+    use wva_core::analysis::model::Reason;
 
     fn at(seconds: i64) -> Time {
         Time(Timestamp::from_second(seconds).unwrap())

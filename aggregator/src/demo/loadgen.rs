@@ -1,12 +1,13 @@
 //! Open-loop load generator for the demo: Poisson arrivals at a rate that
 //! follows a profile, each request sent to the ready replica with the fewest
-//! requests in flight (the way an endpoint picker balances a pool).
+//! requests in flight (the way an endpoint picker balances a pool), streamed
+//! so each request's time to first token is measured.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
@@ -17,36 +18,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use wva_core::variants::VariantKey;
 
+use super::trace::Profile;
 use crate::standalone::actuator::Endpoints;
 use crate::standalone::probe::{self, HttpClient};
-
-/// Requests per second over time: linear pieces between (seconds, rate) points.
-#[derive(Debug, Clone)]
-pub struct Profile {
-    pub points: Vec<(f64, f64)>,
-}
-
-impl Profile {
-    pub fn rate_at(&self, t: f64) -> f64 {
-        let mut prev = (0.0, 0.0);
-        for &(pt, rate) in &self.points {
-            if t <= pt {
-                let span = pt - prev.0;
-                return if span <= 0.0 {
-                    rate
-                } else {
-                    prev.1 + (rate - prev.1) * (t - prev.0) / span
-                };
-            }
-            prev = (pt, rate);
-        }
-        prev.1
-    }
-
-    pub fn duration(&self) -> f64 {
-        self.points.last().map_or(0.0, |p| p.0)
-    }
-}
 
 /// Shape of each request.
 #[derive(Debug, Clone)]
@@ -65,6 +39,8 @@ pub struct LoadStats {
     pub failed: AtomicU64,
     in_flight: Mutex<HashMap<SocketAddr, u32>>,
     sent_per_variant: Mutex<HashMap<VariantKey, u64>>,
+    /// Time to first token of every completed request, in seconds.
+    ttft: Mutex<Vec<f64>>,
 }
 
 impl LoadStats {
@@ -82,6 +58,15 @@ impl LoadStats {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The `q` quantile (0–1) of the times to first token so far.
+    pub fn ttft_quantile(&self, q: f64) -> Option<Duration> {
+        let mut all = self.ttft.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        all.sort_by(f64::total_cmp);
+        let last = all.len().checked_sub(1)?;
+        let at = ((last as f64) * q).round() as usize;
+        Some(Duration::from_secs_f64(all[at.min(last)]))
     }
 
     /// Picks the endpoint with the fewest requests in flight and counts one more.
@@ -126,6 +111,7 @@ pub async fn run(
             "model": shape.model,
             "prompt": "x".repeat(shape.prompt_chars),
             "max_tokens": shape.max_tokens,
+            "stream": true,
         })
         .to_string(),
     );
@@ -169,10 +155,27 @@ async fn send(client: &HttpClient, addr: SocketAddr, body: Bytes, stats: &LoadSt
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(body));
     let Ok(request) = request else { return };
+    let sent = Instant::now();
     let counter = match client.request(request).await {
         Ok(response) if response.status().is_success() => {
-            let _ = response.into_body().collect().await;
-            &stats.completed
+            let mut body = response.into_body();
+            // The first streamed chunk carries the first token.
+            let first = body.frame().await;
+            let ttft = sent.elapsed().as_secs_f64();
+            let complete = match first {
+                Some(Ok(_)) => body.collect().await.is_ok(),
+                _ => false,
+            };
+            if complete {
+                stats
+                    .ttft
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(ttft);
+                &stats.completed
+            } else {
+                &stats.failed
+            }
         }
         Ok(response) if response.status() == http::StatusCode::TOO_MANY_REQUESTS => &stats.rejected,
         _ => &stats.failed,
@@ -185,15 +188,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn profile_interpolates_between_points_and_holds_the_last_rate() {
-        let p = Profile {
-            points: vec![(10.0, 10.0), (20.0, 10.0), (30.0, 0.0)],
-        };
-        assert_eq!(p.rate_at(0.0), 0.0);
-        assert_eq!(p.rate_at(5.0), 5.0);
-        assert_eq!(p.rate_at(15.0), 10.0);
-        assert_eq!(p.rate_at(25.0), 5.0);
-        assert_eq!(p.rate_at(40.0), 0.0);
-        assert_eq!(p.duration(), 30.0);
+    fn ttft_quantiles_pick_the_nearest_rank() {
+        let stats = LoadStats::default();
+        assert_eq!(stats.ttft_quantile(0.95), None);
+        *stats.ttft.lock().unwrap() = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(stats.ttft_quantile(0.95), Some(Duration::from_secs(95)));
+        assert_eq!(stats.ttft_quantile(0.0), Some(Duration::from_secs(1)));
+        assert_eq!(stats.ttft_quantile(1.0), Some(Duration::from_secs(100)));
     }
 }

@@ -4,6 +4,7 @@
 pub mod dashboard;
 pub mod keda_view;
 pub mod loadgen;
+pub mod trace;
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -14,10 +15,11 @@ use std::time::Duration;
 use anyhow::Context;
 use dashboard::Frame;
 use keda_view::KedaView;
-use loadgen::{LoadStats, Profile, RequestShape};
+use loadgen::{LoadStats, RequestShape};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use trace::Profile;
 use wva_core::admission::SharedToken;
 use wva_core::config::saturation::SaturationConfigSet;
 use wva_core::variants::{VariantKey, parse_variants};
@@ -37,8 +39,14 @@ const SETTLE: Duration = Duration::from_secs(90);
 /// 1) rather than the HPA's 300 s a real fleet uses.
 const SCALE_DOWN_WINDOW_SECONDS: f64 = 20.0;
 
-/// The built-in thresholds and steps, with the demo's scale-down window.
-fn saturation_config(speed: f64) -> anyhow::Result<SaturationConfigSet> {
+/// The saturation config of `--saturation-config` when given, else the
+/// built-in thresholds and steps with the demo's scale-down window.
+fn saturation_config(args: &Args, speed: f64) -> anyhow::Result<SaturationConfigSet> {
+    if let Some(path) = &args.saturation_config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("saturation config {}", path.display()))?;
+        return Ok(SaturationConfigSet::from_yaml_file_contents(&text)?);
+    }
     let seconds = (SCALE_DOWN_WINDOW_SECONDS / speed).ceil();
     let data = std::collections::BTreeMap::from([(
         "default".to_string(),
@@ -56,6 +64,16 @@ pub struct Summary {
     /// The most requests waiting across the model's replicas at once, as
     /// the analysis saw them (sampled every second).
     pub peak_queue: u64,
+    /// The 95th percentile of the requests' time to first token.
+    pub ttft_p95: Option<Duration>,
+    /// Replicas started (ready or not) summed over the seconds of the run.
+    pub replica_seconds: u64,
+    /// How often a variant's desired replicas turned from rising to falling
+    /// or back while the load ran.
+    pub direction_changes: u32,
+    /// From the step of the step trace until the ready replicas could serve
+    /// the offered load.
+    pub time_to_cover: Option<Duration>,
     pub settled: bool,
     /// The slowest change the KEDA-shaped client saw, after its decision.
     pub keda_max_lag: Option<Duration>,
@@ -76,7 +94,7 @@ pub async fn run(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Sum
     let speed = args.demo_speed.max(0.1);
     let stop = CancellationToken::new();
     let (_variants_tx, variants_rx) = watch::channel(Arc::new(variants));
-    let (_saturation_tx, saturation_rx) = watch::channel(Arc::new(saturation_config(speed)?));
+    let (_saturation_tx, saturation_rx) = watch::channel(Arc::new(saturation_config(args, speed)?));
     let actuator = LocalActuator::new(ActuatorConfig::from_args(
         &args.local,
         format!("http://{grpc_addr}"),
@@ -111,18 +129,8 @@ pub async fn run(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Sum
     let endpoints = actuator.endpoints();
     let actuator_task = tokio::spawn(actuator.run(variants_rx, decisions.clone(), stop.clone()));
 
-    let profile = Profile {
-        points: [
-            (10.0, 0.0),
-            (40.0, 14.0),
-            (80.0, 14.0),
-            (100.0, 0.0),
-            (101.0, 0.0),
-        ]
-        .iter()
-        .map(|&(t, r)| (t / speed, r))
-        .collect(),
-    };
+    let trace = args.demo_trace;
+    let profile = trace.profile(speed);
     let stats = Arc::new(LoadStats::default());
     let load_task = tokio::spawn(loadgen::run(
         profile.clone(),
@@ -150,8 +158,14 @@ pub async fn run(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Sum
         grpc: &format!("http://{grpc_addr}"),
         keda: &keda,
     };
-    let mut summary = watch_and_draw(&profile, &stats, decisions, &view, &shutdown).await;
+    let load = Load {
+        profile: &profile,
+        step_at: trace.step_at(speed),
+        stats: &stats,
+    };
+    let mut summary = watch_and_draw(&load, decisions, &view, &shutdown).await;
     summary.keda_max_lag = *keda.max_lag.lock().unwrap_or_else(|p| p.into_inner());
+    summary.ttft_p95 = stats.ttft_quantile(0.95);
 
     stop.cancel();
     let _ = keda_task.await;
@@ -159,6 +173,14 @@ pub async fn run(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Sum
     let _ = actuator_task.await;
     running.join().await?;
     Ok(summary)
+}
+
+/// The load being sent, and what it measures.
+struct Load<'a> {
+    profile: &'a Profile,
+    /// When the step trace's step begins.
+    step_at: Option<f64>,
+    stats: &'a LoadStats,
 }
 
 /// Where the demo's outputs can be seen, for the table's footer.
@@ -169,8 +191,7 @@ struct View<'a> {
 }
 
 async fn watch_and_draw(
-    profile: &Profile,
-    stats: &LoadStats,
+    load: &Load<'_>,
     decisions: watch::Receiver<wva_core::snapshot::Decisions>,
     view: &View<'_>,
     shutdown: &CancellationToken,
@@ -179,8 +200,10 @@ async fn watch_and_draw(
     let start = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_sent: HashMap<VariantKey, u64> = HashMap::new();
+    let (profile, stats) = (load.profile, load.stats);
     let mut summary = Summary::default();
     let mut settled_since_load_end = None;
+    let mut directions: HashMap<VariantKey, (u32, Option<bool>)> = HashMap::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -205,6 +228,21 @@ async fn watch_and_draw(
                 .final_desired
                 .insert(d.variant.clone(), d.desired_replicas);
         }
+        let load_over = t >= profile.duration();
+        if !load_over {
+            summary.direction_changes += direction_changes(&mut directions, &current);
+        }
+        summary.replica_seconds += current
+            .iter()
+            .map(|d| u64::from(d.current_replicas))
+            .sum::<u64>();
+        if let Some(step) = load.step_at
+            && t >= step
+            && summary.time_to_cover.is_none()
+            && covers(&current, profile.rate_at(t))
+        {
+            summary.time_to_cover = Some(Duration::from_secs_f64(t - step));
+        }
         let waiting: f64 = current
             .iter()
             .flat_map(|d| &d.inputs)
@@ -213,7 +251,6 @@ async fn watch_and_draw(
         summary.peak_queue = summary.peak_queue.max(waiting as u64);
         summary.completed = stats.completed.load(Ordering::Relaxed);
 
-        let load_over = t >= profile.duration();
         let phase = phase(profile, t);
         let frame = Frame {
             elapsed_s: t,
@@ -251,6 +288,40 @@ async fn watch_and_draw(
     }
 }
 
+/// Counts the variants whose desired replicas turned direction since the
+/// last look; `seen` keeps each one's last value and direction.
+fn direction_changes(
+    seen: &mut HashMap<VariantKey, (u32, Option<bool>)>,
+    decisions: &[wva_core::decision::Decision],
+) -> u32 {
+    let mut changes = 0;
+    for d in decisions {
+        let (last, rising) = seen
+            .entry(d.variant.clone())
+            .or_insert((d.desired_replicas, None));
+        if d.desired_replicas != *last {
+            let up = d.desired_replicas > *last;
+            changes += u32::from(rising.is_some_and(|r| r != up));
+            (*last, *rising) = (d.desired_replicas, Some(up));
+        }
+    }
+    changes
+}
+
+/// Whether the ready replicas can serve `rate` requests per second: an H100
+/// replica of the demo serves about 2.5 times what an L4 one does (twice
+/// the sequences, each faster).
+fn covers(decisions: &[wva_core::decision::Decision], rate: f64) -> bool {
+    let capacity: f64 = decisions
+        .iter()
+        .map(|d| {
+            let per = if d.accelerator == "H100" { 2.5 } else { 1.0 };
+            f64::from(d.ready_replicas) * per * trace::L4_REPLICA_RPS
+        })
+        .sum();
+    capacity >= rate
+}
+
 /// Every variant rests at its floor: the cheapest at 1, the others at 0.
 fn is_settled(decisions: &[wva_core::decision::Decision]) -> bool {
     let total: u32 = decisions.iter().map(|d| d.current_replicas).sum();
@@ -270,7 +341,7 @@ fn phase(profile: &Profile, t: f64) -> &'static str {
     } else if later < now {
         "ramp-down"
     } else if now > 0.0 {
-        "peak"
+        "steady"
     } else {
         "idle"
     }

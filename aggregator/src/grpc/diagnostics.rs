@@ -278,7 +278,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use tonic::Code;
-    use wva_core::analysis::saturation::Reason;
+    use wva_core::analysis::model::Reason;
     use wva_core::decision::{Basis, DataState};
     use wva_core::testing::decision as for_test;
     use wva_proto::v1::{Hello, Sample};

@@ -243,7 +243,7 @@ mod tests {
 
     impl World {
         fn decide(&self, desired: u32) {
-            let basis = Basis::Analysis(wva_core::analysis::saturation::Reason::Steady);
+            let basis = Basis::Analysis(wva_core::analysis::model::Reason::Steady);
             let decision = for_test(1, desired, basis, DataState::Fresh, 1);
             self.decisions.send_replace(Arc::new(vec![decision]));
         }

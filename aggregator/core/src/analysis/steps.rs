@@ -3,28 +3,7 @@
 //! expensive ones that can shrink, and nothing moves while an earlier step
 //! still converges.
 
-use super::saturation::{Reason, VariantState};
-
-/// How many replicas the model should have, as its analysis sized it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Need {
-    /// At least this many.
-    Up(f64),
-    /// No fewer than this many.
-    Down(f64),
-    Hold,
-}
-
-/// The target the analysis proposes for one variant.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VariantTarget {
-    pub name: String,
-    pub target_replicas: u32,
-    pub reason: Reason,
-    /// The model needed replicas this variant would have taken, but its
-    /// scaler's `maxReplicas` stopped it.
-    pub at_max: bool,
-}
+use super::model::{Need, Reason, VariantState, VariantTarget};
 
 /// One target per variant (same order as `variants`).
 ///

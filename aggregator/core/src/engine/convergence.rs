@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::analysis::saturation::{VariantState, Wait};
+use crate::analysis::model::{VariantState, Wait};
 use crate::decision::LimitReason;
 use crate::variants::VariantKey;
 

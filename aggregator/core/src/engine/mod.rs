@@ -27,8 +27,9 @@ use self::reporting::{PodView, Reporting, derived_counts, fresh_loads};
 use self::safety_net::SafetyNet;
 use self::scale_to_zero::{Policy, Zero};
 use crate::activity::{ActivityTracker, ModelKey};
-use crate::analysis::saturation::{self, ModelAnalysis, Reason, VariantState};
-use crate::analysis::steps::{self, Need, VariantTarget};
+use crate::analysis::model::{Need, Reason, VariantState, VariantTarget};
+use crate::analysis::saturation::{self, ModelAnalysis};
+use crate::analysis::steps;
 use crate::config::saturation::{SaturationConfig, SaturationConfigSet};
 use crate::config::scale_to_zero::ScaleToZeroConfigSet;
 use crate::decision::{
@@ -71,6 +72,9 @@ pub struct Engine {
     safety_net: SafetyNet,
     /// Why each variant's desired value last changed.
     change_reasons: HashMap<VariantKey, &'static str>,
+    /// Variants whose pods reported at the last evaluation: without replica
+    /// counts, all of them vanishing at once means lost, not idle.
+    reported: HashSet<VariantKey>,
     activity: ActivityTracker,
 }
 
@@ -126,6 +130,7 @@ impl Engine {
         self.windows.retain(|k, _| live.contains(k));
         self.safety_net.retain(&live);
         self.change_reasons.retain(|k, _| live.contains(k));
+        self.reported.retain(|k| live.contains(k));
         decisions.sort_by(|a, b| a.variant.cmp(&b.variant));
         (decisions, events)
     }
@@ -252,7 +257,13 @@ impl Engine {
     ) -> (VariantState, Observed) {
         let key = va.key();
         let (loads, oldest) = fresh_loads(pods, model_id, inputs.now, inputs.staleness);
+        // Without replica counts, replicas are the pods that report; when a
+        // source fails, or every pod goes silent at once, they are lost, not
+        // idle, and the safety net holds the variant.
+        let lost = inputs.replicas.is_none() && self.reported.contains(&key);
+        let failed = inputs.failures.contains_key(&key);
         let data = match (counts.ready, loads.len()) {
+            (_, 0) if failed || lost => DataState::Missing,
             (0, _) => DataState::Idle,
             (_, 0) => DataState::Missing,
             (ready, n) if (n as u32) < ready => DataState::Partial,
@@ -279,6 +290,11 @@ impl Engine {
         // A blocked step is abandoned.
         state.previous_desired = self.convergence.step(&key);
         state.blocked = limit.is_some();
+        if !state.loads.is_empty() {
+            self.reported.insert(key.clone());
+        } else if data == DataState::Idle {
+            self.reported.remove(&key);
+        }
         let age = oldest.map(|t| inputs.now.saturating_duration_since(t));
         (
             state,

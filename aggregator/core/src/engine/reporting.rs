@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use wva_proto::v1::{Role, Sample};
 
-use crate::analysis::saturation::ReplicaLoad;
+use crate::analysis::model::ReplicaLoad;
 use crate::snapshot::ReplicaCounts;
 use crate::store::{PodEntry, PodKey};
 use crate::variants::Variant;

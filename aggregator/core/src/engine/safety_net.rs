@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use tracing::{info, warn};
 
-use crate::analysis::saturation::VariantState;
+use crate::analysis::model::VariantState;
 use crate::decision::{Basis, Fallback};
 use crate::snapshot::ReplicaCounts;
 use crate::variants::VariantKey;

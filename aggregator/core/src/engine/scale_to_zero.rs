@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::reporting::PodView;
 use crate::activity::ActivityTracker;
-use crate::analysis::saturation::Reason;
-use crate::analysis::steps::VariantTarget;
+use crate::analysis::model::Reason;
+use crate::analysis::model::VariantTarget;
 use crate::config::scale_to_zero::ScaleToZeroConfigSet;
 use crate::decision::Basis;
 use crate::snapshot::ReplicaCounts;

@@ -3,8 +3,8 @@ use std::collections::BTreeMap;
 use wva_proto::v1::{Hello, ModelSignals, Role, Sample};
 
 use super::*;
-use crate::analysis::saturation::Reason;
-use crate::decision::{Fallback, LimitReason};
+use crate::analysis::model::Reason;
+use crate::decision::{FailedSource, Fallback, LimitReason};
 use crate::variants::ScaleTarget;
 
 const MODEL: &str = "meta/llama";
@@ -147,6 +147,16 @@ impl World {
     }
 
     fn run(&self, engine: &mut Engine, variants: &[Variant]) -> (Vec<Decision>, Vec<ScalingEvent>) {
+        self.run_failing(engine, variants, &HashMap::new())
+    }
+
+    /// Like [`World::run`], with polled sources failing for some variants.
+    fn run_failing(
+        &self,
+        engine: &mut Engine,
+        variants: &[Variant],
+        failures: &HashMap<VariantKey, SourceFailure>,
+    ) -> (Vec<Decision>, Vec<ScalingEvent>) {
         engine.evaluate(&Inputs {
             now: self.now,
             wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
@@ -157,7 +167,7 @@ impl World {
             staleness: STALENESS,
             convergence_timeout: CONVERGENCE_TIMEOUT,
             scale_to_zero: self.scale_to_zero.as_ref(),
-            failures: &HashMap::new(),
+            failures,
         })
     }
 
@@ -1016,4 +1026,33 @@ fn steady_noisy_load_never_changes_direction() {
     );
     let flapping = directions_under_noise(without_window());
     assert!(flapping.len() > 10, "without a window: {flapping:?}");
+}
+
+#[test]
+fn pods_lost_without_replica_counts_hold_the_decision() {
+    // Standalone without an actuator: replicas are the pods the source reports.
+    let v = [va("ns", "v", "v", 10.0)];
+    let mut engine = Engine::default();
+    let mut w = World::new();
+    w.reporting("p-0", "v", (0.5, 1.0))
+        .reporting("p-1", "v", (0.5, 1.0));
+    let (d, _) = w.run(&mut engine, &v);
+    assert_eq!(desired(&d), [("v", 2)]);
+    // Its pods go silent before the source's failure is known: held.
+    w.pods.clear();
+    let (d, _) = w.run(&mut engine, &v);
+    assert_eq!((d[0].data, d[0].desired_replicas), (DataState::Missing, 2));
+    // The failure is known: still held.
+    let failure = SourceFailure {
+        source: FailedSource::Prometheus,
+        error: "timed out".into(),
+    };
+    let failures = HashMap::from([(v[0].key(), failure)]);
+    let (d, events) = w.run_failing(&mut engine, &v, &failures);
+    assert_eq!(d[0].data, DataState::Missing);
+    assert_eq!(
+        (d[0].desired_replicas, d[0].basis),
+        (2, Basis::SafetyNet(Fallback::PreviousDesired))
+    );
+    assert_eq!(events, []);
 }
