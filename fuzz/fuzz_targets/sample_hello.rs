@@ -71,6 +71,7 @@ fn check_sample(sample: &Sample) {
             pod: String::new(),
             kv_cache_usage: m.kv_cache_usage,
             requests_waiting: m.requests_waiting,
+            rates: None,
         };
         let by_thresholds = m.kv_cache_usage >= config.kv_cache_threshold
             || m.requests_waiting >= config.queue_length_threshold;

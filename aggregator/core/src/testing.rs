@@ -58,6 +58,7 @@ pub fn decision(
                 pod: format!("p{i}"),
                 kv_cache_usage: 0.5,
                 requests_waiting: 0.0,
+                rates: None,
             })
             .collect(),
         saturation: Saturation::default(),

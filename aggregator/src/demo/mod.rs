@@ -308,14 +308,16 @@ fn direction_changes(
     changes
 }
 
-/// Whether the ready replicas can serve `rate` requests per second: an H100
-/// replica of the demo serves about 2.5 times what an L4 one does (twice
-/// the sequences, each faster).
+/// Whether the ready replicas can serve `rate` requests per second.
 fn covers(decisions: &[wva_core::decision::Decision], rate: f64) -> bool {
     let capacity: f64 = decisions
         .iter()
         .map(|d| {
-            let per = if d.accelerator == "H100" { 2.5 } else { 1.0 };
+            let per = if d.accelerator == "H100" {
+                trace::H100_PER_L4
+            } else {
+                1.0
+            };
             f64::from(d.ready_replicas) * per * trace::L4_REPLICA_RPS
         })
         .sum();

@@ -4,10 +4,13 @@
 use clap::ValueEnum;
 
 /// Requests per second of the demo's shape (2048-character prompt, 128
-/// tokens out) one `llama-8b-l4` replica serves with every slot busy: 16
-/// sequences of about 4 s each (15 ms + 1 ms per running sequence per
-/// token). The step trace is sized in it.
-pub const L4_REPLICA_RPS: f64 = 4.0;
+/// tokens out) one `llama-8b-l4` replica serves with every slot busy, as
+/// `scripts/sim-capacity` measures it (6.1). The step trace is sized in it.
+pub const L4_REPLICA_RPS: f64 = 6.0;
+
+/// How many L4 replicas' worth one `llama-8b-h100` replica serves (9.9
+/// req/s measured the same way).
+pub const H100_PER_L4: f64 = 1.6;
 
 /// Requests per second over time: linear pieces between (seconds, rate) points.
 #[derive(Debug, Clone)]
@@ -84,9 +87,9 @@ impl Trace {
         }
     }
 
-    /// When the step of [`Trace::Step`] begins, at `speed`.
+    /// When the step of [`Trace::Step`] has reached its top, at `speed`.
     pub fn step_at(self, speed: f64) -> Option<f64> {
-        (self == Trace::Step).then_some(30.0 / speed)
+        (self == Trace::Step).then_some(30.001 / speed)
     }
 }
 
@@ -110,12 +113,13 @@ mod tests {
     #[test]
     fn the_step_goes_from_a_tenth_to_four_replicas_and_back() {
         let p = Trace::Step.profile(2.0);
-        assert_eq!(p.rate_at(10.0), 0.4);
-        assert_eq!(p.rate_at(16.0), 16.0);
-        assert_eq!(p.rate_at(89.0), 16.0);
-        assert_eq!(p.rate_at(91.0), 0.4);
+        let c = L4_REPLICA_RPS;
+        assert_eq!(p.rate_at(10.0), 0.1 * c);
+        assert_eq!(p.rate_at(16.0), 4.0 * c);
+        assert_eq!(p.rate_at(89.0), 4.0 * c);
+        assert_eq!(p.rate_at(91.0), 0.1 * c);
         assert_eq!(p.duration(), 120.0);
-        assert_eq!(Trace::Step.step_at(2.0), Some(15.0));
+        assert_eq!(Trace::Step.step_at(2.0), Some(15.0005));
         assert_eq!(Trace::Noisy.step_at(1.0), None);
     }
 }

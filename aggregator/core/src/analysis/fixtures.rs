@@ -17,6 +17,7 @@ pub fn load(kv: f64, queue: f64) -> ReplicaLoad {
         pod: String::new(),
         kv_cache_usage: kv,
         requests_waiting: queue,
+        rates: None,
     }
 }
 

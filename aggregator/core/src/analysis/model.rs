@@ -9,6 +9,16 @@ pub struct ReplicaLoad {
     pub kv_cache_usage: f64,
     /// Requests waiting in the pod's queue.
     pub requests_waiting: f64,
+    /// How fast the pod finishes and receives requests, once measured.
+    pub rates: Option<RequestRates>,
+}
+
+/// Requests per second of one pod, over a few seconds of samples.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestRates {
+    pub finished: f64,
+    /// Finished plus the growth of its queue (never negative).
+    pub arriving: f64,
 }
 
 /// Everything the analysis knows about one variant of a model.

@@ -79,13 +79,23 @@ pub fn analyze(variants: &[VariantState], config: &SaturationConfig) -> ModelAna
     }
 }
 
+/// A replica is planned at this share of the rate it sustains while busy.
+const TARGET_UTILIZATION: f64 = 0.9;
+
+/// A backlog is planned to drain within this many seconds.
+const DRAIN_SECONDS: f64 = 30.0;
+
 /// Sizes the step the verdict asks for, in replicas of the model (V1 treats
 /// every replica alike).
 ///
-/// - Scale-up: the fewest replicas over which the pooled load of *all*
-///   reporting replicas leaves both spares at or above their triggers (a
-///   saturated replica counts with its real load, an implausible reading as
-///   exactly at its thresholds), and at least one more than report now.
+/// - Scale-up: enough replicas for both the KV cache and the queue, and at
+///   least one more than report now. For the KV cache, the fewest over which
+///   the pooled usage of *all* reporting replicas leaves the KV spare at or
+///   above its trigger (a saturated replica counts with its real usage, an
+///   implausible reading as exactly at its threshold). For the queue, when
+///   [`replicas_for_the_rate`] can tell, the replicas the requests' arrival
+///   rate needs; otherwise the fewest over which the pooled queue leaves the
+///   queue spare at or above its trigger.
 /// - Scale-down: the fewest that keep V1's own scale-down test true: the
 ///   healthy replicas' load spread over the healthy ones that remain.
 pub fn need(
@@ -110,8 +120,13 @@ pub fn need(
                 config.queue_length_threshold
             };
         }
-        let fits = |m: u32| fits_over(config, (kv, queue), m);
-        Need::Up(f64::from(fewest(reporting + 1, fits)))
+        let at_least = reporting + 1;
+        let for_kv = fewest(at_least, |m| fits_over(config, (kv, 0.0), m));
+        let for_queue = match replicas_for_the_rate(loads()) {
+            Some(m) => (m.ceil() as u32).max(at_least),
+            None => fewest(at_least, |m| fits_over(config, (0.0, queue), m)),
+        };
+        Need::Up(f64::from(for_kv.max(for_queue)))
     } else if analysis.scale_down_safe {
         let (mut kv, mut queue) = (0.0, 0.0);
         for load in loads().filter(|l| !is_saturated(l, config)) {
@@ -125,6 +140,37 @@ pub fn need(
     } else {
         Need::Hold
     }
+}
+
+/// The replicas the requests' arrival rate needs, when the loads can tell: a
+/// replica with requests waiting finishes them as fast as it can, so the
+/// mean rate of such busy replicas is one replica's capacity. The model
+/// needs its arrivals at [`TARGET_UTILIZATION`] of that, plus its backlog
+/// drained within [`DRAIN_SECONDS`] (every replica's queue counts; arrivals
+/// only where measured). A queue alone overstates the need once
+/// a backlog built up while replicas started; the rate does not. `None`
+/// without a busy replica whose rates are measured.
+pub fn replicas_for_the_rate<'a>(loads: impl Iterator<Item = &'a ReplicaLoad>) -> Option<f64> {
+    let (mut busy, mut capacity) = (0u32, 0.0);
+    let (mut arriving, mut backlog) = (0.0, 0.0);
+    let plausible = |v: f64| v.is_finite() && v >= 0.0;
+    for load in loads {
+        let waiting = load.requests_waiting;
+        if plausible(waiting) {
+            backlog += waiting;
+        }
+        let Some(rates) = load.rates else { continue };
+        if !(plausible(rates.finished) && plausible(rates.arriving)) {
+            return None;
+        }
+        arriving += rates.arriving;
+        if waiting >= 1.0 && rates.finished > 0.0 {
+            busy += 1;
+            capacity += rates.finished;
+        }
+    }
+    let capacity = (busy > 0).then(|| capacity / f64::from(busy))?;
+    Some(arriving / (capacity * TARGET_UTILIZATION) + backlog / (capacity * DRAIN_SECONDS))
 }
 
 /// Whether a load `(kv, queue)` spread over `m` replicas leaves both spares
@@ -155,7 +201,7 @@ fn fewest(from: u32, fits: impl Fn(u32) -> bool) -> u32 {
 mod tests {
     use super::*;
     use crate::analysis::fixtures::{load, summary, variant, with_loads};
-    use crate::analysis::model::Reason;
+    use crate::analysis::model::{Reason, RequestRates};
     use crate::analysis::steps::targets;
     use proptest::prelude::*;
 
@@ -242,6 +288,49 @@ mod tests {
         let model = [with_loads("a", &[(0.1, 9.0)])];
         assert_eq!(
             need(&model, &tight, &analyze(&model, &tight)),
+            Need::Up(2.0)
+        );
+    }
+
+    fn busy(queue: f64, finished: f64, arriving: f64) -> ReplicaLoad {
+        ReplicaLoad {
+            rates: Some(RequestRates { finished, arriving }),
+            ..load(0.5, queue)
+        }
+    }
+
+    #[test]
+    fn the_arrival_rate_sizes_the_queue_part_once_a_busy_replica_shows_its_capacity() {
+        // One replica finishes 6 requests/s while 24/s arrive and 30 wait:
+        // 24 / (6 × 0.9) + 30 / (6 × 30 s) = 4.6, so 5 replicas, where the
+        // queue alone (30 waiting, 2 allowed per replica) would ask for 15.
+        let mut one = with_loads("a", &[(0.5, 30.0)]);
+        let rate = replicas_for_the_rate(std::iter::once(&busy(30.0, 6.0, 24.0))).unwrap();
+        assert!((rate - 4.6111).abs() < 1e-3, "{rate}");
+        one.loads = vec![busy(30.0, 6.0, 24.0)];
+        let model = [one];
+        assert_eq!(
+            need(&model, &CONFIG, &analyze(&model, &CONFIG)),
+            Need::Up(5.0)
+        );
+
+        // Replicas without waiting requests say nothing of capacity; without
+        // a busy one the queue sizes the step.
+        let idle = [busy(0.0, 3.0, 3.0), busy(0.0, 2.0, 2.0)];
+        assert_eq!(replicas_for_the_rate(idle.iter()), None);
+        let mixed = [busy(0.0, 3.0, 3.0), busy(4.0, 5.0, 9.0), load(0.1, 2.0)];
+        // Capacity 5/s (the busy one); 12/s arrive; 6 wait.
+        let rate = replicas_for_the_rate(mixed.iter()).unwrap();
+        assert!((rate - (12.0 / 4.5 + 6.0 / 150.0)).abs() < 1e-9, "{rate}");
+        // A broken rate is no estimate.
+        let broken = [busy(4.0, f64::NAN, 9.0)];
+        assert_eq!(replicas_for_the_rate(broken.iter()), None);
+        // Never less than one more replica than report.
+        let mut calm = with_loads("a", &[(0.5, 7.0)]);
+        calm.loads = vec![busy(7.0, 6.0, 1.0)];
+        let model = [calm];
+        assert_eq!(
+            need(&model, &CONFIG, &analyze(&model, &CONFIG)),
             Need::Up(2.0)
         );
     }

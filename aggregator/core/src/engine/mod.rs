@@ -13,6 +13,7 @@
 //! [`Engine::record`] remembers the value and builds the decision.
 
 mod convergence;
+mod rates;
 mod reporting;
 mod safety_net;
 mod scale_to_zero;
@@ -23,6 +24,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use self::convergence::Convergence;
+use self::rates::RateTracker;
 use self::reporting::{PodView, Reporting, derived_counts, fresh_loads};
 use self::safety_net::SafetyNet;
 use self::scale_to_zero::{Policy, Zero};
@@ -72,6 +74,8 @@ pub struct Engine {
     safety_net: SafetyNet,
     /// Why each variant's desired value last changed.
     change_reasons: HashMap<VariantKey, &'static str>,
+    /// Each pod's request rates.
+    rates: RateTracker,
     /// Variants whose pods reported at the last evaluation: without replica
     /// counts, all of them vanishing at once means lost, not idle.
     reported: HashSet<VariantKey>,
@@ -124,7 +128,9 @@ impl Engine {
             .iter()
             .map(|d| (d.variant.namespace.clone(), d.model_id.clone()))
             .collect();
-        self.activity.retain(&models, &inputs.pods.keys().collect());
+        let pods = inputs.pods.keys().collect();
+        self.activity.retain(&models, &pods);
+        self.rates.retain(&pods);
         self.previous.retain(|k, _| live.contains(k));
         self.convergence.retain(&live);
         self.windows.retain(|k, _| live.contains(k));
@@ -256,7 +262,8 @@ impl Engine {
         zero: &Zero,
     ) -> (VariantState, Observed) {
         let key = va.key();
-        let (loads, oldest) = fresh_loads(pods, model_id, inputs.now, inputs.staleness);
+        let freshness = (inputs.now, inputs.staleness);
+        let (loads, oldest) = fresh_loads(pods, model_id, freshness, &mut self.rates);
         // Without replica counts, replicas are the pods that report; when a
         // source fails, or every pod goes silent at once, they are lost, not
         // idle, and the safety net holds the variant.

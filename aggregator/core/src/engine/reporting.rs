@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use wva_proto::v1::{Role, Sample};
 
+use super::rates::{RateTracker, Reading};
 use crate::analysis::model::ReplicaLoad;
 use crate::snapshot::ReplicaCounts;
 use crate::store::{PodEntry, PodKey};
@@ -102,12 +103,13 @@ impl<'v, 'p> Reporting<'v, 'p> {
     }
 }
 
-/// Fresh, healthy loads for `model_id`, sorted by pod, and the oldest arrival among them.
+/// Fresh, healthy loads for `model_id`, sorted by pod, and the oldest
+/// arrival among them; `rates` measures each pod's request rates.
 pub(super) fn fresh_loads(
     pods: &[&PodView<'_>],
     model_id: &str,
-    now: Instant,
-    staleness: Duration,
+    (now, staleness): (Instant, Duration),
+    rates: &mut RateTracker,
 ) -> (Vec<ReplicaLoad>, Option<Instant>) {
     let mut loads = Vec::with_capacity(pods.len());
     let mut oldest: Option<Instant> = None;
@@ -121,10 +123,20 @@ pub(super) fn fresh_loads(
         let Some(signals) = sample.models.iter().find(|m| m.model == model_id) else {
             continue;
         };
+        let finished = signals.counters.as_ref().map(|c| c.request_success);
+        let rates = finished.and_then(|finished| {
+            let reading = Reading {
+                at,
+                finished,
+                waiting: signals.requests_waiting,
+            };
+            rates.observe(pod.key, model_id, reading)
+        });
         loads.push(ReplicaLoad {
             pod: pod.key.pod.clone(),
             kv_cache_usage: signals.kv_cache_usage,
             requests_waiting: signals.requests_waiting,
+            rates,
         });
         oldest = Some(oldest.map_or(at, |o| o.min(at)));
     }
