@@ -72,6 +72,8 @@ fn check_sample(sample: &Sample) {
             kv_cache_usage: m.kv_cache_usage,
             requests_waiting: m.requests_waiting,
             rates: None,
+            kv_capacity_tokens: None,
+            mean_prompt_tokens: None,
         };
         let by_thresholds = m.kv_cache_usage >= config.kv_cache_threshold
             || m.requests_waiting >= config.queue_length_threshold;

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::analysis::model::{Reason, ReplicaLoad};
 use crate::analysis::saturation::ModelAnalysis;
+use crate::analysis::tokens::TokenAnalysis;
 use crate::config::saturation::SaturationConfig;
 use crate::variants::VariantKey;
 
@@ -240,6 +241,9 @@ impl ScalingEvent {
 #[serde(rename_all = "camelCase")]
 pub struct Saturation {
     pub analysis: ModelAnalysis,
+    /// What the token-based (V2) analysis measured, when the model uses it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenAnalysis>,
     pub config: SaturationConfig,
 }
 

@@ -59,6 +59,8 @@ pub fn decision(
                 kv_cache_usage: 0.5,
                 requests_waiting: 0.0,
                 rates: None,
+                kv_capacity_tokens: None,
+                mean_prompt_tokens: None,
             })
             .collect(),
         saturation: Saturation::default(),

@@ -18,6 +18,8 @@ pub fn load(kv: f64, queue: f64) -> ReplicaLoad {
         kv_cache_usage: kv,
         requests_waiting: queue,
         rates: None,
+        kv_capacity_tokens: None,
+        mean_prompt_tokens: None,
     }
 }
 
@@ -32,6 +34,7 @@ pub fn variant(name: &str, cost: f64, replicas: u32) -> VariantState {
         min_replicas: 0,
         max_replicas: None,
         blocked: false,
+        request_capacity: None,
         loads: (0..replicas).map(|_| load(0.0, 0.0)).collect(),
     }
 }

@@ -2,6 +2,7 @@
 pub mod model;
 pub mod saturation;
 pub mod steps;
+pub mod tokens;
 
 #[cfg(test)]
 pub(crate) mod fixtures;

@@ -11,6 +11,28 @@ pub struct ReplicaLoad {
     pub requests_waiting: f64,
     /// How fast the pod finishes and receives requests, once measured.
     pub rates: Option<RequestRates>,
+    /// Its KV cache in tokens (`num_gpu_blocks × block_size`), when known.
+    pub kv_capacity_tokens: Option<f64>,
+    /// The mean prompt length of the requests it served, in tokens, when
+    /// it served any.
+    pub mean_prompt_tokens: Option<f64>,
+}
+
+/// The mean rate at which replicas with requests waiting finish requests:
+/// such a replica works as fast as it can, so this is one replica's
+/// capacity. `None` when no replica is busy with measured rates.
+pub fn busy_capacity<'a>(loads: impl Iterator<Item = &'a ReplicaLoad>) -> Option<f64> {
+    let (mut busy, mut sum) = (0u32, 0.0);
+    for load in loads.filter(|l| l.requests_waiting >= 1.0) {
+        if let Some(finished) = load.rates.map(|r| r.finished)
+            && finished.is_finite()
+            && finished > 0.0
+        {
+            busy += 1;
+            sum += finished;
+        }
+    }
+    (busy > 0).then(|| sum / f64::from(busy))
 }
 
 /// Requests per second of one pod, over a few seconds of samples.
@@ -42,6 +64,9 @@ pub struct VariantState {
     /// holds its model, takes no scale-up, and its replicas that are not
     /// ready are not counted as coming capacity.
     pub blocked: bool,
+    /// Requests per second one replica of this variant finishes while busy,
+    /// as last measured (kept while no replica is busy).
+    pub request_capacity: Option<f64>,
     /// Fresh signals of the pods that report for this variant.
     pub loads: Vec<ReplicaLoad>,
 }

@@ -6,7 +6,7 @@
 //! [`steps::targets`](super::steps::targets) spreads it over the variants by
 //! cost. The rules, with a worked example, are in `docs/saturation.md`.
 
-use super::model::{Need, ReplicaLoad, VariantState};
+use super::model::{Need, ReplicaLoad, VariantState, busy_capacity};
 use crate::config::saturation::SaturationConfig;
 
 /// Saturation verdict over all replicas of one model.
@@ -150,26 +150,21 @@ pub fn need(
 /// only where measured). A queue alone overstates the need once
 /// a backlog built up while replicas started; the rate does not. `None`
 /// without a busy replica whose rates are measured.
-pub fn replicas_for_the_rate<'a>(loads: impl Iterator<Item = &'a ReplicaLoad>) -> Option<f64> {
-    let (mut busy, mut capacity) = (0u32, 0.0);
-    let (mut arriving, mut backlog) = (0.0, 0.0);
-    let plausible = |v: f64| v.is_finite() && v >= 0.0;
-    for load in loads {
-        let waiting = load.requests_waiting;
-        if plausible(waiting) {
-            backlog += waiting;
-        }
-        let Some(rates) = load.rates else { continue };
-        if !(plausible(rates.finished) && plausible(rates.arriving)) {
-            return None;
-        }
-        arriving += rates.arriving;
-        if waiting >= 1.0 && rates.finished > 0.0 {
-            busy += 1;
-            capacity += rates.finished;
-        }
-    }
-    let capacity = (busy > 0).then(|| capacity / f64::from(busy))?;
+pub fn replicas_for_the_rate<'a>(
+    loads: impl Iterator<Item = &'a ReplicaLoad> + Clone,
+) -> Option<f64> {
+    let capacity = busy_capacity(loads.clone())?;
+    let plausible = |v: &f64| v.is_finite() && *v >= 0.0;
+    let backlog: f64 = loads
+        .clone()
+        .map(|l| l.requests_waiting)
+        .filter(plausible)
+        .sum();
+    let arriving: f64 = loads
+        .filter_map(|l| l.rates)
+        .map(|r| r.arriving)
+        .filter(plausible)
+        .sum();
     Some(arriving / (capacity * TARGET_UTILIZATION) + backlog / (capacity * DRAIN_SECONDS))
 }
 
@@ -211,6 +206,9 @@ mod tests {
         queue_length_threshold: 8.0,
         kv_spare_trigger: 0.25,
         queue_spare_trigger: 2.0,
+        analyzer_name: crate::config::saturation::Analyzer::Capacity,
+        scale_up_threshold: 0.85,
+        scale_down_boundary: 0.70,
         max_scale_up_replicas: 4,
         max_scale_up_percent: 100.0,
         scale_down_stabilization_seconds: 0,
@@ -482,6 +480,7 @@ mod tests {
                         min_replicas: min,
                         max_replicas: None,
                         blocked: false,
+                        request_capacity: None,
                         loads: readings.into_iter().map(|(kv, q)| load(kv, q)).collect(),
                     }
                 },

@@ -5,6 +5,49 @@
 
 use super::model::{Need, Reason, VariantState, VariantTarget};
 
+/// What a model needs in each dimension of capacity its analysis measures,
+/// and what one replica of each variant brings in each (same order as the
+/// variants). V1 counts replicas, so its one dimension is 1 per replica; V2
+/// measures KV-cache tokens and request rates, which differ by accelerator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Capacities {
+    pub need: Demand,
+    pub per_replica: Vec<Vec<f64>>,
+}
+
+/// What a model needs, per dimension.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Demand {
+    /// At least this much.
+    Up(Vec<f64>),
+    /// No less than this much may remain.
+    Down(Vec<f64>),
+    Hold,
+}
+
+impl Capacities {
+    /// A need counted in replicas of equal capacity (V1).
+    pub fn replicas(need: Need, variants: usize) -> Self {
+        Capacities {
+            need: match need {
+                Need::Up(n) => Demand::Up(vec![n]),
+                Need::Down(n) => Demand::Down(vec![n]),
+                Need::Hold => Demand::Hold,
+            },
+            per_replica: vec![vec![1.0]; variants],
+        }
+    }
+}
+
+/// One target per variant for a need counted in replicas (V1); see [`allocate`].
+pub fn targets(variants: &[VariantState], need: Need, max_up: u32) -> Vec<VariantTarget> {
+    allocate(
+        variants,
+        &Capacities::replicas(need, variants.len()),
+        max_up,
+    )
+}
+
 /// One target per variant (same order as `variants`).
 ///
 /// - While any variant converges ([`VariantState::is_converging`]), every
@@ -12,12 +55,21 @@ use super::model::{Need, Reason, VariantState, VariantTarget};
 ///   [`Reason::Converging`]. One exception: when the model needs capacity, a
 ///   scale-down not carried out yet is called off, back to the current
 ///   replicas, with [`Reason::ScaleDownWithdrawn`]; that is not a new step.
-/// - A scale-up adds the replicas the model misses beyond its anticipated
-///   capacity (at least one), at most `max_up` of them, to the variants by
-///   `(cost, name)`, each up to its ceiling ([`VariantState::ceiling`]).
-/// - A scale-down removes the replicas above the need from the variants by
-///   descending `(cost, name)`, each down to its `min_replicas`.
-pub fn targets(variants: &[VariantState], need: Need, max_up: u32) -> Vec<VariantTarget> {
+/// - Variants are taken by cost per replica's capacity (in the first
+///   dimension; for V1, by cost), then name.
+/// - A scale-up adds replicas (at least one, at most `max_up`) to the
+///   variants in that order, each up to its ceiling
+///   ([`VariantState::ceiling`]), until the anticipated capacity
+///   ([`VariantState::anticipated_replicas`]) meets the need in every
+///   dimension.
+/// - A scale-down removes replicas from the variants in the reverse order,
+///   each down to its `min_replicas`, while what remains still meets the
+///   need in every dimension.
+pub fn allocate(
+    variants: &[VariantState],
+    capacities: &Capacities,
+    max_up: u32,
+) -> Vec<VariantTarget> {
     let mut out: Vec<VariantTarget> = variants
         .iter()
         .map(|v| VariantTarget {
@@ -27,72 +79,106 @@ pub fn targets(variants: &[VariantState], need: Need, max_up: u32) -> Vec<Varian
             at_max: false,
         })
         .collect();
+    let units = &capacities.per_replica;
     if variants.iter().any(VariantState::is_converging) {
+        let up = matches!(capacities.need, Demand::Up(_));
         for (v, t) in variants.iter().zip(&mut out) {
             let held = v.held_target();
-            (t.target_replicas, t.reason) =
-                if matches!(need, Need::Up(_)) && held < v.current_replicas {
-                    (v.current_replicas, Reason::ScaleDownWithdrawn)
-                } else {
-                    (held, Reason::Converging)
-                };
+            (t.target_replicas, t.reason) = if up && held < v.current_replicas {
+                (v.current_replicas, Reason::ScaleDownWithdrawn)
+            } else {
+                (held, Reason::Converging)
+            };
         }
         return out;
     }
-    let anticipated: u32 = variants
-        .iter()
-        .map(VariantState::anticipated_replicas)
-        .sum();
-    let order = cost_order(variants);
-    match need {
-        Need::Up(wanted) => {
-            let mut missing = replicas_above(wanted, anticipated).max(1).min(max_up);
+    let have = |d: usize| -> f64 {
+        variants
+            .iter()
+            .zip(units)
+            .map(|(v, u)| f64::from(v.anticipated_replicas()) * u[d])
+            .sum()
+    };
+    let order = efficiency_order(variants, units);
+    match &capacities.need {
+        Demand::Up(wanted) => {
+            let mut missing: Vec<f64> = (0..wanted.len()).map(|d| wanted[d] - have(d)).collect();
+            let mut budget = max_up;
             for &i in &order {
                 let v = &variants[i];
-                let room = v.ceiling().saturating_sub(v.current_replicas);
-                let add = room.min(missing);
-                if add < missing && !v.blocked && v.max_replicas.is_some() {
+                let added_any = budget < max_up;
+                // The verdict asked for capacity: at least one replica.
+                let wanted = replicas_for(&missing, &units[i]).max(u32::from(!added_any));
+                let wanted = wanted.min(budget);
+                let add = v.ceiling().saturating_sub(v.current_replicas).min(wanted);
+                if add < wanted && !v.blocked && v.max_replicas.is_some() {
                     out[i].at_max = true;
                 }
                 if add > 0 {
                     out[i].target_replicas = v.current_replicas + add;
                     out[i].reason = Reason::ScaleUpSaturation;
-                    missing -= add;
+                    budget -= add;
+                    for (m, u) in missing.iter_mut().zip(&units[i]) {
+                        *m -= f64::from(add) * u;
+                    }
                 }
             }
         }
-        Need::Down(kept) => {
-            let mut excess = anticipated.saturating_sub(kept.ceil() as u32);
+        Demand::Down(kept) => {
+            let mut spare: Vec<f64> = (0..kept.len()).map(|d| have(d) - kept[d]).collect();
             for &i in order.iter().rev() {
                 let v = &variants[i];
+                let affordable = spare
+                    .iter()
+                    .zip(&units[i])
+                    .filter(|(_, u)| **u > 0.0)
+                    .map(|(s, u)| whole(s / u))
+                    .min()
+                    .unwrap_or(0);
                 let remove = v
                     .current_replicas
                     .saturating_sub(v.min_replicas)
-                    .min(excess);
+                    .min(affordable);
                 if remove > 0 {
                     out[i].target_replicas = v.current_replicas - remove;
                     out[i].reason = Reason::ScaleDownSpare;
-                    excess -= remove;
+                    for (s, u) in spare.iter_mut().zip(&units[i]) {
+                        *s -= f64::from(remove) * u;
+                    }
                 }
             }
         }
-        Need::Hold => {}
+        Demand::Hold => {}
     }
     out
 }
 
-/// Whole replicas needed to bring `have` up to `wanted`.
-fn replicas_above(wanted: f64, have: u32) -> u32 {
-    // Saturating float-to-int cast; NaN gives 0.
-    (wanted - f64::from(have)).ceil().max(0.0) as u32
+/// Whole replicas of capacity `per_replica` that cover every positive
+/// `missing` amount.
+fn replicas_for(missing: &[f64], per_replica: &[f64]) -> u32 {
+    missing
+        .iter()
+        .zip(per_replica)
+        .filter(|(m, u)| **m > 0.0 && **u > 0.0)
+        .map(|(m, u)| whole((m / u).ceil()))
+        .max()
+        .unwrap_or(0)
 }
 
-/// Indices of `variants`, cheapest first; equal costs by name.
-fn cost_order(variants: &[VariantState]) -> Vec<usize> {
+/// `x` rounded down to a replica count: saturating, NaN and negatives are 0.
+fn whole(x: f64) -> u32 {
+    x.floor().max(0.0) as u32
+}
+
+/// Indices of `variants`, the cheapest per unit of capacity (in the first
+/// dimension) first; equal ratios by name.
+fn efficiency_order(variants: &[VariantState], units: &[Vec<f64>]) -> Vec<usize> {
+    let price = |i: usize| variants[i].cost / units[i].first().copied().unwrap_or(1.0);
     let mut order: Vec<usize> = (0..variants.len()).collect();
     order.sort_by(|&a, &b| {
-        let (a, b) = (&variants[a], &variants[b]);
-        a.cost.total_cmp(&b.cost).then_with(|| a.name.cmp(&b.name))
+        price(a)
+            .total_cmp(&price(b))
+            .then_with(|| variants[a].name.cmp(&variants[b].name))
     });
     order
 }

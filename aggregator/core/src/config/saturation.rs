@@ -16,15 +16,49 @@ use thiserror::Error;
 /// The `data` key holding the global thresholds.
 pub const DEFAULT_KEY: &str = "default";
 
+/// Which analysis sizes a model (`analyzerName`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Analyzer {
+    /// WVA's V1 rules on KV-cache usage and queue length (`analyzerName`
+    /// empty or absent).
+    #[default]
+    Capacity,
+    /// WVA's V2, token-based analysis (`analyzerName: saturation`).
+    Tokens,
+}
+
+impl Analyzer {
+    /// The `analyzerName` that selects it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Analyzer::Capacity => "",
+            Analyzer::Tokens => "saturation",
+        }
+    }
+}
+
+impl Serialize for Analyzer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 /// Thresholds of the saturation analysis (WVA's documented defaults: 0.80, 5,
-/// 0.1, 3) and the limits on how fast a model's replicas move.
+/// 0.1, 3; for V2 0.85 and 0.70) and the limits on how fast a model's
+/// replicas move.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SaturationConfig {
+    pub analyzer_name: Analyzer,
     pub kv_cache_threshold: f64,
     pub queue_length_threshold: f64,
     pub kv_spare_trigger: f64,
     pub queue_spare_trigger: f64,
+    /// V2: a model scales up when its demand exceeds this share of its
+    /// capacity...
+    pub scale_up_threshold: f64,
+    /// ...and down while its demand stays below this share of what remains.
+    pub scale_down_boundary: f64,
     /// A scale-up adds at most the larger of this many replicas and
     /// [`Self::max_scale_up_percent`] of the model's replicas (the HPA's
     /// default policy: 4 pods or 100 %).
@@ -38,10 +72,13 @@ pub struct SaturationConfig {
 impl Default for SaturationConfig {
     fn default() -> Self {
         SaturationConfig {
+            analyzer_name: Analyzer::Capacity,
             kv_cache_threshold: 0.80,
             queue_length_threshold: 5.0,
             kv_spare_trigger: 0.1,
             queue_spare_trigger: 3.0,
+            scale_up_threshold: 0.85,
+            scale_down_boundary: 0.70,
             max_scale_up_replicas: 4,
             max_scale_up_percent: 100.0,
             scale_down_stabilization_seconds: 300,
@@ -106,6 +143,10 @@ pub enum ConfigError {
         "saturation config key {key:?}: {field} is required (and must not be empty) in a per-model override"
     )]
     MissingIdentity { key: String, field: &'static str },
+    #[error(
+        "saturation config key {key:?}: analyzerName must be \"\" (WVA's V1 rules) or \"saturation\" (the token-based V2), got {name:?}"
+    )]
+    UnknownAnalyzer { key: String, name: String },
     #[error("saturation config key \"default\": {field} is only allowed in per-model overrides")]
     IdentityInDefault { field: &'static str },
     #[error(
@@ -134,6 +175,8 @@ pub enum Field {
     QueueLengthThreshold,
     KvSpareTrigger,
     QueueSpareTrigger,
+    ScaleUpThreshold,
+    ScaleDownBoundary,
     MaxScaleUpReplicas,
     MaxScaleUpPercent,
     ScaleDownStabilizationSeconds,
@@ -146,6 +189,8 @@ impl fmt::Display for Field {
             Field::QueueLengthThreshold => "queueLengthThreshold",
             Field::KvSpareTrigger => "kvSpareTrigger",
             Field::QueueSpareTrigger => "queueSpareTrigger",
+            Field::ScaleUpThreshold => "scaleUpThreshold",
+            Field::ScaleDownBoundary => "scaleDownBoundary",
             Field::MaxScaleUpReplicas => "maxScaleUpReplicas",
             Field::MaxScaleUpPercent => "maxScaleUpPercent",
             Field::ScaleDownStabilizationSeconds => "scaleDownStabilizationSeconds",
@@ -165,6 +210,9 @@ struct RawEntry {
     queue_length_threshold: Option<f64>,
     kv_spare_trigger: Option<f64>,
     queue_spare_trigger: Option<f64>,
+    analyzer_name: Option<String>,
+    scale_up_threshold: Option<f64>,
+    scale_down_boundary: Option<f64>,
     max_scale_up_replicas: Option<u32>,
     max_scale_up_percent: Option<f64>,
     scale_down_stabilization_seconds: Option<u32>,
@@ -183,13 +231,27 @@ impl RawEntry {
 
     /// The thresholds this entry sets on top of `base`, validated.
     fn resolve(&self, key: &str, base: SaturationConfig) -> Result<SaturationConfig, ConfigError> {
+        let analyzer_name = match self.analyzer_name.as_deref() {
+            None => base.analyzer_name,
+            Some("") => Analyzer::Capacity,
+            Some("saturation") => Analyzer::Tokens,
+            Some(other) => {
+                return Err(ConfigError::UnknownAnalyzer {
+                    key: key.to_string(),
+                    name: other.to_string(),
+                });
+            }
+        };
         let config = SaturationConfig {
+            analyzer_name,
             kv_cache_threshold: self.kv_cache_threshold.unwrap_or(base.kv_cache_threshold),
             queue_length_threshold: self
                 .queue_length_threshold
                 .unwrap_or(base.queue_length_threshold),
             kv_spare_trigger: self.kv_spare_trigger.unwrap_or(base.kv_spare_trigger),
             queue_spare_trigger: self.queue_spare_trigger.unwrap_or(base.queue_spare_trigger),
+            scale_up_threshold: self.scale_up_threshold.unwrap_or(base.scale_up_threshold),
+            scale_down_boundary: self.scale_down_boundary.unwrap_or(base.scale_down_boundary),
             max_scale_up_replicas: self
                 .max_scale_up_replicas
                 .unwrap_or(base.max_scale_up_replicas),
@@ -247,6 +309,26 @@ impl RawEntry {
                 Field::QueueSpareTrigger,
                 trigger,
                 self.queue_spare_trigger,
+                requirement,
+            );
+        }
+        let up = config.scale_up_threshold;
+        if !(up > 0.0 && up <= 1.0) {
+            let requirement = "in (0, 1]".to_string();
+            return out_of_range(
+                Field::ScaleUpThreshold,
+                up,
+                self.scale_up_threshold,
+                requirement,
+            );
+        }
+        let down = config.scale_down_boundary;
+        if !(down > 0.0 && down < up) {
+            let requirement = format!("in (0, scaleUpThreshold = {up})");
+            return out_of_range(
+                Field::ScaleDownBoundary,
+                down,
+                self.scale_down_boundary,
                 requirement,
             );
         }
@@ -595,6 +677,48 @@ data:
             (model.max_scale_up_replicas, model.max_scale_up_percent),
             (2, 0.0)
         );
+    }
+
+    #[test]
+    fn the_analyzer_is_chosen_per_model_with_v2_thresholds_checked() {
+        let set = SaturationConfigSet::from_data(&data(&[
+            ("default", "scaleUpThreshold: 0.9"),
+            ("v2", "model_id: m\nnamespace: ns\nanalyzerName: saturation"),
+            ("v1", "model_id: other\nnamespace: ns\nanalyzerName: \"\""),
+        ]))
+        .unwrap();
+        assert_eq!(set.default_config().analyzer_name, Analyzer::Capacity);
+        let v2 = set.for_model("m", "ns");
+        assert_eq!(v2.analyzer_name, Analyzer::Tokens);
+        assert_eq!((v2.scale_up_threshold, v2.scale_down_boundary), (0.9, 0.70));
+        assert_eq!(
+            set.for_model("other", "ns").analyzer_name,
+            Analyzer::Capacity
+        );
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("default", "analyzerName: tokens")],
+                r#"saturation config key "default": analyzerName must be "" (WVA's V1 rules) or "saturation" (the token-based V2), got "tokens""#,
+            ),
+            (
+                &[("default", "scaleUpThreshold: 1.2")],
+                r#"saturation config key "default": scaleUpThreshold must be in (0, 1], got 1.2"#,
+            ),
+            (
+                &[("default", "scaleDownBoundary: 0.9")],
+                r#"saturation config key "default": scaleDownBoundary must be in (0, scaleUpThreshold = 0.85), got 0.9"#,
+            ),
+            (
+                &[
+                    ("default", "scaleDownBoundary: 0.6"),
+                    ("x", "model_id: m\nnamespace: n\nscaleUpThreshold: 0.5"),
+                ],
+                r#"saturation config key "x": scaleDownBoundary must be in (0, scaleUpThreshold = 0.5), got 0.6 (not set in this key, inherited)"#,
+            ),
+        ];
+        for (entries, expected) in cases {
+            assert_eq!(error(entries), *expected, "entries {entries:?}");
+        }
     }
 
     #[test]

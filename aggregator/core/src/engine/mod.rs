@@ -29,10 +29,11 @@ use self::reporting::{PodView, Reporting, derived_counts, fresh_loads};
 use self::safety_net::SafetyNet;
 use self::scale_to_zero::{Policy, Zero};
 use crate::activity::{ActivityTracker, ModelKey};
-use crate::analysis::model::{Need, Reason, VariantState, VariantTarget};
-use crate::analysis::saturation::{self, ModelAnalysis};
-use crate::analysis::steps;
-use crate::config::saturation::{SaturationConfig, SaturationConfigSet};
+use crate::analysis::model::{Need, Reason, VariantState, VariantTarget, busy_capacity};
+use crate::analysis::saturation;
+use crate::analysis::steps::{self, Capacities, Demand};
+use crate::analysis::tokens;
+use crate::config::saturation::{Analyzer, SaturationConfig, SaturationConfigSet};
 use crate::config::scale_to_zero::ScaleToZeroConfigSet;
 use crate::decision::{
     Basis, DataState, Decision, LimitReason, Saturation, ScalingEvent, SourceFailure,
@@ -76,6 +77,8 @@ pub struct Engine {
     change_reasons: HashMap<VariantKey, &'static str>,
     /// Each pod's request rates.
     rates: RateTracker,
+    /// Requests per second a busy replica of each variant last finished.
+    request_capacity: HashMap<VariantKey, f64>,
     /// Variants whose pods reported at the last evaluation: without replica
     /// counts, all of them vanishing at once means lost, not idle.
     reported: HashSet<VariantKey>,
@@ -137,6 +140,7 @@ impl Engine {
         self.safety_net.retain(&live);
         self.change_reasons.retain(|k, _| live.contains(k));
         self.reported.retain(|k| live.contains(k));
+        self.request_capacity.retain(|k, _| live.contains(k));
         decisions.sort_by(|a, b| a.variant.cmp(&b.variant));
         (decisions, events)
     }
@@ -189,14 +193,28 @@ impl Engine {
             })
             .unzip();
         let analysis = saturation::analyze(&states, &config);
-        let need = saturation::need(&states, &config, &analysis);
-        if !matches!(need, Need::Up(_)) {
+        let (capacities, token_analysis) = match config.analyzer_name {
+            Analyzer::Capacity => {
+                let need = saturation::need(&states, &config, &analysis);
+                (Capacities::replicas(need, states.len()), None)
+            }
+            Analyzer::Tokens => match tokens::analyze(&states, &config) {
+                Some((measured, capacities)) => (capacities, Some(measured)),
+                None => (Capacities::replicas(Need::Hold, states.len()), None),
+            },
+        };
+        if !matches!(capacities.need, Demand::Up(_)) {
             for seen in &observed {
                 self.convergence.forgive_scalers(&seen.key);
             }
         }
         let replicas: u32 = states.iter().map(|s| s.current_replicas).sum();
-        let targets = steps::targets(&states, need, config.max_scale_up(replicas));
+        let targets = steps::allocate(&states, &capacities, config.max_scale_up(replicas));
+        let saturation = Saturation {
+            analysis,
+            tokens: token_analysis,
+            config,
+        };
 
         for (((va, state), mut target), seen) in variants
             .iter()
@@ -221,8 +239,7 @@ impl Engine {
                 basis,
                 limit,
                 state,
-                analysis: &analysis,
-                config,
+                saturation: &saturation,
             };
             decisions.push(self.record(inputs, va, seen, outcome, events));
         }
@@ -278,6 +295,9 @@ impl Engine {
         };
         // Only an idle model goes to zero; until then its cheapest variant
         // keeps one replica.
+        if let Some(busy) = busy_capacity(loads.iter()) {
+            self.request_capacity.insert(key.clone(), busy);
+        }
         let min_replicas = u32::from(zero.keeps_a_replica(&key)).max(counts.floor);
         let mut state = VariantState {
             name: va.name.clone(),
@@ -289,6 +309,7 @@ impl Engine {
             // A ceiling below the floor is no ceiling the scaler can keep.
             max_replicas: counts.ceiling.map(|c| c.max(counts.floor)),
             blocked: false,
+            request_capacity: self.request_capacity.get(&key).copied(),
             loads,
         };
         let limit = self
@@ -337,8 +358,7 @@ impl Engine {
             basis,
             limit,
             state,
-            analysis,
-            config,
+            saturation,
         } = outcome;
         let from = self.previous.get(&key).copied().unwrap_or(counts.current);
         if desired != from {
@@ -370,10 +390,7 @@ impl Engine {
             data,
             data_age: age,
             inputs: state.loads,
-            saturation: Saturation {
-                analysis: analysis.clone(),
-                config,
-            },
+            saturation: saturation.clone(),
             decided_at: inputs.wall,
         }
     }
@@ -385,6 +402,5 @@ struct Outcome<'a> {
     basis: Basis,
     limit: Option<LimitReason>,
     state: VariantState,
-    analysis: &'a ModelAnalysis,
-    config: SaturationConfig,
+    saturation: &'a Saturation,
 }

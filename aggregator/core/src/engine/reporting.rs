@@ -132,11 +132,18 @@ pub(super) fn fresh_loads(
             };
             rates.observe(pod.key, model_id, reading)
         });
+        let blocks = signals.num_gpu_blocks as f64 * f64::from(signals.block_size);
+        let prompts = signals.counters.as_ref().and_then(|c| {
+            (c.request_prompt_tokens_count > 0.0)
+                .then(|| c.request_prompt_tokens_sum / c.request_prompt_tokens_count)
+        });
         loads.push(ReplicaLoad {
             pod: pod.key.pod.clone(),
             kv_cache_usage: signals.kv_cache_usage,
             requests_waiting: signals.requests_waiting,
             rates,
+            kv_capacity_tokens: (blocks > 0.0).then_some(blocks),
+            mean_prompt_tokens: prompts,
         });
         oldest = Some(oldest.map_or(at, |o| o.min(at)));
     }

@@ -1056,3 +1056,38 @@ fn pods_lost_without_replica_counts_hold_the_decision() {
     );
     assert_eq!(events, []);
 }
+
+#[test]
+fn a_model_configured_for_v2_is_sized_in_tokens_from_the_agents_signals() {
+    let v = [va("ns", "v", "v", 10.0)];
+    let mut w = World::new();
+    w.config = SaturationConfigSet::from_data(&BTreeMap::from([(
+        "default".to_string(),
+        "analyzerName: saturation\nscaleDownStabilizationSeconds: 0".to_string(),
+    )]))
+    .unwrap();
+    // 800 blocks of 16 tokens, 70 % used, 4 requests of 1000 prompt tokens
+    // waiting: 8960 + 4000 tokens of demand over 10 240 of capacity.
+    let mut busy = sample(MODEL, (0.7, 4.0));
+    let signals = &mut busy.models[0];
+    signals.num_gpu_blocks = 800;
+    signals.block_size = 16;
+    signals.counters = Some(wva_proto::v1::Counters {
+        request_prompt_tokens_sum: 10_000.0,
+        request_prompt_tokens_count: 10.0,
+        ..Default::default()
+    });
+    w.pod("ns", "p-0", "v", Some((busy, Duration::ZERO)))
+        .counts("v", 1, 1);
+    let (d, _) = w.run(&mut Engine::default(), &v);
+    let tokens = d[0].saturation.tokens.as_ref().expect("V2 measured");
+    assert!((tokens.demand_tokens - 12_960.0).abs() < 1e-6, "{tokens:?}");
+    assert_eq!(tokens.capacity_tokens, 10_240.0);
+    // 12 960 / 0.85 = 15 247: one more replica of 10 240.
+    assert_eq!(outcome(&d), [("v", 2, "saturation", None)]);
+    // The same model under V1 sees a healthy replica (0.7 < 0.8, 4 < 5)
+    // with too little spare queue (1 < 3), and also asks for one more.
+    w.config = without_window();
+    let (d, _) = w.run(&mut Engine::default(), &v);
+    assert!(d[0].saturation.tokens.is_none());
+}
