@@ -23,7 +23,9 @@ use tokio::process::Command;
 
 use crate::controlplane::{ControlPlane, forbidden, service_account_user};
 use crate::node::LocalNode;
-use crate::{decision_where, eventually, metric, tool, workspace};
+use crate::{
+    SLOW_DECODING_SIM, decision_where, eventually, hold_completion, metric, tool, workspace,
+};
 
 pub const RELEASE: &str = "wva";
 
@@ -231,6 +233,38 @@ pub fn desired_in_status(va: &Value) -> Option<i64> {
 /// The Events about VariantAutoscaling `CHAT`: (type, reason, note).
 pub async fn va_events(client: &kube::Client) -> anyhow::Result<Vec<(String, String, String)>> {
     events_about(client, NS, "VariantAutoscaling", CHAT).await
+}
+
+/// The first Event about VariantAutoscaling `CHAT` with `reason`, once
+/// there is one: (type, reason, note).
+pub async fn va_event(
+    client: &kube::Client,
+    reason: &str,
+) -> anyhow::Result<(String, String, String)> {
+    eventually(WITHIN, &format!("the {reason} Event"), || async {
+        let events = va_events(client).await?;
+        Ok(events.into_iter().find(|(_, r, _)| r == reason))
+    })
+    .await
+}
+
+/// Deployment `CHAT` of one slow-decoding replica, its VariantAutoscaling,
+/// and a request held on the replica (about 40 % of its KV cache): the
+/// pod's name and the request's connection, which ends it when dropped.
+pub async fn chat_holding_a_request(
+    plane: &ControlPlane,
+    client: &kube::Client,
+    node: &LocalNode,
+) -> anyhow::Result<(String, tokio::net::TcpStream)> {
+    plane.create(&variant_autoscaling(CHAT, CHAT)).await?;
+    plane
+        .create(&vllm_deployment_with(CHAT, 1, &SLOW_DECODING_SIM))
+        .await?;
+    let pod = controller_pods(client, CHAT, 1).await?.remove(0);
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let sim = serving_sim(node, &pod_name).await?;
+    let request = hold_completion(sim, MODEL, 400, 500).await?;
+    Ok((pod_name, request))
 }
 
 /// The series of `wva_desired_replicas` for `CHAT`, if published.

@@ -408,13 +408,7 @@ async fn configuration_changes_apply_live_and_a_static_change_is_rejected() -> a
         Ok(desired_gauge(metrics).await?.filter(|v| *v == 2.0))
     })
     .await?;
-    let up = eventually(WITHIN, "the scale-up Event", || async {
-        let events = va_events(&client).await?;
-        Ok(events
-            .into_iter()
-            .find(|(_, r, _)| r == "DesiredReplicasIncreased"))
-    })
-    .await?;
+    let up = va_event(&client, "DesiredReplicasIncreased").await?;
     assert!(up.2.starts_with("desired replicas 1 → 2 ("), "{up:?}");
     let scaled = metric(metrics, "wva_replica_scaling_total").await?;
     let scaled: Vec<(&str, &str, f64)> = scaled
@@ -599,14 +593,7 @@ async fn a_follower_takes_the_real_lease_over_from_a_crashed_leader_and_keeps_th
         .iter()
         .find(|r| r.pod != first)
         .context("a follower")?;
-    plane.create(&variant_autoscaling(CHAT, CHAT)).await?;
-    plane
-        .create(&vllm_deployment_with(CHAT, 1, &SLOW_DECODING_SIM))
-        .await?;
-    let pod = controller_pods(&client, CHAT, 1).await?.remove(0);
-    let pod_name = pod.metadata.name.clone().unwrap_or_default();
-    let sim = serving_sim(&node, &pod_name).await?;
-    let _request = hold_completion(sim, MODEL, 400, 500).await?;
+    let (pod_name, _request) = chat_holding_a_request(&plane, &client, &node).await?;
 
     // The agent streams to both replicas (fan-out through the headless
     // Service): both decide the same; only the leader publishes and writes.

@@ -1,7 +1,7 @@
 //! Decisions on a real control plane, wva installed by its chart and its pods
 //! run by the tests' local node (docs/testing.md): scale to zero, an HPA's
-//! floor, and metrics from pods without an agent (pod scraping, endpoint
-//! pickers).
+//! floor and ceiling, and metrics from pods without an agent (pod scraping,
+//! endpoint pickers).
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::Pod;
@@ -23,13 +23,7 @@ async fn a_model_without_requests_for_its_retention_scales_to_zero() -> anyhow::
         Ok(desired_gauge(metrics).await?.filter(|v| *v == 0.0))
     })
     .await?;
-    let decreased = eventually(WITHIN, "the scale-down Event", || async {
-        let events = va_events(&wva.client).await?;
-        Ok(events
-            .into_iter()
-            .find(|(_, r, _)| r == "DesiredReplicasDecreased"))
-    })
-    .await?;
+    let decreased = va_event(&wva.client, "DesiredReplicasDecreased").await?;
     assert_eq!(decreased.2, "desired replicas 1 → 0 (scale_to_zero)");
     Ok(())
 }
@@ -38,20 +32,7 @@ async fn a_model_without_requests_for_its_retention_scales_to_zero() -> anyhow::
 async fn an_hpas_min_replicas_is_the_floor_of_its_variants_decisions() -> anyhow::Result<()> {
     // The HPA of the quickstart's shape; with no metrics adapter here, the
     // real HPA controller only holds the Deployment at minReplicas.
-    let hpa = json!({
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": CHAT, "namespace": NS},
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": CHAT},
-            "minReplicas": 1,
-            "maxReplicas": 4,
-            "metrics": [{"type": "External", "external": {
-                "metric": {"name": "wva_desired_replicas", "selector": {"matchLabels": {"variant_name": CHAT}}},
-                "target": {"type": "AverageValue", "averageValue": "1"}}}],
-        },
-    });
-    let (wva, decision) = idle_model(Some(hpa)).await?;
+    let (wva, decision) = idle_model(Some(chat_hpa(1, 4))).await?;
     assert_eq!(
         decision["desiredReplicas"], 1,
         "held at the HPA's floor: {decision}"
@@ -64,6 +45,72 @@ async fn an_hpas_min_replicas_is_the_floor_of_its_variants_decisions() -> anyhow
         "no decrease below the floor: {events:?}"
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn an_hpas_max_replicas_caps_its_variant_which_says_so() -> anyhow::Result<()> {
+    let Wva {
+        plane,
+        client,
+        node,
+        replicas,
+    } = wva_on_a_node(1, &[]).await?;
+    // A held request saturates a replica at this threshold.
+    patch_config_map(
+        &client,
+        "saturation-scaling-config",
+        json!({"default": "kvCacheThreshold: 0.3\nkvSpareTrigger: 0.1\n"}),
+    )
+    .await?;
+    plane.create(&chat_hpa(1, 1)).await?;
+    let (_, _request) = chat_holding_a_request(&plane, &client, &node).await?;
+
+    // The model needs more, but the HPA cannot go above 1: the decision
+    // stays within it and says why.
+    let decision = chat_decision_where(
+        replicas[0].metrics,
+        "a decision limited by maxReplicas",
+        |d| d["limit"] == "at_max_replicas",
+    )
+    .await?;
+    assert_eq!(decision["desiredReplicas"], 1, "{decision}");
+    assert_eq!(
+        decision["saturation"]["analysis"]["shouldScaleUp"], true,
+        "{decision}"
+    );
+    va_where(
+        &client,
+        "ScalingLimited=True AtMaxReplicas in status",
+        |va| has_condition(va, "ScalingLimited", "True", "AtMaxReplicas"),
+    )
+    .await?;
+    let limited = va_event(&client, "ScalingLimited").await?;
+    assert!(limited.2.contains("maxReplicas"), "{limited:?}");
+    let events = va_events(&client).await?;
+    assert!(
+        events
+            .iter()
+            .all(|(_, r, _)| r != "DesiredReplicasIncreased"),
+        "no decision above the ceiling: {events:?}"
+    );
+    Ok(())
+}
+
+/// An HPA of the quickstart's shape for `CHAT`, between `min` and `max`.
+fn chat_hpa(min: u32, max: u32) -> Value {
+    json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": CHAT, "namespace": NS},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": CHAT},
+            "minReplicas": min,
+            "maxReplicas": max,
+            "metrics": [{"type": "External", "external": {
+                "metric": {"name": "wva_desired_replicas", "selector": {"matchLabels": {"variant_name": CHAT}}},
+                "target": {"type": "AverageValue", "averageValue": "1"}}}],
+        },
+    })
 }
 
 /// `CHAT` with one idle pod, its decision once the scale-to-zero analysis

@@ -348,3 +348,41 @@ fn phase(profile: &Profile, t: f64) -> &'static str {
         "idle"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wva_core::analysis::model::Reason;
+    use wva_core::decision::{Basis, DataState};
+    use wva_core::testing::decision;
+
+    fn desired(values: &[u32]) -> u32 {
+        let mut seen = HashMap::new();
+        values
+            .iter()
+            .map(|&v| {
+                let d = decision(1, v, Basis::Analysis(Reason::Steady), DataState::Fresh, 1);
+                direction_changes(&mut seen, &[d])
+            })
+            .sum()
+    }
+
+    #[test]
+    fn direction_changes_count_turns_not_steps() {
+        assert_eq!(desired(&[1, 1, 3, 5, 5, 7]), 0, "rising only");
+        assert_eq!(desired(&[1, 4, 4, 2]), 1, "up, then down");
+        assert_eq!(desired(&[3, 2, 4, 1, 1, 5]), 3);
+    }
+
+    #[test]
+    fn ready_replicas_cover_a_rate_by_their_accelerator() {
+        let mut l4 = decision(2, 2, Basis::Analysis(Reason::Steady), DataState::Fresh, 2);
+        l4.accelerator = "L4".into();
+        let mut h100 = l4.clone();
+        h100.accelerator = "H100".into();
+        h100.ready_replicas = 1;
+        let capacity = 2.0 * trace::L4_REPLICA_RPS + trace::H100_PER_L4 * trace::L4_REPLICA_RPS;
+        assert!(covers(&[l4.clone(), h100.clone()], capacity));
+        assert!(!covers(&[l4, h100], capacity + 0.1));
+    }
+}
