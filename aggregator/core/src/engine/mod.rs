@@ -13,6 +13,7 @@
 //! [`Engine::record`] remembers the value and builds the decision.
 
 mod convergence;
+mod flapping;
 mod rates;
 mod reporting;
 mod safety_net;
@@ -24,6 +25,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use self::convergence::Convergence;
+use self::flapping::FlapGuard;
 use self::rates::RateTracker;
 use self::reporting::{PodView, Reporting, derived_counts, fresh_loads};
 use self::safety_net::SafetyNet;
@@ -77,6 +79,8 @@ pub struct Engine {
     change_reasons: HashMap<VariantKey, &'static str>,
     /// Each pod's request rates.
     rates: RateTracker,
+    /// Scale-downs each model had to undo.
+    flaps: FlapGuard,
     /// Requests per second a busy replica of each variant last finished.
     request_capacity: HashMap<VariantKey, f64>,
     /// Variants whose pods reported at the last evaluation: without replica
@@ -133,6 +137,7 @@ impl Engine {
             .collect();
         let pods = inputs.pods.keys().collect();
         self.activity.retain(&models, &pods);
+        self.flaps.retain(&models);
         self.rates.retain(&pods);
         self.previous.retain(|k, _| live.contains(k));
         self.convergence.retain(&live);
@@ -155,6 +160,7 @@ impl Engine {
         (decisions, events): (&mut Vec<Decision>, &mut Vec<ScalingEvent>),
     ) {
         let config = inputs.config.for_model(model_id, namespace);
+        let first_event = events.len();
         let pods: Vec<(Vec<&PodView<'_>>, ReplicaCounts)> = variants
             .iter()
             .map(|va| {
@@ -193,7 +199,7 @@ impl Engine {
             })
             .unzip();
         let analysis = saturation::analyze(&states, &config);
-        let (capacities, token_analysis) = match config.analyzer_name {
+        let (mut capacities, token_analysis) = match config.analyzer_name {
             Analyzer::Capacity => {
                 let need = saturation::need(&states, &config, &analysis);
                 (Capacities::replicas(need, states.len()), None)
@@ -203,6 +209,11 @@ impl Engine {
                 None => (Capacities::replicas(Need::Hold, states.len()), None),
             },
         };
+        let model = (namespace.to_string(), model_id.to_string());
+        let load = model_load(&states);
+        if matches!(capacities.need, Demand::Down(_)) && !self.flaps.allows_down(&model, load) {
+            capacities.need = Demand::Hold;
+        }
         if !matches!(capacities.need, Demand::Up(_)) {
             for seen in &observed {
                 self.convergence.forgive_scalers(&seen.key);
@@ -242,6 +253,17 @@ impl Engine {
                 saturation: &saturation,
             };
             decisions.push(self.record(inputs, va, seen, outcome, events));
+        }
+        let stepped = |reason: Reason| {
+            events[first_event..]
+                .iter()
+                .any(|e| e.reason == reason.as_str())
+        };
+        let clock = (inputs.now, config.scale_down_window());
+        if stepped(Reason::ScaleUpSaturation) || stepped(Reason::ScaleDownWithdrawn) {
+            self.flaps.stepped(&model, clock, true, load);
+        } else if stepped(Reason::ScaleDownSpare) {
+            self.flaps.stepped(&model, clock, false, load);
         }
     }
 
@@ -393,6 +415,22 @@ impl Engine {
             saturation: saturation.clone(),
             decided_at: inputs.wall,
         }
+    }
+}
+
+/// How much load the model carries, to compare over time: the requests
+/// arriving per second where measured, else the KV cache in use.
+fn model_load(states: &[VariantState]) -> f64 {
+    let loads = || states.iter().flat_map(|s| &s.loads);
+    let plausible = |v: &f64| v.is_finite() && *v >= 0.0;
+    if loads().any(|l| l.rates.is_some()) {
+        loads()
+            .filter_map(|l| l.rates)
+            .map(|r| r.arriving)
+            .filter(plausible)
+            .sum()
+    } else {
+        loads().map(|l| l.kv_cache_usage).filter(plausible).sum()
     }
 }
 

@@ -1,0 +1,122 @@
+//! The flap guard: a scale-down the model had to undo within its
+//! stabilization window is not repeated until its load has clearly fallen.
+//!
+//! V1's scale-down test spreads the current load over one replica fewer; on
+//! fewer replicas a noisy load gathers in bursts the spread does not show,
+//! so a steady load can pass the test at n replicas and fail at n − 1 within
+//! seconds, again and again. The window delays each round; only memory of
+//! the undone step ends them.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::activity::ModelKey;
+
+/// How far the load must fall below the one that undid a scale-down before
+/// the model may scale down again.
+const MARGIN: f64 = 0.2;
+
+/// A scale-up this soon after a scale-down undoes it (or within the model's
+/// stabilization window, when that is longer).
+const UNDO_HORIZON: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Default)]
+pub(super) struct FlapGuard {
+    models: HashMap<ModelKey, Memory>,
+}
+
+#[derive(Debug, Default)]
+struct Memory {
+    last_down: Option<Instant>,
+    /// The load at which a scale-down was undone.
+    undone_at: Option<f64>,
+}
+
+impl FlapGuard {
+    /// Whether the model may scale down at `load`; a guard the load has
+    /// fallen clearly below is lifted.
+    pub(super) fn allows_down(&mut self, model: &ModelKey, load: f64) -> bool {
+        let Some(memory) = self.models.get_mut(model) else {
+            return true;
+        };
+        match memory.undone_at {
+            Some(undone) if load >= undone * (1.0 - MARGIN) => false,
+            _ => {
+                memory.undone_at = None;
+                true
+            }
+        }
+    }
+
+    /// Records that the model stepped (`up` or down) at `load`: a scale-up
+    /// within [`UNDO_HORIZON`] (or `window`, when longer) of its last
+    /// scale-down undoes it.
+    pub(super) fn stepped(
+        &mut self,
+        model: &ModelKey,
+        (now, window): (Instant, Duration),
+        up: bool,
+        load: f64,
+    ) {
+        let memory = self.models.entry(model.clone()).or_default();
+        if !up {
+            memory.last_down = Some(now);
+        } else if memory
+            .last_down
+            .is_some_and(|down| now.saturating_duration_since(down) <= window.max(UNDO_HORIZON))
+        {
+            memory.undone_at = Some(load);
+        }
+    }
+
+    pub(super) fn retain(&mut self, live: &std::collections::HashSet<ModelKey>) {
+        self.models.retain(|k, _| live.contains(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> ModelKey {
+        ("ns".to_string(), "m".to_string())
+    }
+
+    #[test]
+    fn an_undone_scale_down_waits_for_the_load_to_fall_clearly() {
+        let mut g = FlapGuard::default();
+        let t0 = Instant::now();
+        let window = Duration::from_secs(60);
+        assert!(g.allows_down(&model(), 15.0));
+        g.stepped(&model(), (t0, window), false, 15.0);
+        // Back up 10 s later at the same load: the scale-down was wrong.
+        g.stepped(&model(), (t0 + Duration::from_secs(10), window), true, 15.0);
+        assert!(!g.allows_down(&model(), 15.0));
+        assert!(!g.allows_down(&model(), 12.5), "a small dip is noise");
+        assert!(g.allows_down(&model(), 11.9), "20 % lower is a new load");
+        assert!(g.allows_down(&model(), 15.0), "and the guard is lifted");
+    }
+
+    #[test]
+    fn a_scale_up_long_after_a_scale_down_is_new_load_not_an_undo() {
+        let mut g = FlapGuard::default();
+        let t0 = Instant::now();
+        let window = Duration::from_secs(600);
+        g.stepped(&model(), (t0, window), false, 10.0);
+        g.stepped(
+            &model(),
+            (t0 + Duration::from_secs(601), window),
+            true,
+            20.0,
+        );
+        assert!(g.allows_down(&model(), 20.0));
+        // Two scale-ups in a row are no undo either.
+        g.stepped(
+            &model(),
+            (t0 + Duration::from_secs(602), window),
+            true,
+            25.0,
+        );
+        assert!(g.allows_down(&model(), 25.0));
+    }
+}
