@@ -18,16 +18,14 @@ pub struct ReplicaLoad {
     pub mean_prompt_tokens: Option<f64>,
 }
 
-/// The mean rate at which replicas with requests waiting finish requests:
-/// such a replica works as fast as it can, so this is one replica's
-/// capacity. `None` when no replica is busy with measured rates.
+/// The mean rate at which busy replicas (requests waiting all through the
+/// span of their rates) finish requests: such a replica works as fast as it
+/// can, so this is one replica's capacity. `None` when no replica was busy.
 pub fn busy_capacity<'a>(loads: impl Iterator<Item = &'a ReplicaLoad>) -> Option<f64> {
     let (mut busy, mut sum) = (0u32, 0.0);
-    for load in loads.filter(|l| l.requests_waiting >= 1.0) {
-        if let Some(finished) = load.rates.map(|r| r.finished)
-            && finished.is_finite()
-            && finished > 0.0
-        {
+    for rates in loads.filter_map(|l| l.rates).filter(|r| r.busy) {
+        let finished = rates.finished;
+        if finished.is_finite() && finished > 0.0 {
             busy += 1;
             sum += finished;
         }
@@ -41,6 +39,9 @@ pub struct RequestRates {
     pub finished: f64,
     /// Finished plus the growth of its queue (never negative).
     pub arriving: f64,
+    /// Requests waited at both ends of the span: the pod worked as fast as
+    /// it could all along, so `finished` is its capacity.
+    pub busy: bool,
 }
 
 /// Everything the analysis knows about one variant of a model.

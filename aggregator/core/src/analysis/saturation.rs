@@ -292,7 +292,11 @@ mod tests {
 
     fn busy(queue: f64, finished: f64, arriving: f64) -> ReplicaLoad {
         ReplicaLoad {
-            rates: Some(RequestRates { finished, arriving }),
+            rates: Some(RequestRates {
+                finished,
+                arriving,
+                busy: queue >= 1.0,
+            }),
             ..load(0.5, queue)
         }
     }

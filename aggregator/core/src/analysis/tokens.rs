@@ -290,6 +290,7 @@ mod tests {
             rates: Some(RequestRates {
                 finished: arriving,
                 arriving,
+                busy: false,
             }),
             ..replica(10_000.0, 0.1, 0.0, 4000.0)
         };
@@ -316,6 +317,7 @@ mod tests {
                 rates: Some(RequestRates {
                     finished: 6.0,
                     arriving: 6.0,
+                    busy: false,
                 }),
                 ..replica(100_000.0, 0.1, 60.0, 10.0)
             }],

@@ -56,6 +56,7 @@ impl RateTracker {
             RequestRates {
                 finished,
                 arriving: (finished + grown).max(0.0),
+                busy: base.waiting >= 1.0 && now.waiting >= 1.0,
             }
         })
     }
@@ -96,11 +97,13 @@ mod tests {
             .observe(&pod(), "m", reading(t0, 5.0, 130.0, 10.0))
             .unwrap();
         assert_eq!((rates.finished, rates.arriving), (6.0, 8.0));
+        assert!(!rates.busy, "nothing waited when the span began");
         // Later readings measure from the previous window's end.
         let rates = r
             .observe(&pod(), "m", reading(t0, 10.0, 150.0, 0.0))
             .unwrap();
         assert_eq!((rates.finished, rates.arriving), (4.0, 2.0));
+        assert!(!rates.busy, "nothing waits now");
         let rates = r
             .observe(&pod(), "m", reading(t0, 12.0, 160.0, 0.0))
             .unwrap();
@@ -114,6 +117,9 @@ mod tests {
         r.observe(&pod(), "m", reading(t0, 0.0, 0.0, 50.0));
         let rates = r.observe(&pod(), "m", reading(t0, 5.0, 10.0, 0.0)).unwrap();
         assert_eq!((rates.finished, rates.arriving), (2.0, 0.0));
+        r.observe(&pod(), "busy", reading(t0, 0.0, 0.0, 4.0));
+        let busy = r.observe(&pod(), "busy", reading(t0, 5.0, 30.0, 6.0)).unwrap();
+        assert!(busy.busy, "requests waited at 0 s and at 5 s");
         assert_eq!(r.observe(&pod(), "m", reading(t0, 6.0, 3.0, 0.0)), None);
         assert_eq!(r.observe(&pod(), "m", reading(t0, 8.0, 9.0, 0.0)), None);
         assert!(
