@@ -13,6 +13,11 @@ use super::model::{Need, Reason, VariantState, VariantTarget};
 pub struct Capacities {
     pub need: Demand,
     pub per_replica: Vec<Vec<f64>>,
+    /// The need was sized from what the load asks of the model (request
+    /// rates, tokens), not from readings that starting replicas will relieve,
+    /// so a scale-up may add to a step that still converges, counting the
+    /// step and the starting replicas as coming capacity.
+    pub counts_coming: bool,
 }
 
 /// What a model needs, per dimension.
@@ -35,6 +40,7 @@ impl Capacities {
                 Need::Hold => Demand::Hold,
             },
             per_replica: vec![vec![1.0]; variants],
+            counts_coming: false,
         }
     }
 }
@@ -80,8 +86,9 @@ pub fn allocate(
         })
         .collect();
     let units = &capacities.per_replica;
-    if variants.iter().any(VariantState::is_converging) {
-        let up = matches!(capacities.need, Demand::Up(_));
+    let up = matches!(capacities.need, Demand::Up(_));
+    let converging = variants.iter().any(VariantState::is_converging);
+    if converging {
         for (v, t) in variants.iter().zip(&mut out) {
             let held = v.held_target();
             (t.target_replicas, t.reason) = if up && held < v.current_replicas {
@@ -90,13 +97,26 @@ pub fn allocate(
                 (held, Reason::Converging)
             };
         }
-        return out;
+        if !(up && capacities.counts_coming) {
+            return out;
+        }
     }
+    // What each variant has or has coming: its held value while the model
+    // converges, else its replicas; only reporting ones when it is blocked.
+    let base: Vec<u32> = out.iter().map(|t| t.target_replicas).collect();
     let have = |d: usize| -> f64 {
         variants
             .iter()
             .zip(units)
-            .map(|(v, u)| f64::from(v.anticipated_replicas()) * u[d])
+            .zip(&base)
+            .map(|((v, u), &b)| {
+                let coming = if v.blocked {
+                    v.anticipated_replicas()
+                } else {
+                    b
+                };
+                f64::from(coming) * u[d]
+            })
             .sum()
     };
     let order = efficiency_order(variants, units);
@@ -106,16 +126,17 @@ pub fn allocate(
             let mut budget = max_up;
             for &i in &order {
                 let v = &variants[i];
-                let added_any = budget < max_up;
-                // The verdict asked for capacity: at least one replica.
-                let wanted = replicas_for(&missing, &units[i]).max(u32::from(!added_any));
+                // The verdict asked for capacity: at least one replica, unless
+                // a step in flight may already bring it.
+                let first = budget == max_up && !converging;
+                let wanted = replicas_for(&missing, &units[i]).max(u32::from(first));
                 let wanted = wanted.min(budget);
-                let add = v.ceiling().saturating_sub(v.current_replicas).min(wanted);
+                let add = v.ceiling().saturating_sub(base[i]).min(wanted);
                 if add < wanted && !v.blocked && v.max_replicas.is_some() {
                     out[i].at_max = true;
                 }
                 if add > 0 {
-                    out[i].target_replicas = v.current_replicas + add;
+                    out[i].target_replicas = base[i] + add;
                     out[i].reason = Reason::ScaleUpSaturation;
                     budget -= add;
                     for (m, u) in missing.iter_mut().zip(&units[i]) {
@@ -465,6 +486,55 @@ mod tests {
         let out = targets(&model, Need::Up(5.5), 8);
         assert_eq!(out[1].target_replicas, 4);
         assert!(!out[1].at_max, "l4 had room for the whole step");
+    }
+
+    #[test]
+    fn a_need_sized_by_rates_adds_to_a_step_in_flight_without_asking_twice() {
+        // l4 was told 1 → 3; its Deployment has 3, one still starting.
+        let mut l4 = variant("l4", 10.0, 3);
+        l4.ready_replicas = 2;
+        l4.loads.truncate(2);
+        l4.previous_desired = Some(3);
+        let model = [l4.clone(), variant("h100", 30.0, 0)];
+        let sized = |n: f64| Capacities {
+            counts_coming: true,
+            ..Capacities::replicas(Need::Up(n), 2)
+        };
+        // The load still needs 3: the step in flight brings them, nothing more.
+        assert_eq!(
+            summary(&allocate(&model, &sized(3.0), 4)),
+            [
+                ("l4", 3, Reason::Converging),
+                ("h100", 0, Reason::Converging)
+            ]
+        );
+        // The ramp went on: 5 are needed now, 2 more on top of the 3.
+        assert_eq!(
+            summary(&allocate(&model, &sized(5.0), 4)),
+            [
+                ("l4", 5, Reason::ScaleUpSaturation),
+                ("h100", 0, Reason::Converging)
+            ]
+        );
+        // The scaler has not even applied the step yet: it still counts.
+        let mut unapplied = l4;
+        unapplied.current_replicas = 1;
+        unapplied.ready_replicas = 1;
+        unapplied.loads.truncate(1);
+        let model = [unapplied, variant("h100", 30.0, 0)];
+        assert_eq!(
+            summary(&allocate(&model, &sized(3.0), 4))[0],
+            ("l4", 3, Reason::Converging)
+        );
+        // Sized from readings the starting replicas will relieve, it waits.
+        assert_eq!(
+            summary(&allocate(
+                &model,
+                &Capacities::replicas(Need::Up(5.0), 2),
+                4
+            ))[0],
+            ("l4", 3, Reason::Converging)
+        );
     }
 
     #[test]

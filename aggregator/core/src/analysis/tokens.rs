@@ -153,7 +153,12 @@ pub fn analyze(
         scale_up,
         scale_down,
     };
-    Some((analysis, Capacities { need, per_replica }))
+    let capacities = Capacities {
+        need,
+        per_replica,
+        counts_coming: true,
+    };
+    Some((analysis, capacities))
 }
 
 /// The size of a replica's KV cache in tokens, when it reports a usable one.

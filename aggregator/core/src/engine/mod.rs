@@ -202,7 +202,10 @@ impl Engine {
         let (mut capacities, token_analysis) = match config.analyzer_name {
             Analyzer::Capacity => {
                 let need = saturation::need(&states, &config, &analysis);
-                (Capacities::replicas(need, states.len()), None)
+                let mut capacities = Capacities::replicas(need, states.len());
+                let loads = states.iter().flat_map(|s| &s.loads);
+                capacities.counts_coming = saturation::replicas_for_the_rate(loads).is_some();
+                (capacities, None)
             }
             Analyzer::Tokens => match tokens::analyze(&states, &config) {
                 Some((measured, capacities)) => (capacities, Some(measured)),

@@ -118,7 +118,9 @@ mod tests {
         let rates = r.observe(&pod(), "m", reading(t0, 5.0, 10.0, 0.0)).unwrap();
         assert_eq!((rates.finished, rates.arriving), (2.0, 0.0));
         r.observe(&pod(), "busy", reading(t0, 0.0, 0.0, 4.0));
-        let busy = r.observe(&pod(), "busy", reading(t0, 5.0, 30.0, 6.0)).unwrap();
+        let busy = r
+            .observe(&pod(), "busy", reading(t0, 5.0, 30.0, 6.0))
+            .unwrap();
         assert!(busy.busy, "requests waited at 0 s and at 5 s");
         assert_eq!(r.observe(&pod(), "m", reading(t0, 6.0, 3.0, 0.0)), None);
         assert_eq!(r.observe(&pod(), "m", reading(t0, 8.0, 9.0, 0.0)), None);
