@@ -18,6 +18,31 @@ pub struct ReplicaLoad {
     pub mean_prompt_tokens: Option<f64>,
 }
 
+/// A backlog is planned to drain within this many seconds.
+pub const DRAIN_SECONDS: f64 = 30.0;
+
+/// Whether a reading is usable: a finite, non-negative number.
+pub fn plausible(value: f64) -> bool {
+    value.is_finite() && value >= 0.0
+}
+
+/// The requests arriving per second where measured, and the requests
+/// waiting, summed over the usable readings of `loads`.
+pub fn arrivals_and_backlog<'a>(loads: impl Iterator<Item = &'a ReplicaLoad>) -> (f64, f64) {
+    let (mut arriving, mut backlog) = (0.0, 0.0);
+    for load in loads {
+        if let Some(rates) = load.rates
+            && plausible(rates.arriving)
+        {
+            arriving += rates.arriving;
+        }
+        if plausible(load.requests_waiting) {
+            backlog += load.requests_waiting;
+        }
+    }
+    (arriving, backlog)
+}
+
 /// The mean rate at which busy replicas (requests waiting all through the
 /// span of their rates) finish requests: such a replica works as fast as it
 /// can, so this is one replica's capacity. `None` when no replica was busy.

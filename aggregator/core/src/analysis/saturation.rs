@@ -6,7 +6,9 @@
 //! [`steps::targets`](super::steps::targets) spreads it over the variants by
 //! cost. The rules, with a worked example, are in `docs/saturation.md`.
 
-use super::model::{Need, ReplicaLoad, VariantState, busy_capacity};
+use super::model::{
+    DRAIN_SECONDS, Need, ReplicaLoad, VariantState, arrivals_and_backlog, busy_capacity, plausible,
+};
 use crate::config::saturation::SaturationConfig;
 
 /// Saturation verdict over all replicas of one model.
@@ -29,7 +31,6 @@ pub struct ModelAnalysis {
 /// negative values) is treated as saturated, so a broken reading can ask for
 /// capacity but never make a replica look idle.
 pub fn is_saturated(load: &ReplicaLoad, config: &SaturationConfig) -> bool {
-    let plausible = |v: f64| v.is_finite() && v >= 0.0;
     !(plausible(load.kv_cache_usage) && plausible(load.requests_waiting))
         || load.kv_cache_usage >= config.kv_cache_threshold
         || load.requests_waiting >= config.queue_length_threshold
@@ -82,9 +83,6 @@ pub fn analyze(variants: &[VariantState], config: &SaturationConfig) -> ModelAna
 /// A replica is planned at this share of the rate it sustains while busy.
 const TARGET_UTILIZATION: f64 = 0.9;
 
-/// A backlog is planned to drain within this many seconds.
-const DRAIN_SECONDS: f64 = 30.0;
-
 /// Sizes the step the verdict asks for, in replicas of the model (V1 treats
 /// every replica alike).
 ///
@@ -108,7 +106,6 @@ pub fn need(
     if analysis.should_scale_up {
         let (mut kv, mut queue) = (0.0, 0.0);
         for load in loads() {
-            let plausible = |v: f64| v.is_finite() && v >= 0.0;
             kv += if plausible(load.kv_cache_usage) {
                 load.kv_cache_usage.min(1.0)
             } else {
@@ -154,17 +151,7 @@ pub fn replicas_for_the_rate<'a>(
     loads: impl Iterator<Item = &'a ReplicaLoad> + Clone,
 ) -> Option<f64> {
     let capacity = busy_capacity(loads.clone())?;
-    let plausible = |v: &f64| v.is_finite() && *v >= 0.0;
-    let backlog: f64 = loads
-        .clone()
-        .map(|l| l.requests_waiting)
-        .filter(plausible)
-        .sum();
-    let arriving: f64 = loads
-        .filter_map(|l| l.rates)
-        .map(|r| r.arriving)
-        .filter(plausible)
-        .sum();
+    let (arriving, backlog) = arrivals_and_backlog(loads);
     Some(arriving / (capacity * TARGET_UTILIZATION) + backlog / (capacity * DRAIN_SECONDS))
 }
 

@@ -20,12 +20,9 @@
 
 use serde::Serialize;
 
-use super::model::{ReplicaLoad, VariantState};
+use super::model::{DRAIN_SECONDS, ReplicaLoad, VariantState, arrivals_and_backlog, plausible};
 use super::steps::{Capacities, Demand};
 use crate::config::saturation::SaturationConfig;
-
-/// A backlog is planned to drain within this many seconds.
-const DRAIN_SECONDS: f64 = 30.0;
 
 /// What V2 measured for a model.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
@@ -54,7 +51,7 @@ pub fn analyze(
     let mut sizes: Vec<f64> = loads().filter_map(known_size).collect();
     let model_size = median(&mut sizes)?;
     let prompts: Vec<f64> = loads()
-        .filter_map(|l| plausible(l.mean_prompt_tokens))
+        .filter_map(|l| usable(l.mean_prompt_tokens))
         .collect();
     let model_prompt = mean(&prompts).unwrap_or(0.0);
 
@@ -62,14 +59,13 @@ pub fn analyze(
     let mut demand_tokens = 0.0;
     for load in loads() {
         let size = known_size(load).unwrap_or(model_size);
-        let usage = if plausible(Some(load.kv_cache_usage)).is_some() {
+        let usage = if plausible(load.kv_cache_usage) {
             load.kv_cache_usage.min(1.0)
         } else {
             1.0
         };
-        let waiting =
-            plausible(Some(load.requests_waiting)).unwrap_or(config.queue_length_threshold);
-        let prompt = plausible(load.mean_prompt_tokens).unwrap_or(model_prompt);
+        let waiting = usable(Some(load.requests_waiting)).unwrap_or(config.queue_length_threshold);
+        let prompt = usable(load.mean_prompt_tokens).unwrap_or(model_prompt);
         demand_tokens += usage * size + waiting * prompt;
     }
     let kv_unit: Vec<f64> = variants
@@ -88,10 +84,7 @@ pub fn analyze(
             .map(|v| v.request_capacity.unwrap_or(model_rate))
             .collect()
     });
-    let backlog: f64 = loads()
-        .filter_map(|l| plausible(Some(l.requests_waiting)))
-        .sum();
-    let arriving: f64 = loads().filter_map(|l| l.rates).map(|r| r.arriving).sum();
+    let (arriving, backlog) = arrivals_and_backlog(loads());
     let demand_rate = rate_unit
         .as_ref()
         .map(|_| arriving + backlog / DRAIN_SECONDS);
@@ -163,12 +156,12 @@ pub fn analyze(
 
 /// The size of a replica's KV cache in tokens, when it reports a usable one.
 fn known_size(load: &ReplicaLoad) -> Option<f64> {
-    plausible(load.kv_capacity_tokens).filter(|size| *size > 0.0)
+    usable(load.kv_capacity_tokens).filter(|size| *size > 0.0)
 }
 
-/// `value` when it is a finite, non-negative number.
-fn plausible(value: Option<f64>) -> Option<f64> {
-    value.filter(|v| v.is_finite() && *v >= 0.0)
+/// `value` when it is a usable reading.
+fn usable(value: Option<f64>) -> Option<f64> {
+    value.filter(|v| plausible(*v))
 }
 
 fn median(values: &mut [f64]) -> Option<f64> {

@@ -31,7 +31,9 @@ use self::reporting::{PodView, Reporting, derived_counts, fresh_loads};
 use self::safety_net::SafetyNet;
 use self::scale_to_zero::{Policy, Zero};
 use crate::activity::{ActivityTracker, ModelKey};
-use crate::analysis::model::{Need, Reason, VariantState, VariantTarget, busy_capacity};
+use crate::analysis::model::{
+    Need, Reason, VariantState, VariantTarget, arrivals_and_backlog, busy_capacity, plausible,
+};
 use crate::analysis::saturation;
 use crate::analysis::steps::{self, Capacities, Demand};
 use crate::analysis::tokens;
@@ -425,15 +427,13 @@ impl Engine {
 /// arriving per second where measured, else the KV cache in use.
 fn model_load(states: &[VariantState]) -> f64 {
     let loads = || states.iter().flat_map(|s| &s.loads);
-    let plausible = |v: &f64| v.is_finite() && *v >= 0.0;
     if loads().any(|l| l.rates.is_some()) {
-        loads()
-            .filter_map(|l| l.rates)
-            .map(|r| r.arriving)
-            .filter(plausible)
-            .sum()
+        arrivals_and_backlog(loads()).0
     } else {
-        loads().map(|l| l.kv_cache_usage).filter(plausible).sum()
+        loads()
+            .map(|l| l.kv_cache_usage)
+            .filter(|v| plausible(*v))
+            .sum()
     }
 }
 
