@@ -63,7 +63,7 @@ impl ControlPlane {
             self.dir().as_os_str(),
             OsStr::new(component),
         ];
-        cluster_script(&restart).await
+        cluster_script(&restart).await.map(drop)
     }
 
     /// Sends `signal` (`STOP`, `CONT`, …) to one component's processes.
@@ -207,8 +207,17 @@ impl Drop for ControlPlane {
     }
 }
 
-/// Runs `scripts/cluster ARGS…`; fails with its own message.
-async fn cluster_script(args: &[&OsStr]) -> anyhow::Result<()> {
+/// The executable of a third-party component tests deploy on the cluster
+/// (`prometheus-adapter`), built from its own Go module the first time.
+pub async fn tool(name: &str) -> anyhow::Result<PathBuf> {
+    let stdout = cluster_script(&[OsStr::new("tool"), OsStr::new(name)]).await?;
+    let path = String::from_utf8(stdout).context("scripts/cluster tool printed no path")?;
+    Ok(PathBuf::from(path.trim()))
+}
+
+/// Runs `scripts/cluster ARGS…` and returns what it printed; fails with its
+/// own message.
+async fn cluster_script(args: &[&OsStr]) -> anyhow::Result<Vec<u8>> {
     let output = Command::new(workspace().join("scripts/cluster"))
         .args(args)
         .stdin(Stdio::null())
@@ -223,7 +232,7 @@ async fn cluster_script(args: &[&OsStr]) -> anyhow::Result<()> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    Ok(())
+    Ok(output.stdout)
 }
 
 /// A token for ServiceAccount `namespace/account` from the TokenRequest API,

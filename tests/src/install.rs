@@ -647,9 +647,18 @@ pub const SCALE_TO_ZERO: [&str; 2] = [
 /// The vLLM server of pod `name` in `NS` (its `vllm-sim`, port 8000), once
 /// the node runs it and it answers `/health`.
 pub async fn serving_sim(node: &LocalNode, name: &str) -> anyhow::Result<SocketAddr> {
-    let what = format!("pod {name} serving");
+    serving_sim_in(node, NS, name).await
+}
+
+/// [`serving_sim`] of a pod in `namespace`.
+pub async fn serving_sim_in(
+    node: &LocalNode,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<SocketAddr> {
+    let what = format!("pod {namespace}/{name} serving");
     eventually(WITHIN, &what, || async {
-        let Some(ip) = node.pod_ip(NS, name) else {
+        let Some(ip) = node.pod_ip(namespace, name) else {
             return Ok(None);
         };
         let sim = SocketAddr::from((ip, 8000));

@@ -2,10 +2,12 @@
 //! observes them through their HTTP endpoints.
 #![forbid(unsafe_code)]
 
+pub mod consumers;
 pub mod controlplane;
 pub mod install;
 pub mod netns;
 pub mod node;
+pub mod pki;
 pub mod pod_agent;
 pub mod prometheus;
 

@@ -6,7 +6,8 @@
 //! namespaces it serves (no scheduler runs) and runs each bound pod:
 //!
 //! - **Containers are processes.** An image naming `wva-aggregator`,
-//!   `wva-agent` or `vllm` runs that binary (`vllm-sim` for vLLM) with the
+//!   `wva-agent` or `vllm` runs that binary (`vllm-sim` for vLLM), one naming
+//!   `prometheus-adapter` the adapter `scripts/cluster tool` builds, with the
 //!   container's arguments and environment; a pod with any other image is
 //!   left pending. Native sidecars (init containers with `restartPolicy:
 //!   Always`) start with the others.
@@ -22,9 +23,11 @@
 //! - **Volumes are files**: ConfigMaps and Secrets written out, projected
 //!   service-account tokens obtained from the TokenRequest API bound to the
 //!   pod with their audience and expiry, and paths under a mount rewritten to
-//!   the files. Every process also gets `KUBECONFIG` with a token of the
-//!   pod's ServiceAccount, where a kubelet would mount it for in-cluster
-//!   configuration.
+//!   the files. Every process also gets its ServiceAccount's in-cluster
+//!   configuration: the token, CA and namespace files where a kubelet mounts
+//!   them (`/var/run/secrets/kubernetes.io/serviceaccount`, bind-mounted in
+//!   the pod's mount namespace) with `KUBERNETES_SERVICE_HOST` and `_PORT`,
+//!   and the same token in a `KUBECONFIG` file.
 //! - **Status as a kubelet reports it**: Running with the pod's address at
 //!   start, Ready once every readiness probe (HTTP GET) answers 2xx.
 //! - **Deletion**: a pod marked for deletion has its processes stopped
@@ -55,7 +58,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use crate::bin;
-use crate::controlplane::{ControlPlane, request_token};
+use crate::controlplane::{ControlPlane, request_token, tool};
 
 /// The test pod network: RFC 2544's benchmarking range, routed to loopback
 /// inside the tests' own network namespace (`scripts/test-network`), so
@@ -246,6 +249,15 @@ impl State {
     fn node_ip(&self) -> Ipv4Addr {
         Ipv4Addr::new(198, 18, self.subnet, 254)
     }
+
+    /// The API server's host and port, as the in-cluster environment
+    /// (`KUBERNETES_SERVICE_HOST`, `_PORT`) gives them.
+    fn api_host_and_port(&self) -> anyhow::Result<(String, String)> {
+        let url: http::Uri = self.server.parse().context("the API server's URL")?;
+        let host = url.host().context("API server URL without host")?;
+        let port = url.port_u16().unwrap_or(443);
+        Ok((host.to_string(), port.to_string()))
+    }
 }
 
 async fn register(client: &kube::Client, name: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
@@ -392,13 +404,36 @@ async fn finish_delete(state: &State, namespace: &str, name: &str, uid: String) 
     let _ = pods.delete(name, &force).await;
 }
 
+/// What a container runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Program {
+    /// One of the workspace's binaries.
+    Own(&'static str),
+    /// A third-party component `scripts/cluster tool` builds.
+    Tool(&'static str),
+}
+
 /// The program a container's image stands for.
-fn program(container: &Container) -> Option<&'static str> {
+fn program(container: &Container) -> Option<Program> {
     let image = container.image.as_deref().unwrap_or_default();
-    ["wva-aggregator", "wva-agent"]
+    let own = ["wva-aggregator", "wva-agent"]
         .into_iter()
         .find(|p| image.contains(p))
         .or_else(|| image.contains("vllm").then_some("vllm-sim"))
+        .map(Program::Own);
+    own.or_else(|| {
+        image
+            .contains("prometheus-adapter")
+            .then_some(Program::Tool("prometheus-adapter"))
+    })
+}
+
+/// Where `program`'s executable is.
+async fn executable(program: Program) -> anyhow::Result<PathBuf> {
+    match program {
+        Program::Own(name) => Ok(bin(name)),
+        Program::Tool(name) => tool(name).await,
+    }
 }
 
 fn containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
@@ -455,13 +490,20 @@ struct Mounts {
 }
 
 impl Mounts {
+    /// `value` (an argument, also `--flag=VALUE`, or an environment
+    /// variable's value) with a path under a mount made local, and the
+    /// pod's own addresses made its address.
     fn rewrite(&self, value: &str, ip: IpAddr) -> String {
+        let (flag, path) = match value.split_once('=') {
+            Some((flag, path)) if flag.starts_with("--") => (format!("{flag}="), path),
+            _ => (String::new(), value),
+        };
         let mut value = self
             .paths
             .iter()
             .find_map(|(mount, local)| {
-                let rest = value.strip_prefix(mount.as_str())?;
-                Some(format!("{}{rest}", local.display()))
+                let rest = path.strip_prefix(mount.as_str())?;
+                Some(format!("{flag}{}{rest}", local.display()))
             })
             .unwrap_or_else(|| value.to_string());
         for host in ["0.0.0.0", "127.0.0.1", "localhost"] {
@@ -503,6 +545,8 @@ async fn start(state: &Arc<State>, pod: &Pod) -> anyhow::Result<()> {
 
     let hosts = pod_dir.join("hosts");
     std::fs::write(&hosts, hosts_file(state).await?)?;
+    let in_cluster = pod_dir.join("serviceaccount");
+    write_in_cluster_files(state, &in_cluster, &namespace, &token)?;
 
     let mut children = Vec::new();
     for container in containers(spec) {
@@ -518,22 +562,31 @@ async fn start(state: &Arc<State>, pod: &Pod) -> anyhow::Result<()> {
                 .collect(),
         };
         let program = program(container).context("unrunnable container")?;
-        // The pod's /etc/hosts, bind-mounted in a mount namespace of its own.
+        // The pod's /etc/hosts and its service account's in-cluster files,
+        // bind-mounted in a mount namespace of its own.
         let mut command = Command::new("/usr/bin/unshare");
         command
             .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
-            .arg(r#"/bin/mount --bind "$0" /etc/hosts && exec "$@""#)
+            .arg(format!(
+                r#"/bin/mount --bind "$0" /etc/hosts && mkdir -p {IN_CLUSTER} && /bin/mount --bind "$1" {IN_CLUSTER} && shift && exec "$@""#
+            ))
             .arg(&hosts)
-            .arg(bin(program));
-        command.env_clear().env("KUBECONFIG", &kubeconfig).env(
-            "RUST_LOG",
-            std::env::var("WVA_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        );
-        for env in container.env.iter().flatten() {
-            command.env(
-                &env.name,
-                mounts.rewrite(&env_value(state, pod, ip, env)?, ip),
+            .arg(&in_cluster)
+            .arg(executable(program).await?);
+        let (api_host, api_port) = state.api_host_and_port()?;
+        command
+            .env_clear()
+            .env("KUBECONFIG", &kubeconfig)
+            .env("KUBERNETES_SERVICE_HOST", api_host)
+            .env("KUBERNETES_SERVICE_PORT", api_port)
+            .env(
+                "RUST_LOG",
+                std::env::var("WVA_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             );
+        for env in container.env.iter().flatten() {
+            if let Some(value) = env_value(state, pod, ip, env).await? {
+                command.env(&env.name, mounts.rewrite(&value, ip));
+            }
         }
         command.args(
             container
@@ -542,7 +595,7 @@ async fn start(state: &Arc<State>, pod: &Pod) -> anyhow::Result<()> {
                 .flatten()
                 .map(|a| mounts.rewrite(a, ip)),
         );
-        if program == "vllm-sim" {
+        if program == Program::Own("vllm-sim") {
             command.args(["--host", &ip.to_string()]);
         }
         let log = std::fs::File::create(pod_dir.join(format!("{}.log", container.name)))?;
@@ -605,15 +658,42 @@ async fn hosts_file(state: &State) -> anyhow::Result<String> {
 }
 
 /// An environment variable's value as the kubelet resolves it.
-fn env_value(state: &State, pod: &Pod, ip: IpAddr, env: &EnvVar) -> anyhow::Result<String> {
+/// An environment variable's value; `None` for an optional key that does
+/// not exist, which leaves the variable unset.
+async fn env_value(
+    state: &State,
+    pod: &Pod,
+    ip: IpAddr,
+    env: &EnvVar,
+) -> anyhow::Result<Option<String>> {
     if let Some(value) = &env.value {
-        return Ok(value.clone());
+        return Ok(Some(value.clone()));
     }
-    let field = env
-        .value_from
-        .as_ref()
-        .and_then(|f| f.field_ref.as_ref())
-        .with_context(|| format!("env {}: only values and fieldRefs are supported", env.name))?;
+    let from = env.value_from.as_ref();
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    if let Some(key) = from.and_then(|f| f.secret_key_ref.as_ref()) {
+        let secrets: Api<Secret> = Api::namespaced(state.client.clone(), namespace);
+        let value = secrets
+            .get_opt(&key.name)
+            .await?
+            .and_then(|s| s.data?.remove(&key.key))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned());
+        return optional_key(&env.name, value, key.optional);
+    }
+    if let Some(key) = from.and_then(|f| f.config_map_key_ref.as_ref()) {
+        let maps: Api<ConfigMap> = Api::namespaced(state.client.clone(), namespace);
+        let value = maps
+            .get_opt(&key.name)
+            .await?
+            .and_then(|m| m.data?.remove(&key.key));
+        return optional_key(&env.name, value, key.optional);
+    }
+    let field = from.and_then(|f| f.field_ref.as_ref()).with_context(|| {
+        format!(
+            "env {}: only values, secretKeyRefs, configMapKeyRefs and fieldRefs are supported",
+            env.name
+        )
+    })?;
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
     let value = match field.field_path.as_str() {
@@ -626,7 +706,21 @@ fn env_value(state: &State, pod: &Pod, ip: IpAddr, env: &EnvVar) -> anyhow::Resu
         "status.hostIP" => Some(state.node_ip().to_string()),
         other => bail!("env {}: fieldRef {other} is not supported", env.name),
     };
-    Ok(value.unwrap_or_default())
+    Ok(Some(value.unwrap_or_default()))
+}
+
+/// A key a variable refers to: a missing one is an error unless optional,
+/// as a kubelet refuses to start the container.
+fn optional_key(
+    name: &str,
+    value: Option<String>,
+    optional: Option<bool>,
+) -> anyhow::Result<Option<String>> {
+    match value {
+        Some(value) => Ok(Some(value)),
+        None if optional == Some(true) => Ok(None),
+        None => bail!("env {name}: the key it refers to does not exist"),
+    }
 }
 
 /// Writes each volume the pod's containers mount; returns volume → directory.
@@ -702,6 +796,27 @@ async fn volume_files(
             .collect());
     }
     Ok(Vec::new())
+}
+
+/// Where a kubelet mounts a pod's service-account token, CA and namespace,
+/// which in-cluster clients (client-go's, kube's) read.
+const IN_CLUSTER: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+fn write_in_cluster_files(
+    state: &State,
+    dir: &Path,
+    namespace: &str,
+    token: &str,
+) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("token"), token)?;
+    std::fs::write(dir.join("namespace"), namespace)?;
+    let ca = base64::engine::general_purpose::STANDARD
+        .decode(&state.ca)
+        .context("the cluster CA in the kubeconfig is not base64")?;
+    std::fs::write(dir.join("ca.crt"), ca)?;
+    Ok(())
 }
 
 fn write_kubeconfig(state: &State, path: &Path, account: &str, token: &str) -> anyhow::Result<()> {

@@ -1,5 +1,6 @@
 //! A real Prometheus server (`prometheus` on the PATH, e.g. Debian's
-//! /usr/bin/prometheus) on loopback, started with a test's configuration.
+//! /usr/bin/prometheus) on loopback (or another local address), started
+//! with a test's configuration.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,10 +27,19 @@ impl Prometheus {
     /// answers 200 over plain HTTP, or, with a web config, once it accepts
     /// connections (callers then poll through their TLS client).
     pub async fn start(dir: &Path, config: &str, web: Option<&str>) -> anyhow::Result<Self> {
+        Self::start_at(dir, config, web, free_addr()).await
+    }
+
+    /// [`Prometheus::start`] listening on `addr`.
+    pub async fn start_at(
+        dir: &Path,
+        config: &str,
+        web: Option<&str>,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Self> {
         let config_file = dir.join("prometheus.yml");
         std::fs::write(&config_file, config)?;
         let log = dir.join("prometheus.log");
-        let addr = free_addr();
         let mut cmd = Command::new(std::env::var("PROMETHEUS_BIN").unwrap_or("prometheus".into()));
         cmd.arg(format!("--config.file={}", config_file.display()))
             .arg(format!("--web.listen-address={addr}"))

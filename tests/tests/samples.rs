@@ -1,8 +1,10 @@
 //! The integration samples in `examples/` and the user docs that walk
 //! through them.
 //!
-//! No API server, prometheus-adapter or KEDA runs here, so the samples are
-//! checked the way those would read them: every Kubernetes object survives a
+//! These checks need no server (`cluster_consumers.rs` runs the samples on
+//! the real control plane with Prometheus, prometheus-adapter and the HPA
+//! controller) and cover every sample the way its reader takes it: every
+//! Kubernetes object survives a
 //! round trip through its k8s-openapi type (or the VariantAutoscaling CRD
 //! type) unchanged, so a misspelled or misplaced field shows as a difference;
 //! the VariantAutoscalings pass the aggregator's own validation; the names

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::load::Load;
 use crate::activity::ModelKey;
 
 /// How far the load must fall below the one that undid a scale-down before
@@ -29,18 +30,23 @@ pub(super) struct FlapGuard {
 struct Memory {
     last_down: Option<Instant>,
     /// The load at which a scale-down was undone.
-    undone_at: Option<f64>,
+    undone_at: Option<Load>,
 }
 
 impl FlapGuard {
     /// Whether the model may scale down at `load`; a guard the load has
-    /// fallen clearly below is lifted.
-    pub(super) fn allows_down(&mut self, model: &ModelKey, load: f64) -> bool {
+    /// fallen clearly below, or that was set in another measure, is lifted.
+    pub(super) fn allows_down(&mut self, model: &ModelKey, load: Load) -> bool {
         let Some(memory) = self.models.get_mut(model) else {
             return true;
         };
         match memory.undone_at {
-            Some(undone) if load >= undone * (1.0 - MARGIN) => false,
+            Some(undone)
+                if undone.measure == load.measure
+                    && load.value >= undone.value * (1.0 - MARGIN) =>
+            {
+                false
+            }
             _ => {
                 memory.undone_at = None;
                 true
@@ -50,20 +56,21 @@ impl FlapGuard {
 
     /// Records that the model stepped (`up` or down) at `load`: a scale-up
     /// within [`UNDO_HORIZON`] (or `window`, when longer) of its last
-    /// scale-down undoes it.
+    /// scale-down undoes it, unless nothing measured the load.
     pub(super) fn stepped(
         &mut self,
         model: &ModelKey,
         (now, window): (Instant, Duration),
         up: bool,
-        load: f64,
+        load: Load,
     ) {
         let memory = self.models.entry(model.clone()).or_default();
         if !up {
             memory.last_down = Some(now);
-        } else if memory
-            .last_down
-            .is_some_and(|down| now.saturating_duration_since(down) <= window.max(UNDO_HORIZON))
+        } else if load.value > 0.0
+            && memory
+                .last_down
+                .is_some_and(|down| now.saturating_duration_since(down) <= window.max(UNDO_HORIZON))
         {
             memory.undone_at = Some(load);
         }
@@ -76,10 +83,18 @@ impl FlapGuard {
 
 #[cfg(test)]
 mod tests {
+    use super::super::load::Measure;
     use super::*;
 
     fn model() -> ModelKey {
         ("ns".to_string(), "m".to_string())
+    }
+
+    fn arrivals(value: f64) -> Load {
+        Load {
+            value,
+            measure: Measure::Arrivals,
+        }
     }
 
     #[test]
@@ -87,14 +102,28 @@ mod tests {
         let mut g = FlapGuard::default();
         let t0 = Instant::now();
         let window = Duration::from_secs(60);
-        assert!(g.allows_down(&model(), 15.0));
-        g.stepped(&model(), (t0, window), false, 15.0);
+        assert!(g.allows_down(&model(), arrivals(15.0)));
+        g.stepped(&model(), (t0, window), false, arrivals(15.0));
         // Back up 10 s later at the same load: the scale-down was wrong.
-        g.stepped(&model(), (t0 + Duration::from_secs(10), window), true, 15.0);
-        assert!(!g.allows_down(&model(), 15.0));
-        assert!(!g.allows_down(&model(), 12.5), "a small dip is noise");
-        assert!(g.allows_down(&model(), 11.9), "20 % lower is a new load");
-        assert!(g.allows_down(&model(), 15.0), "and the guard is lifted");
+        g.stepped(
+            &model(),
+            (t0 + Duration::from_secs(10), window),
+            true,
+            arrivals(15.0),
+        );
+        assert!(!g.allows_down(&model(), arrivals(15.0)));
+        assert!(
+            !g.allows_down(&model(), arrivals(12.5)),
+            "a small dip is noise"
+        );
+        assert!(
+            g.allows_down(&model(), arrivals(11.9)),
+            "20 % lower is a new load"
+        );
+        assert!(
+            g.allows_down(&model(), arrivals(15.0)),
+            "and the guard is lifted"
+        );
     }
 
     #[test]
@@ -102,21 +131,42 @@ mod tests {
         let mut g = FlapGuard::default();
         let t0 = Instant::now();
         let window = Duration::from_secs(600);
-        g.stepped(&model(), (t0, window), false, 10.0);
+        g.stepped(&model(), (t0, window), false, arrivals(10.0));
         g.stepped(
             &model(),
             (t0 + Duration::from_secs(601), window),
             true,
-            20.0,
+            arrivals(20.0),
         );
-        assert!(g.allows_down(&model(), 20.0));
+        assert!(g.allows_down(&model(), arrivals(20.0)));
         // Two scale-ups in a row are no undo either.
         g.stepped(
             &model(),
             (t0 + Duration::from_secs(602), window),
             true,
-            25.0,
+            arrivals(25.0),
         );
-        assert!(g.allows_down(&model(), 25.0));
+        assert!(g.allows_down(&model(), arrivals(25.0)));
+    }
+
+    #[test]
+    fn an_undo_at_no_load_or_in_another_measure_holds_nothing() {
+        let mut g = FlapGuard::default();
+        let t0 = Instant::now();
+        let window = Duration::from_secs(60);
+        let later = |s| (t0 + Duration::from_secs(s), window);
+        g.stepped(&model(), (t0, window), false, arrivals(0.0));
+        g.stepped(&model(), later(5), true, arrivals(0.0));
+        assert!(g.allows_down(&model(), arrivals(0.0)), "nothing to compare");
+        // Undone while the KV cache filled (long requests, none finishing);
+        // requests that now arrive and finish are another kind of load.
+        let kv = Load {
+            value: 0.9,
+            measure: Measure::KvCache,
+        };
+        g.stepped(&model(), later(10), false, kv);
+        g.stepped(&model(), later(15), true, kv);
+        assert!(!g.allows_down(&model(), kv));
+        assert!(g.allows_down(&model(), arrivals(3.0)));
     }
 }

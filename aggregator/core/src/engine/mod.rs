@@ -7,33 +7,37 @@
 //! and fresh loads; [`scale_to_zero`] says whether the model is idle or must
 //! wake; [`convergence`] says which variants still wait for an earlier step
 //! and which waited past the deadline; the saturation analysis sizes the
-//! model's step and spreads it over the variants; a stabilization
-//! [`Window`] holds scale-downs for the model's window; each variant then takes that target,
+//! model's step, which [`flapping`] and [`trend`] keep from scaling down
+//! where that was undone before or the load is rising, and spreads it over
+//! the variants; a stabilization [`Window`] holds scale-downs for the
+//! model's window; each variant then takes that target,
 //! or the [`safety_net`]'s held value when its data is missing;
 //! [`Engine::record`] remembers the value and builds the decision.
 
 mod convergence;
 mod flapping;
+mod load;
 mod rates;
 mod reporting;
 mod safety_net;
 mod scale_to_zero;
 #[cfg(test)]
 mod tests;
+mod trend;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use self::convergence::Convergence;
 use self::flapping::FlapGuard;
+use self::load::Load;
 use self::rates::RateTracker;
 use self::reporting::{PodView, Reporting, derived_counts, fresh_loads};
 use self::safety_net::SafetyNet;
 use self::scale_to_zero::{Policy, Zero};
+use self::trend::LoadTrend;
 use crate::activity::{ActivityTracker, ModelKey};
-use crate::analysis::model::{
-    Need, Reason, VariantState, VariantTarget, arrivals_and_backlog, busy_capacity, plausible,
-};
+use crate::analysis::model::{Need, Reason, VariantState, VariantTarget, busy_capacity};
 use crate::analysis::saturation;
 use crate::analysis::steps::{self, Capacities, Demand};
 use crate::analysis::tokens;
@@ -83,6 +87,8 @@ pub struct Engine {
     rates: RateTracker,
     /// Scale-downs each model had to undo.
     flaps: FlapGuard,
+    /// Each model's recent load, to tell a rising one.
+    trend: LoadTrend,
     /// Requests per second a busy replica of each variant last finished.
     request_capacity: HashMap<VariantKey, f64>,
     /// Variants whose pods reported at the last evaluation: without replica
@@ -140,6 +146,7 @@ impl Engine {
         let pods = inputs.pods.keys().collect();
         self.activity.retain(&models, &pods);
         self.flaps.retain(&models);
+        self.trend.retain(&models);
         self.rates.retain(&pods);
         self.previous.retain(|k, _| live.contains(k));
         self.convergence.retain(&live);
@@ -215,8 +222,11 @@ impl Engine {
             },
         };
         let model = (namespace.to_string(), model_id.to_string());
-        let load = model_load(&states);
-        if matches!(capacities.need, Demand::Down(_)) && !self.flaps.allows_down(&model, load) {
+        let load = Load::of(&states);
+        let rising = self.trend.rising(&model, inputs.now, load);
+        if matches!(capacities.need, Demand::Down(_))
+            && (rising || !self.flaps.allows_down(&model, load))
+        {
             capacities.need = Demand::Hold;
         }
         if !matches!(capacities.need, Demand::Up(_)) {
@@ -420,20 +430,6 @@ impl Engine {
             saturation: saturation.clone(),
             decided_at: inputs.wall,
         }
-    }
-}
-
-/// How much load the model carries, to compare over time: the requests
-/// arriving per second where measured, else the KV cache in use.
-fn model_load(states: &[VariantState]) -> f64 {
-    let loads = || states.iter().flat_map(|s| &s.loads);
-    if loads().any(|l| l.rates.is_some()) {
-        arrivals_and_backlog(loads()).0
-    } else {
-        loads()
-            .map(|l| l.kv_cache_usage)
-            .filter(|v| plausible(*v))
-            .sum()
     }
 }
 

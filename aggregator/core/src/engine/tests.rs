@@ -1126,3 +1126,75 @@ fn a_scale_down_undone_at_once_is_not_repeated_at_the_same_load() {
     let (d, _) = w.run(&mut engine, &v);
     assert_eq!(outcome(&d), [("v", 1, "spare_capacity", None)]);
 }
+
+/// The H100's desired replicas, second by second, while an L4 and an H100
+/// replica share a load that starts at 2 req/s and grows by `slope` req/s
+/// every second; the KV cache and queue look idle throughout.
+fn h100_under_a_load_growing_by(slope: f64) -> Vec<u32> {
+    let v = [va("ns", "l4", "l4", 10.0), va("ns", "h100", "h100", 30.0)];
+    let mut engine = Engine::default();
+    let mut w = World::new();
+    w.config = SaturationConfigSet::from_data(&BTreeMap::from([(
+        "default".to_string(),
+        "scaleDownStabilizationSeconds: 20".to_string(),
+    )]))
+    .unwrap();
+    let mut finished_each = 0.0;
+    (0..40)
+        .map(|s| {
+            finished_each += (2.0 + slope * f64::from(s)) / 2.0;
+            let sample = || Some((with_successes(finished_each, 1.0), Duration::ZERO));
+            w.pod("ns", "p-l4", "l4", sample())
+                .pod("ns", "p-h100", "h100", sample())
+                .counts("l4", 1, 1)
+                .counts("h100", 1, 1);
+            let (d, _) = w.run(&mut engine, &v);
+            w.advance(Duration::from_secs(1));
+            d.iter()
+                .find(|d| d.variant.name == "h100")
+                .unwrap()
+                .desired_replicas
+        })
+        .collect()
+}
+
+#[test]
+fn a_model_does_not_scale_down_into_a_rising_load() {
+    // A steady load that looks idle lets the H100 go once its first window
+    // has passed...
+    let steady = h100_under_a_load_growing_by(0.0);
+    assert_eq!(steady.iter().position(|d| *d == 0), Some(20), "{steady:?}");
+    // ...a ramp keeps it: the L4 alone would have to take all of it.
+    let ramp = h100_under_a_load_growing_by(0.5);
+    assert!(ramp.iter().all(|d| *d == 1), "{ramp:?}");
+}
+
+#[test]
+fn an_undo_at_no_measured_arrivals_does_not_hold_the_model_forever() {
+    // Long requests: the pods report a completion counter that does not
+    // move, so the arrival rate reads 0 while the KV cache fills.
+    let v = [va("ns", "v", "v", 10.0)];
+    let mut engine = Engine::default();
+    let mut w = World::new();
+    let mut step = |w: &mut World, kvs: &[f64]| {
+        w.pods.clear();
+        for (i, kv) in kvs.iter().enumerate() {
+            let mut sample = with_successes(7.0, 1.0);
+            sample.models[0].kv_cache_usage = *kv;
+            w.pod("ns", &format!("p-{i}"), "v", Some((sample, Duration::ZERO)));
+        }
+        let n = kvs.len() as u32;
+        w.counts("v", n, n);
+        let (d, _) = w.run(&mut engine, &v);
+        w.advance(Duration::from_secs(6));
+        outcome(&d)[0].1
+    };
+    assert_eq!(step(&mut w, &[0.1, 0.1]), 1, "spare capacity");
+    assert_eq!(
+        step(&mut w, &[0.9]),
+        2,
+        "saturated: the scale-down is undone"
+    );
+    // The requests end: nothing says the load is the same as at the undo.
+    assert_eq!(step(&mut w, &[0.0, 0.0]), 1);
+}
