@@ -5,7 +5,9 @@
 //! The metric is the desired replica count with a target of 1 per replica,
 //! so the HPA KEDA manages sets replicas to the decision. The variant is
 //! active while its decision is above zero; `StreamIsActive` pushes a change
-//! the moment a decision changes it.
+//! the moment a decision changes it. `StreamMetricSpec` (KEDA 2.21) sends
+//! the spec when it opens; the target never changes, so that is all it
+//! sends until KEDA closes it or the variant goes.
 //!
 //! Every replica answers. The leader answers from its own decisions; a
 //! follower answers what the leader published in the VariantAutoscaling's
@@ -111,7 +113,55 @@ impl Scaler {
     }
 }
 
-type ActiveStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
+type Pushed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The one metric: the decision, with a target of 1 per replica.
+fn metric_spec() -> GetMetricSpecResponse {
+    GetMetricSpecResponse {
+        metric_specs: vec![MetricSpec {
+            metric_name: METRIC.into(),
+            target_size: 1,
+            target_size_float: 1.0,
+        }],
+    }
+}
+
+/// Streams `first`, then what `next` makes of the variant's desired
+/// replicas each time they may have changed (nothing when it returns
+/// `None`), until KEDA closes the stream; ends with the error once the
+/// variant is gone. One answer is in flight at most: a stalled KEDA holds
+/// no backlog, it reads the latest state when it catches up.
+fn follow<T: Send + 'static>(
+    mut scaler: Scaler,
+    variant: VariantKey,
+    first: T,
+    mut next: impl FnMut(u32) -> Option<T> + Send + 'static,
+) -> Pushed<T> {
+    let (tx, rx) = mpsc::channel(1);
+    tx.try_send(Ok(first)).expect("a fresh channel has room");
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = scaler.changed() => {}
+                () = tx.closed() => return,
+            }
+            match scaler.desired(&variant) {
+                Ok(desired) => {
+                    if let Some(answer) = next(desired)
+                        && tx.send(Ok(answer)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(gone) => {
+                    let _ = tx.send(Err(gone)).await;
+                    return;
+                }
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
 
 #[tonic::async_trait]
 impl ExternalScaler for Scaler {
@@ -124,46 +174,23 @@ impl ExternalScaler for Scaler {
         Ok(Response::new(IsActiveResponse { result }))
     }
 
-    type StreamIsActiveStream = ActiveStream;
+    type StreamIsActiveStream = Pushed<IsActiveResponse>;
 
     async fn stream_is_active(
         &self,
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
         let variant = variant_of(request.get_ref())?;
-        let mut scaler = self.clone();
-        let mut last = scaler.desired(&variant)? > 0;
-        // One answer in flight at most: a stalled KEDA holds no backlog, it
-        // reads the latest state when it catches up.
-        let (tx, rx) = mpsc::channel(1);
-        tx.try_send(Ok(IsActiveResponse { result: last }))
-            .expect("a fresh channel has room");
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = scaler.changed() => {}
-                    () = tx.closed() => return,
-                }
-                match scaler.desired(&variant) {
-                    Ok(desired) if (desired > 0) != last => {
-                        last = desired > 0;
-                        if tx
-                            .send(Ok(IsActiveResponse { result: last }))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(gone) => {
-                        let _ = tx.send(Err(gone)).await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let mut last = self.desired(&variant)? > 0;
+        let first = IsActiveResponse { result: last };
+        let changes = move |desired: u32| {
+            let active = desired > 0;
+            (active != last).then(|| {
+                last = active;
+                IsActiveResponse { result: active }
+            })
+        };
+        Ok(Response::new(follow(self.clone(), variant, first, changes)))
     }
 
     async fn get_metric_spec(
@@ -172,13 +199,24 @@ impl ExternalScaler for Scaler {
     ) -> Result<Response<GetMetricSpecResponse>, Status> {
         let variant = variant_of(request.get_ref())?;
         self.desired(&variant)?;
-        Ok(Response::new(GetMetricSpecResponse {
-            metric_specs: vec![MetricSpec {
-                metric_name: METRIC.into(),
-                target_size: 1,
-                target_size_float: 1.0,
-            }],
-        }))
+        Ok(Response::new(metric_spec()))
+    }
+
+    type StreamMetricSpecStream = Pushed<GetMetricSpecResponse>;
+
+    async fn stream_metric_spec(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
+        let variant = variant_of(request.get_ref())?;
+        self.desired(&variant)?;
+        let unchanged = |_| None;
+        Ok(Response::new(follow(
+            self.clone(),
+            variant,
+            metric_spec(),
+            unchanged,
+        )))
     }
 
     async fn get_metrics(
@@ -319,6 +357,36 @@ mod tests {
         w.decide(3);
         w.decide(0);
         assert!(!stream.next().await.unwrap().unwrap().result);
+        w.decisions.send_replace(Decisions::default());
+        let gone = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(gone.code(), Code::NotFound);
+        assert!(stream.next().await.is_none(), "the stream ends");
+    }
+
+    #[tokio::test]
+    async fn the_metric_spec_stream_sends_the_spec_at_once_and_stays_open() {
+        let w = world(true);
+        w.decide(1);
+        let request = Request::new(reference(&[(VARIANT_KEY, "va")]));
+        let mut stream = w
+            .scaler
+            .stream_metric_spec(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let spec = stream.next().await.unwrap().unwrap();
+        let polled = w
+            .scaler
+            .get_metric_spec(Request::new(reference(&[(VARIANT_KEY, "va")])))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(spec, polled, "what it streams agrees with GetMetricSpec");
+        // A new decision changes no target: nothing is sent (the follower
+        // runs on this test's one thread when it yields), and the stream
+        // stays open until the variant goes.
+        w.decide(5);
+        tokio::task::yield_now().await;
         w.decisions.send_replace(Decisions::default());
         let gone = stream.next().await.unwrap().unwrap_err();
         assert_eq!(gone.code(), Code::NotFound);
