@@ -51,11 +51,13 @@ use crate::install::{RELEASE, helm, succeeded};
 use crate::node::LocalNode;
 use crate::pki::TestCa;
 use crate::prometheus::Prometheus;
-use crate::{eventually, workspace};
+use crate::workspace;
 
 pub const MONITORING: &str = "monitoring";
 
 const ADAPTER: &str = "prometheus-adapter";
+
+const EXTERNAL_METRICS: &str = "v1beta1.external.metrics.k8s.io";
 
 /// The values users install prometheus-adapter with.
 const VALUES: &str = "examples/prometheus-adapter-values.yaml";
@@ -160,34 +162,9 @@ impl Monitoring {
         for object in adapter_objects(&values)? {
             plane.create(&object).await?;
         }
-        let client = plane.client().await?;
-        let services = Api::<kube::api::DynamicObject>::all_with(
-            client,
-            &kube::api::ApiResource {
-                group: "apiregistration.k8s.io".into(),
-                version: "v1".into(),
-                api_version: "apiregistration.k8s.io/v1".into(),
-                kind: "APIService".into(),
-                plural: "apiservices".into(),
-            },
-        );
-        eventually(
-            Duration::from_secs(120),
-            "the external metrics APIService to be Available",
-            || {
-                let services = services.clone();
-                async move {
-                    let service = services.get("v1beta1.external.metrics.k8s.io").await?;
-                    let available = service.data["status"]["conditions"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|c| c["type"] == "Available" && c["status"] == "True");
-                    Ok(available.then_some(()))
-                }
-            },
-        )
-        .await
+        plane
+            .api_service_available(EXTERNAL_METRICS, Duration::from_secs(120))
+            .await
     }
 
     /// What the adapter's pods logged, for failure messages.
@@ -644,7 +621,7 @@ fn adapter_objects(values: &Value) -> anyhow::Result<Vec<Value>> {
         json!({
             "apiVersion": "apiregistration.k8s.io/v1",
             "kind": "APIService",
-            "metadata": {"name": "v1beta1.external.metrics.k8s.io"},
+            "metadata": {"name": EXTERNAL_METRICS},
             "spec": {
                 "service": {"name": ADAPTER, "namespace": MONITORING, "port": 443},
                 "group": "external.metrics.k8s.io",

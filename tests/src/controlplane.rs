@@ -162,6 +162,40 @@ impl ControlPlane {
             .collect()
     }
 
+    /// Awaits APIService `name` Available (its server reachable through
+    /// the aggregation layer); on failure says why, with its status.
+    pub async fn api_service_available(&self, name: &str, within: Duration) -> anyhow::Result<()> {
+        let services = Api::<DynamicObject>::all_with(
+            self.client().await?,
+            &ApiResource {
+                group: "apiregistration.k8s.io".into(),
+                version: "v1".into(),
+                api_version: "apiregistration.k8s.io/v1".into(),
+                kind: "APIService".into(),
+                plural: "apiservices".into(),
+            },
+        );
+        let what = format!("APIService {name} to be Available");
+        let status = std::sync::Mutex::new(Value::Null);
+        let available = eventually(within, &what, || async {
+            let service = services.get(name).await?;
+            let available = service.data["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Available" && c["status"] == "True");
+            *status.lock().unwrap_or_else(|p| p.into_inner()) = service.data["status"].clone();
+            Ok(available.then_some(()))
+        })
+        .await;
+        available.with_context(|| {
+            format!(
+                "its status: {}",
+                status.lock().unwrap_or_else(|p| p.into_inner())
+            )
+        })
+    }
+
     /// Creates `object` (kind and apiVersion included); returns it as
     /// stored, or the API server's refusal.
     pub async fn create(&self, object: &Value) -> anyhow::Result<Value> {
@@ -212,6 +246,14 @@ impl Drop for ControlPlane {
 pub async fn tool(name: &str) -> anyhow::Result<PathBuf> {
     let stdout = cluster_script(&[OsStr::new("tool"), OsStr::new(name)]).await?;
     let path = String::from_utf8(stdout).context("scripts/cluster tool printed no path")?;
+    Ok(PathBuf::from(path.trim()))
+}
+
+/// The directory of a third-party component's Go module (its manifests
+/// are there), downloaded the first time.
+pub async fn tool_source(name: &str) -> anyhow::Result<PathBuf> {
+    let stdout = cluster_script(&[OsStr::new("tool-source"), OsStr::new(name)]).await?;
+    let path = String::from_utf8(stdout).context("scripts/cluster tool-source printed no path")?;
     Ok(PathBuf::from(path.trim()))
 }
 

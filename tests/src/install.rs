@@ -644,6 +644,45 @@ pub const SCALE_TO_ZERO: [&str; 2] = [
     "scaleToZero.defaults.retention_period=2s",
 ];
 
+/// [`SCALE_TO_ZERO`], with an endpoint picker's queue read every 300 ms to
+/// wake a model.
+pub const WAKING_FROM_ZERO: [&str; 3] = [
+    SCALE_TO_ZERO[0],
+    SCALE_TO_ZERO[1],
+    "config.WVA_POLL_INTERVAL=300ms",
+];
+
+/// Saturation thresholds under which one request held on a slow-decoding
+/// replica ([`chat_holding_a_request`], about 40 % of its KV cache)
+/// saturates it.
+pub const HELD_REQUEST_SATURATES: &str = "kvCacheThreshold: 0.3\nkvSpareTrigger: 0.1\n";
+
+/// Sets the default saturation configuration to [`HELD_REQUEST_SATURATES`]
+/// and the keys of `more` (lines of `key: value`).
+pub async fn saturating_on_a_held_request(client: &kube::Client, more: &str) -> anyhow::Result<()> {
+    let config = format!("{HELD_REQUEST_SATURATES}{more}");
+    patch_config_map(
+        client,
+        "saturation-scaling-config",
+        json!({"default": config}),
+    )
+    .await
+}
+
+/// The `spec.replicas` of Deployment `namespace/name`.
+pub async fn spec_replicas(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<Option<i32>> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    Ok(deployments
+        .get_opt(name)
+        .await?
+        .and_then(|d| d.spec)
+        .and_then(|s| s.replicas))
+}
+
 /// The vLLM server of pod `name` in `NS` (its `vllm-sim`, port 8000), once
 /// the node runs it and it answers `/health`.
 pub async fn serving_sim(node: &LocalNode, name: &str) -> anyhow::Result<SocketAddr> {
@@ -668,4 +707,45 @@ pub async fn serving_sim_in(
         Ok(healthy.then_some(sim))
     })
     .await
+}
+
+/// An endpoint picker `gateway-epp` in `NS` whose flow-control queue for
+/// `MODEL` the returned body holds (empty at first), and the annotations
+/// that point `va` at it. The picker has no agent and is no image the local
+/// node runs: the test serves its metrics at an address of the pod network
+/// and reports its pod running there, as its kubelet would.
+pub async fn endpoint_picker(
+    plane: &ControlPlane,
+    client: &kube::Client,
+    va: &mut Value,
+) -> anyhow::Result<std::sync::Arc<std::sync::Mutex<String>>> {
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(crate::flow_control(MODEL, 0)));
+    let epp = crate::serve_metrics_at("198.19.1.1:0".parse()?, queue.clone()).await?;
+    va["metadata"]["annotations"] = json!({
+        "wva.llmd.ai/epp-service": "gateway-epp",
+        "wva.llmd.ai/epp-metrics-port": epp.port().to_string(),
+    });
+    plane
+        .create(&service_selecting("gateway-epp", "gateway-epp", 9090))
+        .await?;
+    let picker = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "gateway-epp-0", "namespace": NS, "labels": {"app": "gateway-epp"},
+                     "annotations": {"wva.llmd.ai/inject-agent": "false"}},
+        "spec": {"containers": [{"name": "epp",
+            "image": "registry.k8s.io/gateway-api-inference-extension/epp:v1.0.0"}]},
+    });
+    plane.create(&picker).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let running = json!({"status": {"phase": "Running", "podIP": epp.ip().to_string(),
+        "podIPs": [{"ip": epp.ip().to_string()}],
+        "conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status(
+        "gateway-epp-0",
+        &PatchParams::default(),
+        &Patch::Merge(&running),
+    )
+    .await?;
+    Ok(queue)
 }

@@ -4,7 +4,9 @@
 
 pub mod consumers;
 pub mod controlplane;
+pub mod https;
 pub mod install;
+pub mod keda;
 pub mod netns;
 pub mod node;
 pub mod pki;
@@ -282,8 +284,16 @@ pub fn start_aggregator(
 
 /// A plain HTTP/1.1 GET; returns status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await??;
+    let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await??;
+    get_over(stream, addr, path).await
+}
+
+/// One `GET` of `path` over `stream` (plain or TLS) to `addr`, the
+/// connection closed after it.
+async fn get_over<S>(mut stream: S, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();

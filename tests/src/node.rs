@@ -6,36 +6,44 @@
 //! namespaces it serves (no scheduler runs) and runs each bound pod:
 //!
 //! - **Containers are processes.** An image naming `wva-aggregator`,
-//!   `wva-agent` or `vllm` runs that binary (`vllm-sim` for vLLM), one naming
-//!   `prometheus-adapter` the adapter `scripts/cluster tool` builds, with the
-//!   container's arguments and environment; a pod with any other image is
+//!   `wva-agent` or `vllm` runs that binary (`vllm-sim` for vLLM); one naming
+//!   prometheus-adapter or KEDA's operator or metrics server runs that
+//!   component as `scripts/cluster tool` builds it; each with the
+//!   container's arguments and environment. A pod with any other image is
 //!   left pending. Native sidecars (init containers with `restartPolicy:
-//!   Always`) start with the others.
+//!   Always`) start with the others. A container that exits is started
+//!   again as the pod's `restartPolicy` says, after a kubelet's back-off.
 //! - **Each pod has its own address** in the test pod network
-//!   (198.18.0.0/15, see [`pod_network`]), from a /24 of the node's own. A pod's containers share one
-//!   network namespace in a cluster, so in their arguments and environment
-//!   `0.0.0.0`, `127.0.0.1` and `localhost` stand for the pod's address.
-//! - **Cluster DNS for headless Services**: each pod's processes run in a
-//!   mount namespace of their own whose `/etc/hosts` names every headless
-//!   Service (`NAME.NAMESPACE.svc[.cluster.local]`) with its endpoints'
-//!   addresses as the pod starts: the ready ones, or all with
-//!   `publishNotReadyAddresses`, as cluster DNS answers.
-//! - **Volumes are files**: ConfigMaps and Secrets written out, projected
-//!   service-account tokens obtained from the TokenRequest API bound to the
-//!   pod with their audience and expiry, and paths under a mount rewritten to
-//!   the files. Every process also gets its ServiceAccount's in-cluster
+//!   (198.18.0.0/15, see [`pod_network`]), from a /24 of the node's own. All
+//!   pods share one network namespace, where a pod's containers would share
+//!   one of their own, so in their arguments and environment `0.0.0.0`,
+//!   `127.0.0.1` and `localhost` stand for the pod's address.
+//! - **Cluster DNS**: each pod's processes run in a mount namespace of their
+//!   own whose `/etc/hosts` names every Service
+//!   (`NAME.NAMESPACE.svc[.cluster.local]`) with its endpoints' addresses:
+//!   the ready ones, or all of a headless Service with
+//!   `publishNotReadyAddresses`, as cluster DNS answers. With no kube-proxy,
+//!   a ClusterIP Service's name stands for its ready endpoints too. The file
+//!   follows the endpoints while the pod runs.
+//! - **Volumes are files**: ConfigMaps and Secrets written out (a pod waits
+//!   for one it requires, and the files follow changes while it runs),
+//!   emptyDirs, projected service-account tokens obtained from the
+//!   TokenRequest API bound to the pod with their audience and expiry, and
+//!   paths under a mount rewritten to the files, also in `--flag=PATH`
+//!   arguments. Every process also gets its ServiceAccount's in-cluster
 //!   configuration: the token, CA and namespace files where a kubelet mounts
 //!   them (`/var/run/secrets/kubernetes.io/serviceaccount`, bind-mounted in
 //!   the pod's mount namespace) with `KUBERNETES_SERVICE_HOST` and `_PORT`,
 //!   and the same token in a `KUBECONFIG` file.
 //! - **Status as a kubelet reports it**: Running with the pod's address at
-//!   start, Ready once every readiness probe (HTTP GET) answers 2xx.
+//!   start, Ready once every readiness probe (HTTP or HTTPS GET, the
+//!   certificate not verified) answers 2xx.
 //! - **Deletion**: a pod marked for deletion has its processes stopped
 //!   (SIGTERM, then SIGKILL) and is then removed, as a kubelet finishes a
 //!   graceful delete.
 //!
-//! Not modelled: restarts, liveness probes, resource limits, ClusterIPs
-//! and their DNS names, and DNS changes after a pod started.
+//! Not modelled: a network namespace per pod, liveness probes, resource
+//! limits, ClusterIPs themselves, and volumes mounted at their paths.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -102,6 +110,8 @@ struct State {
     namespaces: Vec<String>,
     /// Pods whose processes [`LocalNode::crash`] killed: not started again.
     crashed: Mutex<std::collections::BTreeSet<String>>,
+    /// Pods being started, by uid.
+    starting: Mutex<std::collections::BTreeSet<String>>,
     /// The third octet of this node's addresses.
     subnet: u8,
     next_ip: Mutex<u8>,
@@ -113,7 +123,17 @@ struct RunningPod {
     namespace: String,
     name: String,
     ip: IpAddr,
-    children: Vec<(String, Child)>,
+    children: Vec<ContainerProcess>,
+}
+
+/// One container's process.
+struct ContainerProcess {
+    name: String,
+    launch: Launch,
+    child: Child,
+    /// The exit code of its previous process, once restarted.
+    last_exit: Option<i32>,
+    restarts: u32,
 }
 
 impl LocalNode {
@@ -142,6 +162,7 @@ impl LocalNode {
             dir,
             namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
             crashed: Mutex::default(),
+            starting: Mutex::default(),
             subnet: NEXT_SUBNET.fetch_add(1, Ordering::Relaxed),
             next_ip: Mutex::new(0),
             pods: Mutex::default(),
@@ -181,23 +202,26 @@ impl LocalNode {
                 .insert(uid.clone());
             pods.remove(&uid)
         };
-        for (_, mut child) in pod.into_iter().flat_map(|p| p.children) {
-            let _ = child.kill().await;
+        for mut container in pod.into_iter().flat_map(|p| p.children) {
+            let _ = container.child.kill().await;
         }
         Ok(())
     }
 
-    /// The exit code of container `container` of pod `namespace/name`, once
-    /// its process has ended (`None` while it runs or if the pod is not
-    /// here; -1 for a signal).
+    /// The exit code of container `container` of pod `namespace/name`: of
+    /// its process once that has ended, else of the one before it when it
+    /// was restarted (`None` while its first process runs or if the pod is
+    /// not here; -1 for a signal).
     pub fn exit_code(&self, namespace: &str, name: &str, container: &str) -> Option<i32> {
         let mut pods = self.state.pods.lock().unwrap_or_else(|p| p.into_inner());
         let pod = pods
             .values_mut()
             .find(|p| p.namespace == namespace && p.name == name)?;
-        let (_, child) = pod.children.iter_mut().find(|(c, _)| c == container)?;
-        let status = child.try_wait().ok()??;
-        Some(status.code().unwrap_or(-1))
+        let container = pod.children.iter_mut().find(|c| c.name == container)?;
+        match container.child.try_wait() {
+            Ok(Some(status)) => Some(status.code().unwrap_or(-1)),
+            _ => container.last_exit,
+        }
     }
 
     /// A file of a volume of pod `namespace/name`, as its containers see it.
@@ -385,7 +409,27 @@ async fn reconcile(state: &Arc<State>, pod: &Pod) -> anyhow::Result<()> {
     if running || finished || crashed {
         return Ok(());
     }
-    start(state, pod).await
+    let first = state
+        .starting
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(uid.clone());
+    if !first {
+        return Ok(());
+    }
+    // Off the watch loop: a pod may wait for the Secrets it mounts.
+    let (state, pod) = (state.clone(), pod.clone());
+    tokio::spawn(async move {
+        if let Err(e) = start(&state, &pod).await {
+            eprintln!("local node {}: pod {namespace}/{name}: {e:#}", state.name);
+        }
+        state
+            .starting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&uid);
+    });
+    Ok(())
 }
 
 /// Removes a pod whose processes have stopped, as a kubelet finishes a
@@ -421,11 +465,20 @@ fn program(container: &Container) -> Option<Program> {
         .find(|p| image.contains(p))
         .or_else(|| image.contains("vllm").then_some("vllm-sim"))
         .map(Program::Own);
-    own.or_else(|| {
-        image
-            .contains("prometheus-adapter")
-            .then_some(Program::Tool("prometheus-adapter"))
-    })
+    // Third-party images by name, the most specific first.
+    let tool = [
+        ("prometheus-adapter", "prometheus-adapter"),
+        ("kedacore/keda-metrics-apiserver", "keda-metrics-apiserver"),
+        (
+            "kedacore/keda-admission-webhooks",
+            "keda-admission-webhooks",
+        ),
+        ("kedacore/keda:", "keda-operator"),
+    ]
+    .into_iter()
+    .find(|(name, _)| image.contains(name))
+    .map(|(_, tool)| Program::Tool(tool));
+    own.or(tool)
 }
 
 /// Where `program`'s executable is.
@@ -533,11 +586,11 @@ fn replace_host(value: &str, host: &str, with: &str) -> String {
 async fn start(state: &Arc<State>, pod: &Pod) -> anyhow::Result<()> {
     let (namespace, name, uid) = ident(pod);
     let spec = pod.spec.as_ref().context("pod without spec")?;
-    let ip = allocate(state)?;
     let pod_dir = state.dir.join(format!("{namespace}_{name}"));
     std::fs::create_dir_all(&pod_dir)?;
     let account = spec.service_account_name.as_deref().unwrap_or("default");
     let volumes = write_volumes(state, pod, &pod_dir).await?;
+    let ip = allocate(state)?;
     let kubeconfig = pod_dir.join("kubeconfig");
     let bound = Some((name.as_str(), uid.as_str()));
     let token = request_token(&state.client, &namespace, account, &[], bound, 3600).await?;
@@ -564,31 +617,31 @@ async fn start(state: &Arc<State>, pod: &Pod) -> anyhow::Result<()> {
         let program = program(container).context("unrunnable container")?;
         // The pod's /etc/hosts and its service account's in-cluster files,
         // bind-mounted in a mount namespace of its own.
-        let mut command = Command::new("/usr/bin/unshare");
-        command
-            .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
-            .arg(format!(
-                r#"/bin/mount --bind "$0" /etc/hosts && mkdir -p {IN_CLUSTER} && /bin/mount --bind "$1" {IN_CLUSTER} && shift && exec "$@""#
-            ))
-            .arg(&hosts)
-            .arg(&in_cluster)
-            .arg(executable(program).await?);
+        let mut args: Vec<String> = ["--mount", "--propagation", "private", "--", "/bin/sh", "-c"]
+            .map(String::from)
+            .into();
+        args.push(format!(
+            r#"/bin/mount --bind "$0" /etc/hosts && mkdir -p {IN_CLUSTER} && /bin/mount --bind "$1" {IN_CLUSTER} && shift && exec "$@""#
+        ));
+        args.push(hosts.display().to_string());
+        args.push(in_cluster.display().to_string());
+        args.push(executable(program).await?.display().to_string());
         let (api_host, api_port) = state.api_host_and_port()?;
-        command
-            .env_clear()
-            .env("KUBECONFIG", &kubeconfig)
-            .env("KUBERNETES_SERVICE_HOST", api_host)
-            .env("KUBERNETES_SERVICE_PORT", api_port)
-            .env(
-                "RUST_LOG",
+        let mut env = vec![
+            ("KUBECONFIG".to_string(), kubeconfig.display().to_string()),
+            ("KUBERNETES_SERVICE_HOST".into(), api_host),
+            ("KUBERNETES_SERVICE_PORT".into(), api_port),
+            (
+                "RUST_LOG".into(),
                 std::env::var("WVA_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            );
-        for env in container.env.iter().flatten() {
-            if let Some(value) = env_value(state, pod, ip, env).await? {
-                command.env(&env.name, mounts.rewrite(&value, ip));
+            ),
+        ];
+        for var in container.env.iter().flatten() {
+            if let Some(value) = env_value(state, pod, ip, var).await? {
+                env.push((var.name.clone(), mounts.rewrite(&value, ip)));
             }
         }
-        command.args(
+        args.extend(
             container
                 .args
                 .iter()
@@ -596,18 +649,23 @@ async fn start(state: &Arc<State>, pod: &Pod) -> anyhow::Result<()> {
                 .map(|a| mounts.rewrite(a, ip)),
         );
         if program == Program::Own("vllm-sim") {
-            command.args(["--host", &ip.to_string()]);
+            args.extend(["--host".to_string(), ip.to_string()]);
         }
-        let log = std::fs::File::create(pod_dir.join(format!("{}.log", container.name)))?;
-        command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        let child = command
+        let launch = Launch {
+            args,
+            env,
+            log: pod_dir.join(format!("{}.log", container.name)),
+        };
+        let child = launch
             .spawn()
             .with_context(|| format!("start container {}", container.name))?;
-        children.push((container.name.clone(), child));
+        children.push(ContainerProcess {
+            name: container.name.clone(),
+            launch,
+            child,
+            last_exit: None,
+            restarts: 0,
+        });
     }
     state.pods.lock().unwrap_or_else(|p| p.into_inner()).insert(
         uid.clone(),
@@ -620,10 +678,124 @@ async fn start(state: &Arc<State>, pod: &Pod) -> anyhow::Result<()> {
     );
     report(state, &namespace, &name, ip, false).await?;
     tokio::spawn(await_ready(state.clone(), pod.clone(), ip));
+    tokio::spawn(sync_files(state.clone(), pod.clone(), pod_dir));
+    let policy = spec.restart_policy.clone().unwrap_or("Always".into());
+    tokio::spawn(restart_exited(state.clone(), uid, policy));
     Ok(())
 }
 
-/// `/etc/hosts` with every headless Service's name and endpoint addresses.
+/// How a container's process is started, again after it exits.
+struct Launch {
+    /// `unshare`'s arguments, the container's after them.
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    /// Where its output goes (appended across restarts).
+    log: PathBuf,
+}
+
+impl Launch {
+    fn spawn(&self) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        Ok(Command::new("/usr/bin/unshare")
+            .args(&self.args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?)
+    }
+}
+
+/// Restarts the pod's containers that exit, as its `restartPolicy` says
+/// (`Always` by default, `OnFailure`, `Never`), after a kubelet's back-off:
+/// 10 s, doubling up to 5 minutes. Ends when the pod stops here.
+async fn restart_exited(state: Arc<State>, uid: String, policy: String) {
+    const FIRST: Duration = Duration::from_secs(10);
+    const MOST: Duration = Duration::from_secs(300);
+    let mut due: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
+    loop {
+        {
+            let mut pods = state.pods.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(pod) = pods.get_mut(&uid) else {
+                return;
+            };
+            let now = tokio::time::Instant::now();
+            for container in &mut pod.children {
+                let Ok(Some(status)) = container.child.try_wait() else {
+                    continue;
+                };
+                let code = status.code().unwrap_or(-1);
+                let restart = match policy.as_str() {
+                    "Never" => false,
+                    "OnFailure" => code != 0,
+                    _ => true,
+                };
+                if !restart {
+                    continue;
+                }
+                let backoff = (FIRST * 2u32.saturating_pow(container.restarts)).min(MOST);
+                let at = *due.entry(container.name.clone()).or_insert(now + backoff);
+                if now < at {
+                    continue;
+                }
+                due.remove(&container.name);
+                match container.launch.spawn() {
+                    Ok(child) => {
+                        container.last_exit = Some(code);
+                        container.restarts += 1;
+                        container.child = child;
+                    }
+                    Err(e) => eprintln!(
+                        "local node {}: restart {}: {e:#}",
+                        state.name, container.name
+                    ),
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// While the pod runs, keeps its volumes' files and its `/etc/hosts`
+/// current (the file is rewritten in place: it is bind-mounted).
+async fn sync_files(state: Arc<State>, pod: Pod, pod_dir: PathBuf) {
+    let (namespace, name, uid) = ident(&pod);
+    let hosts = pod_dir.join("hosts");
+    let running = || {
+        state
+            .pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&uid)
+    };
+    while running() {
+        let synced = async {
+            refresh_volumes(&state, &pod, &pod_dir).await?;
+            let text = hosts_file(&state).await?;
+            if std::fs::read_to_string(&hosts).ok().as_deref() != Some(text.as_str()) {
+                std::fs::write(&hosts, text)?;
+            }
+            anyhow::Ok(())
+        };
+        if let Err(e) = synced.await {
+            eprintln!(
+                "local node {}: pod {namespace}/{name}: sync: {e:#}",
+                state.name
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// `/etc/hosts` with every Service's name and endpoint addresses: a
+/// headless Service's as cluster DNS answers them, and with no kube-proxy
+/// for ClusterIPs, a ClusterIP Service's name stands for its ready
+/// endpoints too.
 async fn hosts_file(state: &State) -> anyhow::Result<String> {
     let services: Api<Service> = Api::all(state.client.clone());
     let slices: Api<EndpointSlice> = Api::all(state.client.clone());
@@ -631,9 +803,6 @@ async fn hosts_file(state: &State) -> anyhow::Result<String> {
     let mut hosts = String::from("127.0.0.1 localhost\n");
     for service in services.list(&ListParams::default()).await?.items {
         let Some(spec) = &service.spec else { continue };
-        if spec.cluster_ip.as_deref() != Some("None") {
-            continue;
-        }
         let namespace = service.metadata.namespace.clone().unwrap_or_default();
         let name = service.metadata.name.clone().unwrap_or_default();
         let not_ready_too = spec.publish_not_ready_addresses == Some(true);
@@ -666,10 +835,11 @@ async fn env_value(
     ip: IpAddr,
     env: &EnvVar,
 ) -> anyhow::Result<Option<String>> {
-    if let Some(value) = &env.value {
-        return Ok(Some(value.clone()));
-    }
-    let from = env.value_from.as_ref();
+    let Some(from) = &env.value_from else {
+        // An empty value is stored as none.
+        return Ok(Some(env.value.clone().unwrap_or_default()));
+    };
+    let from = Some(from);
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     if let Some(key) = from.and_then(|f| f.secret_key_ref.as_ref()) {
         let secrets: Api<Secret> = Api::namespaced(state.client.clone(), namespace);
@@ -736,7 +906,23 @@ async fn write_volumes(
     for volume in spec.volumes.iter().flatten() {
         let dir = pod_dir.join("volumes").join(&volume.name);
         std::fs::create_dir_all(&dir)?;
-        for (file, content) in volume_files(state, &namespace, volume).await? {
+        // A kubelet holds the pod until the Secrets and ConfigMaps it
+        // mounts exist.
+        let files = loop {
+            if let Some(files) = volume_files(state, &namespace, volume).await? {
+                break files;
+            }
+            let pods: Api<Pod> = Api::namespaced(state.client.clone(), &namespace);
+            let live = pods.get_opt(&name).await?;
+            if live.is_none_or(|p| p.metadata.deletion_timestamp.is_some()) {
+                bail!(
+                    "deleted while its volume {} waited for its source",
+                    volume.name
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        for (file, content) in files {
             std::fs::write(dir.join(file), content)?;
         }
         for projection in volume
@@ -765,37 +951,64 @@ async fn write_volumes(
     Ok(written)
 }
 
-/// The files of a ConfigMap or Secret volume.
+/// The files of a ConfigMap or Secret volume; `None` while a source it
+/// requires does not exist (an optional one missing gives no files).
 async fn volume_files(
     state: &State,
     namespace: &str,
     volume: &Volume,
-) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    if let Some(source) = &volume.config_map {
+) -> anyhow::Result<Option<Vec<(String, Vec<u8>)>>> {
+    let (data, optional) = if let Some(source) = &volume.config_map {
         let maps: Api<ConfigMap> = Api::namespaced(state.client.clone(), namespace);
-        let map = maps.get(&source.name).await?;
-        return Ok(map
-            .data
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| (k, v.into_bytes()))
-            .collect());
-    }
-    if let Some(source) = &volume.secret {
+        let data = maps.get_opt(&source.name).await?.map(|map| {
+            map.data
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect()
+        });
+        (data, source.optional)
+    } else if let Some(source) = &volume.secret {
         let name = source
             .secret_name
             .as_deref()
             .context("secret volume without name")?;
         let secrets: Api<Secret> = Api::namespaced(state.client.clone(), namespace);
-        let secret = secrets.get(name).await?;
-        return Ok(secret
-            .data
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| (k, v.0))
-            .collect());
+        let data = secrets.get_opt(name).await?.map(|secret| {
+            secret
+                .data
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k, v.0))
+                .collect()
+        });
+        (data, source.optional)
+    } else {
+        return Ok(Some(Vec::new()));
+    };
+    Ok(match data {
+        Some(files) => Some(files),
+        None if optional == Some(true) => Some(Vec::new()),
+        None => None,
+    })
+}
+
+/// Rewrites the files of the pod's ConfigMap and Secret volumes that
+/// changed, as a kubelet's volume sync does (rotated certificates, edited
+/// configuration).
+async fn refresh_volumes(state: &State, pod: &Pod, pod_dir: &Path) -> anyhow::Result<()> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let dir = pod_dir.join("volumes").join(&volume.name);
+        let files = volume_files(state, namespace, volume).await?;
+        for (file, content) in files.into_iter().flatten() {
+            let path = dir.join(file);
+            if std::fs::read(&path).ok().as_deref() != Some(content.as_slice()) {
+                std::fs::write(path, content)?;
+            }
+        }
     }
-    Ok(Vec::new())
+    Ok(())
 }
 
 /// Where a kubelet mounts a pod's service-account token, CA and namespace,
@@ -869,7 +1082,7 @@ async fn report(
 /// reports it Ready. Ends when the pod stops running here.
 async fn await_ready(state: Arc<State>, pod: Pod, ip: IpAddr) {
     let (namespace, name, uid) = ident(&pod);
-    let probes: Vec<(u16, String)> = pod
+    let probes: Vec<(u16, String, bool)> = pod
         .spec
         .iter()
         .flat_map(containers)
@@ -888,6 +1101,7 @@ async fn await_ready(state: Arc<State>, pod: Pod, ip: IpAddr) {
             Some((
                 u16::try_from(port).ok()?,
                 get.path.clone().unwrap_or("/".into()),
+                get.scheme.as_deref() == Some("HTTPS"),
             ))
         })
         .collect();
@@ -901,8 +1115,13 @@ async fn await_ready(state: Arc<State>, pod: Pod, ip: IpAddr) {
             return;
         }
         let mut ready = true;
-        for (port, path) in &probes {
-            let answer = crate::http_get((ip, *port).into(), path).await;
+        for (port, path, https) in &probes {
+            let addr = (ip, *port).into();
+            let answer = if *https {
+                crate::https::get_unverified(addr, path).await
+            } else {
+                crate::http_get(addr, path).await
+            };
             ready &= matches!(answer, Ok((status, _)) if (200..300).contains(&status));
         }
         if ready {
@@ -927,7 +1146,7 @@ async fn stop(state: Arc<State>, pod: Pod) {
     let children: Vec<Child> = running
         .into_iter()
         .flat_map(|p| p.children)
-        .map(|(_, child)| child)
+        .map(|c| c.child)
         .collect();
     for pid in children.iter().filter_map(Child::id) {
         let _ = Command::new("kill")

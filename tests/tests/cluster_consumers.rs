@@ -9,7 +9,6 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::Api;
 use serde::Deserialize;
@@ -54,15 +53,6 @@ fn with_slow_sims(mut object: Value) -> Value {
     object
 }
 
-async fn spec_replicas(client: &kube::Client, name: &str) -> anyhow::Result<Option<i32>> {
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), SAMPLES);
-    Ok(deployments
-        .get_opt(name)
-        .await?
-        .and_then(|d| d.spec)
-        .and_then(|s| s.replicas))
-}
-
 /// Awaits Deployment `name` at `replicas`, set by its HPA; on failure, says
 /// what wva decided and what the HPA saw.
 async fn scaled_to(
@@ -73,7 +63,7 @@ async fn scaled_to(
 ) -> anyhow::Result<()> {
     let what = format!("the HPA to set {name} to {replicas} replicas");
     let scaled = eventually(THROUGH_THE_HPA, &what, || async {
-        Ok((spec_replicas(client, name).await? == Some(replicas)).then_some(()))
+        Ok((spec_replicas(client, SAMPLES, name).await? == Some(replicas)).then_some(()))
     })
     .await;
     if let Err(e) = scaled {
@@ -116,12 +106,7 @@ async fn the_sample_hpas_scale_the_sample_deployments_on_wva_decisions() -> anyh
     } = wva_on_a_node(1, &[]).await?;
     // A held request saturates a replica at this threshold; scale-downs are
     // not held by wva's window (the samples' HPAs have none either).
-    patch_config_map(
-        &client,
-        "saturation-scaling-config",
-        json!({"default": "kvCacheThreshold: 0.3\nkvSpareTrigger: 0.1\nscaleDownStabilizationSeconds: 0\n"}),
-    )
-    .await?;
+    saturating_on_a_held_request(&client, "scaleDownStabilizationSeconds: 0\n").await?;
     let monitoring = Monitoring::start(&plane).await?;
     plane
         .create(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SAMPLES}}))
@@ -173,7 +158,7 @@ async fn the_sample_hpas_scale_the_sample_deployments_on_wva_decisions() -> anyh
         Err(e) => anyhow::bail!("{e:#}\n{}", monitoring.adapter_log(&client).await?),
     };
     assert_eq!(served["items"][0]["value"], "1", "{served}");
-    assert_eq!(spec_replicas(&client, L4).await?, Some(1));
+    assert_eq!(spec_replicas(&client, SAMPLES, L4).await?, Some(1));
 
     // Both variants saturated: wva asks for more of the cheaper one, the
     // HPA sets it, and the new pods start, report and settle the model.
@@ -184,7 +169,10 @@ async fn the_sample_hpas_scale_the_sample_deployments_on_wva_decisions() -> anyh
         THROUGH_THE_HPA,
         "the L4 raised, started and settled",
         || async {
-            let Some(replicas) = spec_replicas(&client, L4).await?.filter(|r| *r > 1) else {
+            let Some(replicas) = spec_replicas(&client, SAMPLES, L4)
+                .await?
+                .filter(|r| *r > 1)
+            else {
                 return Ok(None);
             };
             let all = decisions(metrics).await?;
@@ -200,7 +188,7 @@ async fn the_sample_hpas_scale_the_sample_deployments_on_wva_decisions() -> anyh
     .await?;
     live_pods(&client, SAMPLES, &format!("app={L4}"), raised as usize).await?;
     assert_eq!(
-        spec_replicas(&client, H100).await?,
+        spec_replicas(&client, SAMPLES, H100).await?,
         Some(1),
         "H100 at its floor"
     );
@@ -209,6 +197,6 @@ async fn the_sample_hpas_scale_the_sample_deployments_on_wva_decisions() -> anyh
     drop((l4_request, h100_request));
     scaled_to(&client, metrics, L4, 1).await?;
     live_pods(&client, SAMPLES, &format!("app={L4}"), 1).await?;
-    assert_eq!(spec_replicas(&client, H100).await?, Some(1));
+    assert_eq!(spec_replicas(&client, SAMPLES, H100).await?, Some(1));
     Ok(())
 }

@@ -4,8 +4,6 @@
 //! endpoint pickers).
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use wva_e2e::install::*;
 use wva_e2e::*;
@@ -56,12 +54,7 @@ async fn an_hpas_max_replicas_caps_its_variant_which_says_so() -> anyhow::Result
         replicas,
     } = wva_on_a_node(1, &[]).await?;
     // A held request saturates a replica at this threshold.
-    patch_config_map(
-        &client,
-        "saturation-scaling-config",
-        json!({"default": "kvCacheThreshold: 0.3\nkvSpareTrigger: 0.1\n"}),
-    )
-    .await?;
+    saturating_on_a_held_request(&client, "").await?;
     plane.create(&chat_hpa(1, 1)).await?;
     let (_, _request) = chat_holding_a_request(&plane, &client, &node).await?;
 
@@ -192,51 +185,16 @@ async fn a_variant_annotated_for_pod_scraping_is_driven_by_its_services_ready_po
 #[tokio::test]
 async fn requests_queued_at_a_scraped_endpoint_picker_bring_a_model_back_from_zero()
 -> anyhow::Result<()> {
-    let values = [
-        SCALE_TO_ZERO[0],
-        SCALE_TO_ZERO[1],
-        "config.WVA_POLL_INTERVAL=300ms",
-    ];
     let Wva {
         plane,
         client,
         node: _node,
         replicas,
-    } = wva_on_a_node(1, &values).await?;
-    // The picker has no agent and is no image the local node runs: the test
-    // serves its metrics at an address of the pod network and reports the
-    // pod running there, as its kubelet would.
-    let queue = std::sync::Arc::new(std::sync::Mutex::new(flow_control(MODEL, 0)));
-    let epp = serve_metrics_at("198.19.0.1:0".parse()?, queue.clone()).await?;
+    } = wva_on_a_node(1, &WAKING_FROM_ZERO).await?;
     plane.create(&vllm_deployment(CHAT, 0)).await?;
     let mut va = variant_autoscaling(CHAT, CHAT);
-    va["metadata"]["annotations"] = json!({
-        "wva.llmd.ai/epp-service": "gateway-epp",
-        "wva.llmd.ai/epp-metrics-port": epp.port().to_string(),
-    });
+    let queue = endpoint_picker(&plane, &client, &mut va).await?;
     plane.create(&va).await?;
-    plane
-        .create(&service_selecting("gateway-epp", "gateway-epp", 9090))
-        .await?;
-    let picker = json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "gateway-epp-0", "namespace": NS, "labels": {"app": "gateway-epp"},
-                     "annotations": {"wva.llmd.ai/inject-agent": "false"}},
-        "spec": {"containers": [{"name": "epp",
-            "image": "registry.k8s.io/gateway-api-inference-extension/epp:v1.0.0"}]},
-    });
-    plane.create(&picker).await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let running = json!({"status": {"phase": "Running", "podIP": epp.ip().to_string(),
-        "podIPs": [{"ip": epp.ip().to_string()}],
-        "conditions": [{"type": "Ready", "status": "True"}]}});
-    pods.patch_status(
-        "gateway-epp-0",
-        &PatchParams::default(),
-        &Patch::Merge(&running),
-    )
-    .await?;
 
     let metrics = replicas[0].metrics;
     chat_decision_where(metrics, "the idle model at zero", |d| {

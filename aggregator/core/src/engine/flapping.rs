@@ -83,18 +83,10 @@ impl FlapGuard {
 
 #[cfg(test)]
 mod tests {
-    use super::super::load::Measure;
     use super::*;
 
     fn model() -> ModelKey {
         ("ns".to_string(), "m".to_string())
-    }
-
-    fn arrivals(value: f64) -> Load {
-        Load {
-            value,
-            measure: Measure::Arrivals,
-        }
     }
 
     #[test]
@@ -102,26 +94,26 @@ mod tests {
         let mut g = FlapGuard::default();
         let t0 = Instant::now();
         let window = Duration::from_secs(60);
-        assert!(g.allows_down(&model(), arrivals(15.0)));
-        g.stepped(&model(), (t0, window), false, arrivals(15.0));
+        assert!(g.allows_down(&model(), Load::arrivals(15.0)));
+        g.stepped(&model(), (t0, window), false, Load::arrivals(15.0));
         // Back up 10 s later at the same load: the scale-down was wrong.
         g.stepped(
             &model(),
             (t0 + Duration::from_secs(10), window),
             true,
-            arrivals(15.0),
+            Load::arrivals(15.0),
         );
-        assert!(!g.allows_down(&model(), arrivals(15.0)));
+        assert!(!g.allows_down(&model(), Load::arrivals(15.0)));
         assert!(
-            !g.allows_down(&model(), arrivals(12.5)),
+            !g.allows_down(&model(), Load::arrivals(12.5)),
             "a small dip is noise"
         );
         assert!(
-            g.allows_down(&model(), arrivals(11.9)),
+            g.allows_down(&model(), Load::arrivals(11.9)),
             "20 % lower is a new load"
         );
         assert!(
-            g.allows_down(&model(), arrivals(15.0)),
+            g.allows_down(&model(), Load::arrivals(15.0)),
             "and the guard is lifted"
         );
     }
@@ -131,22 +123,22 @@ mod tests {
         let mut g = FlapGuard::default();
         let t0 = Instant::now();
         let window = Duration::from_secs(600);
-        g.stepped(&model(), (t0, window), false, arrivals(10.0));
+        g.stepped(&model(), (t0, window), false, Load::arrivals(10.0));
         g.stepped(
             &model(),
             (t0 + Duration::from_secs(601), window),
             true,
-            arrivals(20.0),
+            Load::arrivals(20.0),
         );
-        assert!(g.allows_down(&model(), arrivals(20.0)));
+        assert!(g.allows_down(&model(), Load::arrivals(20.0)));
         // Two scale-ups in a row are no undo either.
         g.stepped(
             &model(),
             (t0 + Duration::from_secs(602), window),
             true,
-            arrivals(25.0),
+            Load::arrivals(25.0),
         );
-        assert!(g.allows_down(&model(), arrivals(25.0)));
+        assert!(g.allows_down(&model(), Load::arrivals(25.0)));
     }
 
     #[test]
@@ -155,18 +147,18 @@ mod tests {
         let t0 = Instant::now();
         let window = Duration::from_secs(60);
         let later = |s| (t0 + Duration::from_secs(s), window);
-        g.stepped(&model(), (t0, window), false, arrivals(0.0));
-        g.stepped(&model(), later(5), true, arrivals(0.0));
-        assert!(g.allows_down(&model(), arrivals(0.0)), "nothing to compare");
+        g.stepped(&model(), (t0, window), false, Load::arrivals(0.0));
+        g.stepped(&model(), later(5), true, Load::arrivals(0.0));
+        assert!(
+            g.allows_down(&model(), Load::arrivals(0.0)),
+            "nothing to compare"
+        );
         // Undone while the KV cache filled (long requests, none finishing);
         // requests that now arrive and finish are another kind of load.
-        let kv = Load {
-            value: 0.9,
-            measure: Measure::KvCache,
-        };
+        let kv = Load::kv(0.9);
         g.stepped(&model(), later(10), false, kv);
         g.stepped(&model(), later(15), true, kv);
         assert!(!g.allows_down(&model(), kv));
-        assert!(g.allows_down(&model(), arrivals(3.0)));
+        assert!(g.allows_down(&model(), Load::arrivals(3.0)));
     }
 }

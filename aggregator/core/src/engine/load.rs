@@ -56,3 +56,20 @@ impl Load {
         }
     }
 }
+
+#[cfg(test)]
+impl Load {
+    pub(super) fn arrivals(value: f64) -> Load {
+        Load {
+            value,
+            measure: Measure::Arrivals,
+        }
+    }
+
+    pub(super) fn kv(value: f64) -> Load {
+        Load {
+            value,
+            measure: Measure::KvCache,
+        }
+    }
+}

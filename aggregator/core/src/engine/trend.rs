@@ -70,20 +70,6 @@ mod tests {
         ("ns".to_string(), "m".to_string())
     }
 
-    fn arrivals(value: f64) -> Load {
-        Load {
-            value,
-            measure: Measure::Arrivals,
-        }
-    }
-
-    fn kv(value: f64) -> Load {
-        Load {
-            value,
-            measure: Measure::KvCache,
-        }
-    }
-
     fn at(t0: Instant, seconds: u64) -> Instant {
         t0 + Duration::from_secs(seconds)
     }
@@ -93,17 +79,17 @@ mod tests {
         let mut trend = LoadTrend::default();
         let t0 = Instant::now();
         assert!(
-            !trend.rising(&model(), t0, arrivals(0.0)),
+            !trend.rising(&model(), t0, Load::arrivals(0.0)),
             "nothing to compare"
         );
         // 0.5 req/s more every second for 30 s: 0.5 req/s could be chance.
         let ramp: Vec<bool> = (1..=30)
-            .map(|s| trend.rising(&model(), at(t0, s), arrivals(0.5 * s as f64)))
+            .map(|s| trend.rising(&model(), at(t0, s), Load::arrivals(0.5 * s as f64)))
             .collect();
         assert!(!ramp[0] && ramp[1..].iter().all(|r| *r), "{ramp:?}");
         // Held at 15 req/s: rising until the start of the plateau is SPAN old.
         let plateau: Vec<bool> = (31..=70)
-            .map(|s| trend.rising(&model(), at(t0, s), arrivals(15.0)))
+            .map(|s| trend.rising(&model(), at(t0, s), Load::arrivals(15.0)))
             .collect();
         let rising_for = plateau.iter().take_while(|r| **r).count();
         assert!(plateau[rising_for..].iter().all(|r| !*r), "{plateau:?}");
@@ -117,19 +103,19 @@ mod tests {
         for s in 0..60 {
             // ±8 % around 10 req/s.
             let load = if s % 2 == 0 { 9.2 } else { 10.8 };
-            assert!(!trend.rising(&model(), at(t0, s), arrivals(load)));
+            assert!(!trend.rising(&model(), at(t0, s), Load::arrivals(load)));
         }
         for s in 60..90 {
             let load = 10.0 - (s - 60) as f64 * 0.3;
-            assert!(!trend.rising(&model(), at(t0, s), arrivals(load)));
+            assert!(!trend.rising(&model(), at(t0, s), Load::arrivals(load)));
         }
         // A trickle: a request more or less in a window doubles the reading.
         let mut trickle = LoadTrend::default();
         for s in 0..60 {
             let load = if s % 3 == 0 { 0.2 } else { 0.8 };
-            assert!(!trickle.rising(&model(), at(t0, s), arrivals(load)));
+            assert!(!trickle.rising(&model(), at(t0, s), Load::arrivals(load)));
             let used = if s % 3 == 0 { 0.05 } else { 0.12 };
-            assert!(!trickle.rising(&("ns".into(), "kv".into()), at(t0, s), kv(used)));
+            assert!(!trickle.rising(&("ns".into(), "kv".into()), at(t0, s), Load::kv(used)));
         }
     }
 
@@ -137,9 +123,9 @@ mod tests {
     fn readings_of_another_measure_start_the_history_over() {
         let mut trend = LoadTrend::default();
         let t0 = Instant::now();
-        assert!(!trend.rising(&model(), t0, kv(0.5)));
+        assert!(!trend.rising(&model(), t0, Load::kv(0.5)));
         // Rates become known: 4 req/s is no rise from half a KV cache.
-        assert!(!trend.rising(&model(), at(t0, 1), arrivals(4.0)));
-        assert!(trend.rising(&model(), at(t0, 2), arrivals(8.0)));
+        assert!(!trend.rising(&model(), at(t0, 1), Load::arrivals(4.0)));
+        assert!(trend.rising(&model(), at(t0, 2), Load::arrivals(8.0)));
     }
 }

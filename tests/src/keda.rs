@@ -1,0 +1,126 @@
+//! KEDA on the control plane, installed from its own manifests: the
+//! `config/default` of its Go module (v2.21.0), rendered by `kubectl
+//! kustomize`, with its operator and metrics server built from that module
+//! by `scripts/cluster tool` and run by a local node.
+//!
+//! Changes to the manifests, all because the local node runs every pod in
+//! one network namespace, where a kubelet would give each its own:
+//!
+//! - the operator binds its metrics, health and gRPC ports to its pod's
+//!   address (`0.0.0.0` in an argument stands for it), and the metrics
+//!   server its secure port; the metrics server's own metrics move to port
+//!   8082, as that flag takes a port only and 8080 would clash with the
+//!   operator's;
+//! - the operator's certificate directory (`/certs`, its default) is
+//!   spelled out, so that the node, which rewrites paths in arguments
+//!   rather than mounting volumes, finds it;
+//! - the admission webhooks are left out: they only validate KEDA's objects,
+//!   and their port (9443, all addresses) is the aggregator's gRPC port.
+//!   The operator is told not to patch their configuration.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::Pod;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::controlplane::{ControlPlane, tool, tool_source};
+use crate::install::kubectl;
+use crate::node::LocalNode;
+
+pub const KEDA: &str = "keda";
+
+/// KEDA running; dropping it stops its pods.
+pub struct Keda {
+    pub node: LocalNode,
+}
+
+impl Keda {
+    /// Installs KEDA and awaits its metrics server's APIService.
+    pub async fn install(plane: &ControlPlane) -> anyhow::Result<Keda> {
+        // Built before anything starts: a cold build takes minutes.
+        for program in ["keda-operator", "keda-metrics-apiserver"] {
+            tool(program).await?;
+        }
+        let source = tool_source("keda-operator").await?;
+        let config = source.join("config/default");
+        let rendered = kubectl(plane, &["kustomize", config.to_str().context("path")?]).await?;
+        let mut objects = Vec::new();
+        for document in serde_yaml::Deserializer::from_str(&rendered) {
+            let object = Value::deserialize(document)?;
+            if object.is_null() || admission_webhooks(&object) {
+                continue;
+            }
+            objects.push(for_the_local_node(object));
+        }
+        // CustomResourceDefinitions and the namespace first.
+        objects.sort_by_key(|o| {
+            !matches!(
+                o["kind"].as_str(),
+                Some("CustomResourceDefinition" | "Namespace")
+            )
+        });
+        for object in &objects {
+            plane.apply(object).await?;
+        }
+        plane.default_service_account(KEDA).await?;
+        let node = LocalNode::start(plane, "keda", &[KEDA]).await?;
+        let keda = Keda { node };
+        let available = plane
+            .api_service_available("v1beta1.external.metrics.k8s.io", Duration::from_secs(180))
+            .await;
+        if let Err(e) = available {
+            anyhow::bail!("{e:#}\n{}", keda.logs(&plane.client().await?).await?);
+        }
+        Ok(keda)
+    }
+
+    /// The last lines every KEDA container logged, for failure messages.
+    pub async fn logs(&self, client: &kube::Client) -> anyhow::Result<String> {
+        let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), KEDA);
+        let mut logs = String::new();
+        for pod in pods.list(&Default::default()).await?.items {
+            let name = pod.metadata.name.unwrap_or_default();
+            for container in pod.spec.iter().flat_map(|s| &s.containers) {
+                let log = self.node.log(KEDA, &name, &container.name);
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+                logs += &format!("== {name}/{}\n{tail}\n", container.name);
+            }
+        }
+        Ok(logs)
+    }
+}
+
+/// The admission webhooks' Deployment, Service and configuration.
+fn admission_webhooks(object: &Value) -> bool {
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    object["kind"] == "ValidatingWebhookConfiguration"
+        || (matches!(object["kind"].as_str(), Some("Deployment" | "Service"))
+            && name.contains("admission"))
+}
+
+/// The manifests' changes for one shared network namespace.
+fn for_the_local_node(mut object: Value) -> Value {
+    if object["kind"] != "Deployment" {
+        return object;
+    }
+    let extra: &[&str] = match object["metadata"]["name"].as_str() {
+        Some("keda-operator") => &[
+            "--metrics-bind-address=0.0.0.0:8080",
+            "--health-probe-bind-address=0.0.0.0:8081",
+            "--metrics-service-bind-address=0.0.0.0:9666",
+            "--enable-webhook-patching=false",
+            // The default, spelled out for the local node to make local.
+            "--cert-dir=/certs",
+        ],
+        Some("keda-metrics-apiserver") => &["--bind-address=0.0.0.0", "--port=8082"],
+        _ => &[],
+    };
+    let args = &mut object["spec"]["template"]["spec"]["containers"][0]["args"];
+    if let Some(args) = args.as_array_mut() {
+        args.extend(extra.iter().map(|a| Value::from(*a)));
+    }
+    object
+}
