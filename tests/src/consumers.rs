@@ -47,11 +47,12 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use crate::controlplane::ControlPlane;
-use crate::install::{RELEASE, helm, succeeded};
+use crate::https::get_unverified;
+use crate::install::{RELEASE, SYSTEM, helm, succeeded};
 use crate::node::LocalNode;
 use crate::pki::TestCa;
 use crate::prometheus::Prometheus;
-use crate::workspace;
+use crate::{eventually, workspace};
 
 pub const MONITORING: &str = "monitoring";
 
@@ -59,12 +60,26 @@ const ADAPTER: &str = "prometheus-adapter";
 
 const EXTERNAL_METRICS: &str = "v1beta1.external.metrics.k8s.io";
 
+/// How long a decision may take to be in Prometheus and then served by the
+/// adapter: a scrape interval (15 or 30 s) and the adapter's start, with
+/// room for a busy machine.
+const SERVED: Duration = Duration::from_secs(120);
+
 /// The values users install prometheus-adapter with.
 const VALUES: &str = "examples/prometheus-adapter-values.yaml";
 
 /// Prometheus servers of this test process listen on 198.19.0.1, .2, …:
 /// the pod network, outside the local nodes' 198.18.N.0/24.
 static NEXT_ADDRESS: AtomicU8 = AtomicU8::new(1);
+
+/// What a prometheus-operator PodMonitor would have Prometheus scrape: every
+/// running pod of `namespace` at its container port named `port`, every
+/// `interval`, labelled with its `namespace`, `pod` and `container`.
+pub struct PodMonitor {
+    pub namespace: String,
+    pub port: String,
+    pub interval: String,
+}
 
 /// Prometheus and prometheus-adapter, running; dropping it stops both.
 pub struct Monitoring {
@@ -75,13 +90,13 @@ pub struct Monitoring {
     /// ([`Monitoring::server_name`]) and the address it listens on.
     pub ca_file: PathBuf,
     pub server_name: String,
-    discovery: JoinHandle<()>,
+    discovery: Vec<JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
 impl Drop for Monitoring {
     fn drop(&mut self) {
-        self.discovery.abort();
+        self.discovery.iter().for_each(JoinHandle::abort);
     }
 }
 
@@ -90,6 +105,16 @@ impl Monitoring {
     /// namespace, Service and CA ConfigMap the adapter's values expect.
     /// The adapter comes with [`Monitoring::start_adapter`].
     pub async fn start(plane: &ControlPlane) -> anyhow::Result<Monitoring> {
+        Monitoring::start_with(plane, &[], None).await
+    }
+
+    /// [`Monitoring::start`], with the chart's ServiceMonitor rendered with
+    /// `chart_values` (`--set`), and `pods` scraped too.
+    pub async fn start_with(
+        plane: &ControlPlane,
+        chart_values: &[&str],
+        pods: Option<PodMonitor>,
+    ) -> anyhow::Result<Monitoring> {
         let values = adapter_values()?;
         let host = prometheus_host(&values)?;
         let port = values["prometheus"]["port"]
@@ -120,8 +145,25 @@ impl Monitoring {
             key.display()
         );
         let targets = dir.path().join("targets.json");
-        let (config, namespaces) = scrape_config(plane, &targets).await?;
-        let discovery = tokio::spawn(discover(plane.client().await?, namespaces, targets));
+        let (job, namespaces) = service_monitor_job(plane, chart_values, &targets).await?;
+        let client = plane.client().await?;
+        let slices: Api<EndpointSlice> = Api::all(client.clone());
+        let mut discovery = vec![tokio::spawn(discover(slices, targets, move || {
+            let (client, namespaces) = (client.clone(), namespaces.clone());
+            async move { endpoint_targets(&client, &namespaces).await }
+        }))];
+        let mut jobs = vec![job];
+        if let Some(monitor) = pods {
+            let targets = dir.path().join("pods.json");
+            jobs.push(pod_monitor_job(&monitor, &targets));
+            let pods: Api<Pod> = Api::namespaced(plane.client().await?, &monitor.namespace);
+            let listed = pods.clone();
+            discovery.push(tokio::spawn(discover(pods, targets, move || {
+                let (pods, port) = (listed.clone(), monitor.port.clone());
+                async move { pod_targets(&pods, &port).await }
+            })));
+        }
+        let config = json!({"scrape_configs": jobs}).to_string();
         let addr = SocketAddr::from((ip, port));
         let prometheus = Prometheus::start_at(dir.path(), &config, Some(&web), addr).await?;
 
@@ -167,6 +209,45 @@ impl Monitoring {
             .await
     }
 
+    /// Awaits the decision for VariantAutoscaling `variant` of `namespace`
+    /// in Prometheus, under the labels users get, starts the adapter (so
+    /// that its first list finds the series) and awaits the decision served
+    /// as the External metric an HPA reads, which it returns.
+    pub async fn serve_decision(
+        &self,
+        plane: &ControlPlane,
+        namespace: &str,
+        variant: &str,
+    ) -> anyhow::Result<Value> {
+        let query = format!(
+            "wva_desired_replicas{{exported_namespace=\"{namespace}\",variant_name=\"{variant}\",namespace=\"{SYSTEM}\"}}"
+        );
+        let path = format!("/api/v1/query?query={}", percent_encoded(&query));
+        eventually(SERVED, "the decision in Prometheus", || async {
+            let (status, body) = get_unverified(self.prometheus.addr, &path).await?;
+            let answer: Value = serde_json::from_str(&body)?;
+            let found = answer["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty());
+            Ok((status == 200 && found).then_some(()))
+        })
+        .await?;
+        self.start_adapter(plane).await?;
+        let client = plane.client().await?;
+        let external = format!(
+            "/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/wva_desired_replicas?labelSelector=variant_name%3D{variant}"
+        );
+        let served = eventually(SERVED, "the adapter to serve the decision", || async {
+            let request = http::Request::get(&external).body(Vec::new())?;
+            Ok(client.request::<Value>(request).await.ok())
+        })
+        .await;
+        match served {
+            Ok(served) => Ok(served),
+            Err(e) => anyhow::bail!("{e:#}\n{}", self.adapter_log(&client).await?),
+        }
+    }
+
     /// What the adapter's pods logged, for failure messages.
     pub async fn adapter_log(&self, client: &kube::Client) -> anyhow::Result<String> {
         let pods: Api<Pod> = Api::namespaced(client.clone(), MONITORING);
@@ -180,6 +261,16 @@ impl Monitoring {
             .map(|pod| format!("== {pod}\n{}", self.node.log(MONITORING, pod, ADAPTER)))
             .collect())
     }
+}
+
+/// `text` as a URL's query value.
+fn percent_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn adapter_values() -> anyhow::Result<Value> {
@@ -196,23 +287,20 @@ fn prometheus_host(values: &Value) -> anyhow::Result<&str> {
 }
 
 /// The scrape job prometheus-operator generates for the chart's
-/// ServiceMonitor, as a Prometheus configuration (JSON, which is YAML),
-/// discovering from `targets` what [`discover`] writes there; and the
-/// namespaces to discover in.
-async fn scrape_config(
+/// ServiceMonitor (rendered with `chart_values`), discovering from
+/// `targets` what [`endpoint_targets`] writes there; and the namespaces to
+/// discover in.
+async fn service_monitor_job(
     plane: &ControlPlane,
+    chart_values: &[&str],
     targets: &Path,
-) -> anyhow::Result<(String, Vec<String>)> {
+) -> anyhow::Result<(Value, Vec<String>)> {
     let chart = workspace().join("charts/wva");
-    let args = [
-        "template",
-        RELEASE,
-        chart.to_str().context("chart path")?,
-        "--set",
-        "serviceMonitor.enabled=true",
-        "--show-only",
-        "templates/servicemonitor.yaml",
-    ];
+    let mut args = vec!["template", RELEASE, chart.to_str().context("chart path")?];
+    for value in ["serviceMonitor.enabled=true"].iter().chain(chart_values) {
+        args.extend(["--set", value]);
+    }
+    args.extend(["--show-only", "templates/servicemonitor.yaml"]);
     let output = helm(plane, &args).await?;
     succeeded(&output, "helm template")?;
     let monitor: Value = serde_yaml::from_slice(&output.stdout)?;
@@ -284,20 +372,38 @@ async fn scrape_config(
         .flatten()
         .filter_map(|n| n.as_str().map(String::from))
         .collect();
-    Ok((json!({"scrape_configs": [job]}).to_string(), namespaces))
+    Ok((job, namespaces))
 }
 
-/// Plays Prometheus' Kubernetes `endpoints` discovery in `namespaces`:
-/// rewrites `file` with the targets whenever an EndpointSlice changes.
-async fn discover(client: kube::Client, namespaces: Vec<String>, file: PathBuf) {
-    let slices: Api<EndpointSlice> = Api::all(client.clone());
-    let mut changes = watcher(slices, watcher::Config::default()).boxed();
+/// The scrape job prometheus-operator generates for a PodMonitor, reading
+/// the targets [`pod_targets`] writes to `targets`, which carry its target
+/// labels already.
+fn pod_monitor_job(monitor: &PodMonitor, targets: &Path) -> Value {
+    json!({
+        "job_name": format!("podMonitor/{MONITORING}/{}/0", monitor.namespace),
+        "honor_labels": false,
+        "scrape_interval": monitor.interval,
+        "metrics_path": "/metrics",
+        "scheme": "http",
+        "file_sd_configs": [{"files": [targets]}],
+    })
+}
+
+/// Plays Prometheus' Kubernetes discovery: rewrites `file` with what
+/// `targets` finds whenever an object `api` watches changes.
+async fn discover<K, F, Fut>(api: Api<K>, file: PathBuf, targets: F)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Value>>,
+{
+    let mut changes = watcher(api, watcher::Config::default()).boxed();
     let mut written = None;
     while let Some(change) = changes.next().await {
         if change.is_err() {
             continue;
         }
-        let Ok(targets) = endpoint_targets(&client, &namespaces).await else {
+        let Ok(targets) = targets().await else {
             continue;
         };
         if written.as_ref() == Some(&targets) {
@@ -414,6 +520,34 @@ async fn endpoint_targets(client: &kube::Client, namespaces: &[String]) -> anyho
                         );
                     }
                 }
+            }
+        }
+    }
+    Ok(Value::Array(targets))
+}
+
+/// The running pods of `pods` at their container port named `port`, with
+/// the target labels a PodMonitor's job gives them.
+async fn pod_targets(pods: &Api<Pod>, port: &str) -> anyhow::Result<Value> {
+    let mut targets = Vec::new();
+    for pod in pods.list(&ListParams::default()).await?.items {
+        let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let (Some(ip), true) = (ip, running && pod.metadata.deletion_timestamp.is_none()) else {
+            continue;
+        };
+        for container in pod.spec.iter().flat_map(|s| &s.containers) {
+            let ports = container.ports.iter().flatten();
+            for number in ports.filter(|p| p.name.as_deref() == Some(port)) {
+                targets.push(json!({
+                    "targets": [format!("{ip}:{}", number.container_port)],
+                    "labels": {
+                        "namespace": pod.metadata.namespace,
+                        "pod": pod.metadata.name,
+                        "container": container.name,
+                        "endpoint": port,
+                    },
+                }));
             }
         }
     }

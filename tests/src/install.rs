@@ -71,6 +71,14 @@ pub async fn kubectl(plane: &ControlPlane, args: &[&str]) -> anyhow::Result<Stri
     Ok(String::from_utf8(output.stdout)?)
 }
 
+/// [`kubectl`], printed as a user sees it: the docs show what these runs
+/// printed (`-- --nocapture`).
+pub async fn shown(plane: &ControlPlane, args: &[&str]) -> anyhow::Result<String> {
+    let output = kubectl(plane, args).await?;
+    println!("$ kubectl {}\n{output}", args.join(" "));
+    Ok(output)
+}
+
 pub fn succeeded(output: &Output, what: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
         output.status.success(),
@@ -461,7 +469,23 @@ pub async fn wva_on_a_node_with(
     values: &[&str],
     secrets: Vec<Secret>,
 ) -> anyhow::Result<Wva> {
-    let plane = ControlPlane::start().await?;
+    wva_on(
+        ControlPlane::start().await?,
+        replicas_wanted,
+        values,
+        secrets,
+    )
+    .await
+}
+
+/// [`wva_on_a_node_with`] on a control plane already started, where
+/// something the chart's values point at (such as a Prometheus) runs.
+pub async fn wva_on(
+    plane: ControlPlane,
+    replicas_wanted: usize,
+    values: &[&str],
+    secrets: Vec<Secret>,
+) -> anyhow::Result<Wva> {
     let client = plane.client().await?;
     if !secrets.is_empty() {
         let namespaces: Api<Namespace> = Api::all(client.clone());

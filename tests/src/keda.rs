@@ -22,11 +22,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::Secret;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::controlplane::{ControlPlane, tool, tool_source};
-use crate::install::kubectl;
+use crate::install::{SYSTEM, kubectl};
 use crate::node::LocalNode;
 
 pub const KEDA: &str = "keda";
@@ -91,6 +92,62 @@ impl Keda {
         }
         Ok(logs)
     }
+}
+
+/// The TriggerAuthentication `wva` in `namespace`, which trusts the chart's
+/// gRPC CA (copied from its Secret), as docs/keda.md sets it up.
+pub async fn authenticate_to_wva(plane: &ControlPlane, namespace: &str) -> anyhow::Result<()> {
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(plane.client().await?, SYSTEM);
+    let tls = secrets.get("wva-grpc-tls").await?;
+    let ca = tls
+        .data
+        .as_ref()
+        .and_then(|d| d.get("ca.crt"))
+        .map(|c| String::from_utf8_lossy(&c.0).into_owned())
+        .context("wva-grpc-tls has no ca.crt")?;
+    plane
+        .create(&json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "wva-grpc-ca", "namespace": namespace},
+            "stringData": {"ca.crt": ca},
+        }))
+        .await?;
+    plane
+        .create(&json!({
+            "apiVersion": "keda.sh/v1alpha1", "kind": "TriggerAuthentication",
+            "metadata": {"name": "wva", "namespace": namespace},
+            "spec": {"secretTargetRef": [{"parameter": "caCert", "name": "wva-grpc-ca", "key": "ca.crt"}]},
+        }))
+        .await?;
+    Ok(())
+}
+
+/// A ScaledObject scaling Deployment `name` (between `min` and 8 replicas)
+/// on the decision for the VariantAutoscaling of that name, pushed by the
+/// aggregator's external scaler over the chart's TLS. Scale-downs are
+/// wva's to hold: its HPA applies them at once.
+pub fn scaled_object(namespace: &str, name: &str, min: i32) -> Value {
+    json!({
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "scaleTargetRef": {"name": name},
+            "minReplicaCount": min,
+            "maxReplicaCount": 8,
+            "cooldownPeriod": 5,
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
+                "scaleDown": {"stabilizationWindowSeconds": 0},
+            }}},
+            "triggers": [{
+                "type": "external-push",
+                "metadata": {
+                    "scalerAddress": format!("wva.{SYSTEM}.svc:9443"),
+                    "variantAutoscaling": name,
+                },
+                "authenticationRef": {"name": "wva"},
+            }],
+        },
+    })
 }
 
 /// The admission webhooks' Deployment, Service and configuration.

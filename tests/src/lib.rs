@@ -12,6 +12,7 @@ pub mod node;
 pub mod pki;
 pub mod pod_agent;
 pub mod prometheus;
+pub mod samples;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

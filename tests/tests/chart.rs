@@ -659,6 +659,32 @@ fn pod_values_reach_the_pod_spec() {
     }
 }
 
+/// Extra volumes join the chart's own, with the webhook's or without them.
+#[test]
+fn extra_volumes_are_mounted_beside_the_charts_own() {
+    let extra = [
+        "json:extraVolumes=[{\"name\":\"prometheus-ca\",\"configMap\":{\"name\":\"prometheus-ca\"}}]",
+        "json:extraVolumeMounts=[{\"name\":\"prometheus-ca\",\"mountPath\":\"/etc/wva/prometheus\"}]",
+    ];
+    for (webhook, own) in [("true", 1), ("false", 0)] {
+        let webhook = format!("webhook.enabled={webhook}");
+        let objects = render(&[extra[0], extra[1], &webhook]);
+        let spec = &deployment(&objects)["spec"]["template"]["spec"];
+        let volumes = spec["volumes"].as_array().expect("volumes");
+        let mounts = spec["containers"][0]["volumeMounts"]
+            .as_array()
+            .expect("volumeMounts");
+        assert_eq!(volumes.len(), own + 1, "{webhook}: {volumes:?}");
+        assert_eq!(mounts.len(), own + 1, "{webhook}: {mounts:?}");
+        assert_eq!(volumes[own]["configMap"]["name"], "prometheus-ca");
+        assert_eq!(mounts[own]["mountPath"], "/etc/wva/prometheus");
+        for object in &objects {
+            check_object(object)
+                .unwrap_or_else(|e| panic!("{} {}: {e}", kind(object), name(object)));
+        }
+    }
+}
+
 /// The Deployment's env, Services and volumes name the chart's own objects.
 #[test]
 fn deployment_points_at_the_charts_own_objects() {

@@ -9,49 +9,19 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::Api;
-use serde::Deserialize;
-use serde_json::{Value, json};
-use wva_aggregator::prometheus::client::{PrometheusClient, PrometheusConfig};
 use wva_e2e::consumers::Monitoring;
+use wva_e2e::controlplane::ControlPlane;
 use wva_e2e::install::*;
-use wva_e2e::node::LocalNode;
+use wva_e2e::samples::{self, H100, L4, SAMPLES, hold_on, samples};
 use wva_e2e::*;
-
-/// The samples' namespace and model.
-const SAMPLES: &str = "llm-inference";
-const SAMPLE_MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
-const L4: &str = "llama-8b-l4";
-const H100: &str = "llama-8b-h100";
 
 /// How long a decision may take to reach a Deployment: the ServiceMonitor's
 /// scrape interval (15 s) and the HPA controller's sync period (15 s), with
 /// room for a busy machine.
 const THROUGH_THE_HPA: Duration = Duration::from_secs(120);
-
-/// The objects of a sample file.
-fn samples(file: &str) -> anyhow::Result<Vec<Value>> {
-    let text = std::fs::read_to_string(workspace().join(file))?;
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| Ok(Value::deserialize(doc)?))
-        .filter(|doc| !matches!(doc, Ok(Value::Null)))
-        .collect()
-}
-
-/// A sample Deployment whose simulated vLLM has a KV cache of just its
-/// `--max-model-len` (8192 tokens) and decodes one token a second, so a
-/// request held on it ([`hold_on`]) holds about 40 % of the cache for the
-/// whole test.
-fn with_slow_sims(mut object: Value) -> Value {
-    if object["kind"] == "Deployment" {
-        let args = &mut object["spec"]["template"]["spec"]["containers"][0]["args"];
-        if let Some(args) = args.as_array_mut() {
-            args.extend(["--num-gpu-blocks", "512", "--itl-base", "1s"].map(Value::from));
-        }
-    }
-    object
-}
 
 /// Awaits Deployment `name` at `replicas`, set by its HPA; on failure, says
 /// what wva decided and what the HPA saw.
@@ -82,18 +52,39 @@ async fn scaled_to(
     Ok(())
 }
 
-/// A request held on the pod of Deployment `name`.
-async fn hold_on(
-    client: &kube::Client,
-    node: &LocalNode,
-    name: &str,
-) -> anyhow::Result<tokio::net::TcpStream> {
-    let pod = live_pods(client, SAMPLES, &format!("app={name}"), 1)
-        .await?
-        .remove(0);
-    let pod = pod.metadata.name.unwrap_or_default();
-    let sim = serving_sim_in(node, SAMPLES, &pod).await?;
-    hold_completion(sim, SAMPLE_MODEL, 3200, 500).await
+/// The verification steps of WVA's HPA guide, in the samples' names, work
+/// as written once the HPAs exist.
+async fn seed_verification_steps(plane: &ControlPlane) -> anyhow::Result<()> {
+    // "look for actual values instead of <unknown>"
+    let hpas = eventually(THROUGH_THE_HPA, "the HPA to show the decision", || async {
+        let table = kubectl(plane, &["get", "hpa", "-n", SAMPLES]).await?;
+        let read = table
+            .lines()
+            .any(|row| row.starts_with(L4) && row.contains("1/1 (avg)"));
+        Ok(read.then_some(()))
+    })
+    .await;
+    let shown_hpas = shown(plane, &["get", "hpa", "-n", SAMPLES]).await?;
+    hpas.with_context(|| shown_hpas)?;
+    let vas = shown(plane, &["get", "variantautoscaling", "-n", SAMPLES]).await?;
+    assert!(vas.lines().any(|row| row.starts_with(L4)), "{vas}");
+    let metrics = shown(
+        plane,
+        &["get", "--raw", "/apis/external.metrics.k8s.io/v1beta1"],
+    )
+    .await?;
+    for name in ["wva_desired_replicas", "inferno_desired_replicas"] {
+        assert!(metrics.contains(name), "{name} not listed: {metrics}");
+    }
+    let described = shown(plane, &["describe", "hpa", L4, "-n", SAMPLES]).await?;
+    assert!(described.contains("ValidMetricFound"), "{described}");
+    let legacy = format!(
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/{SAMPLES}/inferno_desired_replicas?labelSelector=variant_name%3D{L4}"
+    );
+    let legacy: serde_json::Value =
+        serde_json::from_str(&shown(plane, &["get", "--raw", &legacy]).await?)?;
+    assert_eq!(legacy["items"][0]["value"], "1", "{legacy}");
+    Ok(())
 }
 
 #[tokio::test]
@@ -108,57 +99,16 @@ async fn the_sample_hpas_scale_the_sample_deployments_on_wva_decisions() -> anyh
     // not held by wva's window (the samples' HPAs have none either).
     saturating_on_a_held_request(&client, "scaleDownStabilizationSeconds: 0\n").await?;
     let monitoring = Monitoring::start(&plane).await?;
-    plane
-        .create(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SAMPLES}}))
-        .await?;
-    plane.default_service_account(SAMPLES).await?;
-    let gpus = LocalNode::start(&plane, "gpus", &[SAMPLES]).await?;
-    for object in samples("examples/variantautoscaling.yaml")? {
-        plane.create(&with_slow_sims(object)).await?;
-    }
+    let gpus = samples::deploy(&plane, true).await?;
 
-    // The decisions are in Prometheus, under the labels users get, before
-    // the adapter first lists its series.
-    let prometheus = PrometheusClient::new(PrometheusConfig {
-        ca_cert: Some(monitoring.ca_file.clone()),
-        server_name: Some(monitoring.server_name.clone()),
-        ..PrometheusConfig::new(format!("https://{}", monitoring.prometheus.addr).parse()?)
-    })?;
-    let query = format!(
-        "wva_desired_replicas{{exported_namespace=\"{SAMPLES}\",variant_name=\"{L4}\",namespace=\"{SYSTEM}\"}}"
-    );
-    eventually(THROUGH_THE_HPA, "the L4 decision in Prometheus", || async {
-        Ok(prometheus
-            .query(&query)
-            .await
-            .ok()
-            .filter(|s| !s.is_empty()))
-    })
-    .await?;
-    monitoring.start_adapter(&plane).await?;
+    // The HPA reads the idle model's decision through the adapter.
+    let served = monitoring.serve_decision(&plane, SAMPLES, L4).await?;
     for object in samples("examples/hpa.yaml")? {
         plane.create(&object).await?;
     }
-
-    // The HPA reads the idle model's decision through the adapter.
-    let external = format!(
-        "/apis/external.metrics.k8s.io/v1beta1/namespaces/{SAMPLES}/wva_desired_replicas?labelSelector=variant_name%3D{L4}"
-    );
-    let served = eventually(
-        THROUGH_THE_HPA,
-        "the adapter to serve the L4 decision",
-        || async {
-            let request = http::Request::get(&external).body(Vec::new())?;
-            Ok(client.request::<Value>(request).await.ok())
-        },
-    )
-    .await;
-    let served = match served {
-        Ok(served) => served,
-        Err(e) => anyhow::bail!("{e:#}\n{}", monitoring.adapter_log(&client).await?),
-    };
     assert_eq!(served["items"][0]["value"], "1", "{served}");
     assert_eq!(spec_replicas(&client, SAMPLES, L4).await?, Some(1));
+    seed_verification_steps(&plane).await?;
 
     // Both variants saturated: wva asks for more of the cheaper one, the
     // HPA sets it, and the new pods start, report and settle the model.
@@ -187,6 +137,7 @@ async fn the_sample_hpas_scale_the_sample_deployments_on_wva_decisions() -> anyh
     )
     .await?;
     live_pods(&client, SAMPLES, &format!("app={L4}"), raised as usize).await?;
+    shown(&plane, &["get", "hpa,va", "-n", SAMPLES]).await?;
     assert_eq!(
         spec_replicas(&client, SAMPLES, H100).await?,
         Some(1),

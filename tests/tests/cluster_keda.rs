@@ -5,11 +5,8 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
-use serde_json::json;
 use wva_e2e::install::*;
-use wva_e2e::keda::Keda;
+use wva_e2e::keda::{Keda, authenticate_to_wva, scaled_object};
 use wva_e2e::*;
 
 /// Time for a decision to reach the Deployment: KEDA's push or its HPA's
@@ -46,67 +43,21 @@ async fn keda_scales_a_deployment_from_zero_up_and_back_to_zero_on_wva_decisions
     // not held by wva's window.
     saturating_on_a_held_request(&client, "scaleDownStabilizationSeconds: 0\n").await?;
     let keda = Keda::install(&plane).await?;
-
-    // The chart's gRPC CA, copied for KEDA's TriggerAuthentication.
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM);
-    let tls = secrets.get("wva-grpc-tls").await?;
-    let ca = tls
-        .data
-        .as_ref()
-        .and_then(|d| d.get("ca.crt"))
-        .map(|c| String::from_utf8_lossy(&c.0).into_owned())
-        .ok_or_else(|| anyhow::anyhow!("wva-grpc-tls has no ca.crt"))?;
-    plane
-        .create(&json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "wva-grpc-ca", "namespace": NS},
-            "stringData": {"ca.crt": ca},
-        }))
-        .await?;
-    plane
-        .create(&json!({
-            "apiVersion": "keda.sh/v1alpha1", "kind": "TriggerAuthentication",
-            "metadata": {"name": "wva", "namespace": NS},
-            "spec": {"secretTargetRef": [{"parameter": "caCert", "name": "wva-grpc-ca", "key": "ca.crt"}]},
-        }))
-        .await?;
-
+    authenticate_to_wva(&plane, NS).await?;
     plane
         .create(&vllm_deployment_with(CHAT, 1, &SLOW_DECODING_SIM))
         .await?;
     let mut va = variant_autoscaling(CHAT, CHAT);
     let queue = endpoint_picker(&plane, &client, &mut va).await?;
     plane.create(&va).await?;
-    plane
-        .create(&json!({
-            "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
-            "metadata": {"name": CHAT, "namespace": NS},
-            "spec": {
-                "scaleTargetRef": {"name": CHAT},
-                "minReplicaCount": 0,
-                "maxReplicaCount": 8,
-                // Scale-downs are wva's to hold; the test's are at once.
-                "cooldownPeriod": 5,
-                "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
-                    "scaleDown": {"stabilizationWindowSeconds": 0},
-                }}},
-                "triggers": [{
-                    "type": "external-push",
-                    "metadata": {
-                        "scalerAddress": format!("wva.{SYSTEM}.svc:9443"),
-                        "variantAutoscaling": CHAT,
-                    },
-                    "authenticationRef": {"name": "wva"},
-                }],
-            },
-        }))
-        .await?;
+    plane.create(&scaled_object(NS, CHAT, 0)).await?;
 
     // Up: a held request saturates the replica; KEDA's HPA follows wva.
     let pod = controller_pods(&client, CHAT, 1).await?.remove(0);
     let sim = serving_sim(&node, &pod.metadata.name.unwrap_or_default()).await?;
     let request = hold_completion(sim, MODEL, 400, 500).await?;
     let raised = replicas_where(&client, &keda, "KEDA to raise chat", |r| r > 1).await?;
+    shown(&plane, &["get", "scaledobject,hpa", "-n", NS]).await?;
     let metrics = replicas[0].metrics;
     chat_decision_where(metrics, "the decision KEDA applied", |d| {
         d["desiredReplicas"] == raised

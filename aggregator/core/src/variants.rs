@@ -55,6 +55,31 @@ pub struct ScaleTarget {
     pub api_version: Option<String>,
 }
 
+impl ScaleTarget {
+    /// Whether `pod` is a name the target's controller gives its pods:
+    /// `NAME-HASH-SUFFIX` for a Deployment (its ReplicaSet's template hash,
+    /// then the pod's suffix), `NAME-ORDINAL` for a StatefulSet, and any
+    /// `NAME-…` for other kinds. For sources whose series name a pod but
+    /// not its workload.
+    pub fn names_pod(&self, pod: &str) -> bool {
+        let Some(rest) = pod
+            .strip_prefix(self.name.as_str())
+            .and_then(|r| r.strip_prefix('-'))
+        else {
+            return false;
+        };
+        let alphanumeric =
+            |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric());
+        match self.kind.as_str() {
+            "Deployment" => rest
+                .split_once('-')
+                .is_some_and(|(hash, suffix)| alphanumeric(hash) && alphanumeric(suffix)),
+            "StatefulSet" => !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()),
+            _ => !rest.is_empty(),
+        }
+    }
+}
+
 /// A validated VariantAutoscaling with its defaults applied.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -764,5 +789,36 @@ status:
         assert!(is_dns_label(&"a".repeat(63)));
         assert!(!is_dns_label(&"a".repeat(64)));
         assert!(!is_dns_label("a.b"));
+    }
+
+    #[test]
+    fn a_target_names_the_pods_its_controller_makes() {
+        let target = |kind: &str, name: &str| ScaleTarget {
+            kind: kind.into(),
+            name: name.into(),
+            api_version: None,
+        };
+        let l4 = target("Deployment", "llama-8b-l4");
+        let shorter = target("Deployment", "llama-8b");
+        let pod = "llama-8b-l4-586975d868-62thr";
+        assert!(l4.names_pod(pod));
+        assert!(
+            !shorter.names_pod(pod),
+            "a Deployment whose name prefixes another's"
+        );
+        assert!(shorter.names_pod("llama-8b-586975d868-62thr"));
+        for other in [
+            "llama-8b-l4",
+            "llama-8b-l4-x",
+            "llama-8b-l4-a-",
+            "llama-8b-l40-5869-62thr",
+        ] {
+            assert!(!l4.names_pod(other), "{other}");
+        }
+        let set = target("StatefulSet", "llama");
+        assert!(set.names_pod("llama-0") && set.names_pod("llama-12"));
+        assert!(!set.names_pod("llama-a") && !set.names_pod("llama-"));
+        let other = target("LeaderWorkerSet", "llama");
+        assert!(other.names_pod("llama-0-1") && !other.names_pod("llamas-0"));
     }
 }

@@ -140,11 +140,20 @@ impl Poller {
             .buffer_unordered(CONCURRENT_POLLS)
             .collect()
             .await;
+        let shared = models_of_several_variants(variants);
         let mut seen = HashSet::new();
         for (va, job, kind, answer) in answers {
             match answer {
                 Ok(pods) => {
+                    // Prometheus' series name a model's pods, not their
+                    // variant: of a model several variants serve, each
+                    // keeps the pods its target's controller names.
+                    let model = (va.namespace.as_str(), va.model_id.as_str());
+                    let by_name = kind == SourceKind::Prometheus && shared.contains(&model);
                     for polled in pods {
+                        if by_name && !va.target.names_pod(&polled.pod) {
+                            continue;
+                        }
                         let key = PodKey {
                             namespace: va.namespace.clone(),
                             pod: polled.pod.clone(),
@@ -270,6 +279,16 @@ enum Job {
     Variant,
     /// The pods of the endpoint picker the variant names.
     Picker,
+}
+
+/// The (namespace, model) pairs more than one variant serves.
+fn models_of_several_variants(variants: &[Variant]) -> HashSet<(&str, &str)> {
+    let mut seen = HashSet::new();
+    variants
+        .iter()
+        .map(|va| (va.namespace.as_str(), va.model_id.as_str()))
+        .filter(|model| !seen.insert(*model))
+        .collect()
 }
 
 async fn ask(
@@ -518,6 +537,24 @@ mod tests {
         source.answer(Ok(&["p-1"]));
         poller.poll_once(&variants).await;
         assert_eq!(pods(&store), [("p-1".into(), "chat-deploy".into())]);
+    }
+
+    #[tokio::test]
+    async fn variants_of_one_model_keep_the_prometheus_pods_their_targets_name() {
+        let (mut poller, source, store) = setup();
+        let l4 = va(Some("prometheus"));
+        let mut h100 = l4.clone();
+        h100.name = "chat-h100".into();
+        h100.target.name = format!("{}-h100", l4.target.name);
+        let l4_pod = format!("{}-5d8f7c9b6d-x2x7q", l4.target.name);
+        let h100_pod = format!("{}-7c9b6d5d8f-q7x2x", h100.target.name);
+        // Prometheus answers every pod of the model to both variants.
+        source.answer(Ok(&[&l4_pod, &h100_pod, "unrelated-0"]));
+        poller.poll_once(&[l4.clone(), h100.clone()]).await;
+        assert_eq!(
+            pods(&store),
+            [(l4_pod, l4.target.name), (h100_pod, h100.target.name)]
+        );
     }
 
     #[tokio::test]

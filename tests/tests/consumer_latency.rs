@@ -1,0 +1,250 @@
+//! The benchmark "From a load step to new replicas" of docs/benchmarks.md:
+//! the time from a load step on the samples of `examples/` to the
+//! Deployment's `spec.replicas` raised, through each real consumer of wva's
+//! decisions. A benchmark, not a test: `cargo test` skips it, and
+//! `scripts/bench-consumers` runs every path side by side in one run, each
+//! on a control plane of its own (prometheus-adapter and KEDA both serve
+//! `external.metrics.k8s.io`).
+//!
+//! A step: with the model settled at one replica per variant, wait a random
+//! phase, then hold a request on each variant's replica (which saturates
+//! it), and time wva's decision for the L4 variant rising and the L4
+//! Deployment's `spec.replicas` following; release the requests and let
+//! the model settle again.
+
+use std::hash::{BuildHasher, RandomState};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use serde_json::json;
+use tokio::time::Instant;
+use wva_e2e::consumers::{Monitoring, PodMonitor};
+use wva_e2e::controlplane::ControlPlane;
+use wva_e2e::install::*;
+use wva_e2e::keda::{Keda, authenticate_to_wva, scaled_object};
+use wva_e2e::node::LocalNode;
+use wva_e2e::samples::{self, H100, L4, SAMPLES, hold, sample_sim, samples};
+use wva_e2e::*;
+
+/// Steps per path.
+const STEPS: usize = 5;
+
+/// Longest a step, or settling after one, may take on the slowest path.
+const STEP_WITHIN: Duration = Duration::from_secs(300);
+
+/// The chart's defaults: the test suite's shorter analysis and lease
+/// intervals ([`TEST_VALUES`]) undone.
+const CHART_DEFAULTS: &str = "extraArgs=null";
+
+/// Scale-downs at once (the samples' HPAs hold none either), so that the
+/// model settles between steps; scale-ups are what is measured.
+const SETTLE_AT_ONCE: &str = "scaleDownStabilizationSeconds: 0\n";
+
+#[tokio::test]
+#[ignore = "a benchmark: scripts/bench-consumers"]
+async fn agent_to_prometheus_to_adapter_to_hpa() -> anyhow::Result<()> {
+    let path = "(a) agent → aggregator → Prometheus → adapter → HPA";
+    agents_through_the_adapter(path, &[]).await
+}
+
+/// Path (a) with the ServiceMonitor's interval at 5 s instead of the
+/// chart's 15 s.
+#[tokio::test]
+#[ignore = "a benchmark: scripts/bench-consumers"]
+async fn agent_to_prometheus_every_5s_to_adapter_to_hpa() -> anyhow::Result<()> {
+    let path = "(a5) as (a), Prometheus scraping the aggregator every 5 s";
+    agents_through_the_adapter(path, &["serviceMonitor.interval=5s"]).await
+}
+
+async fn agents_through_the_adapter(path: &str, monitor: &[&str]) -> anyhow::Result<()> {
+    let wva = wva_on(ControlPlane::start().await?, 1, &[CHART_DEFAULTS], vec![]).await?;
+    saturating_on_a_held_request(&wva.client, SETTLE_AT_ONCE).await?;
+    let monitoring = Monitoring::start_with(&wva.plane, monitor, None).await?;
+    let gpus = samples::deploy(&wva.plane, true).await?;
+    through_the_adapter(&wva.plane, &monitoring).await?;
+    steps(path, &wva, &gpus, Duration::from_secs(30)).await
+}
+
+#[tokio::test]
+#[ignore = "a benchmark: scripts/bench-consumers"]
+async fn agent_to_keda() -> anyhow::Result<()> {
+    let wva = wva_on(ControlPlane::start().await?, 1, &[CHART_DEFAULTS], vec![]).await?;
+    saturating_on_a_held_request(&wva.client, SETTLE_AT_ONCE).await?;
+    let _keda = Keda::install(&wva.plane).await?;
+    let gpus = samples::deploy(&wva.plane, true).await?;
+    authenticate_to_wva(&wva.plane, SAMPLES).await?;
+    for variant in [L4, H100] {
+        wva.plane
+            .create(&scaled_object(SAMPLES, variant, 1))
+            .await?;
+    }
+    let path = "(b) agent → aggregator → KEDA (external-push) → HPA";
+    steps(path, &wva, &gpus, Duration::from_secs(30)).await
+}
+
+/// WVA's own shape: no agent; Prometheus scrapes vLLM and the aggregator
+/// every 30 s (the seed's ServiceMonitor interval), and the aggregator
+/// reads vLLM from Prometheus once a minute (GLOBAL_OPT_INTERVAL 60 s).
+#[tokio::test]
+#[ignore = "a benchmark: scripts/bench-consumers"]
+async fn prometheus_source_to_prometheus_to_adapter_to_hpa() -> anyhow::Result<()> {
+    let plane = ControlPlane::start().await?;
+    let every_30s = "serviceMonitor.interval=30s";
+    let vllm = PodMonitor {
+        namespace: SAMPLES.into(),
+        port: "http".into(),
+        interval: "30s".into(),
+    };
+    let monitoring = Monitoring::start_with(&plane, &[every_30s], Some(vllm)).await?;
+    let ca: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "prometheus-ca"},
+        "stringData": {"ca.crt": std::fs::read_to_string(&monitoring.ca_file)?},
+    }))?;
+    let url = format!(
+        "config.PROMETHEUS_BASE_URL=https://{}:{}",
+        monitoring.server_name,
+        monitoring.prometheus.addr.port()
+    );
+    let values = [
+        CHART_DEFAULTS,
+        &url,
+        "config.WVA_METRICS_SOURCE=prometheus",
+        "config.WVA_POLL_INTERVAL=60s",
+        "config.GLOBAL_OPT_INTERVAL=60s",
+        "extraEnv[0].name=PROMETHEUS_CA_CERT_PATH",
+        "extraEnv[0].value=/etc/wva/prometheus/ca.crt",
+        "extraVolumes[0].name=prometheus-ca",
+        "extraVolumes[0].secret.secretName=prometheus-ca",
+        "extraVolumeMounts[0].name=prometheus-ca",
+        "extraVolumeMounts[0].mountPath=/etc/wva/prometheus",
+    ];
+    let wva = wva_on(plane, 1, &values, vec![ca]).await?;
+    saturating_on_a_held_request(&wva.client, SETTLE_AT_ONCE).await?;
+    let gpus = samples::deploy(&wva.plane, false).await?;
+    through_the_adapter(&wva.plane, &monitoring).await?;
+    let path = "(c) no agent: vLLM → Prometheus → aggregator → Prometheus → adapter → HPA";
+    steps(path, &wva, &gpus, Duration::from_secs(60)).await
+}
+
+/// prometheus-adapter serving the decisions, and the sample HPAs reading
+/// them.
+async fn through_the_adapter(plane: &ControlPlane, monitoring: &Monitoring) -> anyhow::Result<()> {
+    monitoring.serve_decision(plane, SAMPLES, L4).await?;
+    for object in samples("examples/hpa.yaml")? {
+        plane.create(&object).await?;
+    }
+    Ok(())
+}
+
+/// Runs [`STEPS`] steps, each after a random phase of up to `phases`, and
+/// prints each step's times and their median and worst.
+async fn steps(path: &str, wva: &Wva, gpus: &LocalNode, phases: Duration) -> anyhow::Result<()> {
+    let metrics = wva.replicas[0].metrics;
+    let (mut decided, mut raised) = (Vec::new(), Vec::new());
+    for step in 1..=STEPS {
+        settled(&wva.client, metrics).await?;
+        let sims = [
+            sample_sim(&wva.client, gpus, L4).await?,
+            sample_sim(&wva.client, gpus, H100).await?,
+        ];
+        tokio::time::sleep(phases.mul_f64(random_fraction())).await;
+        let start = Instant::now();
+        let held = (hold(sims[0]).await?, hold(sims[1]).await?);
+        let timed = tokio::try_join!(
+            eventually(STEP_WITHIN, "wva to raise the L4 decision", || async {
+                Ok(l4_decision(metrics)
+                    .await?
+                    .filter(|d| *d > 1)
+                    .map(|_| start.elapsed()))
+            }),
+            eventually(STEP_WITHIN, "the L4 Deployment raised", || async {
+                Ok(spec_replicas(&wva.client, SAMPLES, L4)
+                    .await?
+                    .filter(|r| *r > 1)
+                    .map(|_| start.elapsed()))
+            }),
+        );
+        let (decision, replicas) = match timed {
+            Ok(timed) => timed,
+            Err(e) => anyhow::bail!("{e:#}\n{}", what_each_part_saw(wva, metrics).await?),
+        };
+        println!(
+            "{path}: step {step}: decision {:.1} s, spec.replicas {:.1} s",
+            decision.as_secs_f64(),
+            replicas.as_secs_f64()
+        );
+        decided.push(decision);
+        raised.push(replicas);
+        drop(held);
+    }
+    println!(
+        "{path}: decision median {}, worst {}; spec.replicas median {}, worst {} ({STEPS} steps)",
+        seconds(median(&mut decided)),
+        seconds(decided[STEPS - 1]),
+        seconds(median(&mut raised)),
+        seconds(raised[STEPS - 1]),
+    );
+    Ok(())
+}
+
+/// wva's decision for the L4 variant and what its HPA saw, for failure
+/// messages.
+async fn what_each_part_saw(wva: &Wva, metrics: SocketAddr) -> anyhow::Result<String> {
+    let decision = decisions(metrics)
+        .await?
+        .into_iter()
+        .find(|d| d["variant"]["name"] == L4);
+    let hpas = kubectl(&wva.plane, &["get", "hpa", "-n", SAMPLES, "-o", "yaml"]).await?;
+    Ok(format!(
+        "wva's L4 decision: {}\nthe HPAs: {hpas}",
+        serde_json::to_string(&decision)?
+    ))
+}
+
+/// Awaits the model at one replica per variant: both Deployments at one,
+/// their old pods gone, and wva's L4 decision back at one.
+async fn settled(client: &kube::Client, metrics: SocketAddr) -> anyhow::Result<()> {
+    eventually(
+        STEP_WITHIN,
+        "the model settled at one replica each",
+        || async {
+            for variant in [L4, H100] {
+                if spec_replicas(client, SAMPLES, variant).await? != Some(1) {
+                    return Ok(None);
+                }
+            }
+            Ok((l4_decision(metrics).await? == Some(1)).then_some(()))
+        },
+    )
+    .await?;
+    for variant in [L4, H100] {
+        live_pods(client, SAMPLES, &format!("app={variant}"), 1).await?;
+    }
+    Ok(())
+}
+
+/// wva's desired replicas for the L4 variant.
+async fn l4_decision(metrics: SocketAddr) -> anyhow::Result<Option<i64>> {
+    Ok(decisions(metrics)
+        .await?
+        .iter()
+        .find(|d| d["variant"]["name"] == L4)
+        .and_then(|d| d["desiredReplicas"].as_i64()))
+}
+
+/// Sorts `times` and returns their median.
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn seconds(time: Duration) -> String {
+    format!("{:.1} s", time.as_secs_f64())
+}
+
+/// A fraction in [0, 1) from the process' random hashing keys.
+fn random_fraction() -> f64 {
+    let bits = RandomState::new().hash_one(Instant::now()) >> 11;
+    bits as f64 / (1u64 << 53) as f64
+}
