@@ -143,7 +143,7 @@ async fn steps(path: &str, wva: &Wva, gpus: &LocalNode, phases: Duration) -> any
     let metrics = wva.replicas[0].metrics;
     let (mut decided, mut raised) = (Vec::new(), Vec::new());
     for step in 1..=STEPS {
-        settled(&wva.client, metrics).await?;
+        settled(wva, metrics).await?;
         let sims = [
             sample_sim(&wva.client, gpus, L4).await?,
             sample_sim(&wva.client, gpus, H100).await?,
@@ -188,24 +188,21 @@ async fn steps(path: &str, wva: &Wva, gpus: &LocalNode, phases: Duration) -> any
     Ok(())
 }
 
-/// wva's decision for the L4 variant and what its HPA saw, for failure
-/// messages.
+/// wva's decisions, what the HPAs saw and the pods, for failure messages.
 async fn what_each_part_saw(wva: &Wva, metrics: SocketAddr) -> anyhow::Result<String> {
-    let decision = decisions(metrics)
-        .await?
-        .into_iter()
-        .find(|d| d["variant"]["name"] == L4);
+    let decisions = serde_json::to_string(&decisions(metrics).await?)?;
     let hpas = kubectl(&wva.plane, &["get", "hpa", "-n", SAMPLES, "-o", "yaml"]).await?;
+    let pods = kubectl(&wva.plane, &["get", "pods", "-n", SAMPLES]).await?;
     Ok(format!(
-        "wva's L4 decision: {}\nthe HPAs: {hpas}",
-        serde_json::to_string(&decision)?
+        "wva's decisions: {decisions}\nthe HPAs: {hpas}\nthe pods: {pods}"
     ))
 }
 
 /// Awaits the model at one replica per variant: both Deployments at one,
 /// their old pods gone, and wva's L4 decision back at one.
-async fn settled(client: &kube::Client, metrics: SocketAddr) -> anyhow::Result<()> {
-    eventually(
+async fn settled(wva: &Wva, metrics: SocketAddr) -> anyhow::Result<()> {
+    let client = &wva.client;
+    let settled = eventually(
         STEP_WITHIN,
         "the model settled at one replica each",
         || async {
@@ -217,7 +214,10 @@ async fn settled(client: &kube::Client, metrics: SocketAddr) -> anyhow::Result<(
             Ok((l4_decision(metrics).await? == Some(1)).then_some(()))
         },
     )
-    .await?;
+    .await;
+    if let Err(e) = settled {
+        anyhow::bail!("{e:#}\n{}", what_each_part_saw(wva, metrics).await?);
+    }
     for variant in [L4, H100] {
         live_pods(client, SAMPLES, &format!("app={variant}"), 1).await?;
     }

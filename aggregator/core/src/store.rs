@@ -23,6 +23,10 @@ impl std::fmt::Display for PodKey {
     }
 }
 
+/// The longest a pod's own interval stretches its staleness bound: a
+/// source's claim of a longer interval does not keep a silent pod.
+pub const MAX_OWN_STALENESS: Duration = Duration::from_secs(300);
+
 /// What the aggregator knows about one pod.
 #[derive(Debug, Clone)]
 pub struct PodEntry {
@@ -116,10 +120,21 @@ impl PodEntry {
         })
     }
 
-    /// The latest sample if it arrived within `staleness` of `now`.
+    /// The latest sample if it arrived within the pod's staleness bound
+    /// ([`PodEntry::staleness`]) of `now`.
     pub fn fresh_sample(&self, now: Instant, staleness: Duration) -> Option<(&Sample, Instant)> {
         let (sample, at) = self.latest.as_ref()?;
-        (now.saturating_duration_since(*at) <= staleness).then_some((sample, *at))
+        (now.saturating_duration_since(*at) <= self.staleness(staleness)).then_some((sample, *at))
+    }
+
+    /// How old this pod's latest sample may be: `staleness`, or two of the
+    /// intervals its source samples it at (an agent's scrape interval, a
+    /// polled source's poll interval) when those are longer, up to
+    /// [`MAX_OWN_STALENESS`]. A pod polled every minute thus stays between
+    /// polls.
+    pub fn staleness(&self, staleness: Duration) -> Duration {
+        let own = Duration::from_millis(u64::from(self.hello.interval_ms)) * 2;
+        staleness.max(own.min(MAX_OWN_STALENESS))
     }
 }
 
@@ -340,7 +355,8 @@ impl PodStore {
     }
 
     /// Drops pods whose latest sample (or registration, when none arrived) is
-    /// older than `staleness`; returns the removed keys.
+    /// older than their staleness bound ([`PodEntry::staleness`]); returns the
+    /// removed keys.
     pub fn expire(&self, now: Instant, staleness: Duration) -> Vec<PodKey> {
         let mut pods = self.lock();
         let removed: Vec<PodKey> = pods
@@ -351,7 +367,7 @@ impl PodStore {
                     .latest
                     .as_ref()
                     .map_or(entry.registered_at, |(_, at)| *at);
-                now.saturating_duration_since(seen) > staleness
+                now.saturating_duration_since(seen) > entry.staleness(staleness)
             })
             .map(|(key, _)| key.clone())
             .collect();
@@ -607,6 +623,42 @@ mod tests {
             Vec::<PodKey>::new()
         );
         assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn a_pod_sampled_less_often_stays_for_two_of_its_intervals() {
+        let store = PodStore::default();
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        for (pod, interval) in [("polled", minute), ("agent", Duration::from_secs(1))] {
+            let hello = Hello {
+                interval_ms: interval.as_millis() as u32,
+                ..hello(pod, "v")
+            };
+            store.register(key(pod), 1, hello, t0);
+            store.offer(&key(pod), 1, sample(1), t0);
+        }
+        let between_polls = t0 + minute;
+        assert_eq!(store.expire(between_polls, STALENESS), [key("agent")]);
+        store.with_pods(|pods| {
+            let polled = &pods[&key("polled")];
+            assert!(polled.fresh_sample(between_polls, STALENESS).is_some());
+            assert!(
+                polled
+                    .fresh_sample(t0 + minute * 2 + Duration::from_millis(1), STALENESS)
+                    .is_none()
+            );
+        });
+        // A claimed interval stretches the bound only so far.
+        let hello = Hello {
+            interval_ms: u32::MAX,
+            ..hello("slow", "v")
+        };
+        store.register(key("slow"), 2, hello, t0);
+        let at_the_cap = store.expire(t0 + MAX_OWN_STALENESS, STALENESS);
+        assert!(!at_the_cap.contains(&key("slow")), "{at_the_cap:?}");
+        let after = t0 + MAX_OWN_STALENESS + Duration::from_millis(1);
+        assert!(store.expire(after, STALENESS).contains(&key("slow")));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -137,6 +138,24 @@ impl Controller {
         .map(|e| e.map(|_| Change::Autoscalers));
         let mut changes: BoxStream<'_, _> =
             futures::stream::select(futures::stream::select(vas, deployments), hpas).boxed();
+        // KEDA's ScaledObjects, when KEDA is installed: their
+        // minReplicaCount is the floor of the HPAs KEDA makes.
+        let scaled_objects = if keda_installed(&self.client).await {
+            let resource = scaled_object_resource();
+            let writer = reflector::store::Writer::new(resource.clone());
+            let store = writer.as_reader();
+            let api = match self.options.namespace.as_deref() {
+                Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
+                None => Api::all_with(self.client.clone(), &resource),
+            };
+            let watched = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+                .default_backoff()
+                .map(|e| e.map(|_| Change::Autoscalers));
+            changes = futures::stream::select(changes, watched).boxed();
+            Some(store)
+        } else {
+            None
+        };
 
         let mut writer = StatusWriter::new(self.client.clone(), self.options.reporter.clone());
         let (mut vas_listed, mut deployments_listed) = (false, false);
@@ -176,7 +195,12 @@ impl Controller {
                 continue;
             }
             let resolved = resolved.get_or_insert_with(|| {
-                let fresh = self.resolve(&va_store, &deploy_store, &hpa_store);
+                let fresh = self.resolve(
+                    &va_store,
+                    &deploy_store,
+                    &hpa_store,
+                    scaled_objects.as_ref(),
+                );
                 self.publish(&fresh);
                 self.published.send_if_modified(|current| {
                     let stored: HashMap<VariantKey, u32> = va_store
@@ -211,8 +235,16 @@ impl Controller {
         vas: &Store<VariantAutoscaling>,
         deployments: &Store<Deployment>,
         hpas: &Store<HorizontalPodAutoscaler>,
+        scaled_objects: Option<&Store<DynamicObject>>,
     ) -> Resolved {
         let hpas = hpas.state();
+        let keda_min = |ns: &str, name: &str| {
+            let key = ObjectRef::new_with(name, scaled_object_resource()).within(ns);
+            let object = scaled_objects?.get(&key)?;
+            // KEDA's default minReplicaCount is 0.
+            let min = object.data["spec"]["minReplicaCount"].as_u64().unwrap_or(0);
+            Some(u32::try_from(min).unwrap_or(u32::MAX))
+        };
         let objects = vas.state();
         let managed: Vec<&VariantAutoscaling> = objects
             .iter()
@@ -223,7 +255,7 @@ impl Controller {
             deployments
                 .get(&ObjectRef::new(name).within(ns))
                 .map(|d| ReplicaCounts {
-                    floor: resolve::scaler_floor(hpas.iter().map(Arc::as_ref), ns, name),
+                    floor: resolve::scaler_floor(hpas.iter().map(Arc::as_ref), ns, name, keda_min),
                     ceiling: resolve::scaler_ceiling(hpas.iter().map(Arc::as_ref), ns, name),
                     ..resolve::replica_counts(&d)
                 })
@@ -253,6 +285,27 @@ impl Controller {
 /// The desired replicas the statuses hold, to seed the analysis so a restart
 /// or a failover continues from them instead of starting over. Fails with a
 /// clear message when the CRD is missing or the API refuses the list.
+/// KEDA's ScaledObject (`keda.sh/v1alpha1`).
+fn scaled_object_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject"),
+        "scaledobjects",
+    )
+}
+
+/// Whether the API server serves KEDA's ScaledObjects. Read once at start:
+/// KEDA installed later is seen after a restart of the aggregator.
+async fn keda_installed(client: &Client) -> bool {
+    let served = client
+        .list_api_group_resources("keda.sh/v1alpha1")
+        .await
+        .is_ok_and(|list| list.resources.iter().any(|r| r.name == "scaledobjects"));
+    if served {
+        info!("KEDA is installed: a ScaledObject's minReplicaCount is its variant's floor");
+    }
+    served
+}
+
 pub async fn stored_decisions(
     client: Client,
     namespace: Option<&str>,

@@ -106,21 +106,27 @@ fn scaling<'a>(
 /// The fewest replicas the autoscalers of Deployment `namespace/name` can
 /// set: the highest `minReplicas` (default 1) of the HPAs that target it, or
 /// 0 without any. KEDA's HPAs never go below 1, but KEDA scales their target
-/// between 0 and 1 itself, so a KEDA HPA at 1 is a floor of 0.
+/// between 0 and 1 itself: a KEDA HPA's floor is its ScaledObject's
+/// `minReplicaCount`, which `keda_min(namespace, scaled object)` gives when
+/// known; unknown, a KEDA HPA at 1 is taken for a floor of 0.
 pub fn scaler_floor<'a>(
     hpas: impl IntoIterator<Item = &'a HorizontalPodAutoscaler>,
     namespace: &str,
     name: &str,
+    keda_min: impl Fn(&str, &str) -> Option<u32>,
 ) -> u32 {
     scaling(hpas, namespace, name)
         .map(|(hpa, spec)| {
             let min = u32::try_from(spec.min_replicas.unwrap_or(1)).unwrap_or(0);
-            let keda = hpa
+            let scaled_object = hpa
                 .metadata
                 .labels
                 .as_ref()
-                .is_some_and(|l| l.contains_key(KEDA_SCALED_OBJECT_LABEL));
-            if keda && min <= 1 { 0 } else { min }
+                .and_then(|l| l.get(KEDA_SCALED_OBJECT_LABEL));
+            match scaled_object {
+                None => min,
+                Some(so) => keda_min(namespace, so).unwrap_or(if min <= 1 { 0 } else { min }),
+            }
         })
         .max()
         .unwrap_or(0)
@@ -402,13 +408,27 @@ mod tests {
             hpa("llm", ("Deployment", "code-l4"), Some(1), true),
             hpa("llm", ("Deployment", "code-h100"), Some(2), true),
         ];
-        let floor = |name| scaler_floor(&hpas, "llm", name);
+        let floor = |name| scaler_floor(&hpas, "llm", name, |_, _| None);
         assert_eq!(floor("chat-h100"), 1, "minReplicas defaults to 1");
         assert_eq!(floor("chat-l4"), 2);
         assert_eq!(floor("chat-a100"), 0, "another kind, another namespace");
         assert_eq!(floor("code-l4"), 0, "KEDA takes it from 1 to 0 itself");
         assert_eq!(floor("code-h100"), 2);
         assert_eq!(floor("no-hpa"), 0);
+    }
+
+    #[test]
+    fn a_keda_hpas_floor_is_its_scaled_objects_min_replica_count() {
+        let hpas = [hpa("llm", ("Deployment", "code-l4"), Some(1), true)];
+        let with = |min: Option<u32>| {
+            scaler_floor(&hpas, "llm", "code-l4", |ns, so| {
+                assert_eq!((ns, so), ("llm", "so"), "the HPA's ScaledObject");
+                min
+            })
+        };
+        assert_eq!(with(Some(1)), 1, "KEDA never takes it to 0");
+        assert_eq!(with(Some(0)), 0);
+        assert_eq!(with(None), 0, "unknown: KEDA may take it to 0");
     }
 
     #[test]

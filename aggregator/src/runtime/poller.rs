@@ -234,6 +234,8 @@ impl Poller {
                     namespace: key.namespace.clone(),
                     role: polled.role as i32,
                     models: vec![va.model_id.clone()],
+                    // Sampled once a poll: the pod stays between polls.
+                    interval_ms: u32::try_from(self.interval.as_millis()).unwrap_or(u32::MAX),
                     // A picker serves the model, not one variant.
                     variant: if picker {
                         String::new()
@@ -534,6 +536,8 @@ mod tests {
                 ("p-1".into(), "chat-deploy".into())
             ]
         );
+        let interval = store.with_pods(|p| p[&key("p-0")].hello.interval_ms);
+        assert_eq!(interval, 1000, "sampled once a poll");
         source.answer(Ok(&["p-1"]));
         poller.poll_once(&variants).await;
         assert_eq!(pods(&store), [("p-1".into(), "chat-deploy".into())]);

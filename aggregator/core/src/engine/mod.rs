@@ -187,7 +187,6 @@ impl Engine {
             .map(|va| va.key());
         let policy = Policy {
             now: inputs.now,
-            staleness: inputs.staleness,
             policies: inputs.scale_to_zero,
         };
         let waiting = reporting.epp_queue(namespace, model_id) > 0.0;
@@ -316,8 +315,7 @@ impl Engine {
         zero: &Zero,
     ) -> (VariantState, Observed) {
         let key = va.key();
-        let freshness = (inputs.now, inputs.staleness);
-        let (loads, oldest) = fresh_loads(pods, model_id, freshness, &mut self.rates);
+        let (loads, oldest) = fresh_loads(pods, model_id, inputs.now, &mut self.rates);
         // Without replica counts, replicas are the pods that report; when a
         // source fails, or every pod goes silent at once, they are lost, not
         // idle, and the safety net holds the variant.

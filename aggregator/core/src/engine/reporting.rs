@@ -16,6 +16,8 @@ use crate::variants::Variant;
 pub(super) struct PodView<'a> {
     pub(super) key: &'a PodKey,
     pub(super) sample: Option<(&'a Sample, Instant)>,
+    /// How old its sample may be ([`PodEntry::staleness`]).
+    pub(super) fresh_within: Duration,
 }
 
 /// The pods grouped by the variant they report for.
@@ -56,6 +58,7 @@ impl<'v, 'p> Reporting<'v, 'p> {
                 .push(PodView {
                     key,
                     sample: entry.latest.as_ref().map(|(s, at)| (s, *at)),
+                    fresh_within: entry.staleness(staleness),
                 });
         }
         reporting
@@ -65,7 +68,7 @@ impl<'v, 'p> Reporting<'v, 'p> {
         let Some((sample, at)) = &entry.latest else {
             return;
         };
-        if !sample.up || now.saturating_duration_since(*at) > staleness {
+        if !sample.up || now.saturating_duration_since(*at) > entry.staleness(staleness) {
             return;
         }
         for queue in sample.epp.iter().flat_map(|e| &e.queues) {
@@ -108,7 +111,7 @@ impl<'v, 'p> Reporting<'v, 'p> {
 pub(super) fn fresh_loads(
     pods: &[&PodView<'_>],
     model_id: &str,
-    (now, staleness): (Instant, Duration),
+    now: Instant,
     rates: &mut RateTracker,
 ) -> (Vec<ReplicaLoad>, Option<Instant>) {
     let mut loads = Vec::with_capacity(pods.len());
@@ -117,7 +120,7 @@ pub(super) fn fresh_loads(
         let Some((sample, at)) = pod.sample else {
             continue;
         };
-        if !sample.up || now.saturating_duration_since(at) > staleness {
+        if !sample.up || now.saturating_duration_since(at) > pod.fresh_within {
             continue;
         }
         let Some(signals) = sample.models.iter().find(|m| m.model == model_id) else {

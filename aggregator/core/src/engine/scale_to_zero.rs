@@ -2,7 +2,7 @@
 //! zero; requests waiting at the gateway for a model at zero wake its
 //! cheapest variant.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::reporting::PodView;
 use crate::activity::ActivityTracker;
@@ -27,7 +27,6 @@ pub(super) struct Zero {
 /// The clock and policies the idle check reads.
 pub(super) struct Policy<'a> {
     pub(super) now: Instant,
-    pub(super) staleness: Duration,
     /// `None` when scale to zero is off.
     pub(super) policies: Option<&'a ScaleToZeroConfigSet>,
 }
@@ -49,7 +48,7 @@ impl Zero {
             .filter_map(|pod| {
                 let (sample, at) = pod.sample?;
                 let fresh =
-                    sample.up && policy.now.saturating_duration_since(at) <= policy.staleness;
+                    sample.up && policy.now.saturating_duration_since(at) <= pod.fresh_within;
                 let signals = sample.models.iter().find(|m| m.model == model_id)?;
                 fresh.then_some((pod.key, signals))
             });
