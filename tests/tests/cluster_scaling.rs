@@ -5,7 +5,9 @@
 
 use anyhow::Context;
 use serde_json::{Value, json};
+use wva_e2e::controlplane::tool_source;
 use wva_e2e::install::*;
+use wva_e2e::keda::scaled_object;
 use wva_e2e::*;
 
 #[tokio::test]
@@ -34,6 +36,40 @@ async fn an_hpas_min_replicas_is_the_floor_of_its_variants_decisions() -> anyhow
     assert_eq!(
         decision["desiredReplicas"], 1,
         "held at the HPA's floor: {decision}"
+    );
+    let events = va_events(&wva.client).await?;
+    assert!(
+        events
+            .iter()
+            .all(|(_, r, _)| r != "DesiredReplicasDecreased"),
+        "no decrease below the floor: {events:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_keda_hpas_floor_is_its_scaled_objects_min_replica_count() -> anyhow::Result<()> {
+    // KEDA's own ScaledObject CRD, but no KEDA: the test makes the HPA KEDA
+    // would (at 1, as KEDA's HPAs always are), which alone would be a floor
+    // of 0.
+    let wva = wva_on_a_node(1, &SCALE_TO_ZERO).await?;
+    let crd = tool_source("keda-operator")
+        .await?
+        .join("config/crd/bases/keda.sh_scaledobjects.yaml");
+    let crd: Value = serde_yaml::from_str(&std::fs::read_to_string(crd)?)?;
+    wva.plane.apply(&crd).await?;
+    let scaled_object = scaled_object(NS, CHAT, 1);
+    eventually(WITHIN, "the ScaledObject created", || async {
+        Ok(wva.plane.create(&scaled_object).await.ok())
+    })
+    .await?;
+    let mut hpa = chat_hpa(1, 8);
+    hpa["metadata"]["name"] = format!("keda-hpa-{CHAT}").into();
+    hpa["metadata"]["labels"] = json!({"scaledobject.keda.sh/name": CHAT});
+    let (wva, decision) = idle_model_on(wva, Some(hpa)).await?;
+    assert_eq!(
+        decision["desiredReplicas"], 1,
+        "held at the ScaledObject's minReplicaCount: {decision}"
     );
     let events = va_events(&wva.client).await?;
     assert!(
@@ -109,7 +145,11 @@ fn chat_hpa(min: u32, max: u32) -> Value {
 /// `CHAT` with one idle pod, its decision once the scale-to-zero analysis
 /// has had its say, and the Events about it.
 async fn idle_model(hpa: Option<Value>) -> anyhow::Result<(Wva, Value)> {
-    let wva = wva_on_a_node(1, &SCALE_TO_ZERO).await?;
+    idle_model_on(wva_on_a_node(1, &SCALE_TO_ZERO).await?, hpa).await
+}
+
+/// [`idle_model`] on wva already installed with [`SCALE_TO_ZERO`].
+async fn idle_model_on(wva: Wva, hpa: Option<Value>) -> anyhow::Result<(Wva, Value)> {
     if let Some(hpa) = hpa {
         wva.plane.create(&hpa).await?;
     }

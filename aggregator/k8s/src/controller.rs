@@ -138,24 +138,9 @@ impl Controller {
         .map(|e| e.map(|_| Change::Autoscalers));
         let mut changes: BoxStream<'_, _> =
             futures::stream::select(futures::stream::select(vas, deployments), hpas).boxed();
-        // KEDA's ScaledObjects, when KEDA is installed: their
-        // minReplicaCount is the floor of the HPAs KEDA makes.
-        let scaled_objects = if keda_installed(&self.client).await {
-            let resource = scaled_object_resource();
-            let writer = reflector::store::Writer::new(resource.clone());
-            let store = writer.as_reader();
-            let api = match self.options.namespace.as_deref() {
-                Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
-                None => Api::all_with(self.client.clone(), &resource),
-            };
-            let watched = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-                .default_backoff()
-                .map(|e| e.map(|_| Change::Autoscalers));
-            changes = futures::stream::select(changes, watched).boxed();
-            Some(store)
-        } else {
-            None
-        };
+        // KEDA's ScaledObjects, watched from the first HPA KEDA makes: their
+        // minReplicaCount is the floor of those HPAs.
+        let mut scaled_objects: Option<Store<DynamicObject>> = None;
 
         let mut writer = StatusWriter::new(self.client.clone(), self.options.reporter.clone());
         let (mut vas_listed, mut deployments_listed) = (false, false);
@@ -190,6 +175,15 @@ impl Controller {
                     writer.forget();
                 }
                 _ = shutdown.cancelled() => return Ok(()),
+            }
+            // Looked for after a watch event only, not at every decision.
+            if resolved.is_none()
+                && scaled_objects.is_none()
+                && hpa_store.state().iter().any(|h| resolve::made_by_keda(h))
+            {
+                let (store, watched) = self.watch_scaled_objects();
+                changes = futures::stream::select(changes, watched).boxed();
+                scaled_objects = Some(store);
             }
             if !(vas_listed && deployments_listed) {
                 continue;
@@ -228,6 +222,28 @@ impl Controller {
                 info!(written, "VariantAutoscaling statuses written");
             }
         }
+    }
+
+    /// A store of KEDA's ScaledObjects and the watch that fills it.
+    fn watch_scaled_objects(
+        &self,
+    ) -> (
+        Store<DynamicObject>,
+        BoxStream<'static, Result<Change, watcher::Error>>,
+    ) {
+        info!("KEDA scales a variant: its ScaledObject's minReplicaCount is the variant's floor");
+        let resource = scaled_object_resource();
+        let writer = reflector::store::Writer::new(resource.clone());
+        let store = writer.as_reader();
+        let api = match self.options.namespace.as_deref() {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
+            None => Api::all_with(self.client.clone(), &resource),
+        };
+        let watched = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+            .default_backoff()
+            .map(|e| e.map(|_| Change::Autoscalers))
+            .boxed();
+        (store, watched)
     }
 
     fn resolve(
@@ -291,19 +307,6 @@ fn scaled_object_resource() -> ApiResource {
         &GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject"),
         "scaledobjects",
     )
-}
-
-/// Whether the API server serves KEDA's ScaledObjects. Read once at start:
-/// KEDA installed later is seen after a restart of the aggregator.
-async fn keda_installed(client: &Client) -> bool {
-    let served = client
-        .list_api_group_resources("keda.sh/v1alpha1")
-        .await
-        .is_ok_and(|list| list.resources.iter().any(|r| r.name == "scaledobjects"));
-    if served {
-        info!("KEDA is installed: a ScaledObject's minReplicaCount is its variant's floor");
-    }
-    served
 }
 
 pub async fn stored_decisions(

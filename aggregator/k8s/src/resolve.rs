@@ -82,6 +82,16 @@ pub fn replica_counts(deployment: &Deployment) -> ReplicaCounts {
 /// Marks the HPAs KEDA manages; KEDA itself takes such a target to zero.
 const KEDA_SCALED_OBJECT_LABEL: &str = "scaledobject.keda.sh/name";
 
+/// Whether KEDA made this HPA (for a ScaledObject).
+pub fn made_by_keda(hpa: &HorizontalPodAutoscaler) -> bool {
+    scaled_object_of(hpa).is_some()
+}
+
+/// The ScaledObject of an HPA KEDA made.
+fn scaled_object_of(hpa: &HorizontalPodAutoscaler) -> Option<&String> {
+    hpa.metadata.labels.as_ref()?.get(KEDA_SCALED_OBJECT_LABEL)
+}
+
 /// The HPAs in `namespace` that scale Deployment `name`.
 fn scaling<'a>(
     hpas: impl IntoIterator<Item = &'a HorizontalPodAutoscaler>,
@@ -118,12 +128,7 @@ pub fn scaler_floor<'a>(
     scaling(hpas, namespace, name)
         .map(|(hpa, spec)| {
             let min = u32::try_from(spec.min_replicas.unwrap_or(1)).unwrap_or(0);
-            let scaled_object = hpa
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(KEDA_SCALED_OBJECT_LABEL));
-            match scaled_object {
+            match scaled_object_of(hpa) {
                 None => min,
                 Some(so) => keda_min(namespace, so).unwrap_or(if min <= 1 { 0 } else { min }),
             }
