@@ -219,17 +219,8 @@ impl Monitoring {
         namespace: &str,
         variant: &str,
     ) -> anyhow::Result<Value> {
-        let query = format!(
-            "wva_desired_replicas{{exported_namespace=\"{namespace}\",variant_name=\"{variant}\",namespace=\"{SYSTEM}\"}}"
-        );
-        let path = format!("/api/v1/query?query={}", percent_encoded(&query));
         eventually(SERVED, "the decision in Prometheus", || async {
-            let (status, body) = get_unverified(self.prometheus.addr, &path).await?;
-            let answer: Value = serde_json::from_str(&body)?;
-            let found = answer["data"]["result"]
-                .as_array()
-                .is_some_and(|r| !r.is_empty());
-            Ok((status == 200 && found).then_some(()))
+            self.decision(namespace, variant).await
         })
         .await?;
         self.start_adapter(plane).await?;
@@ -246,6 +237,20 @@ impl Monitoring {
             Ok(served) => Ok(served),
             Err(e) => anyhow::bail!("{e:#}\n{}", self.adapter_log(&client).await?),
         }
+    }
+
+    /// The decision for VariantAutoscaling `variant` of `namespace` in
+    /// Prometheus, under the labels users get; `None` before it is there.
+    pub async fn decision(&self, namespace: &str, variant: &str) -> anyhow::Result<Option<f64>> {
+        let query = format!(
+            "wva_desired_replicas{{exported_namespace=\"{namespace}\",variant_name=\"{variant}\",namespace=\"{SYSTEM}\"}}"
+        );
+        let path = format!("/api/v1/query?query={}", percent_encoded(&query));
+        let (status, body) = get_unverified(self.prometheus.addr, &path).await?;
+        anyhow::ensure!(status == 200, "Prometheus answered {status}: {body}");
+        let answer: Value = serde_json::from_str(&body)?;
+        let value = answer["data"]["result"][0]["value"][1].as_str();
+        Ok(value.map(str::parse).transpose()?)
     }
 
     /// What the adapter's pods logged, for failure messages.

@@ -63,7 +63,14 @@ async fn agents_through_the_adapter(path: &str, monitor: &[&str]) -> anyhow::Res
     let monitoring = Monitoring::start_with(&wva.plane, monitor, None).await?;
     let gpus = samples::deploy(&wva.plane, true).await?;
     through_the_adapter(&wva.plane, &monitoring).await?;
-    steps(path, &wva, &gpus, Duration::from_secs(30)).await
+    steps(
+        path,
+        &wva,
+        &gpus,
+        Some(&monitoring),
+        Duration::from_secs(30),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -80,7 +87,7 @@ async fn agent_to_keda() -> anyhow::Result<()> {
             .await?;
     }
     let path = "(b) agent → aggregator → KEDA (external-push) → HPA";
-    steps(path, &wva, &gpus, Duration::from_secs(30)).await
+    steps(path, &wva, &gpus, None, Duration::from_secs(30)).await
 }
 
 /// WVA's own shape: no agent; Prometheus scrapes vLLM and the aggregator
@@ -124,7 +131,14 @@ async fn prometheus_source_to_prometheus_to_adapter_to_hpa() -> anyhow::Result<(
     let gpus = samples::deploy(&wva.plane, false).await?;
     through_the_adapter(&wva.plane, &monitoring).await?;
     let path = "(c) no agent: vLLM → Prometheus → aggregator → Prometheus → adapter → HPA";
-    steps(path, &wva, &gpus, Duration::from_secs(60)).await
+    steps(
+        path,
+        &wva,
+        &gpus,
+        Some(&monitoring),
+        Duration::from_secs(60),
+    )
+    .await
 }
 
 /// prometheus-adapter serving the decisions, and the sample HPAs reading
@@ -138,10 +152,22 @@ async fn through_the_adapter(plane: &ControlPlane, monitoring: &Monitoring) -> a
 }
 
 /// Runs [`STEPS`] steps, each after a random phase of up to `phases`, and
-/// prints each step's times and their median and worst.
-async fn steps(path: &str, wva: &Wva, gpus: &LocalNode, phases: Duration) -> anyhow::Result<()> {
+/// prints when each stage saw the step: wva's decision, the decision in
+/// Prometheus (on the paths through it), and the Deployment; then each
+/// stage's median and worst.
+async fn steps(
+    path: &str,
+    wva: &Wva,
+    gpus: &LocalNode,
+    monitoring: Option<&Monitoring>,
+    phases: Duration,
+) -> anyhow::Result<()> {
     let metrics = wva.replicas[0].metrics;
-    let (mut decided, mut raised) = (Vec::new(), Vec::new());
+    let mut stages: [(&str, Vec<Duration>); 3] = [
+        ("decision", Vec::new()),
+        ("in Prometheus", Vec::new()),
+        ("spec.replicas", Vec::new()),
+    ];
     for step in 1..=STEPS {
         settled(wva, metrics).await?;
         let sims = [
@@ -151,40 +177,58 @@ async fn steps(path: &str, wva: &Wva, gpus: &LocalNode, phases: Duration) -> any
         tokio::time::sleep(phases.mul_f64(random_fraction())).await;
         let start = Instant::now();
         let held = (hold(sims[0]).await?, hold(sims[1]).await?);
+        let raised = |value: Option<f64>| value.filter(|v| *v > 1.0).map(|_| start.elapsed());
         let timed = tokio::try_join!(
             eventually(STEP_WITHIN, "wva to raise the L4 decision", || async {
-                Ok(l4_decision(metrics)
-                    .await?
-                    .filter(|d| *d > 1)
-                    .map(|_| start.elapsed()))
+                Ok(raised(l4_decision(metrics).await?.map(|d| d as f64)))
             }),
+            async {
+                let Some(monitoring) = monitoring else {
+                    return Ok(None);
+                };
+                eventually(STEP_WITHIN, "the raised decision in Prometheus", || async {
+                    Ok(raised(monitoring.decision(SAMPLES, L4).await?))
+                })
+                .await
+                .map(Some)
+            },
             eventually(STEP_WITHIN, "the L4 Deployment raised", || async {
-                Ok(spec_replicas(&wva.client, SAMPLES, L4)
-                    .await?
-                    .filter(|r| *r > 1)
-                    .map(|_| start.elapsed()))
+                let replicas = spec_replicas(&wva.client, SAMPLES, L4).await?;
+                Ok(raised(replicas.map(f64::from)))
             }),
         );
-        let (decision, replicas) = match timed {
+        let (decision, scraped, replicas) = match timed {
             Ok(timed) => timed,
             Err(e) => anyhow::bail!("{e:#}\n{}", what_each_part_saw(wva, metrics).await?),
         };
-        println!(
-            "{path}: step {step}: decision {:.1} s, spec.replicas {:.1} s",
-            decision.as_secs_f64(),
-            replicas.as_secs_f64()
-        );
-        decided.push(decision);
-        raised.push(replicas);
+        let mut line = format!("{path}: step {step}:");
+        for ((name, times), time) in
+            stages
+                .iter_mut()
+                .zip([Some(decision), scraped, Some(replicas)])
+        {
+            if let Some(time) = time {
+                line += &format!(" {name} {},", seconds(time));
+                times.push(time);
+            }
+        }
+        println!("{}", line.trim_end_matches(','));
         drop(held);
     }
-    println!(
-        "{path}: decision median {}, worst {}; spec.replicas median {}, worst {} ({STEPS} steps)",
-        seconds(median(&mut decided)),
-        seconds(decided[STEPS - 1]),
-        seconds(median(&mut raised)),
-        seconds(raised[STEPS - 1]),
-    );
+    let mut summary = format!("{path}:");
+    for (name, times) in &mut stages {
+        if !times.is_empty() {
+            times.sort();
+            let median = times[times.len() / 2];
+            let worst = times[times.len() - 1];
+            summary += &format!(
+                " {name} median {}, worst {};",
+                seconds(median),
+                seconds(worst)
+            );
+        }
+    }
+    println!("{summary} ({STEPS} steps)");
     Ok(())
 }
 
@@ -231,12 +275,6 @@ async fn l4_decision(metrics: SocketAddr) -> anyhow::Result<Option<i64>> {
         .iter()
         .find(|d| d["variant"]["name"] == L4)
         .and_then(|d| d["desiredReplicas"].as_i64()))
-}
-
-/// Sorts `times` and returns their median.
-fn median(times: &mut [Duration]) -> Duration {
-    times.sort();
-    times[times.len() / 2]
 }
 
 fn seconds(time: Duration) -> String {
