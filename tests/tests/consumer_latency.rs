@@ -16,6 +16,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::json;
 use tokio::time::Instant;
@@ -29,6 +31,9 @@ use wva_e2e::*;
 
 /// Steps per path.
 const STEPS: usize = 5;
+
+/// kube-controller-manager's default HPA sync period.
+const HPA_SYNC: Duration = Duration::from_secs(15);
 
 /// Longest a step, or settling after one, may take on the slowest path.
 const STEP_WITHIN: Duration = Duration::from_secs(300);
@@ -151,6 +156,22 @@ async fn through_the_adapter(plane: &ControlPlane, monitoring: &Monitoring) -> a
     Ok(())
 }
 
+/// Creates the L4 HPA anew after a random wait of up to its sync period.
+/// An HPA syncs when created and every 15 s from then, as Prometheus
+/// scrapes every interval from its own start: on a cluster the one follows
+/// the other by a fixed offset, which this makes as random as the step's
+/// phase (a real HPA's creation has nothing to do with a scrape).
+async fn l4_hpa_at_a_random_phase(wva: &Wva) -> anyhow::Result<()> {
+    let hpa = samples("examples/hpa.yaml")?
+        .into_iter()
+        .find(|o| o["metadata"]["name"] == L4)
+        .context("the L4 HPA in examples/hpa.yaml")?;
+    kubectl(&wva.plane, &["delete", "hpa", L4, "-n", SAMPLES, "--wait"]).await?;
+    tokio::time::sleep(HPA_SYNC.mul_f64(random_fraction())).await;
+    wva.plane.create(&hpa).await?;
+    Ok(())
+}
+
 /// Runs [`STEPS`] steps, each after a random phase of up to `phases`, and
 /// prints when each stage saw the step: wva's decision, the decision in
 /// Prometheus (on the paths through it), and the Deployment; then each
@@ -170,6 +191,9 @@ async fn steps(
     ];
     for step in 1..=STEPS {
         settled(wva, metrics).await?;
+        if monitoring.is_some() {
+            l4_hpa_at_a_random_phase(wva).await?;
+        }
         let sims = [
             sample_sim(&wva.client, gpus, L4).await?,
             sample_sim(&wva.client, gpus, H100).await?,
