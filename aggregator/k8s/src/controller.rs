@@ -254,8 +254,9 @@ impl Controller {
         scaled_objects: Option<&Store<DynamicObject>>,
     ) -> Resolved {
         let hpas = hpas.state();
+        let resource = scaled_object_resource();
         let keda_min = |ns: &str, name: &str| {
-            let key = ObjectRef::new_with(name, scaled_object_resource()).within(ns);
+            let key = ObjectRef::new_with(name, resource.clone()).within(ns);
             let object = scaled_objects?.get(&key)?;
             // KEDA's default minReplicaCount is 0.
             let min = object.data["spec"]["minReplicaCount"].as_u64().unwrap_or(0);
@@ -298,9 +299,6 @@ impl Controller {
     }
 }
 
-/// The desired replicas the statuses hold, to seed the analysis so a restart
-/// or a failover continues from them instead of starting over. Fails with a
-/// clear message when the CRD is missing or the API refuses the list.
 /// KEDA's ScaledObject (`keda.sh/v1alpha1`).
 fn scaled_object_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -309,6 +307,9 @@ fn scaled_object_resource() -> ApiResource {
     )
 }
 
+/// The desired replicas the statuses hold, to seed the analysis so a restart
+/// or a failover continues from them instead of starting over. Fails with a
+/// clear message when the CRD is missing or the API refuses the list.
 pub async fn stored_decisions(
     client: Client,
     namespace: Option<&str>,
