@@ -11,6 +11,7 @@ use crate::config::SimConfig;
 use crate::engine::Engine;
 use crate::metrics::exposition::{EngineView, Exposition};
 use crate::metrics::lora::{AdapterId, LoraInfo};
+use crate::metrics::restrict::{SampleNames, restrict};
 use crate::metrics::text::escape_label_value;
 use crate::tokens::mix;
 
@@ -95,6 +96,16 @@ impl Replica {
 
     /// The `/metrics` body: vLLM 0.11's `vllm:` families for every rank.
     pub fn render_metrics(&self) -> Bytes {
+        self.render(|text| Bytes::copy_from_slice(text.as_bytes()))
+    }
+
+    /// The `/metrics?name[]=…` body: only the samples `names` asks for.
+    pub fn render_metrics_of(&self, names: &SampleNames) -> Bytes {
+        self.render(|text| Bytes::from(restrict(text, names)))
+    }
+
+    /// The whole exposition, handed to `body` to make the response body.
+    fn render(&self, body: impl FnOnce(&str) -> Bytes) -> Bytes {
         let schedulers: Vec<_> = self.engines.iter().map(Engine::scheduler).collect();
         let views: Vec<_> = schedulers
             .iter()
@@ -125,6 +136,6 @@ impl Replica {
             lora: lora.as_deref(),
         }
         .write(&mut out);
-        Bytes::copy_from_slice(out.as_bytes())
+        body(&out)
     }
 }

@@ -22,6 +22,7 @@ pub use request::{Endpoint, Generation, Prompt};
 
 use crate::engine::{SequenceSpec, Submission};
 use crate::metrics::exposition::CONTENT_TYPE as METRICS_CONTENT_TYPE;
+use crate::metrics::restrict::SampleNames;
 use crate::replica::{Replica, ServedModel};
 use crate::tokens::{TokenSampler, mix};
 use response::{Choice, EventStream, Header, Usage};
@@ -55,11 +56,18 @@ where
             };
             return respond(status, None, Empty::new().boxed());
         }
-        (&Method::GET, "/metrics") => {
+        // vLLM mounts prometheus_client's ASGI app on `/metrics` with and
+        // without the trailing slash; it honours `name[]`.
+        (&Method::GET, "/metrics" | "/metrics/") => {
+            let names = req.uri().query().and_then(SampleNames::from_query);
+            let body = match names {
+                Some(names) => replica.render_metrics_of(&names),
+                None => replica.render_metrics(),
+            };
             return respond(
                 StatusCode::OK,
                 Some(METRICS_CONTENT_TYPE),
-                Full::new(replica.render_metrics()).boxed(),
+                Full::new(body).boxed(),
             );
         }
         (&Method::GET, "/v1/models") => {
@@ -70,7 +78,15 @@ where
         }
         (&Method::POST, "/v1/completions") => Endpoint::Completions,
         (&Method::POST, "/v1/chat/completions") => Endpoint::ChatCompletions,
-        (_, "/health" | "/metrics" | "/v1/models" | "/v1/completions" | "/v1/chat/completions") => {
+        (
+            _,
+            "/health"
+            | "/metrics"
+            | "/metrics/"
+            | "/v1/models"
+            | "/v1/completions"
+            | "/v1/chat/completions",
+        ) => {
             return detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
         }
         _ => return detail(StatusCode::NOT_FOUND, "Not Found"),

@@ -1,9 +1,10 @@
 //! The numbers behind `/metrics`: one [`EngineMetrics`] per engine rank,
 //! updated by its scheduler, written in vLLM 0.11's exposition by
-//! [`exposition`].
+//! [`exposition`] and narrowed to a scrape's `name[]` by [`restrict`].
 
 pub mod exposition;
 pub mod lora;
+pub mod restrict;
 pub mod text;
 
 use std::sync::Arc;
