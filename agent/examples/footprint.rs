@@ -29,6 +29,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use prost::Message;
 use wva_agent::extract::Extractor;
+use wva_agent::filter::Filter;
 use wva_agent::sampler::Sampler;
 use wva_agent::scrape::Scraper;
 use wva_agent::telemetry::Telemetry;
@@ -173,6 +174,7 @@ async fn run_loop(cli: &Cli, target: http::Uri) -> Result<Report, Box<dyn std::e
     let mut sampler = Sampler::new(
         scraper,
         Extractor::new(Role::Vllm),
+        Filter::disabled(),
         Arc::new(Telemetry::new()),
     );
     let mut encoded = Vec::with_capacity(4096);

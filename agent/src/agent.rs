@@ -9,9 +9,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::args::{Args, scrape_timeout};
-use crate::extract::Extractor;
+use crate::args::{Args, DEFAULT_INTERVAL, scrape_timeout};
+use crate::extract::{Extractor, read_samples};
 use crate::fanout::{self, Targets};
+use crate::filter::Filter;
 use crate::latest;
 use crate::sampler::Sampler;
 use crate::scrape::{InvalidTarget, Scraper};
@@ -67,7 +68,13 @@ impl Agent {
         if let Some(path) = &args.target_token_file {
             scraper = scraper.with_token_file(path.clone());
         }
-        let sampler = Sampler::new(scraper, Extractor::new(args.role.into()), telemetry.clone());
+        let role = args.role.into();
+        let filter = if args.filtered_scrape {
+            Filter::new(&args.target, read_samples(role))
+        } else {
+            Filter::disabled()
+        };
+        let sampler = Sampler::new(scraper, Extractor::new(role), filter, telemetry.clone());
         let listen_error = |source| StartError::Listen {
             addr: args.listen,
             source,
@@ -105,16 +112,25 @@ impl Agent {
             target_url = %args.target,
             aggregator = ?args.aggregator.iter().map(ToString::to_string).collect::<Vec<_>>(),
             fan_out = args.aggregator_fan_out,
-            interval = %humantime::format_duration(args.interval),
+            interval = %args.interval.map_or("auto".into(), |i| humantime::format_duration(i).to_string()),
+            filtered_scrape = args.filtered_scrape,
             "agent running"
         );
-        let (interval_tx, interval_rx) = watch::channel(args.interval);
+        // The stream's Hello reports the slower of the automatic intervals.
+        let base_interval = args.interval.unwrap_or(DEFAULT_INTERVAL);
+        let (interval_tx, interval_rx) = watch::channel(base_interval);
         let (publisher, subscriber) = latest::channel();
         let (stop_tx, stop_rx) = watch::channel(());
-        let first_tick = args.interval + scrape_timeout(args.scrape_timeout, args.interval);
+        let first_tick = base_interval + scrape_timeout(args.scrape_timeout, base_interval);
         let health = Arc::new(Health::new(2 * first_tick));
 
-        let scrape = sampler.run(args.scrape_timeout, interval_rx, publisher, health.clone());
+        let scrape = sampler.run(
+            args.scrape_timeout,
+            args.interval,
+            interval_rx,
+            publisher,
+            health.clone(),
+        );
         let scrape_until_shutdown = async move {
             tokio::select! {
                 _ = scrape => {}

@@ -16,6 +16,15 @@ use wva_proto::v1::Role;
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Scrape interval without `--interval`, and while the target serves whole
+/// bodies.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Scrape interval without `--interval` while the target serves filtered
+/// bodies: a few KB rendered four times a second cost vLLM less than its
+/// whole body once (docs/benchmarks.md, "Exporter cost of a scrape").
+pub const FILTERED_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Upper bound of the default scrape timeout (the interval).
 const MAX_DEFAULT_SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -58,9 +67,15 @@ pub struct Args {
     #[arg(long, env = "WVA_ROLE", value_enum, default_value_t = RoleArg::Vllm)]
     pub role: RoleArg,
 
-    /// Scrape interval (100ms to 60s); the aggregator may change it.
-    #[arg(long, env = "WVA_INTERVAL", default_value = "1s", value_parser = parse_interval)]
-    pub interval: Duration,
+    /// Scrape interval (100ms to 60s); the aggregator may change it
+    /// [default: 250ms while the target serves filtered scrapes, else 1s].
+    #[arg(long, env = "WVA_INTERVAL", value_parser = parse_interval)]
+    pub interval: Option<Duration>,
+
+    /// Ask the target for only the samples the agent reads (`name[]` query
+    /// parameters); a target that ignores them is scraped whole.
+    #[arg(long, env = "WVA_FILTERED_SCRAPE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub filtered_scrape: bool,
 
     /// Served model the pod is expected to report (repeatable; env: comma list).
     #[arg(
@@ -144,6 +159,16 @@ pub struct Args {
     /// Accept any certificate from an https target (development only).
     #[arg(long, env = "WVA_TARGET_INSECURE_SKIP_VERIFY")]
     pub target_insecure_skip_verify: bool,
+}
+
+/// The scrape interval: the explicit one, else the faster default while the
+/// target serves filtered bodies.
+pub fn scrape_interval(explicit: Option<Duration>, filtered: bool) -> Duration {
+    explicit.unwrap_or(if filtered {
+        FILTERED_INTERVAL
+    } else {
+        DEFAULT_INTERVAL
+    })
 }
 
 /// The scrape timeout at a given interval: the explicit one, or the interval
@@ -275,11 +300,20 @@ mod tests {
     fn defaults() {
         let args = parse(&[]).unwrap();
         assert_eq!(args.role, RoleArg::Vllm);
-        assert_eq!(args.interval, Duration::from_secs(1));
+        assert_eq!(args.interval, None, "chosen by what the target serves");
+        assert_eq!(
+            scrape_interval(args.interval, false),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            scrape_interval(args.interval, true),
+            Duration::from_millis(250)
+        );
+        assert!(args.filtered_scrape);
         assert_eq!(args.listen, "0.0.0.0:9400".parse().unwrap());
         assert_eq!(args.max_body_bytes, 4 << 20);
         assert_eq!(
-            scrape_timeout(args.scrape_timeout, args.interval),
+            scrape_timeout(args.scrape_timeout, DEFAULT_INTERVAL),
             Duration::from_secs(1)
         );
         assert_eq!(
@@ -304,11 +338,18 @@ mod tests {
             "2s",
             "--max-body-bytes",
             "512KiB",
+            "--filtered-scrape",
+            "false",
         ])
         .unwrap();
+        assert!(!args.filtered_scrape);
         assert_eq!(args.models, ["a", "b", "c"]);
         assert_eq!(Role::from(args.role), Role::Epp);
-        assert_eq!(args.interval, Duration::from_millis(250));
+        assert_eq!(args.interval, Some(Duration::from_millis(250)));
+        assert_eq!(
+            scrape_interval(args.interval, false),
+            Duration::from_millis(250)
+        );
         assert_eq!(
             scrape_timeout(args.scrape_timeout, Duration::from_secs(60)),
             Duration::from_secs(2)

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod args;
 pub mod backoff;
 pub mod fanout;
+pub mod filter;
 pub mod latest;
 pub mod sampler;
 pub mod scrape;

@@ -7,34 +7,47 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http::Uri;
 use prost::Message;
 use tokio::sync::watch;
-use tokio::time::{Instant, MissedTickBehavior, interval_at};
+use tokio::time::{Instant, Interval, MissedTickBehavior, interval_at};
 use tracing::{debug, info, warn};
 use wva_proto::MAX_MESSAGE_BYTES;
 use wva_proto::v1::Sample;
 
-use crate::args::scrape_timeout;
+use crate::args::{DEFAULT_INTERVAL, scrape_interval, scrape_timeout};
 use crate::extract::Extractor;
+use crate::filter::{Filter, Outcome};
 use crate::latest::Publisher;
-use crate::scrape::Scraper;
+use crate::scrape::{ScrapeError, Scraper};
 use crate::server::Health;
 use crate::telemetry::Telemetry;
 
 pub struct Sampler {
     scraper: Scraper,
     extractor: Extractor,
+    filter: Filter,
     telemetry: Arc<Telemetry>,
     seq: u64,
     /// Error of the previous tick, to log changes instead of every tick.
     last_error: String,
 }
 
+/// Why a tick produced no signals: the `reason` label and the message.
+type Failure = (&'static str, String);
+
 impl Sampler {
-    pub fn new(scraper: Scraper, extractor: Extractor, telemetry: Arc<Telemetry>) -> Self {
+    /// A sampler that asks the target for filtered bodies as `filter` says.
+    pub fn new(
+        scraper: Scraper,
+        extractor: Extractor,
+        filter: Filter,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
         Sampler {
             scraper,
             extractor,
+            filter,
             telemetry,
             seq: 0,
             last_error: String::new(),
@@ -50,25 +63,22 @@ impl Sampler {
             ..Sample::default()
         };
         let started = Instant::now();
-        let scraped = self.scraper.scrape(timeout).await;
-        let elapsed = started.elapsed();
-        sample.scrape_duration_us = u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX);
+        let mut fetching = Duration::ZERO;
+        let outcome = self
+            .collect(Deadline { started, timeout }, &mut fetching)
+            .await
+            .and_then(|()| {
+                self.extractor.fill(&mut sample);
+                within_message_limit(&mut sample)
+            });
+        sample.scrape_duration_us = u32::try_from(fetching.as_micros()).unwrap_or(u32::MAX);
         self.telemetry.scrapes.inc();
         self.telemetry
             .scrape_duration
-            .observe(elapsed.as_secs_f64());
-
-        let outcome = match scraped {
-            Ok(body) => self
-                .extractor
-                .extract_within(body, (started + timeout).into_std())
-                .map_err(|e| ("extract", e.to_string())),
-            Err(e) => Err((e.metric_label(), e.to_string())),
-        }
-        .and_then(|()| {
-            self.extractor.fill(&mut sample);
-            within_message_limit(&mut sample)
-        });
+            .observe(fetching.as_secs_f64());
+        self.telemetry
+            .scrape_filtered
+            .set(i64::from(self.filter.in_use()));
         match outcome {
             Ok(()) => {
                 sample.up = true;
@@ -91,38 +101,172 @@ impl Sampler {
         sample
     }
 
-    /// Ticks at the current interval until dropped; the aggregator may change
-    /// the interval through `interval`. Ticks never overlap: a scrape slower
-    /// than the interval delays the next tick.
+    /// Whether the target serves filtered bodies.
+    pub fn filtered(&self) -> bool {
+        self.filter.in_use()
+    }
+
+    /// Fills the extractor from a filtered body where the target serves one,
+    /// else from the whole body; a filtered request the target refuses or
+    /// answers with a body that cannot be used is followed at once by a
+    /// plain one, so trying the filter never costs a sample.
+    async fn collect(
+        &mut self,
+        deadline: Deadline,
+        fetching: &mut Duration,
+    ) -> Result<(), Failure> {
+        let now = Instant::now().into_std();
+        if let Some(uri) = self.filter.uri(now).cloned() {
+            match self.fetch_and_extract(uri, deadline, fetching).await {
+                Ok(()) => {
+                    let outcome = if self.extractor.unread_samples() == 0 {
+                        Outcome::Filtered
+                    } else {
+                        Outcome::Ignored
+                    };
+                    self.learn(outcome, now);
+                    return Ok(());
+                }
+                Err(Attempt::Target(failure)) => return Err(failure),
+                Err(Attempt::Filtered(failure)) => {
+                    debug!(error = %failure.1, "a filtered scrape failed; scraping the whole body");
+                    self.learn(Outcome::Failed, now);
+                }
+            }
+        }
+        let target = self.scraper.target().clone();
+        self.fetch_and_extract(target, deadline, fetching)
+            .await
+            .map_err(Attempt::into_failure)
+    }
+
+    fn learn(&mut self, outcome: Outcome, now: std::time::Instant) {
+        let was = self.filter.in_use();
+        self.filter.learn(outcome, now);
+        match (was, self.filter.in_use()) {
+            (false, true) => {
+                info!(target_url = %self.scraper.target(), "the target serves filtered scrapes")
+            }
+            (true, false) => {
+                info!(target_url = %self.scraper.target(), ?outcome, "the target stopped serving filtered scrapes")
+            }
+            _ => {}
+        }
+    }
+
+    async fn fetch_and_extract(
+        &mut self,
+        uri: Uri,
+        deadline: Deadline,
+        fetching: &mut Duration,
+    ) -> Result<(), Attempt> {
+        let started = Instant::now();
+        let scraped = self.scraper.scrape_uri(uri, deadline.left(started)).await;
+        *fetching += started.elapsed();
+        let body = scraped.map_err(|e| {
+            // A timeout is the tick's, however much of it this request had.
+            let e = match e {
+                ScrapeError::Timeout(_) => ScrapeError::Timeout(deadline.timeout),
+                e => e,
+            };
+            let failure = (e.metric_label(), e.to_string());
+            match e {
+                // The answer to this request: another request may fare better.
+                ScrapeError::Status(_) => Attempt::Filtered(failure),
+                // The target or the way to it.
+                _ => Attempt::Target(failure),
+            }
+        })?;
+        self.extractor
+            .extract_within(body, deadline.at().into_std())
+            .map_err(|e| Attempt::Filtered(("extract", e.to_string())))
+    }
+
+    /// Ticks until dropped, at [`scrape_interval`]. An interval the aggregator sets
+    /// through `interval` replaces either. Ticks never overlap: a scrape
+    /// slower than the interval delays the next tick.
     pub async fn run(
         mut self,
         explicit_timeout: Option<Duration>,
+        explicit_interval: Option<Duration>,
         mut interval: watch::Receiver<Duration>,
         publisher: Publisher,
         health: Arc<Health>,
     ) {
-        let mut period = *interval.borrow_and_update();
-        let mut ticker = interval_at(Instant::now(), period);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        interval.borrow_and_update();
+        let mut fixed = explicit_interval;
+        let mut period = self.period(fixed);
+        let mut ticker = ticker_from(Instant::now(), period);
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 Ok(()) = interval.changed() => {
-                    period = *interval.borrow_and_update();
-                    ticker = interval_at(Instant::now() + period, period);
-                    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                    fixed = Some(*interval.borrow_and_update());
+                    period = self.period(fixed);
+                    ticker = ticker_from(Instant::now() + period, period);
                     continue;
                 }
             }
-            let timeout = scrape_timeout(explicit_timeout, period);
+            // The timeout stays that of the slower interval, so a target
+            // that is briefly slow to answer is not a failure.
+            let timeout = scrape_timeout(explicit_timeout, fixed.unwrap_or(DEFAULT_INTERVAL));
             let sample = self.sample(timeout).await;
             if publisher.publish(sample) {
                 self.telemetry.samples_dropped.inc();
+            }
+            let now_period = self.period(fixed);
+            if now_period != period {
+                period = now_period;
+                ticker = ticker_from(Instant::now() + period, period);
             }
             // Generous bound: a full interval plus a timed-out scrape, twice.
             health.tick_completed(2 * (period + timeout));
         }
     }
+
+    fn period(&self, fixed: Option<Duration>) -> Duration {
+        scrape_interval(fixed, self.filter.in_use())
+    }
+}
+
+/// The time limit of one tick's requests and extraction.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    started: Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    fn at(self) -> Instant {
+        self.started + self.timeout
+    }
+
+    fn left(self, now: Instant) -> Duration {
+        self.at().saturating_duration_since(now)
+    }
+}
+
+/// How one request of a tick failed.
+enum Attempt {
+    /// The target is unreachable, slow or sent a broken stream.
+    Target(Failure),
+    /// The target answered this request with an error or a body that cannot
+    /// be used.
+    Filtered(Failure),
+}
+
+impl Attempt {
+    fn into_failure(self) -> Failure {
+        match self {
+            Attempt::Target(f) | Attempt::Filtered(f) => f,
+        }
+    }
+}
+
+fn ticker_from(start: Instant, period: Duration) -> Interval {
+    let mut ticker = interval_at(start, period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
 }
 
 /// Keeps a sample the aggregator would refuse from being sent: over the

@@ -200,7 +200,13 @@ impl Scraper {
 
     /// Fetches the target once and returns the (decompressed) body.
     pub async fn scrape(&mut self, timeout: Duration) -> Result<&str, ScrapeError> {
-        let fetched = tokio::time::timeout(timeout, self.fetch())
+        self.scrape_uri(self.target.clone(), timeout).await
+    }
+
+    /// Like [`Scraper::scrape`], asking `uri` on the target's connection
+    /// (the target with a query, say).
+    pub async fn scrape_uri(&mut self, uri: Uri, timeout: Duration) -> Result<&str, ScrapeError> {
+        let fetched = tokio::time::timeout(timeout, self.fetch(uri))
             .await
             .map_err(|_| ScrapeError::Timeout(timeout))
             .and_then(|fetched| fetched)
@@ -243,13 +249,11 @@ impl Scraper {
     }
 
     /// Reads the body into `raw`; returns whether it is gzip-encoded.
-    async fn fetch(&mut self) -> Result<bool, ScrapeError> {
-        let mut request = Request::get(self.target.clone())
-            .header(ACCEPT, ACCEPT_EXPOSITION)
-            .header(
-                ACCEPT_ENCODING,
-                if self.accept_gzip { "gzip" } else { "identity" },
-            );
+    async fn fetch(&mut self, uri: Uri) -> Result<bool, ScrapeError> {
+        let mut request = Request::get(uri).header(ACCEPT, ACCEPT_EXPOSITION).header(
+            ACCEPT_ENCODING,
+            if self.accept_gzip { "gzip" } else { "identity" },
+        );
         match &self.bearer {
             Some(Bearer::File(path)) => {
                 let mut bearer: HeaderValue = read_bearer(path)?;

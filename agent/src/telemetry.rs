@@ -32,6 +32,7 @@ pub struct Telemetry {
     pub scrape_duration: Histogram,
     pub scrapes: Counter,
     pub scrape_failures: Family<ReasonLabel, Counter>,
+    pub scrape_filtered: Gauge,
     pub stream_connected: Gauge,
     pub stream_reconnects: Counter,
     pub stream_failures: Family<ReasonLabel, Counter>,
@@ -51,6 +52,7 @@ impl Telemetry {
         let scrape_duration = Histogram::new(SCRAPE_BUCKETS);
         let scrapes = Counter::default();
         let scrape_failures = Family::<ReasonLabel, Counter>::default();
+        let scrape_filtered = Gauge::default();
         let stream_connected = Gauge::default();
         let stream_reconnects = Counter::default();
         let stream_failures = Family::<ReasonLabel, Counter>::default();
@@ -72,6 +74,11 @@ impl Telemetry {
             "wva_agent_scrape_failures",
             "Scrapes that produced no signals, by reason",
             scrape_failures.clone(),
+        );
+        registry.register(
+            "wva_agent_scrape_filtered",
+            "1 while the target serves only the samples the agent reads",
+            scrape_filtered.clone(),
         );
         registry.register(
             "wva_agent_stream_connected",
@@ -111,6 +118,7 @@ impl Telemetry {
             scrape_duration,
             scrapes,
             scrape_failures,
+            scrape_filtered,
             stream_connected,
             stream_reconnects,
             stream_failures,

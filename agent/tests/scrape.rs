@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{StatusCode, Uri};
 use target::{Reply, Target, gzip};
-use wva_agent::extract::Extractor;
+use wva_agent::extract::{Extractor, read_samples};
+use wva_agent::filter::Filter;
 use wva_agent::sampler::Sampler;
 use wva_agent::scrape::{ScrapeError, Scraper};
 use wva_agent::telemetry::Telemetry;
@@ -24,6 +25,18 @@ fn body(len: usize) -> Vec<u8> {
     let line = b"vllm:num_requests_running{model_name=\"m\"} 3\n";
     line.iter().copied().cycle().take(len).collect()
 }
+
+/// A body of shared/fixtures/metrics.
+fn fixture(name: &str) -> String {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/fixtures/metrics/"
+    );
+    std::fs::read_to_string(format!("{dir}{name}")).unwrap()
+}
+
+/// Room for a whole vLLM body.
+const WHOLE: usize = 4 << 20;
 
 /// An address nothing listens on.
 async fn closed_port_url() -> Uri {
@@ -293,7 +306,12 @@ async fn failed_scrapes_become_samples_that_say_why() {
     let target = Target::start(Reply::Status(StatusCode::SERVICE_UNAVAILABLE)).await;
     let telemetry = Arc::new(Telemetry::new());
     let scraper = Scraper::new(target.url.clone(), LIMIT).unwrap();
-    let mut sampler = Sampler::new(scraper, Extractor::new(Role::Vllm), telemetry.clone());
+    let mut sampler = Sampler::new(
+        scraper,
+        Extractor::new(Role::Vllm),
+        Filter::disabled(),
+        telemetry.clone(),
+    );
 
     let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     for seq in 1..=3 {
@@ -316,4 +334,121 @@ async fn failed_scrapes_become_samples_that_say_why() {
         metrics.contains("wva_agent_scrape_duration_seconds_count 3\n"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn a_target_that_ignores_the_filter_is_scraped_whole_without_losing_a_sample() {
+    // Like Go's promhttp: every path and query gets the whole body.
+    let body = fixture("vllm-v1-0.11.0-generated-dp2-specdecode-busy.prom");
+    let target = Target::start(Reply::Text(body.into_bytes())).await;
+    let telemetry = Arc::new(Telemetry::new());
+    let scraper = Scraper::new(target.url.clone(), WHOLE).unwrap();
+    let filter = Filter::new(&target.url, read_samples(Role::Vllm));
+    let mut sampler = Sampler::new(
+        scraper,
+        Extractor::new(Role::Vllm),
+        filter,
+        telemetry.clone(),
+    );
+
+    for _ in 0..3 {
+        let sample = sampler.sample(TIMEOUT).await;
+        assert!(sample.up, "{}", sample.error);
+        assert!(!sample.models.is_empty());
+        assert!(!sampler.filtered());
+    }
+    let asked = target.asked();
+    assert!(
+        asked[0].starts_with("/metrics?name%5B%5D=vllm%3A"),
+        "{asked:?}"
+    );
+    assert!(
+        asked[1].starts_with("/metrics/?name%5B%5D=vllm%3A"),
+        "{asked:?}"
+    );
+    assert_eq!(asked[2..], ["/metrics"], "whole bodies from then on");
+    assert!(telemetry.encode().contains("wva_agent_scrape_filtered 0\n"));
+}
+
+#[tokio::test]
+async fn a_refused_filtered_request_is_followed_by_a_plain_one_in_the_same_tick() {
+    let body = fixture("vllm-v1-0.11.0-generated-dp2-specdecode-busy.prom");
+    let target = Target::start(Reply::ByQuery {
+        with: Box::new(Reply::Status(StatusCode::BAD_REQUEST)),
+        without: Box::new(Reply::Text(body.into_bytes())),
+    })
+    .await;
+    let scraper = Scraper::new(target.url.clone(), WHOLE).unwrap();
+    let filter = Filter::new(&target.url, read_samples(Role::Vllm));
+    let telemetry = Arc::new(Telemetry::new());
+    let mut sampler = Sampler::new(
+        scraper,
+        Extractor::new(Role::Vllm),
+        filter,
+        telemetry.clone(),
+    );
+
+    for _ in 0..2 {
+        let sample = sampler.sample(TIMEOUT).await;
+        assert!(sample.up, "{}", sample.error);
+    }
+    let asked: Vec<_> = target
+        .asked()
+        .iter()
+        .map(|uri| {
+            uri.split_once('?')
+                .map_or(uri.as_str(), |(path, _)| path)
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(asked, ["/metrics", "/metrics", "/metrics/", "/metrics"]);
+    assert_eq!(telemetry.scrape_failure("http_status").get(), 0);
+}
+
+#[tokio::test]
+async fn a_target_that_filters_is_asked_for_the_read_samples_only() {
+    let body = fixture("vllm-v1-0.11.0-generated-dp2-specdecode-busy.prom");
+    // What prometheus_client serves for the query: only the named samples.
+    let names: Vec<_> = read_samples(Role::Vllm).collect();
+    let filtered: String = body
+        .lines()
+        .filter(|line| {
+            let name = line.split(['{', ' ']).next().unwrap_or("");
+            names.contains(&name)
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let target = Target::start(Reply::ByQuery {
+        with: Box::new(Reply::Text(filtered.into_bytes())),
+        without: Box::new(Reply::Text(body.clone().into_bytes())),
+    })
+    .await;
+    let telemetry = Arc::new(Telemetry::new());
+    let scraper = Scraper::new(target.url.clone(), WHOLE).unwrap();
+    let filter = Filter::new(&target.url, read_samples(Role::Vllm));
+    let mut sampler = Sampler::new(
+        scraper,
+        Extractor::new(Role::Vllm),
+        filter,
+        telemetry.clone(),
+    );
+    let filtered_sample = sampler.sample(TIMEOUT).await;
+    assert!(sampler.filtered());
+    assert!(telemetry.encode().contains("wva_agent_scrape_filtered 1\n"));
+
+    // The signals are those of the whole body.
+    let scraper = Scraper::new(target.url.clone(), WHOLE).unwrap();
+    let mut whole = Sampler::new(
+        scraper,
+        Extractor::new(Role::Vllm),
+        Filter::disabled(),
+        Arc::new(Telemetry::new()),
+    );
+    let whole_sample = whole.sample(TIMEOUT).await;
+    assert!(whole_sample.up && filtered_sample.up);
+    assert_eq!(filtered_sample.models, whole_sample.models);
+    let asked = target.asked();
+    let query = asked[0].strip_prefix("/metrics?").unwrap();
+    assert_eq!(query.split('&').count(), names.len());
+    assert_eq!(asked[1], "/metrics");
 }

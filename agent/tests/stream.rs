@@ -15,7 +15,7 @@ use clap::Parser;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::Status;
-use wva_agent::args::Args;
+use wva_agent::args::{Args, DEFAULT_INTERVAL};
 use wva_agent::latest::{self, Publisher};
 use wva_agent::stream::{self, StreamConfig, StreamError};
 use wva_agent::telemetry::Telemetry;
@@ -61,7 +61,7 @@ impl Agent {
         let config = StreamConfig::from_args(args).unwrap();
         config.validate().unwrap();
         let (publisher, subscriber) = latest::channel();
-        let (interval_tx, interval) = watch::channel(args.interval);
+        let (interval_tx, interval) = watch::channel(args.interval.unwrap_or(DEFAULT_INTERVAL));
         let (stop, stop_rx) = watch::channel(());
         let telemetry = Arc::new(Telemetry::new());
         let task = tokio::spawn(stream::run(

@@ -5,6 +5,7 @@
 
 use wva_proto::v1::EppSignals;
 
+use super::Seen;
 use super::slots::{Overflow, Reset, Slots, resized};
 use crate::parse::Sample;
 
@@ -36,22 +37,52 @@ pub(super) fn reads(name: &str) -> bool {
     classify(name).is_some()
 }
 
-/// The families read, with the naming generation each name belongs to.
-fn classify(name: &str) -> Option<(Field, usize)> {
+/// The samples read, with the naming generation each name belongs to.
+const READ: [(&str, Field, usize); 10] = {
     use Field::*;
-    Some(match name {
-        "llm_d_epp_flow_control_queue_size" => (QueueSize, CANONICAL),
-        "inference_extension_flow_control_queue_size" => (QueueSize, DEPRECATED),
-        "llm_d_epp_flow_control_queue_bytes" => (QueueBytes, CANONICAL),
-        "inference_extension_flow_control_queue_bytes" => (QueueBytes, DEPRECATED),
-        "llm_d_epp_average_kv_cache_utilization" => (PoolKvCache, CANONICAL),
-        "inference_pool_average_kv_cache_utilization" => (PoolKvCache, DEPRECATED),
-        "llm_d_epp_average_queue_size" => (PoolQueue, CANONICAL),
-        "inference_pool_average_queue_size" => (PoolQueue, DEPRECATED),
-        "llm_d_epp_average_running_requests" => (PoolRunning, CANONICAL),
-        "inference_pool_average_running_requests" => (PoolRunning, DEPRECATED),
-        _ => return None,
-    })
+    [
+        ("llm_d_epp_flow_control_queue_size", QueueSize, CANONICAL),
+        (
+            "inference_extension_flow_control_queue_size",
+            QueueSize,
+            DEPRECATED,
+        ),
+        ("llm_d_epp_flow_control_queue_bytes", QueueBytes, CANONICAL),
+        (
+            "inference_extension_flow_control_queue_bytes",
+            QueueBytes,
+            DEPRECATED,
+        ),
+        (
+            "llm_d_epp_average_kv_cache_utilization",
+            PoolKvCache,
+            CANONICAL,
+        ),
+        (
+            "inference_pool_average_kv_cache_utilization",
+            PoolKvCache,
+            DEPRECATED,
+        ),
+        ("llm_d_epp_average_queue_size", PoolQueue, CANONICAL),
+        ("inference_pool_average_queue_size", PoolQueue, DEPRECATED),
+        ("llm_d_epp_average_running_requests", PoolRunning, CANONICAL),
+        (
+            "inference_pool_average_running_requests",
+            PoolRunning,
+            DEPRECATED,
+        ),
+    ]
+};
+
+fn classify(name: &str) -> Option<(Field, usize)> {
+    READ.iter()
+        .find(|(n, ..)| *n == name)
+        .map(|&(_, field, generation)| (field, generation))
+}
+
+/// Names of the samples [`Epp::observe`] reads.
+pub(super) fn read_samples() -> impl Iterator<Item = &'static str> {
+    READ.iter().map(|&(name, ..)| name)
 }
 
 /// Flow-control queue of one target model, summed over fairness ids,
@@ -104,13 +135,13 @@ impl Epp {
             .or_else(|| named("pools", self.pools.overflow()))
     }
 
-    /// Accumulates one sample; returns whether it is an EPP series at all.
-    pub(super) fn observe(&mut self, sample: &Sample<'_>) -> bool {
+    /// Accumulates one sample.
+    pub(super) fn observe(&mut self, sample: &Sample<'_>) -> Seen {
         if !PREFIXES.iter().any(|p| sample.name.starts_with(p)) {
-            return false;
+            return Seen::Foreign;
         }
         let Some((field, generation)) = classify(sample.name) else {
-            return true;
+            return Seen::Unread;
         };
         let value = sample.value;
         match field {
@@ -125,7 +156,7 @@ impl Epp {
                 }
                 let key = if target.is_empty() { model } else { target };
                 let Some(queue) = self.queues.entry(key) else {
-                    return true;
+                    return Seen::Read;
                 };
                 queue.seen[generation] = true;
                 match field {
@@ -136,7 +167,7 @@ impl Epp {
             Field::PoolKvCache | Field::PoolQueue | Field::PoolRunning => {
                 let name = sample.labels.get("name").map_or("", |l| l.raw_value);
                 let Some(pool) = self.pools.entry(name) else {
-                    return true;
+                    return Seen::Read;
                 };
                 let slot = match field {
                     Field::PoolKvCache => &mut pool.kv_cache,
@@ -146,7 +177,7 @@ impl Epp {
                 slot[generation] = Some(value);
             }
         }
-        true
+        Seen::Read
     }
 
     pub(super) fn fill(&self, out: &mut EppSignals) {

@@ -51,6 +51,27 @@ pub enum ExtractError {
     },
 }
 
+/// What a role's extractor made of one sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// Not a family of the role.
+    Foreign,
+    /// A family of the role the extractor does not read.
+    Unread,
+    /// One of [`read_samples`].
+    Read,
+}
+
+/// Names of the samples the extractor of `role` reads: a target that honours
+/// a filtered request for them serves nothing else.
+pub fn read_samples(role: Role) -> Box<dyn Iterator<Item = &'static str>> {
+    match role {
+        Role::Epp => Box::new(epp::read_samples()),
+        Role::Vllm => Box::new(vllm::read_samples()),
+        Role::Unspecified => Box::new(std::iter::empty()),
+    }
+}
+
 /// How often, in lines, extraction looks at its deadline: reading the
 /// clock costs about as much as a few lines.
 pub const DEADLINE_CHECK_LINES: usize = 1024;
@@ -64,6 +85,8 @@ pub struct Extractor {
     epp: epp::Epp,
     /// Whether the last `extract` succeeded.
     valid: bool,
+    /// Samples of the last body that the extractor does not read.
+    unread: usize,
     skipped: usize,
     first_skipped: Option<ParseError>,
 }
@@ -75,6 +98,7 @@ impl Extractor {
             vllm: vllm::Vllm::default(),
             epp: epp::Epp::default(),
             valid: false,
+            unread: 0,
             skipped: 0,
             first_skipped: None,
         }
@@ -94,6 +118,7 @@ impl Extractor {
 
     fn extract_by(&mut self, body: &str, deadline: Option<Instant>) -> Result<(), ExtractError> {
         self.valid = false;
+        self.unread = 0;
         self.skipped = 0;
         self.first_skipped = None;
         self.vllm.clear();
@@ -115,11 +140,12 @@ impl Extractor {
             match line {
                 Ok(Line::Sample(sample)) => {
                     samples += 1;
-                    let is_own = match self.role {
+                    let seen = match self.role {
                         Role::Epp => self.epp.observe(&sample),
                         _ => self.vllm.observe(&sample),
                     };
-                    own += usize::from(is_own);
+                    own += usize::from(seen != Seen::Foreign);
+                    self.unread += usize::from(seen != Seen::Read);
                 }
                 Ok(_) => {}
                 Err(e) if self.reads(leading_name(lines.line_text())) => {
@@ -183,6 +209,12 @@ impl Extractor {
                 sample.epp = None;
             }
         }
+    }
+
+    /// Samples of the last body not among [`read_samples`]: a target that
+    /// serves some ignored a filtered request.
+    pub fn unread_samples(&self) -> usize {
+        self.unread
     }
 
     /// Malformed lines skipped by the last `extract` (see the module docs).

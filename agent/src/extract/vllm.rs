@@ -3,6 +3,7 @@
 
 use wva_proto::v1::{Counters, ModelSignals};
 
+use super::Seen;
 use super::slots::{Overflow, Reset, Slots, resized};
 use crate::parse::Sample;
 
@@ -51,37 +52,50 @@ enum Series {
     CacheConfig,
 }
 
-/// The families read, by sample name. OpenMetrics counters keep `_total` on
-/// their samples, so one name serves both formats; `_created` series and
-/// everything else fall through.
-fn classify(name: &str) -> Option<Series> {
+/// The samples read, by name: the only ones a filtered scrape asks for.
+/// OpenMetrics counters keep `_total` on their samples, so one name serves
+/// both formats; `_created` series and everything else fall through.
+const READ: [(&str, Series); 24] = {
+    use Series::Summed as S;
     use Summed::*;
-    let summed = match name.strip_prefix(PREFIX)? {
-        "kv_cache_usage_perc" => return Some(Series::Kv),
-        "gpu_cache_usage_perc" => return Some(Series::KvV0),
-        "cache_config_info" => return Some(Series::CacheConfig),
-        "num_requests_running" => Running,
-        "num_requests_waiting" => Waiting,
-        "prompt_tokens_total" => PromptTokens,
-        "generation_tokens_total" => GenerationTokens,
-        "request_prompt_tokens_sum" => PromptLenSum,
-        "request_prompt_tokens_count" => PromptLenCount,
-        "request_generation_tokens_sum" => GenerationLenSum,
-        "request_generation_tokens_count" => GenerationLenCount,
-        "request_success_total" => Success,
-        "prefix_cache_hits_total" => PrefixHits,
-        "prefix_cache_queries_total" => PrefixQueries,
-        "gpu_prefix_cache_hits" | "gpu_prefix_cache_hits_total" => PrefixHitsV0,
-        "gpu_prefix_cache_queries" | "gpu_prefix_cache_queries_total" => PrefixQueriesV0,
-        "time_to_first_token_seconds_sum" => TtftSum,
-        "time_to_first_token_seconds_count" => TtftCount,
-        "inter_token_latency_seconds_sum" => ItlSum,
-        "inter_token_latency_seconds_count" => ItlCount,
-        "time_per_output_token_seconds_sum" => TpotSum,
-        "time_per_output_token_seconds_count" => TpotCount,
-        _ => return None,
-    };
-    Some(Series::Summed(summed))
+    [
+        ("vllm:kv_cache_usage_perc", Series::Kv),
+        ("vllm:gpu_cache_usage_perc", Series::KvV0),
+        ("vllm:cache_config_info", Series::CacheConfig),
+        ("vllm:num_requests_running", S(Running)),
+        ("vllm:num_requests_waiting", S(Waiting)),
+        ("vllm:prompt_tokens_total", S(PromptTokens)),
+        ("vllm:generation_tokens_total", S(GenerationTokens)),
+        ("vllm:request_prompt_tokens_sum", S(PromptLenSum)),
+        ("vllm:request_prompt_tokens_count", S(PromptLenCount)),
+        ("vllm:request_generation_tokens_sum", S(GenerationLenSum)),
+        (
+            "vllm:request_generation_tokens_count",
+            S(GenerationLenCount),
+        ),
+        ("vllm:request_success_total", S(Success)),
+        ("vllm:prefix_cache_hits_total", S(PrefixHits)),
+        ("vllm:prefix_cache_queries_total", S(PrefixQueries)),
+        ("vllm:gpu_prefix_cache_hits", S(PrefixHitsV0)),
+        ("vllm:gpu_prefix_cache_hits_total", S(PrefixHitsV0)),
+        ("vllm:gpu_prefix_cache_queries", S(PrefixQueriesV0)),
+        ("vllm:gpu_prefix_cache_queries_total", S(PrefixQueriesV0)),
+        ("vllm:time_to_first_token_seconds_sum", S(TtftSum)),
+        ("vllm:time_to_first_token_seconds_count", S(TtftCount)),
+        ("vllm:inter_token_latency_seconds_sum", S(ItlSum)),
+        ("vllm:inter_token_latency_seconds_count", S(ItlCount)),
+        ("vllm:time_per_output_token_seconds_sum", S(TpotSum)),
+        ("vllm:time_per_output_token_seconds_count", S(TpotCount)),
+    ]
+};
+
+fn classify(name: &str) -> Option<Series> {
+    READ.iter().find(|(n, _)| *n == name).map(|&(_, s)| s)
+}
+
+/// Names of the samples [`Vllm::observe`] reads.
+pub(super) fn read_samples() -> impl Iterator<Item = &'static str> {
+    READ.iter().map(|&(name, _)| name)
 }
 
 #[derive(Debug, Default)]
@@ -149,16 +163,13 @@ impl Vllm {
         models.or(engines.map(|o| ("engines", o)))
     }
 
-    /// Accumulates one sample; returns whether it is a vLLM series at all.
-    pub(super) fn observe(&mut self, sample: &Sample<'_>) -> bool {
+    /// Accumulates one sample.
+    pub(super) fn observe(&mut self, sample: &Sample<'_>) -> Seen {
         if !sample.name.starts_with(PREFIX) {
-            return false;
-        }
-        if sample.is_created() {
-            return true;
+            return Seen::Foreign;
         }
         let Some(series) = classify(sample.name) else {
-            return true;
+            return Seen::Unread;
         };
         let (mut model, mut engine) = (None, "");
         let (mut blocks, mut block_size) = (None, None);
@@ -177,16 +188,16 @@ impl Vllm {
                 config.num_gpu_blocks = blocks;
                 config.block_size = block_size;
             }
-            return true;
+            return Seen::Read;
         }
         let Some(model) = model else {
-            return true;
+            return Seen::Read;
         };
         let Some(acc) = self.models.entry(model) else {
-            return true;
+            return Seen::Read;
         };
         let Some(rank) = acc.engines.entry(engine) else {
-            return true;
+            return Seen::Read;
         };
         match series {
             Series::Kv => rank.kv = Some(sample.value),
@@ -197,7 +208,7 @@ impl Vllm {
             }
             Series::CacheConfig => {}
         }
-        true
+        Seen::Read
     }
 
     /// The cache config of an engine rank; one without an `engine` label

@@ -32,11 +32,28 @@ pub enum Reply {
     Status(StatusCode),
     /// Never answers.
     Hang,
+    /// `with` to a request with a query, `without` to one without.
+    ByQuery {
+        with: Box<Reply>,
+        without: Box<Reply>,
+    },
+}
+
+impl Reply {
+    fn to(self, uri: &Uri) -> Reply {
+        match self {
+            Reply::ByQuery { with, .. } if uri.query().is_some() => with.to(uri),
+            Reply::ByQuery { without, .. } => without.to(uri),
+            reply => reply,
+        }
+    }
 }
 
 pub struct Target {
     pub url: Uri,
     reply: Arc<Mutex<Reply>>,
+    /// Path and query of every request, in order.
+    asked: Arc<Mutex<Vec<String>>>,
     requests: mpsc::UnboundedReceiver<HeaderMap>,
 }
 
@@ -56,14 +73,17 @@ impl Target {
         let reply = Arc::new(Mutex::new(reply));
         let (tx, requests) = mpsc::unbounded_channel();
         let shared = reply.clone();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let log = asked.clone();
         let scheme = if tls.is_some() { "https" } else { "http" };
         tokio::spawn(async move {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
-                let (reply, tx, tls) = (shared.clone(), tx.clone(), tls.clone());
+                let (reply, tx, tls, log) = (shared.clone(), tx.clone(), tls.clone(), log.clone());
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let _ = tx.send(req.headers().clone());
-                    let reply = reply.lock().unwrap().clone();
+                    log.lock().unwrap().push(req.uri().to_string());
+                    let reply = reply.lock().unwrap().clone().to(req.uri());
                     respond(reply)
                 });
                 tokio::spawn(async move {
@@ -85,8 +105,14 @@ impl Target {
         Target {
             url: format!("{scheme}://{addr}/metrics").parse().unwrap(),
             reply,
+            asked,
             requests,
         }
+    }
+
+    /// Path and query of every request so far.
+    pub fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
     }
 
     pub fn set(&self, reply: Reply) {
@@ -125,6 +151,7 @@ async fn respond(reply: Reply) -> Result<Response<BoxBody<Bytes, Infallible>>, I
             .body(full(b"unavailable\n".to_vec()))
             .unwrap(),
         Reply::Hang => std::future::pending().await,
+        Reply::ByQuery { .. } => unreachable!("resolved by Reply::to"),
     };
     Ok(response)
 }
