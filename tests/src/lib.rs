@@ -4,6 +4,7 @@
 
 pub mod consumers;
 pub mod controlplane;
+pub mod exporter;
 pub mod https;
 pub mod install;
 pub mod keda;
