@@ -201,7 +201,8 @@ pub struct AgentSpec<'a> {
     pub namespace: &'a str,
     pub variant: &'a str,
     pub model: &'a str,
-    /// Scrape interval, as the agent's `--interval` flag reads it.
+    /// Scrape interval, as the agent's `--interval` flag reads it; empty
+    /// for the agent's default.
     pub interval: &'a str,
     pub extra: &'a [&'a str],
 }
@@ -218,8 +219,10 @@ pub fn start_agent_with(mut agent: Command, spec: &AgentSpec<'_>) -> anyhow::Res
         .args(["--aggregator", spec.aggregator])
         .args(["--pod-name", spec.pod, "--namespace", spec.namespace])
         .args(["--variant", spec.variant, "--model", spec.model])
-        .args(["--interval", spec.interval])
         .args(spec.extra);
+    if !spec.interval.is_empty() {
+        agent.args(["--interval", spec.interval]);
+    }
     // Its own port is of no interest unless a test names one.
     if !spec.extra.contains(&"--listen") {
         agent.args(["--listen", "127.0.0.1:0"]);
@@ -431,6 +434,13 @@ pub async fn hold_completion(
     );
     stream.write_all(request.as_bytes()).await?;
     Ok(stream)
+}
+
+/// A fraction in [0, 1) from the process' random hashing keys.
+pub fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher, RandomState};
+    let bits = RandomState::new().hash_one(std::time::Instant::now()) >> 11;
+    bits as f64 / (1u64 << 53) as f64
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, failing after `within`

@@ -12,7 +12,6 @@
 //! Deployment's `spec.replicas` following; release the requests and let
 //! the model settle again.
 
-use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -303,10 +302,4 @@ async fn l4_decision(metrics: SocketAddr) -> anyhow::Result<Option<i64>> {
 
 fn seconds(time: Duration) -> String {
     format!("{:.1} s", time.as_secs_f64())
-}
-
-/// A fraction in [0, 1) from the process' random hashing keys.
-fn random_fraction() -> f64 {
-    let bits = RandomState::new().hash_one(Instant::now()) >> 11;
-    bits as f64 / (1u64 << 53) as f64
 }
