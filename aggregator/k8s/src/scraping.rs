@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use http::Uri;
 use wva_agent::extract::Extractor;
+use wva_agent::filter::Filter;
 use wva_agent::sampler::Sampler;
 use wva_agent::scrape::{InvalidTarget, InvalidToken, Scraper};
 use wva_agent::telemetry::Telemetry;
@@ -134,6 +135,8 @@ impl PodScraper {
         Ok(Sampler::new(
             scraper,
             Extractor::new(self.config.role),
+            // Whole bodies, as before the agent learnt to ask for fewer.
+            Filter::disabled(),
             Arc::clone(&self.telemetry),
         ))
     }
