@@ -382,3 +382,120 @@ async fn the_simulator_filters_as_prometheus_client_does() {
     };
     assert_eq!(series(&ours.body), series(&python.body));
 }
+
+/// Scrapes in one measured batch, and batches of each kind.
+const BATCH: u32 = 300;
+const ROUNDS: usize = 12;
+/// `/proc/<pid>/stat` counts CPU time in ticks of 10 ms (USER_HZ).
+const MS_PER_TICK: f64 = 10.0;
+
+/// One kind of scrape measured by [`scrape_cost`].
+struct Case<'a> {
+    what: &'static str,
+    exporter: &'a Exporter,
+    path: String,
+    bytes: usize,
+    /// CPU milliseconds per scrape, one figure per batch.
+    per_scrape: Vec<f64>,
+}
+
+impl Case<'_> {
+    fn median(&self) -> f64 {
+        let mut sorted = self.per_scrape.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    }
+
+    fn worst(&self) -> f64 {
+        self.per_scrape.iter().copied().fold(0.0, f64::max)
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "a benchmark: scripts/bench-exporter"]
+async fn scrape_cost() {
+    let (single, multi) = tokio::join!(
+        Exporter::start(Wiring::Current, Processes::Single),
+        Exporter::start(Wiring::Current, Processes::Multi(2)),
+    );
+    let (single, multi) = (single.expect("exporter"), multi.expect("exporter"));
+    let filtered = format!("/metrics/?{}", query(&agent_names()));
+    let case = |what, exporter, path: &str| Case {
+        what,
+        exporter,
+        path: path.to_owned(),
+        bytes: 0,
+        per_scrape: Vec::new(),
+    };
+    let mut cases = [
+        case("one process, whole (/metrics)", &single, "/metrics"),
+        case(
+            "one process, filtered (/metrics/?name[]…)",
+            &single,
+            &filtered,
+        ),
+        // What any request costs: a filtered one that collects nothing.
+        case(
+            "one process, a name it lacks (/metrics/?name[]=vllm:none)",
+            &single,
+            "/metrics/?name[]=vllm:none",
+        ),
+        case("multi-process, whole (/metrics)", &multi, "/metrics"),
+        case(
+            "multi-process, filtered (/metrics/?name[]…)",
+            &multi,
+            &filtered,
+        ),
+    ];
+    let client = client();
+    for case in &mut cases {
+        // Warm-up: connection, imports, first allocations.
+        for _ in 0..20 {
+            let answer = get(&client, case.exporter.addr, &case.path, TEXT).await;
+            assert_eq!(answer.status, 200);
+            case.bytes = answer.body.len();
+        }
+    }
+    // Batches of every kind take turns, so a noisy neighbour on this shared
+    // machine weighs on all of them alike.
+    for round in 0..ROUNDS {
+        for i in 0..cases.len() {
+            let case = &mut cases[(round + i) % cases.len()];
+            let before = case.exporter.cpu_ticks().expect("cpu ticks");
+            for _ in 0..BATCH {
+                get(&client, case.exporter.addr, &case.path, TEXT).await;
+            }
+            let ticks = case.exporter.cpu_ticks().expect("cpu ticks") - before;
+            case.per_scrape
+                .push(ticks as f64 * MS_PER_TICK / f64::from(BATCH));
+        }
+    }
+    println!(
+        "{ROUNDS} batches of {BATCH} scrapes per kind, CPU of the exporter process (user + system)"
+    );
+    println!("| scrape | body (bytes) | CPU per scrape, median | worst batch |");
+    println!("|---|---|---|---|");
+    for case in &cases {
+        println!(
+            "| {} | {} | {:.2} ms | {:.2} ms |",
+            case.what,
+            case.bytes,
+            case.median(),
+            case.worst()
+        );
+    }
+    for (whole, filtered) in [(&cases[0], &cases[1]), (&cases[3], &cases[4])] {
+        let instead = match filtered.bytes {
+            0 => "the filtered answer is empty, so a scraper needs the whole body".to_owned(),
+            _ => format!(
+                "filtered at 4/s: {:.1} ms a second",
+                4.0 * filtered.median()
+            ),
+        };
+        println!(
+            "{}: {:.1} ms of CPU a second; {instead}",
+            whole.what.replace("whole (/metrics)", "whole at 1/s"),
+            whole.median()
+        );
+    }
+}
