@@ -21,7 +21,10 @@ only a MultiProcessCollector. Without it the metrics live in the process's
 default REGISTRY (with its python_/process_ collectors), like one vLLM API
 server.
 
-Prints `listening on http://HOST:PORT` once it accepts connections.
+Prints `listening on http://HOST:PORT` once it accepts connections. By hand:
+
+    PYTHONPATH=$(scripts/fetch-python-exporter) python3 tests/exporter/vllm_metrics.py \
+      --fixture ../shared/fixtures/metrics/vllm-v1-0.11.0-generated-dp2-specdecode-busy.prom --port 8000
 """
 
 import argparse
