@@ -25,8 +25,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::tls::{TargetTls, TlsError};
 use crate::token::{TokenError, read_bearer};
 
-/// Text 0.0.4 first: vLLM serves it natively; OpenMetrics is understood too.
-const ACCEPT_EXPOSITION: &str = "text/plain;version=0.0.4;q=1,application/openmetrics-text;q=0.5";
+/// Text 0.0.4 only. The parser reads OpenMetrics too, but Python's
+/// `prometheus_client` answers OpenMetrics to any Accept header that names
+/// it, whatever its weight, and from 0.23 on writes vLLM's sample names
+/// there as `vllm_…`: the agent would find no `vllm:` family at all.
+const ACCEPT_EXPOSITION: &str = "text/plain;version=0.0.4";
 
 /// Buffers keep their capacity unless it exceeds this many times the last
 /// body, so one oversized body does not pin memory forever.

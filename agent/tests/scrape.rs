@@ -54,10 +54,7 @@ async fn sends_exposition_headers_and_returns_the_body() {
 
     assert_eq!(scraper.scrape(TIMEOUT).await.unwrap().as_bytes(), expected);
     let headers = target.request().await;
-    assert_eq!(
-        headers["accept"],
-        "text/plain;version=0.0.4;q=1,application/openmetrics-text;q=0.5"
-    );
+    assert_eq!(headers["accept"], "text/plain;version=0.0.4");
     assert_eq!(
         headers["accept-encoding"], "identity",
         "no gzip on loopback"
