@@ -3,10 +3,10 @@
 
 use std::borrow::Cow;
 
-use memchr::{memchr, memchr2};
+use memchr::memchr;
 
 use super::error::{ErrorKind, Found, Snippet};
-use super::lex::{label_name_end, number, skip_blanks};
+use super::lex::{find_either, is_number, label_name_end, skip_blanks, span};
 
 /// The labels of one sample, borrowed from the body.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -42,7 +42,7 @@ impl<'a> Labels<'a> {
             pos: start,
         };
         while let Some(label) = lexer.next_label()? {
-            if bucket && label.name == "le" && number(label.raw_value).is_none() {
+            if bucket && label.name == "le" && !is_number(label.raw_value) {
                 return Err(ErrorKind::InvalidBucketBound(Snippet::new(label.raw_value)));
             }
         }
@@ -69,10 +69,9 @@ pub struct LabelIter<'a>(Lexer<'a>);
 impl<'a> Iterator for LabelIter<'a> {
     type Item = Label<'a>;
 
+    #[inline]
     fn next(&mut self) -> Option<Label<'a>> {
-        // The block was validated when its line was parsed, so an error here
-        // cannot happen; ending the iteration keeps this path panic-free.
-        self.0.next_label().ok().flatten()
+        self.0.next_accepted()
     }
 }
 
@@ -162,6 +161,7 @@ struct Lexer<'a> {
 
 impl<'a> Lexer<'a> {
     /// The next label, or `None` once past the closing brace.
+    #[inline]
     fn next_label(&mut self) -> Result<Option<Label<'a>>, ErrorKind> {
         let b = self.s.as_bytes();
         let start = skip_blanks(b, self.pos);
@@ -183,8 +183,8 @@ impl<'a> Lexer<'a> {
         }
         let close = closing_quote(b, open + 1).ok_or(ErrorKind::UnterminatedLabelValue)?;
         let label = Label {
-            name: &self.s[start..name_end],
-            raw_value: &self.s[open + 1..close],
+            name: span(self.s, start, name_end),
+            raw_value: span(self.s, open + 1, close),
         };
         let next = skip_blanks(b, close + 1);
         self.pos = match b.get(next) {
@@ -195,48 +195,42 @@ impl<'a> Lexer<'a> {
         };
         Ok(Some(label))
     }
+
+    /// The next label of a block that `next_label` accepted, which has
+    /// nothing to check any more: a name runs to its `=` (less trailing
+    /// blanks), a value to its closing quote. This is the loop every
+    /// reader of labels runs, so it skips the character classes.
+    #[inline]
+    fn next_accepted(&mut self) -> Option<Label<'a>> {
+        let b = self.s.as_bytes();
+        let start = skip_blanks(b, self.pos);
+        if *b.get(start)? == b'}' {
+            return None;
+        }
+        let eq = start + find_either(&b[start..], b'=', b'=')?;
+        let open = skip_blanks(b, eq + 1);
+        let close = closing_quote(b, open + 1)?;
+        let next = skip_blanks(b, close + 1);
+        self.pos = next + usize::from(b.get(next) == Some(&b','));
+        Some(Label {
+            // Only blanks can stand between a name and its `=`.
+            name: span(self.s, start, eq).trim_ascii_end(),
+            raw_value: span(self.s, open + 1, close),
+        })
+    }
 }
 
 /// Offset of the quote closing a value that starts at `from`, skipping
 /// escaped characters.
+#[inline]
 fn closing_quote(b: &[u8], mut from: usize) -> Option<usize> {
     loop {
-        let at = from + find_quote_or_backslash(b.get(from..)?)?;
+        let at = from + find_either(b.get(from..)?, b'"', b'\\')?;
         if b[at] == b'"' {
             return Some(at);
         }
         from = at + 2;
     }
-}
-
-/// Label values are mostly short (`"0"`, `"stop"`, a model path), where
-/// setting up a vector search costs more than it saves: test eight bytes at
-/// a time in a `u64` (the classic "has a zero byte" trick on the value XOR
-/// the wanted byte) and leave long values to `memchr2`.
-fn find_quote_or_backslash(s: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
-    const QUOTES: u64 = u64::from_le_bytes([b'"'; 8]);
-    const BACKSLASHES: u64 = u64::from_le_bytes([b'\\'; 8]);
-    const SCALAR_LIMIT: usize = 64;
-    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
-
-    let head = &s[..s.len().min(SCALAR_LIMIT)];
-    let (words, tail) = head.as_chunks::<8>();
-    for (i, word) in words.iter().enumerate() {
-        let v = u64::from_le_bytes(*word);
-        // The lowest flagged byte is exact; higher ones may be spurious.
-        let hits = zero_bytes(v ^ QUOTES) | zero_bytes(v ^ BACKSLASHES);
-        if hits != 0 {
-            return Some(i * 8 + (hits.trailing_zeros() / 8) as usize);
-        }
-    }
-    let scanned = words.len() * 8;
-    if let Some(i) = tail.iter().position(|&c| c == b'"' || c == b'\\') {
-        return Some(scanned + i);
-    }
-    let rest = s.get(head.len()..).filter(|r| !r.is_empty())?;
-    memchr2(b'"', b'\\', rest).map(|i| head.len() + i)
 }
 
 #[cfg(test)]
@@ -320,26 +314,6 @@ mod tests {
         assert_eq!(lex(r#",}"#), Err(ExpectedLabelName(Found(Some(',')))));
         assert_eq!(lex(r#"a="1""#), Err(ExpectedLabelSeparator(Found(None))));
         assert_eq!(lex(""), Err(ExpectedLabelName(Found(None))));
-    }
-
-    #[test]
-    fn quote_search_at_every_offset_and_length() {
-        for len in 0..150 {
-            for at in 0..=len {
-                let mut v = vec![b'a'; len];
-                let want = (at < len).then(|| {
-                    v[at] = if at % 2 == 0 { b'"' } else { b'\\' };
-                    at
-                });
-                if at + 1 < len {
-                    v[at + 1] = b'"';
-                }
-                assert_eq!(find_quote_or_backslash(&v), want, "len {len} at {at}");
-            }
-        }
-        // Bytes just above and below the targets, and multibyte text.
-        let s = "#!][é\"".as_bytes();
-        assert_eq!(find_quote_or_backslash(s), Some(s.len() - 1));
     }
 
     #[test]

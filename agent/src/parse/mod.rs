@@ -20,7 +20,7 @@ use memchr::memchr;
 
 pub use error::{ErrorKind, Found, ParseError, Snippet};
 pub use labels::{Label, LabelIter, Labels, unescape_into, unescaped_eq};
-use lex::{is_blank, metric_name_end, number, skip_blanks, token_end};
+use lex::{is_blank, is_metric_char, metric_name_end, number, skip_blanks, span, token_end};
 
 /// One meaningful line. Blank lines and plain comments are skipped.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,6 +100,8 @@ pub struct Parser<'a> {
     line_number: usize,
     line: &'a str,
     after_eof: bool,
+    /// The name of the last sample returned (see `name_end`).
+    last_name: &'a str,
 }
 
 impl<'a> Parser<'a> {
@@ -109,6 +111,7 @@ impl<'a> Parser<'a> {
             line_number: 0,
             line: "",
             after_eof: false,
+            last_name: "",
         }
     }
 
@@ -154,7 +157,10 @@ impl<'a> Iterator for Parser<'a> {
                     Err(kind) => Err(kind),
                 }
             } else {
-                sample(line, start).map(Line::Sample)
+                sample(line, start, self.last_name).map(|s| {
+                    self.last_name = s.name;
+                    Line::Sample(s)
+                })
             };
             self.after_eof = matches!(parsed, Ok(Line::Eof));
             return Some(parsed.map_err(|kind| ParseError {
@@ -165,13 +171,14 @@ impl<'a> Iterator for Parser<'a> {
     }
 }
 
-fn sample(line: &str, start: usize) -> Result<Sample<'_>, ErrorKind> {
+/// The sample at `start` of `line`; `last_name` is the previous one's.
+fn sample<'a>(line: &'a str, start: usize, last_name: &str) -> Result<Sample<'a>, ErrorKind> {
     let b = line.as_bytes();
-    let name_end = metric_name_end(b, start);
+    let name_end = name_end(b, start, last_name);
     if name_end == start {
         return Err(ErrorKind::ExpectedName(Found::at(line, start)));
     }
-    let name = &line[start..name_end];
+    let name = span(line, start, name_end);
     let mut pos = skip_blanks(b, name_end);
     let mut labels = Labels::default();
     if b.get(pos) == Some(&b'{') {
@@ -186,14 +193,14 @@ fn sample(line: &str, start: usize) -> Result<Sample<'_>, ErrorKind> {
     if value_end == pos {
         return Err(ErrorKind::MissingValue);
     }
-    let token = &line[pos..value_end];
+    let token = span(line, pos, value_end);
     let value = number(token).ok_or_else(|| ErrorKind::InvalidValue(Snippet::new(token)))?;
 
     let mut timestamp = None;
     pos = skip_blanks(b, value_end);
     if pos < b.len() && b[pos] != b'#' {
         let end = token_end(b, pos);
-        let token = &line[pos..end];
+        let token = span(line, pos, end);
         let ts = number(token).filter(|t| t.is_finite());
         timestamp = Some(ts.ok_or_else(|| ErrorKind::InvalidTimestamp(Snippet::new(token)))?);
         pos = skip_blanks(b, end);
@@ -208,6 +215,20 @@ fn sample(line: &str, start: usize) -> Result<Sample<'_>, ErrorKind> {
         value,
         timestamp,
     })
+}
+
+/// End of the metric name at `start`. A family's samples repeat the name of
+/// the sample before, `last`, and comparing that is cheaper than scanning.
+/// (An empty `last` before a non-name byte gives `start`, as a scan would.)
+fn name_end(b: &[u8], start: usize, last: &str) -> usize {
+    let end = start + last.len();
+    let repeated = b.get(start..end) == Some(last.as_bytes())
+        && !b.get(end).is_some_and(|&c| is_metric_char(c));
+    if repeated {
+        end
+    } else {
+        metric_name_end(b, start)
+    }
 }
 
 /// A `#` line from the byte after the hash: `None` for a plain comment.
