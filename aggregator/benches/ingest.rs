@@ -72,6 +72,7 @@ fn main() -> anyhow::Result<()> {
                     None,
                     Tuning {
                         min_analysis_interval: Duration::from_secs(1),
+                        min_verdict_interval: Duration::from_millis(20),
                         analysis_interval: Duration::from_secs(30),
                         staleness: Duration::from_secs(10),
                         convergence_timeout: Duration::from_secs(600),

@@ -106,6 +106,13 @@ pub struct Args {
     #[arg(long, env = "WVA_MIN_ANALYSIS_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub min_analysis_interval: Duration,
 
+    /// Fewest time between two analyses when a sample changes a saturation
+    /// verdict (a pod crossing its model's thresholds or spare triggers, or
+    /// its scrape failing or recovering): such a sample does not wait for
+    /// --min-analysis-interval.
+    #[arg(long, env = "WVA_MIN_VERDICT_ANALYSIS_INTERVAL", default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub min_verdict_analysis_interval: Duration,
+
     /// Longest time between two analyses when no data arrives.
     #[arg(long, env = "GLOBAL_OPT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub analysis_interval: Duration,
@@ -353,6 +360,7 @@ impl Args {
     pub fn tuning(&self) -> Tuning {
         Tuning {
             min_analysis_interval: self.min_analysis_interval,
+            min_verdict_interval: self.min_verdict_analysis_interval,
             analysis_interval: self.analysis_interval,
             staleness: self.staleness,
             convergence_timeout: self.convergence_timeout,

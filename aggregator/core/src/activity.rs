@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use wva_proto::v1::ModelSignals;
 
+use crate::pod_models::PodModels;
 use crate::store::PodKey;
 
 /// `(namespace, model_id)`.
@@ -25,9 +26,8 @@ struct Model {
 #[derive(Debug, Default)]
 pub struct ActivityTracker {
     models: HashMap<ModelKey, Model>,
-    /// Last successful-request total per pod and model (nested so a lookup
-    /// allocates nothing).
-    successes: HashMap<PodKey, HashMap<String, f64>>,
+    /// Last successful-request total per pod and model.
+    successes: PodModels<f64>,
 }
 
 impl ActivityTracker {
@@ -68,23 +68,18 @@ impl ActivityTracker {
 
     /// Stores the pod's latest total for the model; returns the one before.
     fn remember(&mut self, pod: &PodKey, model: &str, total: f64) -> Option<f64> {
-        let models = match self.successes.get_mut(pod) {
-            Some(models) => models,
-            None => self.successes.entry(pod.clone()).or_default(),
-        };
-        match models.get_mut(model) {
-            Some(seen) => Some(std::mem::replace(seen, total)),
-            None => {
-                models.insert(model.to_string(), total);
-                None
-            }
-        }
+        self.successes.update(
+            pod,
+            model,
+            || total,
+            |seen, new| (!new).then(|| std::mem::replace(seen, total)),
+        )
     }
 
     /// Forgets models and pods that are gone.
-    pub fn retain(&mut self, models: &HashSet<ModelKey>, pods: &HashSet<&PodKey>) {
+    pub fn retain(&mut self, models: &HashSet<ModelKey>, live: impl Fn(&PodKey) -> bool) {
         self.models.retain(|k, _| models.contains(k));
-        self.successes.retain(|pod, _| pods.contains(pod));
+        self.successes.sweep(live);
     }
 }
 
@@ -196,7 +191,9 @@ mod tests {
         let t0 = Instant::now();
         let p = pod("p");
         t.observe(t0, &key(), [(&p, &signals(0.0, 5.0))], 1, false);
-        t.retain(&HashSet::new(), &HashSet::new());
+        // The analysis that saw the pod keeps it; the next, without it, does not.
+        t.retain(&HashSet::new(), |_| false);
+        t.retain(&HashSet::new(), |_| false);
         // Seen afresh: no idle time carried over, no counter baseline.
         assert_eq!(
             t.observe(t0 + MIN, &key(), [(&p, &signals(0.0, 9.0))], 1, false),

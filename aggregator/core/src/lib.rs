@@ -10,6 +10,7 @@ pub mod analysis;
 pub mod config;
 pub mod decision;
 pub mod engine;
+pub mod pod_models;
 pub mod snapshot;
 pub mod sources;
 pub mod stabilization;
@@ -17,3 +18,4 @@ pub mod store;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod variants;
+pub mod verdict;

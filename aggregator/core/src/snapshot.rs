@@ -40,6 +40,9 @@ pub struct ReplicaCounts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tuning {
     pub min_analysis_interval: Duration,
+    /// The fewest time between two analyses when a sample changed a
+    /// saturation verdict ([`crate::verdict`]).
+    pub min_verdict_interval: Duration,
     pub analysis_interval: Duration,
     pub staleness: Duration,
     /// How long a step may take before its model goes on without it.

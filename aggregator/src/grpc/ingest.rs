@@ -9,14 +9,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 use wva_core::admission::{Admission, Refusal, RefusalCode};
+use wva_core::config::saturation::SaturationConfigSet;
 use wva_core::store::{Offer, PodKey, PodStore, RegisterError, Takeover};
+use wva_core::verdict::Verdict;
 use wva_proto::MAX_MESSAGE_BYTES;
 use wva_proto::v1::telemetry_server::Telemetry;
 use wva_proto::v1::{
@@ -45,6 +47,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Ingest {
     store: Arc<PodStore>,
     trigger: Arc<Trigger>,
+    /// The thresholds each sample's verdict is judged against.
+    saturation: watch::Receiver<Arc<SaturationConfigSet>>,
     metrics: Arc<SelfMetrics>,
     admission: Arc<dyn Admission>,
     /// Pods an operator taps (diagnostics).
@@ -60,6 +64,7 @@ impl Ingest {
     pub fn new(
         store: Arc<PodStore>,
         trigger: Arc<Trigger>,
+        saturation: watch::Receiver<Arc<SaturationConfigSet>>,
         metrics: Arc<SelfMetrics>,
         admission: Arc<dyn Admission>,
         taps: Arc<Taps>,
@@ -68,6 +73,7 @@ impl Ingest {
         Ingest {
             store,
             trigger,
+            saturation,
             metrics,
             admission,
             taps,
@@ -345,6 +351,9 @@ impl Ingest {
     ) -> String {
         let shutdown = self.shutdown.clone();
         let invalid = Throttle::new(INVALID_LOG_EVERY);
+        // The verdict of the pod's latest sample: when a sample changes it,
+        // the analysis runs soon rather than at its next batch.
+        let mut verdict = Verdict::default();
         loop {
             let next = tokio::select! {
                 next = inbound.message() => next,
@@ -402,10 +411,15 @@ impl Ingest {
                 }
             };
             self.taps.offer(key, &sample);
+            let judged = Verdict::of(&sample, &key.namespace, &self.saturation.borrow());
             match self.store.offer(key, stream_id, sample, now) {
                 Offer::Accepted => {
                     self.metrics.sample_received();
-                    self.trigger.fire(now);
+                    if std::mem::replace(&mut verdict, judged) == judged {
+                        self.trigger.fire(now);
+                    } else {
+                        self.trigger.fire_urgent(now);
+                    }
                 }
                 Offer::OverBudget => {
                     self.metrics.sample_rejected("memory_budget");

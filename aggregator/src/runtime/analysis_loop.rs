@@ -45,28 +45,42 @@ impl AnalysisLoop {
             _ = tokio::time::sleep(grace) => {}
             _ = shutdown.cancelled() => return Ok(()),
         }
-        let mut last_run: Option<Instant> = None;
+        // The runtime's clock, which tests can pause.
+        let mut last_run: Option<tokio::time::Instant> = None;
         loop {
             let tuning = *self.upstream.tuning.borrow_and_update();
             // Wake often enough to expire silent pods within the staleness bound.
             let period = tuning.analysis_interval.min(tuning.staleness / 2);
             if let Some(last) = last_run {
                 let earliest = last + tuning.min_analysis_interval;
-                tokio::select! {
-                    _ = tokio::time::sleep_until(earliest.into()) => {}
+                // A changed verdict cuts the wait short, down to its own floor.
+                let urgent = tokio::select! {
+                    _ = tokio::time::sleep_until(earliest) => false,
+                    _ = self.trigger.urgent() => true,
                     _ = shutdown.cancelled() => return Ok(()),
-                }
-                tokio::select! {
+                };
+                let soonest = last
+                    + tuning
+                        .min_verdict_interval
+                        .min(tuning.min_analysis_interval);
+                if urgent {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(soonest) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                } else {
+                    tokio::select! {
                     _ = self.trigger.fired() => {}
                     _ = changed(&mut self.upstream.variants) => {}
                     _ = changed_opt(&mut self.upstream.replicas) => {}
                     _ = changed(&mut self.upstream.leading) => {}
                     _ = changed(&mut self.upstream.tuning) => {}
-                    _ = tokio::time::sleep_until((last + period).max(earliest).into()) => {}
+                    _ = tokio::time::sleep_until((last + period).max(earliest)) => {}
                     _ = shutdown.cancelled() => return Ok(()),
+                    }
                 }
             }
-            last_run = Some(Instant::now());
+            last_run = Some(tokio::time::Instant::now());
             self.analyse(&mut engine, &tuning);
         }
     }
@@ -148,74 +162,121 @@ mod tests {
 
     use super::*;
 
+    /// A running analysis loop over one variant (llm/chat of model m,
+    /// scaling Deployment chat-deploy) and an empty store.
+    struct Running {
+        store: Arc<PodStore>,
+        trigger: Arc<Trigger>,
+        decisions: watch::Receiver<Decisions>,
+        ready: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    }
+
+    impl Running {
+        fn start(min_analysis_interval: Duration) -> Self {
+            let tuning = Tuning {
+                min_analysis_interval,
+                min_verdict_interval: Duration::from_millis(20),
+                analysis_interval: Duration::from_secs(30),
+                staleness: Duration::from_secs(10),
+                convergence_timeout: Duration::from_secs(600),
+            };
+            let variants = Arc::new(vec![wva_core::testing::variant(&[])]);
+            let store = Arc::new(PodStore::default());
+            let trigger = Arc::new(Trigger::default());
+            let mut registry = Registry::default();
+            let (decisions_tx, decisions) = watch::channel(Decisions::default());
+            let (ready_tx, ready) = watch::channel(false);
+            let analysis = AnalysisLoop {
+                failures: watch::channel(Failures::default()).1,
+                scale_to_zero: false,
+                store: Arc::clone(&store),
+                trigger: Arc::clone(&trigger),
+                metrics: Arc::new(SelfMetrics::register(&mut registry)),
+                gauges: DecisionGauges::register(&mut registry, false, None),
+                upstream: Upstream::alone(
+                    watch::channel(variants).1,
+                    watch::channel(Arc::new(SaturationConfigSet::default())).1,
+                    watch::channel(Arc::new(ScaleToZeroConfigSet::default())).1,
+                    None,
+                    tuning,
+                ),
+                decisions: decisions_tx,
+                ready: ready_tx,
+            };
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(analysis.run(shutdown.clone()));
+            Running {
+                store,
+                trigger,
+                decisions,
+                ready,
+                shutdown,
+                task,
+            }
+        }
+
+        /// Pod chat-0 reports KV-cache usage `kv` (as sample `seq`).
+        fn report(&self, seq: u64, kv: f64) {
+            let key = PodKey {
+                namespace: "llm".into(),
+                pod: "chat-0".into(),
+            };
+            if seq == 1 {
+                let hello = Hello {
+                    pod: key.pod.clone(),
+                    namespace: key.namespace.clone(),
+                    variant: "chat-deploy".into(),
+                    role: Role::Vllm as i32,
+                    ..Hello::default()
+                };
+                self.store
+                    .register(key.clone(), 1, hello, std::time::Instant::now());
+            }
+            let sample = Sample {
+                seq,
+                up: true,
+                models: vec![ModelSignals {
+                    model: "m".into(),
+                    kv_cache_usage: kv,
+                    ..ModelSignals::default()
+                }],
+                ..Sample::default()
+            };
+            self.store.offer(&key, 1, sample, std::time::Instant::now());
+        }
+
+        /// Waits for the next published decisions; returns when they came.
+        async fn next_decisions(&mut self) -> tokio::time::Instant {
+            self.decisions.changed().await.unwrap();
+            tokio::time::Instant::now()
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            self.task.await.unwrap().unwrap();
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn nothing_is_published_before_agents_had_time_to_return() {
-        let tuning = Tuning {
-            min_analysis_interval: Duration::from_millis(100),
-            analysis_interval: Duration::from_secs(30),
-            staleness: Duration::from_secs(10),
-            convergence_timeout: Duration::from_secs(600),
-        };
-        // Variant llm/chat of model m, scaling Deployment chat-deploy.
-        let variants = Arc::new(vec![wva_core::testing::variant(&[])]);
-        let store = Arc::new(PodStore::default());
-        let trigger = Arc::new(Trigger::default());
-        let mut registry = Registry::default();
-        let (decisions_tx, decisions) = watch::channel(Decisions::default());
-        let (ready_tx, mut ready) = watch::channel(false);
-        let analysis = AnalysisLoop {
-            failures: watch::channel(Failures::default()).1,
-            scale_to_zero: false,
-            store: Arc::clone(&store),
-            trigger: Arc::clone(&trigger),
-            metrics: Arc::new(SelfMetrics::register(&mut registry)),
-            gauges: DecisionGauges::register(&mut registry, false, None),
-            upstream: Upstream::alone(
-                watch::channel(variants).1,
-                watch::channel(Arc::new(SaturationConfigSet::default())).1,
-                watch::channel(Arc::new(ScaleToZeroConfigSet::default())).1,
-                None,
-                tuning,
-            ),
-            decisions: decisions_tx,
-            ready: ready_tx,
-        };
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(analysis.run(shutdown.clone()));
+        let mut running = Running::start(Duration::from_millis(100));
 
         // An aggregator that just restarted: its agents are not back yet.
         tokio::time::sleep(STARTUP_GRACE / 2).await;
-        assert!(!*ready.borrow(), "no analysis before the grace period");
-        assert!(decisions.borrow().is_empty());
+        assert!(
+            !*running.ready.borrow(),
+            "no analysis before the grace period"
+        );
+        assert!(running.decisions.borrow().is_empty());
 
         // One comes back within the grace period.
-        let key = PodKey {
-            namespace: "llm".into(),
-            pod: "chat-0".into(),
-        };
-        let hello = Hello {
-            pod: key.pod.clone(),
-            namespace: key.namespace.clone(),
-            variant: "chat-deploy".into(),
-            role: Role::Vllm as i32,
-            ..Hello::default()
-        };
-        store.register(key.clone(), 1, hello, std::time::Instant::now());
-        let sample = Sample {
-            seq: 1,
-            up: true,
-            models: vec![ModelSignals {
-                model: "m".into(),
-                kv_cache_usage: 0.2,
-                ..ModelSignals::default()
-            }],
-            ..Sample::default()
-        };
-        store.offer(&key, 1, sample, std::time::Instant::now());
-        trigger.fire(std::time::Instant::now());
+        running.report(1, 0.2);
+        running.trigger.fire(std::time::Instant::now());
 
-        ready.wait_for(|r| *r).await.unwrap();
-        let first = decisions.borrow().clone();
+        running.ready.wait_for(|r| *r).await.unwrap();
+        let first = running.decisions.borrow().clone();
         assert_eq!(first.len(), 1);
         let pods: HashMap<&str, f64> = first[0]
             .inputs
@@ -227,7 +288,51 @@ mod tests {
             HashMap::from([("chat-0", 0.2)]),
             "the first decision sees the agent"
         );
-        shutdown.cancel();
-        task.await.unwrap().unwrap();
+        running.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_verdict_is_analysed_at_once_other_samples_wait_for_the_batch() {
+        let second = Duration::from_secs(1);
+        let mut running = Running::start(second);
+        running.report(1, 0.2);
+        let first = running.next_decisions().await;
+
+        // An ordinary sample waits for the interval since the last analysis.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        running.report(2, 0.3);
+        running.trigger.fire(std::time::Instant::now());
+        let batched = running.next_decisions().await;
+        assert_eq!(batched - first, second);
+
+        // A sample that changes a verdict is analysed at once...
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        running.report(3, 0.9);
+        let sent = tokio::time::Instant::now();
+        running.trigger.fire_urgent(std::time::Instant::now());
+        assert_eq!(running.next_decisions().await, sent);
+        assert!(
+            running.decisions.borrow()[0]
+                .saturation
+                .analysis
+                .should_scale_up
+        );
+
+        // ...but never sooner than its own floor after the previous analysis,
+        // so a fleet's changes cannot make it spin.
+        running.report(4, 0.2);
+        running.trigger.fire_urgent(std::time::Instant::now());
+        assert_eq!(
+            running.next_decisions().await - sent,
+            Duration::from_millis(20)
+        );
+
+        // Once analysed, an urgent change is no longer pending: the next
+        // ordinary sample waits for the batch again.
+        let last = tokio::time::Instant::now();
+        running.report(5, 0.3);
+        running.trigger.fire(std::time::Instant::now());
+        assert_eq!(running.next_decisions().await - last, second);
+        running.stop().await;
     }
 }

@@ -103,6 +103,7 @@ pub fn start(
     let ingest = Arc::new(Ingest::new(
         Arc::clone(&store),
         Arc::clone(&trigger),
+        upstream.saturation.clone(),
         Arc::clone(&metrics),
         Arc::clone(&settings.admission),
         Arc::clone(&taps),

@@ -31,9 +31,14 @@ pub struct ModelAnalysis {
 /// negative values) is treated as saturated, so a broken reading can ask for
 /// capacity but never make a replica look idle.
 pub fn is_saturated(load: &ReplicaLoad, config: &SaturationConfig) -> bool {
-    !(plausible(load.kv_cache_usage) && plausible(load.requests_waiting))
-        || load.kv_cache_usage >= config.kv_cache_threshold
-        || load.requests_waiting >= config.queue_length_threshold
+    is_saturated_at(load.kv_cache_usage, load.requests_waiting, config)
+}
+
+/// [`is_saturated`] for a KV-cache usage and a queue length.
+pub fn is_saturated_at(kv_cache_usage: f64, waiting: f64, config: &SaturationConfig) -> bool {
+    !(plausible(kv_cache_usage) && plausible(waiting))
+        || kv_cache_usage >= config.kv_cache_threshold
+        || waiting >= config.queue_length_threshold
 }
 
 /// Classifies every replica and computes spare capacity and the two verdicts.

@@ -40,6 +40,11 @@ pub const PARAMS: &[Param] = &[
         "min_analysis_interval",
         Dynamic,
     ),
+    param(
+        "WVA_MIN_VERDICT_ANALYSIS_INTERVAL",
+        "min_verdict_analysis_interval",
+        Dynamic,
+    ),
     param("WVA_STALENESS", "staleness", Dynamic),
     param("WVA_CONVERGENCE_TIMEOUT", "convergence_timeout", Dynamic),
     param("WVA_POLL_INTERVAL", "poll_interval", Static),

@@ -431,6 +431,10 @@ impl SaturationConfigSet {
     /// The thresholds for one model: its override when one names exactly this
     /// `(model_id, namespace)`, else `default`.
     pub fn for_model(&self, model_id: &str, namespace: &str) -> SaturationConfig {
+        // Asked for every arriving sample: without overrides, no key is built.
+        if self.overrides.is_empty() {
+            return self.default;
+        }
         self.overrides
             .get(&(namespace.to_string(), model_id.to_string()))
             .map_or(self.default, |o| o.config)

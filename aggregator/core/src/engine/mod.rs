@@ -143,11 +143,11 @@ impl Engine {
             .iter()
             .map(|d| (d.variant.namespace.clone(), d.model_id.clone()))
             .collect();
-        let pods = inputs.pods.keys().collect();
-        self.activity.retain(&models, &pods);
+        let in_store = |pod: &PodKey| inputs.pods.contains_key(pod);
+        self.activity.retain(&models, in_store);
         self.flaps.retain(&models);
         self.trend.retain(&models);
-        self.rates.retain(&pods);
+        self.rates.retain(in_store);
         self.previous.retain(|k, _| live.contains(k));
         self.convergence.retain(&live);
         self.windows.retain(|k, _| live.contains(k));

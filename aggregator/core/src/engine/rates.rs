@@ -3,10 +3,10 @@
 //! plus the growth of its queue). A rate spans at least [`WINDOW`] of
 //! samples, so one second's burst does not read as the load.
 
-use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::analysis::model::RequestRates;
+use crate::pod_models::PodModels;
 use crate::store::PodKey;
 
 /// The shortest span a rate is measured over; the longest is twice this.
@@ -26,7 +26,7 @@ pub(super) struct Reading {
 pub(super) struct RateTracker {
     /// Per pod and model: the reading a rate is measured from, and the one
     /// that replaces it once that is older than [`WINDOW`].
-    pods: HashMap<(PodKey, String), (Reading, Reading)>,
+    pods: PodModels<(Reading, Reading)>,
 }
 
 impl RateTracker {
@@ -39,32 +39,40 @@ impl RateTracker {
         model: &str,
         now: Reading,
     ) -> Option<RequestRates> {
-        let key = (pod.clone(), model.to_string());
-        let (base, next) = self.pods.entry(key).or_insert((now, now));
-        if now.finished < next.finished || now.at < next.at {
-            (*base, *next) = (now, now);
-            return None;
-        }
-        if now.at.saturating_duration_since(next.at) >= WINDOW {
-            (*base, *next) = (*next, now);
-        }
-        let span = now.at.saturating_duration_since(base.at);
-        (span >= WINDOW).then(|| {
-            let seconds = span.as_secs_f64();
-            let finished = (now.finished - base.finished) / seconds;
-            let grown = (now.waiting - base.waiting) / seconds;
-            RequestRates {
-                finished,
-                arriving: (finished + grown).max(0.0),
-                busy: base.waiting >= 1.0 && now.waiting >= 1.0,
-            }
-        })
+        self.pods.update(
+            pod,
+            model,
+            || (now, now),
+            |(base, next), _| rates(base, next, now),
+        )
     }
 
     /// Forgets pods that left the store.
-    pub(super) fn retain(&mut self, live: &HashSet<&PodKey>) {
-        self.pods.retain(|(pod, _), _| live.contains(pod));
+    pub(super) fn retain(&mut self, in_store: impl Fn(&PodKey) -> bool) {
+        self.pods.sweep(in_store);
     }
+}
+
+/// Moves a pod's readings on to `now` and measures its rates from `base`.
+fn rates(base: &mut Reading, next: &mut Reading, now: Reading) -> Option<RequestRates> {
+    if now.finished < next.finished || now.at < next.at {
+        (*base, *next) = (now, now);
+        return None;
+    }
+    if now.at.saturating_duration_since(next.at) >= WINDOW {
+        (*base, *next) = (*next, now);
+    }
+    let span = now.at.saturating_duration_since(base.at);
+    (span >= WINDOW).then(|| {
+        let seconds = span.as_secs_f64();
+        let finished = (now.finished - base.finished) / seconds;
+        let grown = (now.waiting - base.waiting) / seconds;
+        RequestRates {
+            finished,
+            arriving: (finished + grown).max(0.0),
+            busy: base.waiting >= 1.0 && now.waiting >= 1.0,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -138,7 +146,8 @@ mod tests {
         r.observe(&pod(), "b", reading(t0, 0.0, 100.0, 0.0));
         let a = r.observe(&pod(), "a", reading(t0, 5.0, 5.0, 0.0)).unwrap();
         assert_eq!(a.finished, 1.0);
-        r.retain(&HashSet::new());
+        r.retain(|_| false);
+        r.retain(|_| false);
         assert!(r.pods.is_empty());
     }
 }

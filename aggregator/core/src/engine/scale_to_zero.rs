@@ -42,23 +42,25 @@ impl Zero {
         waiting: bool,
         cheapest: Option<VariantKey>,
     ) -> Zero {
-        let signals = observed
-            .iter()
-            .flat_map(|(pods, _)| pods)
-            .filter_map(|pod| {
-                let (sample, at) = pod.sample?;
-                let fresh =
-                    sample.up && policy.now.saturating_duration_since(at) <= pod.fresh_within;
-                let signals = sample.models.iter().find(|m| m.model == model_id)?;
-                fresh.then_some((pod.key, signals))
-            });
         let current: u32 = observed.iter().map(|(_, c)| c.current).sum();
-        let key = (namespace.to_string(), model_id.to_string());
-        let idle_for = activity.observe(policy.now, &key, signals, current, waiting);
-        let idle = policy
-            .policies
-            .map(|c| c.for_model(model_id, namespace))
-            .is_some_and(|p| p.enabled && idle_for >= p.retention);
+        // Without scale to zero nothing is ever idle, and the (static) flag
+        // cannot turn it on later: no activity to track.
+        let idle = policy.policies.is_some_and(|configs| {
+            let signals = observed
+                .iter()
+                .flat_map(|(pods, _)| pods)
+                .filter_map(|pod| {
+                    let (sample, at) = pod.sample?;
+                    let fresh =
+                        sample.up && policy.now.saturating_duration_since(at) <= pod.fresh_within;
+                    let signals = sample.models.iter().find(|m| m.model == model_id)?;
+                    fresh.then_some((pod.key, signals))
+                });
+            let key = (namespace.to_string(), model_id.to_string());
+            let idle_for = activity.observe(policy.now, &key, signals, current, waiting);
+            let config = configs.for_model(model_id, namespace);
+            config.enabled && idle_for >= config.retention
+        });
         Zero {
             idle,
             wake: waiting && current == 0,
