@@ -173,14 +173,11 @@ impl<'a> Lexer<'a> {
         if name_end == start {
             return Err(ErrorKind::ExpectedLabelName(Found::at(self.s, start)));
         }
-        let eq = skip_blanks(b, name_end);
-        if b.get(eq) != Some(&b'=') {
-            return Err(ErrorKind::ExpectedEquals(Found::at(self.s, eq)));
-        }
-        let open = skip_blanks(b, eq + 1);
-        if b.get(open) != Some(&b'"') {
-            return Err(ErrorKind::ExpectedQuote(Found::at(self.s, open)));
-        }
+        // Most labels are written `name="value"`, with no blanks to skip.
+        let open = match b.get(name_end..name_end + 2) {
+            Some(b"=\"") => name_end + 1,
+            _ => self.opening_quote(name_end)?,
+        };
         let close = closing_quote(b, open + 1).ok_or(ErrorKind::UnterminatedLabelValue)?;
         let label = Label {
             name: span(self.s, start, name_end),
@@ -194,6 +191,21 @@ impl<'a> Lexer<'a> {
             _ => return Err(ErrorKind::ExpectedLabelSeparator(Found::at(self.s, next))),
         };
         Ok(Some(label))
+    }
+
+    /// Offset of the quote opening the value of a name that ends at
+    /// `name_end`, past blanks around its `=`.
+    fn opening_quote(&self, name_end: usize) -> Result<usize, ErrorKind> {
+        let b = self.s.as_bytes();
+        let eq = skip_blanks(b, name_end);
+        if b.get(eq) != Some(&b'=') {
+            return Err(ErrorKind::ExpectedEquals(Found::at(self.s, eq)));
+        }
+        let open = skip_blanks(b, eq + 1);
+        if b.get(open) != Some(&b'"') {
+            return Err(ErrorKind::ExpectedQuote(Found::at(self.s, open)));
+        }
+        Ok(open)
     }
 
     /// The next label of a block that `next_label` accepted, which has
