@@ -28,7 +28,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use prost::Message;
-use wva_agent::extract::Extractor;
+use wva_agent::extract::{Extractor, read_samples};
 use wva_agent::filter::Filter;
 use wva_agent::sampler::Sampler;
 use wva_agent::scrape::Scraper;
@@ -58,6 +58,10 @@ struct Cli {
     /// Serve the body uncompressed (vLLM gzips when asked, as the agent does).
     #[arg(long)]
     identity: bool,
+    /// Serve only the samples the agent reads, as a target answering its
+    /// filtered scrape does.
+    #[arg(long)]
+    filtered: bool,
     /// Serve the fixture on loopback and print the address (used internally).
     #[arg(long, hide = true)]
     serve: bool,
@@ -76,7 +80,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn serve(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let body = std::fs::read(&cli.fixture)?;
+    let mut body = std::fs::read_to_string(&cli.fixture)?;
+    if cli.filtered {
+        body = filtered(&body);
+    }
+    let body = body.into_bytes();
     let (body, encoding) = if cli.identity {
         (body, "identity")
     } else {
@@ -108,6 +116,7 @@ async fn measure(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             .arg("--fixture")
             .arg(&cli.fixture)
             .args(cli.identity.then_some("--identity"))
+            .args(cli.filtered.then_some("--filtered"))
             .stdout(Stdio::piped())
             .spawn()?,
     );
@@ -121,8 +130,9 @@ async fn measure(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 
     let fixture_len = std::fs::metadata(&cli.fixture)?.len();
     println!(
-        "fixture           {} ({fixture_len} bytes, served {})",
+        "fixture           {} ({fixture_len} bytes, served {}{})",
         cli.fixture.display(),
+        if cli.filtered { "filtered, " } else { "" },
         if cli.identity { "uncompressed" } else { "gzip" }
     );
     println!(
@@ -146,6 +156,15 @@ async fn measure(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         report.models, report.encoded_len
     );
     Ok(())
+}
+
+/// The lines of `body` that are samples the agent reads.
+fn filtered(body: &str) -> String {
+    let read: Vec<_> = read_samples(Role::Vllm).collect();
+    body.lines()
+        .filter(|line| read.contains(&line.split(['{', ' ']).next().unwrap_or("")))
+        .flat_map(|line| [line, "\n"])
+        .collect()
 }
 
 /// The serving child, stopped however the measurement ends.

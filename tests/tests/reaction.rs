@@ -118,7 +118,8 @@ impl Arm {
     /// Times [`STEPS`] steps.
     async fn steps(&self) -> anyhow::Result<Vec<Duration>> {
         let channel = eventually(WITHIN, "the gRPC port", || async move {
-            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))?;
+            let endpoint =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))?;
             Ok(endpoint.connect().await.ok())
         })
         .await?;
