@@ -27,6 +27,9 @@ pub enum ProbeKind {
     Verdict,
     /// Always well below it.
     Plain,
+    /// No probe: a flooding fleet can keep it from sending for longer than
+    /// the staleness bound, and its pod would expire.
+    None,
 }
 
 pub struct Probe {
