@@ -39,8 +39,10 @@ impl<'v, 'p> Reporting<'v, 'p> {
         now: Instant,
         staleness: Duration,
     ) -> Self {
+        // Sized for an even spread, so that most lists never grow.
+        let per_variant = pods.len().div_ceil(variants.len().max(1));
         let mut reporting = Reporting {
-            by_variant: HashMap::new(),
+            by_variant: HashMap::with_capacity(variants.len()),
             targets: variants
                 .iter()
                 .map(|va| (va.namespace.as_str(), va.target.name.as_str()))
@@ -54,7 +56,7 @@ impl<'v, 'p> Reporting<'v, 'p> {
             reporting
                 .by_variant
                 .entry((key.namespace.as_str(), entry.hello.variant.as_str()))
-                .or_default()
+                .or_insert_with(|| Vec::with_capacity(per_variant))
                 .push(PodView {
                     key,
                     sample: entry.latest.as_ref().map(|(s, at)| (s, *at)),
