@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use http::Uri;
-use wva_agent::extract::Extractor;
+use wva_agent::extract::{Extractor, read_samples};
 use wva_agent::filter::Filter;
 use wva_agent::sampler::Sampler;
 use wva_agent::scrape::{InvalidTarget, InvalidToken, Scraper};
@@ -135,8 +135,9 @@ impl PodScraper {
         Ok(Sampler::new(
             scraper,
             Extractor::new(self.config.role),
-            // Whole bodies, as before the agent learnt to ask for fewer.
-            Filter::disabled(),
+            // Only the samples read, where the pod serves them filtered
+            // (the agent's rules: docs/agent.md, "Filtered scrapes").
+            Filter::new(&target.url, read_samples(self.config.role)),
             Arc::clone(&self.telemetry),
         ))
     }
