@@ -38,6 +38,20 @@ fn fixture(name: &str) -> String {
 /// Room for a whole vLLM body.
 const WHOLE: usize = 4 << 20;
 
+/// A vLLM sampler of `target` that asks for filtered bodies, and its metrics.
+fn filtering_sampler(target: &Target) -> (Sampler, Arc<Telemetry>) {
+    let telemetry = Arc::new(Telemetry::new());
+    let scraper = Scraper::new(target.url.clone(), WHOLE).unwrap();
+    let filter = Filter::new(&target.url, read_samples(Role::Vllm));
+    let sampler = Sampler::new(
+        scraper,
+        Extractor::new(Role::Vllm),
+        filter,
+        telemetry.clone(),
+    );
+    (sampler, telemetry)
+}
+
 /// An address nothing listens on.
 async fn closed_port_url() -> Uri {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -338,15 +352,7 @@ async fn a_target_that_ignores_the_filter_is_scraped_whole_without_losing_a_samp
     // Like Go's promhttp: every path and query gets the whole body.
     let body = fixture("vllm-v1-0.11.0-generated-dp2-specdecode-busy.prom");
     let target = Target::start(Reply::Text(body.into_bytes())).await;
-    let telemetry = Arc::new(Telemetry::new());
-    let scraper = Scraper::new(target.url.clone(), WHOLE).unwrap();
-    let filter = Filter::new(&target.url, read_samples(Role::Vllm));
-    let mut sampler = Sampler::new(
-        scraper,
-        Extractor::new(Role::Vllm),
-        filter,
-        telemetry.clone(),
-    );
+    let (mut sampler, telemetry) = filtering_sampler(&target);
 
     for _ in 0..3 {
         let sample = sampler.sample(TIMEOUT).await;
@@ -375,15 +381,7 @@ async fn a_refused_filtered_request_is_followed_by_a_plain_one_in_the_same_tick(
         without: Box::new(Reply::Text(body.into_bytes())),
     })
     .await;
-    let scraper = Scraper::new(target.url.clone(), WHOLE).unwrap();
-    let filter = Filter::new(&target.url, read_samples(Role::Vllm));
-    let telemetry = Arc::new(Telemetry::new());
-    let mut sampler = Sampler::new(
-        scraper,
-        Extractor::new(Role::Vllm),
-        filter,
-        telemetry.clone(),
-    );
+    let (mut sampler, telemetry) = filtering_sampler(&target);
 
     for _ in 0..2 {
         let sample = sampler.sample(TIMEOUT).await;
@@ -420,15 +418,7 @@ async fn a_target_that_filters_is_asked_for_the_read_samples_only() {
         without: Box::new(Reply::Text(body.clone().into_bytes())),
     })
     .await;
-    let telemetry = Arc::new(Telemetry::new());
-    let scraper = Scraper::new(target.url.clone(), WHOLE).unwrap();
-    let filter = Filter::new(&target.url, read_samples(Role::Vllm));
-    let mut sampler = Sampler::new(
-        scraper,
-        Extractor::new(Role::Vllm),
-        filter,
-        telemetry.clone(),
-    );
+    let (mut sampler, telemetry) = filtering_sampler(&target);
     let filtered_sample = sampler.sample(TIMEOUT).await;
     assert!(sampler.filtered());
     assert!(telemetry.encode().contains("wva_agent_scrape_filtered 1\n"));

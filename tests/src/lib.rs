@@ -116,7 +116,12 @@ impl Proc {
 /// The command of a workspace binary: killed when dropped, logging at
 /// `WVA_TEST_LOG` (`warn` unless set).
 pub fn command(name: &str) -> Command {
-    program(Command::new(bin(name)))
+    command_at(&bin(name))
+}
+
+/// The program at `path`, set up as [`command`] sets up a workspace binary.
+pub fn command_at(path: &Path) -> Command {
+    program(Command::new(path))
 }
 
 /// [`command`] run inside network namespace `netns` (`ip netns exec`, which
@@ -244,7 +249,18 @@ pub fn standalone_aggregator(
     metrics: SocketAddr,
     extra: &[&str],
 ) -> Command {
-    let mut cmd = command("wva-aggregator");
+    standalone_aggregator_with(command("wva-aggregator"), variants, grpc, metrics, extra)
+}
+
+/// [`standalone_aggregator`] with the `wva-aggregator` command `cmd` (e.g.
+/// another build's).
+pub fn standalone_aggregator_with(
+    mut cmd: Command,
+    variants: &Path,
+    grpc: SocketAddr,
+    metrics: SocketAddr,
+    extra: &[&str],
+) -> Command {
     cmd.args(["--grpc-addr", &grpc.to_string()])
         .args(["--metrics-addr", &metrics.to_string()]);
     for (flag, value) in [("--min-analysis-interval", "100ms"), ("--staleness", "3s")] {

@@ -13,6 +13,10 @@
 //! queue threshold), and time the first decision above one replica,
 //! watched on the aggregator's diagnostics stream; then release the
 //! requests and let the decision settle.
+//!
+//! With `WVA_BASELINE_BINS` naming a directory holding another build's
+//! `wva-agent` and `wva-aggregator` (e.g. the release before these
+//! changes), a third arm runs them beside the others, the agent at `1s`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -53,10 +57,30 @@ async fn load_change_to_decision() -> anyhow::Result<()> {
         &["--filtered-scrape", "false", "--interval", "1s"],
     )
     .await?;
-    let (a, b) = tokio::join!(shipped.steps(), whole.steps());
-    let (a, b) = (a?, b?);
-    println!("{}", summary("agent as shipped (filtered, 250 ms)", a));
-    println!("{}", summary("whole body every 1 s", b));
+    let baseline = match std::env::var_os("WVA_BASELINE_BINS") {
+        Some(bins) => Some(
+            Arm::start_with(
+                dir.path(),
+                "baseline",
+                &["--interval", "1s"],
+                Path::new(&bins),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let baseline_steps = async {
+        match &baseline {
+            Some(arm) => Some(arm.steps().await),
+            None => None,
+        }
+    };
+    let (a, b, c) = tokio::join!(shipped.steps(), whole.steps(), baseline_steps);
+    println!("{}", summary("agent as shipped (filtered, 250 ms)", a?));
+    println!("{}", summary("whole body every 1 s", b?));
+    if let Some(c) = c {
+        println!("{}", summary("the baseline build, agent at 1 s", c?));
+    }
     Ok(())
 }
 
@@ -70,6 +94,32 @@ struct Arm {
 
 impl Arm {
     async fn start(dir: &Path, name: &'static str, agent: &[&str]) -> anyhow::Result<Arm> {
+        Self::start_binaries(
+            dir,
+            name,
+            agent,
+            [command("wva-aggregator"), command("wva-agent")],
+        )
+        .await
+    }
+
+    /// An arm running the `wva-aggregator` and `wva-agent` of `bins`.
+    async fn start_with(
+        dir: &Path,
+        name: &'static str,
+        agent: &[&str],
+        bins: &Path,
+    ) -> anyhow::Result<Arm> {
+        let commands = ["wva-aggregator", "wva-agent"].map(|b| command_at(&bins.join(b)));
+        Self::start_binaries(dir, name, agent, commands).await
+    }
+
+    async fn start_binaries(
+        dir: &Path,
+        name: &'static str,
+        agent: &[&str],
+        [aggregator, agent_command]: [tokio::process::Command; 2],
+    ) -> anyhow::Result<Arm> {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir)?;
         let variants = one_variant_file(&dir, "bench", name, MODEL);
@@ -81,9 +131,12 @@ impl Arm {
              data:\n  default: |\n    scaleDownStabilizationSeconds: 0\n",
         )?;
         let (grpc, metrics) = (free_addr(), free_addr());
-        // The aggregator's defaults, not the tests' faster pace.
+        // The aggregator's defaults, not the tests' faster pace, except for
+        // the convergence deadline: no scaler carries the step out here, so
+        // the raised decision would otherwise be held for ten minutes.
         let saturation = saturation.to_string_lossy();
-        let aggregator = start_aggregator(
+        let aggregator = standalone_aggregator_with(
+            aggregator,
             &variants,
             grpc,
             metrics,
@@ -92,26 +145,33 @@ impl Arm {
                 "1s",
                 "--staleness",
                 "10s",
+                "--convergence-timeout",
+                "1s",
                 "--saturation-config",
                 &saturation,
             ],
-        )?;
+        )
+        .spawn()
+        .context("start wva-aggregator")?;
         let (sim_proc, sim) = start_sim(MODEL, &SIM).await?;
-        let agent = start_agent(&AgentSpec {
-            target: sim,
-            aggregator: &format!("http://{grpc}"),
-            pod: &format!("{name}-0"),
-            namespace: "bench",
-            variant: name,
-            model: MODEL,
-            interval: "",
-            extra: agent,
-        })?;
+        let agent = start_agent_with(
+            agent_command,
+            &AgentSpec {
+                target: sim,
+                aggregator: &format!("http://{grpc}"),
+                pod: &format!("{name}-0"),
+                namespace: "bench",
+                variant: name,
+                model: MODEL,
+                interval: "",
+                extra: agent,
+            },
+        )?;
         Ok(Arm {
             name,
             sim,
             grpc,
-            _procs: [aggregator, sim_proc, agent],
+            _procs: [Proc { child: aggregator }, sim_proc, agent],
         })
     }
 
