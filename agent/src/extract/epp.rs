@@ -5,7 +5,7 @@
 
 use wva_proto::v1::EppSignals;
 
-use super::Seen;
+use super::seen::Seen;
 use super::slots::{Overflow, Reset, Slots, resized};
 use crate::parse::Sample;
 

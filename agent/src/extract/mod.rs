@@ -16,6 +16,7 @@
 //!   ([`ExtractError::NoVllmMetrics`], [`ExtractError::NoEppMetrics`]).
 
 mod epp;
+mod seen;
 mod slots;
 mod vllm;
 
@@ -23,6 +24,7 @@ use std::time::Instant;
 
 use wva_proto::v1::{Role, Sample};
 
+use self::seen::Seen;
 use self::slots::Overflow;
 use crate::parse::{Line, ParseError, Parser};
 
@@ -49,17 +51,6 @@ pub enum ExtractError {
         len: usize,
         limit: usize,
     },
-}
-
-/// What a role's extractor made of one sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Seen {
-    /// Not a family of the role.
-    Foreign,
-    /// A family of the role the extractor does not read.
-    Unread,
-    /// One of [`read_samples`].
-    Read,
 }
 
 /// Names of the samples the extractor of `role` reads: a target that honours

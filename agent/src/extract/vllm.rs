@@ -3,7 +3,7 @@
 
 use wva_proto::v1::{Counters, ModelSignals};
 
-use super::Seen;
+use super::seen::Seen;
 use super::slots::{Overflow, Reset, Slots, resized};
 use crate::parse::Sample;
 
