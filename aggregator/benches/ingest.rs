@@ -8,6 +8,12 @@
 //! Pin the process to two cores (one aggregator, one load) for stable figures:
 //!     taskset -c 0,1 cargo bench -p wva-aggregator --bench ingest
 
+/// Reading the aggregator's /metrics, shared with the fleet harness (its
+/// histogram reading is not needed here).
+#[path = "../examples/fleet/metrics.rs"]
+#[allow(dead_code)]
+mod metrics;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -161,10 +167,8 @@ fn message(kind: agent_message::Kind) -> AgentMessage {
 }
 
 async fn metric(addr: std::net::SocketAddr, name: &str) -> anyhow::Result<f64> {
-    let body = get(addr, "/metrics").await?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("{name} not found"))
+    let body = metrics::get(addr, "/metrics").await?;
+    metrics::value(&body, name).ok_or_else(|| anyhow::anyhow!("{name} not found"))
 }
 
 async fn received(addr: std::net::SocketAddr) -> anyhow::Result<f64> {
@@ -180,14 +184,4 @@ async fn wait_connected(addr: std::net::SocketAddr, want: usize) -> anyhow::Resu
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    Ok(out)
 }
