@@ -68,7 +68,7 @@ fn check_sample(sample: &Sample) {
     let config = SaturationConfig::default();
     for m in &sample.models {
         let load = ReplicaLoad {
-            pod: String::new(),
+            pod: "".into(),
             kv_cache_usage: m.kv_cache_usage,
             requests_waiting: m.requests_waiting,
             rates: None,

@@ -6,16 +6,24 @@
 //! zero replicas (by whoever scaled it), starts a fresh idle period, so it is
 //! never sent to zero before a whole retention period has been observed.
 
-use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use wva_proto::v1::ModelSignals;
 
+use crate::fast_hash::{Map, Set};
 use crate::pod_models::PodModels;
 use crate::store::PodKey;
 
 /// `(namespace, model_id)`.
 pub type ModelKey = (String, String);
+
+/// A [`ModelKey`] borrowed.
+pub type ModelRef<'a> = (&'a str, &'a str);
+
+/// Whether a model is among `live`.
+pub fn is_live(live: &Set<ModelRef<'_>>, (namespace, model): &ModelKey) -> bool {
+    live.contains(&(namespace.as_str(), model.as_str()))
+}
 
 #[derive(Debug)]
 struct Model {
@@ -25,7 +33,7 @@ struct Model {
 
 #[derive(Debug, Default)]
 pub struct ActivityTracker {
-    models: HashMap<ModelKey, Model>,
+    models: Map<ModelKey, Model>,
     /// Last successful-request total per pod and model.
     successes: PodModels<f64>,
 }
@@ -77,8 +85,8 @@ impl ActivityTracker {
     }
 
     /// Forgets models and pods that are gone.
-    pub fn retain(&mut self, models: &HashSet<ModelKey>, live: impl Fn(&PodKey) -> bool) {
-        self.models.retain(|k, _| models.contains(k));
+    pub fn retain(&mut self, models: &Set<ModelRef<'_>>, live: impl Fn(&PodKey) -> bool) {
+        self.models.retain(|k, _| is_live(models, k));
         self.successes.sweep(live);
     }
 }
@@ -192,8 +200,8 @@ mod tests {
         let p = pod("p");
         t.observe(t0, &key(), [(&p, &signals(0.0, 5.0))], 1, false);
         // The analysis that saw the pod keeps it; the next, without it, does not.
-        t.retain(&HashSet::new(), |_| false);
-        t.retain(&HashSet::new(), |_| false);
+        t.retain(&Set::default(), |_| false);
+        t.retain(&Set::default(), |_| false);
         // Seen afresh: no idle time carried over, no counter baseline.
         assert_eq!(
             t.observe(t0 + MIN, &key(), [(&p, &signals(0.0, 9.0))], 1, false),

@@ -286,7 +286,7 @@ fn loads<S: serde::Serializer>(loads: &[ReplicaLoad], s: S) -> Result<S::Ok, S::
     let mut seq = s.serialize_seq(Some(loads.len()))?;
     for l in loads {
         seq.serialize_element(&serde_json::json!({
-            "pod": l.pod,
+            "pod": &*l.pod,
             "kvCacheUsage": l.kv_cache_usage,
             "queueLength": l.requests_waiting,
         }))?;

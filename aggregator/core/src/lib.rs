@@ -10,6 +10,7 @@ pub mod analysis;
 pub mod config;
 pub mod decision;
 pub mod engine;
+mod fast_hash;
 pub mod pod_models;
 pub mod snapshot;
 pub mod sources;

@@ -6,36 +6,57 @@
 //! store only about the pods this analysis did not look at: in a steady
 //! fleet it hashes nothing.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
+use crate::fast_hash::Map;
 use crate::store::PodKey;
 
 #[derive(Debug)]
 pub struct PodModels<T> {
-    pods: HashMap<PodKey, Slot<T>>,
+    pods: Map<PodKey, Slot<T>>,
     /// Counts sweeps; a slot seen since the last sweep holds the current one.
     epoch: u64,
 }
 
+/// One pod's state.
 #[derive(Debug)]
-struct Slot<T> {
+pub struct Slot<T> {
     seen: u64,
-    /// Nested under the pod so that a lookup allocates nothing.
-    models: HashMap<String, T>,
+    /// The pod's name, shared with every decision that lists the pod:
+    /// an analysis lists every pod, and a copy of each name per analysis
+    /// was a tenth of its time.
+    name: Arc<str>,
+    /// A pod serves one model or a few (a base model and its adapters, at
+    /// most a sample's limit), so a list beats a map and allocates nothing
+    /// per lookup.
+    models: Vec<(String, T)>,
 }
 
 impl<T> Default for PodModels<T> {
     fn default() -> Self {
         PodModels {
-            pods: HashMap::new(),
+            pods: Map::default(),
             epoch: 0,
         }
     }
 }
 
 impl<T> PodModels<T> {
+    /// The pod's state, made when it has none; the pod counts as seen by
+    /// this analysis.
+    pub fn pod(&mut self, pod: &PodKey) -> &mut Slot<T> {
+        let epoch = self.epoch;
+        let slot = self.pods.entry_ref(pod).or_insert_with(|| Slot {
+            seen: epoch,
+            name: Arc::from(pod.pod.as_str()),
+            models: Vec::new(),
+        });
+        slot.seen = epoch;
+        slot
+    }
+
     /// Runs `f` on the pod's value for `model`, made by `make` when there
-    /// is none (then `f` is told so); the pod counts as seen by this analysis.
+    /// is none (then `f` is told so).
     pub fn update<R>(
         &mut self,
         pod: &PodKey,
@@ -43,22 +64,7 @@ impl<T> PodModels<T> {
         make: impl FnOnce() -> T,
         f: impl FnOnce(&mut T, bool) -> R,
     ) -> R {
-        let epoch = self.epoch;
-        let slot = match self.pods.get_mut(pod) {
-            Some(slot) => slot,
-            None => self.pods.entry(pod.clone()).or_insert_with(|| Slot {
-                seen: epoch,
-                models: HashMap::new(),
-            }),
-        };
-        slot.seen = epoch;
-        match slot.models.get_mut(model) {
-            Some(value) => f(value, false),
-            None => f(
-                slot.models.entry(model.to_string()).or_insert_with(make),
-                true,
-            ),
-        }
+        self.pod(pod).update(model, make, f)
     }
 
     /// Forgets the pods that are no longer in the store; `in_store` is asked
@@ -73,6 +79,30 @@ impl<T> PodModels<T> {
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.pods.is_empty()
+    }
+}
+
+impl<T> Slot<T> {
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Runs `f` on the value for `model`, made by `make` when there is none
+    /// (then `f` is told so).
+    pub fn update<R>(
+        &mut self,
+        model: &str,
+        make: impl FnOnce() -> T,
+        f: impl FnOnce(&mut T, bool) -> R,
+    ) -> R {
+        match self.models.iter().position(|(m, _)| m == model) {
+            Some(i) => f(&mut self.models[i].1, false),
+            None => {
+                self.models.push((model.to_string(), make()));
+                let (_, value) = self.models.last_mut().expect("just pushed");
+                f(value, true)
+            }
+        }
     }
 }
 
@@ -109,6 +139,16 @@ mod tests {
         assert_eq!(bump(&mut m, "a", "x"), (2, false));
         assert_eq!(bump(&mut m, "a", "y"), (1, true));
         assert_eq!(bump(&mut m, "b", "x"), (1, true));
+    }
+
+    #[test]
+    fn a_pods_name_is_made_once_and_shared() {
+        let mut m = PodModels::<u32>::default();
+        let first = m.pod(&pod("a")).name().clone();
+        bump(&mut m, "a", "x");
+        let again = m.pod(&pod("a")).name().clone();
+        assert_eq!(&*first, "a");
+        assert!(Arc::ptr_eq(&first, &again));
     }
 
     #[test]

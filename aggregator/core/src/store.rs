@@ -17,6 +17,13 @@ pub struct PodKey {
     pub pod: String,
 }
 
+/// For maps that copy a key only when it is new (`entry_ref`).
+impl From<&PodKey> for PodKey {
+    fn from(key: &PodKey) -> Self {
+        key.clone()
+    }
+}
+
 impl std::fmt::Display for PodKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.namespace, self.pod)

@@ -55,7 +55,7 @@ pub fn decision(
         data_age: None,
         inputs: (0..reporting)
             .map(|i| ReplicaLoad {
-                pod: format!("p{i}"),
+                pod: format!("p{i}").into(),
                 kv_cache_usage: 0.5,
                 requests_waiting: 0.0,
                 rates: None,

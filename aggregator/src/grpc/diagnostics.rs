@@ -96,7 +96,7 @@ pub fn to_proto(d: &Decision) -> VariantDecision {
             .inputs
             .iter()
             .map(|load| PodInput {
-                pod: load.pod.clone(),
+                pod: load.pod.to_string(),
                 kv_cache_usage: load.kv_cache_usage,
                 queue_length: load.requests_waiting,
                 saturated: is_saturated(load, config),

@@ -281,7 +281,7 @@ mod tests {
         let pods: HashMap<&str, f64> = first[0]
             .inputs
             .iter()
-            .map(|l| (l.pod.as_str(), l.kv_cache_usage))
+            .map(|l| (&*l.pod, l.kv_cache_usage))
             .collect();
         assert_eq!(
             pods,

@@ -14,7 +14,7 @@ pub fn summary(targets: &[VariantTarget]) -> Summary<'_> {
 
 pub fn load(kv: f64, queue: f64) -> ReplicaLoad {
     ReplicaLoad {
-        pod: String::new(),
+        pod: "".into(),
         kv_cache_usage: kv,
         requests_waiting: queue,
         rates: None,

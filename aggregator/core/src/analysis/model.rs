@@ -1,10 +1,12 @@
 //! The types every analysis shares: what it knows about a model's variants,
 //! why a target is what it is, and the sized step between them.
 
+use std::sync::Arc;
+
 /// Load of one reporting replica (pod) of a variant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplicaLoad {
-    pub pod: String,
+    pub pod: Arc<str>,
     /// KV-cache usage, fraction 0..1.
     pub kv_cache_usage: f64,
     /// Requests waiting in the pod's queue.

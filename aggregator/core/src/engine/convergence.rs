@@ -7,18 +7,18 @@
 //! while the replicas moved (the 0 published before any pod existed, a
 //! manual scale, a restart) is not a step, so it never holds a model.
 
-use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use crate::analysis::model::{VariantState, Wait};
 use crate::decision::LimitReason;
+use crate::fast_hash::{Map, Set};
 use crate::variants::VariantKey;
 
 #[derive(Debug, Default)]
 pub(super) struct Convergence {
-    tracks: HashMap<VariantKey, Track>,
+    tracks: Map<VariantKey, Track>,
 }
 
 #[derive(Debug, Default)]
@@ -111,7 +111,7 @@ impl Convergence {
         }
     }
 
-    pub(super) fn retain(&mut self, live: &HashSet<&VariantKey>) {
+    pub(super) fn retain(&mut self, live: &Set<&VariantKey>) {
         self.tracks.retain(|k, _| live.contains(k));
     }
 }

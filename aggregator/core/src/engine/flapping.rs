@@ -7,11 +7,11 @@
 //! seconds, again and again. The window delays each round; only memory of
 //! the undone step ends them.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::load::Load;
-use crate::activity::ModelKey;
+use crate::activity::{ModelKey, ModelRef, is_live};
+use crate::fast_hash::{Map, Set};
 
 /// How far the load must fall below the one that undid a scale-down before
 /// the model may scale down again.
@@ -23,7 +23,7 @@ const UNDO_HORIZON: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Default)]
 pub(super) struct FlapGuard {
-    models: HashMap<ModelKey, Memory>,
+    models: Map<ModelKey, Memory>,
 }
 
 #[derive(Debug, Default)]
@@ -76,8 +76,8 @@ impl FlapGuard {
         }
     }
 
-    pub(super) fn retain(&mut self, live: &std::collections::HashSet<ModelKey>) {
-        self.models.retain(|k, _| live.contains(k));
+    pub(super) fn retain(&mut self, live: &Set<ModelRef<'_>>) {
+        self.models.retain(|k, _| is_live(live, k));
     }
 }
 

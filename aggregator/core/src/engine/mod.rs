@@ -25,7 +25,7 @@ mod scale_to_zero;
 mod tests;
 mod trend;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
 use self::convergence::Convergence;
@@ -36,7 +36,7 @@ use self::reporting::{PodView, Reporting, derived_counts, fresh_loads};
 use self::safety_net::SafetyNet;
 use self::scale_to_zero::{Policy, Zero};
 use self::trend::LoadTrend;
-use crate::activity::{ActivityTracker, ModelKey};
+use crate::activity::{ActivityTracker, ModelRef};
 use crate::analysis::model::{Need, Reason, VariantState, VariantTarget, busy_capacity};
 use crate::analysis::saturation;
 use crate::analysis::steps::{self, Capacities, Demand};
@@ -46,6 +46,7 @@ use crate::config::scale_to_zero::ScaleToZeroConfigSet;
 use crate::decision::{
     Basis, DataState, Decision, LimitReason, Saturation, ScalingEvent, SourceFailure,
 };
+use crate::fast_hash::{Map, Set};
 use crate::snapshot::ReplicaCounts;
 use crate::stabilization::Window;
 use crate::store::{PodEntry, PodKey};
@@ -76,13 +77,13 @@ pub struct Inputs<'a> {
 /// the safety net can fall back to it.
 #[derive(Debug, Default)]
 pub struct Engine {
-    previous: HashMap<VariantKey, u32>,
+    previous: Map<VariantKey, u32>,
     convergence: Convergence,
     /// Each variant's recent recommendations, for scale-down stabilization.
-    windows: HashMap<VariantKey, Window>,
+    windows: Map<VariantKey, Window>,
     safety_net: SafetyNet,
     /// Why each variant's desired value last changed.
-    change_reasons: HashMap<VariantKey, &'static str>,
+    change_reasons: Map<VariantKey, &'static str>,
     /// Each pod's request rates.
     rates: RateTracker,
     /// Scale-downs each model had to undo.
@@ -90,10 +91,10 @@ pub struct Engine {
     /// Each model's recent load, to tell a rising one.
     trend: LoadTrend,
     /// Requests per second a busy replica of each variant last finished.
-    request_capacity: HashMap<VariantKey, f64>,
+    request_capacity: Map<VariantKey, f64>,
     /// Variants whose pods reported at the last evaluation: without replica
     /// counts, all of them vanishing at once means lost, not idle.
-    reported: HashSet<VariantKey>,
+    reported: Set<VariantKey>,
     activity: ActivityTracker,
 }
 
@@ -112,7 +113,7 @@ impl Engine {
     /// Seeds the previous desired values (for example from a status after a restart).
     pub fn with_previous(previous: HashMap<VariantKey, u32>) -> Self {
         Engine {
-            previous,
+            previous: previous.into_iter().collect(),
             ..Engine::default()
         }
     }
@@ -138,12 +139,19 @@ impl Engine {
                 (&mut decisions, &mut events),
             );
         }
-        let live: HashSet<&VariantKey> = decisions.iter().map(|d| &d.variant).collect();
-        let models: HashSet<ModelKey> = decisions
+        self.forget_gone(inputs.pods, &decisions);
+        decisions.sort_by(|a, b| a.variant.cmp(&b.variant));
+        (decisions, events)
+    }
+
+    /// Forgets the variants, models and pods that no longer are.
+    fn forget_gone(&mut self, pods: &HashMap<PodKey, PodEntry>, decisions: &[Decision]) {
+        let live: Set<&VariantKey> = decisions.iter().map(|d| &d.variant).collect();
+        let models: Set<ModelRef<'_>> = decisions
             .iter()
-            .map(|d| (d.variant.namespace.clone(), d.model_id.clone()))
+            .map(|d| (d.variant.namespace.as_str(), d.model_id.as_str()))
             .collect();
-        let in_store = |pod: &PodKey| inputs.pods.contains_key(pod);
+        let in_store = |pod: &PodKey| pods.contains_key(pod);
         self.activity.retain(&models, in_store);
         self.flaps.retain(&models);
         self.trend.retain(&models);
@@ -155,8 +163,6 @@ impl Engine {
         self.change_reasons.retain(|k, _| live.contains(k));
         self.reported.retain(|k| live.contains(k));
         self.request_capacity.retain(|k, _| live.contains(k));
-        decisions.sort_by(|a, b| a.variant.cmp(&b.variant));
-        (decisions, events)
     }
 
     /// Decides the variants of one model together.

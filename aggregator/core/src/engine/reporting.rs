@@ -1,13 +1,14 @@
 //! Which pods report for which variant, and what they report: the inputs of
 //! one model's analysis, read from the pod store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use wva_proto::v1::{Role, Sample};
 
 use super::rates::{RateTracker, Reading};
 use crate::analysis::model::ReplicaLoad;
+use crate::fast_hash::{Map, Set};
 use crate::snapshot::ReplicaCounts;
 use crate::store::{PodEntry, PodKey};
 use crate::variants::Variant;
@@ -22,12 +23,12 @@ pub(super) struct PodView<'a> {
 
 /// The pods grouped by the variant they report for.
 pub(super) struct Reporting<'v, 'p> {
-    by_variant: HashMap<(&'p str, &'p str), Vec<PodView<'p>>>,
+    by_variant: Map<(&'p str, &'p str), Vec<PodView<'p>>>,
     /// `(namespace, Deployment)` of every VA's target.
-    targets: HashSet<(&'v str, &'v str)>,
+    targets: Set<(&'v str, &'v str)>,
     /// Requests held in the endpoint pickers' flow-control queues, per
     /// `(namespace, model)`: the largest any fresh EPP sample reports.
-    epp_queues: HashMap<(&'p str, &'p str), f64>,
+    epp_queues: Map<(&'p str, &'p str), f64>,
 }
 
 impl<'v, 'p> Reporting<'v, 'p> {
@@ -42,12 +43,12 @@ impl<'v, 'p> Reporting<'v, 'p> {
         // Sized for an even spread, so that most lists never grow.
         let per_variant = pods.len().div_ceil(variants.len().max(1));
         let mut reporting = Reporting {
-            by_variant: HashMap::with_capacity(variants.len()),
+            by_variant: Map::with_capacity_and_hasher(variants.len(), Default::default()),
             targets: variants
                 .iter()
                 .map(|va| (va.namespace.as_str(), va.target.name.as_str()))
                 .collect(),
-            epp_queues: HashMap::new(),
+            epp_queues: Map::default(),
         };
         for (key, entry) in pods {
             if entry.hello.role == Role::Epp as i32 {
@@ -128,22 +129,19 @@ pub(super) fn fresh_loads(
         let Some(signals) = sample.models.iter().find(|m| m.model == model_id) else {
             continue;
         };
-        let finished = signals.counters.as_ref().map(|c| c.request_success);
-        let rates = finished.and_then(|finished| {
-            let reading = Reading {
-                at,
-                finished,
-                waiting: signals.requests_waiting,
-            };
-            rates.observe(pod.key, model_id, reading)
+        let reading = signals.counters.as_ref().map(|c| Reading {
+            at,
+            finished: c.request_success,
+            waiting: signals.requests_waiting,
         });
+        let (name, rates) = rates.observe(pod.key, model_id, reading);
         let blocks = signals.num_gpu_blocks as f64 * f64::from(signals.block_size);
         let prompts = signals.counters.as_ref().and_then(|c| {
             (c.request_prompt_tokens_count > 0.0)
                 .then(|| c.request_prompt_tokens_sum / c.request_prompt_tokens_count)
         });
         loads.push(ReplicaLoad {
-            pod: pod.key.pod.clone(),
+            pod: name,
             kv_cache_usage: signals.kv_cache_usage,
             requests_waiting: signals.requests_waiting,
             rates,

@@ -1,19 +1,18 @@
 //! The safety net: a variant whose pods report no fresh data keeps a held
 //! value instead of one computed from nothing.
 
-use std::collections::HashSet;
-
 use tracing::{info, warn};
 
 use crate::analysis::model::VariantState;
 use crate::decision::{Basis, Fallback};
+use crate::fast_hash::Set;
 use crate::snapshot::ReplicaCounts;
 use crate::variants::VariantKey;
 
 /// The variants the net holds now, so each catch and release is logged once.
 #[derive(Debug, Default)]
 pub(super) struct SafetyNet {
-    holding: HashSet<VariantKey>,
+    holding: Set<VariantKey>,
 }
 
 impl SafetyNet {
@@ -52,7 +51,7 @@ impl SafetyNet {
     }
 
     /// Forgets variants that no longer exist.
-    pub(super) fn retain(&mut self, live: &HashSet<&VariantKey>) {
+    pub(super) fn retain(&mut self, live: &Set<&VariantKey>) {
         self.holding.retain(|k| live.contains(k));
     }
 }

@@ -180,7 +180,7 @@ impl World {
 }
 
 fn pods_of(d: &Decision) -> Vec<&str> {
-    d.inputs.iter().map(|l| l.pod.as_str()).collect()
+    d.inputs.iter().map(|l| &*l.pod).collect()
 }
 
 fn desired(decisions: &[Decision]) -> Vec<(&str, u32)> {

@@ -6,11 +6,12 @@
 //! is already more than the rest can serve; once that replica is gone the
 //! queue grows for as long as a new one takes to start.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::load::{Load, Measure};
-use crate::activity::ModelKey;
+use crate::activity::{ModelKey, ModelRef, is_live};
+use crate::fast_hash::{Map, Set};
 
 /// How far back the load is compared.
 pub(super) const SPAN: Duration = Duration::from_secs(30);
@@ -21,7 +22,7 @@ const RISE: f64 = 0.2;
 
 #[derive(Debug, Default)]
 pub(super) struct LoadTrend {
-    models: HashMap<ModelKey, History>,
+    models: Map<ModelKey, History>,
 }
 
 #[derive(Debug)]
@@ -57,8 +58,8 @@ impl LoadTrend {
         rising
     }
 
-    pub(super) fn retain(&mut self, live: &HashSet<ModelKey>) {
-        self.models.retain(|k, _| live.contains(k));
+    pub(super) fn retain(&mut self, live: &Set<ModelRef<'_>>) {
+        self.models.retain(|k, _| is_live(live, k));
     }
 }
 
