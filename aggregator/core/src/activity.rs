@@ -14,15 +14,50 @@ use crate::fast_hash::{Map, Set};
 use crate::pod_models::PodModels;
 use crate::store::PodKey;
 
-/// `(namespace, model_id)`.
-pub type ModelKey = (String, String);
+/// A model: its namespace and id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModelKey {
+    namespace: String,
+    model: String,
+}
 
-/// A [`ModelKey`] borrowed.
-pub type ModelRef<'a> = (&'a str, &'a str);
+/// A [`ModelKey`] borrowed: what the engine's maps are probed with, so that
+/// a model they know costs no copy. Hashes as its owned form does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ModelRef<'a> {
+    pub namespace: &'a str,
+    pub model: &'a str,
+}
 
-/// Whether a model is among `live`.
-pub fn is_live(live: &Set<ModelRef<'_>>, (namespace, model): &ModelKey) -> bool {
-    live.contains(&(namespace.as_str(), model.as_str()))
+impl hashbrown::Equivalent<ModelKey> for ModelRef<'_> {
+    fn equivalent(&self, key: &ModelKey) -> bool {
+        self.namespace == key.namespace && self.model == key.model
+    }
+}
+
+impl From<&ModelRef<'_>> for ModelKey {
+    fn from(model: &ModelRef<'_>) -> Self {
+        ModelKey {
+            namespace: model.namespace.to_string(),
+            model: model.model.to_string(),
+        }
+    }
+}
+
+/// The model the tests use.
+#[cfg(test)]
+pub(crate) const A_MODEL: ModelRef<'static> = ModelRef {
+    namespace: "ns",
+    model: "m",
+};
+
+impl ModelKey {
+    pub fn borrowed(&self) -> ModelRef<'_> {
+        ModelRef {
+            namespace: &self.namespace,
+            model: &self.model,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -45,7 +80,7 @@ impl ActivityTracker {
     pub fn observe<'a>(
         &mut self,
         now: Instant,
-        model: &ModelKey,
+        model: ModelRef<'_>,
         signals: impl IntoIterator<Item = (&'a PodKey, &'a ModelSignals)>,
         current_replicas: u32,
         waiting: bool,
@@ -56,14 +91,14 @@ impl ActivityTracker {
                 active = true;
             }
             let total = s.counters.as_ref().map_or(0.0, |c| c.request_success);
-            let previous = self.remember(pod, &model.1, total);
+            let previous = self.remember(pod, model.model, total);
             // A restarted pod's counter starts over: only growth counts.
             if previous.is_some_and(|p| total > p) {
                 active = true;
             }
         }
         let has_replicas = current_replicas > 0;
-        let entry = self.models.entry(model.clone()).or_insert(Model {
+        let entry = self.models.entry_ref(&model).or_insert(Model {
             last_active: now,
             had_replicas: has_replicas,
         });
@@ -86,7 +121,7 @@ impl ActivityTracker {
 
     /// Forgets models and pods that are gone.
     pub fn retain(&mut self, models: &Set<ModelRef<'_>>, live: impl Fn(&PodKey) -> bool) {
-        self.models.retain(|k, _| is_live(models, k));
+        self.models.retain(|k, _| models.contains(&k.borrowed()));
         self.successes.sweep(live);
     }
 }
@@ -96,10 +131,6 @@ mod tests {
     use wva_proto::v1::Counters;
 
     use super::*;
-
-    fn key() -> ModelKey {
-        ("ns".into(), "m".into())
-    }
 
     fn pod(name: &str) -> PodKey {
         PodKey {
@@ -129,10 +160,10 @@ mod tests {
         let p = pod("p");
         let quiet = signals(0.0, 5.0);
         assert_eq!(
-            t.observe(t0, &key(), [(&p, &quiet)], 1, false),
+            t.observe(t0, A_MODEL, [(&p, &quiet)], 1, false),
             Duration::ZERO
         );
-        assert_eq!(t.observe(t0 + MIN, &key(), [(&p, &quiet)], 1, false), MIN);
+        assert_eq!(t.observe(t0 + MIN, A_MODEL, [(&p, &quiet)], 1, false), MIN);
     }
 
     #[test]
@@ -140,20 +171,20 @@ mod tests {
         let mut t = ActivityTracker::default();
         let t0 = Instant::now();
         let p = pod("p");
-        t.observe(t0, &key(), [(&p, &signals(0.0, 5.0))], 1, false);
+        t.observe(t0, A_MODEL, [(&p, &signals(0.0, 5.0))], 1, false);
         let served = signals(0.0, 6.0);
         assert_eq!(
-            t.observe(t0 + MIN, &key(), [(&p, &served)], 1, false),
+            t.observe(t0 + MIN, A_MODEL, [(&p, &served)], 1, false),
             Duration::ZERO
         );
         let busy = signals(2.0, 6.0);
         assert_eq!(
-            t.observe(t0 + 2 * MIN, &key(), [(&p, &busy)], 1, false),
+            t.observe(t0 + 2 * MIN, A_MODEL, [(&p, &busy)], 1, false),
             Duration::ZERO
         );
         let quiet = signals(0.0, 6.0);
         assert_eq!(
-            t.observe(t0 + 3 * MIN, &key(), [(&p, &quiet)], 1, false),
+            t.observe(t0 + 3 * MIN, A_MODEL, [(&p, &quiet)], 1, false),
             MIN
         );
     }
@@ -162,9 +193,12 @@ mod tests {
     fn requests_waiting_at_a_gateway_are_activity() {
         let mut t = ActivityTracker::default();
         let t0 = Instant::now();
-        t.observe(t0, &key(), [], 0, false);
-        assert_eq!(t.observe(t0 + MIN, &key(), [], 0, false), MIN);
-        assert_eq!(t.observe(t0 + 2 * MIN, &key(), [], 0, true), Duration::ZERO);
+        t.observe(t0, A_MODEL, [], 0, false);
+        assert_eq!(t.observe(t0 + MIN, A_MODEL, [], 0, false), MIN);
+        assert_eq!(
+            t.observe(t0 + 2 * MIN, A_MODEL, [], 0, true),
+            Duration::ZERO
+        );
     }
 
     #[test]
@@ -172,10 +206,10 @@ mod tests {
         let mut t = ActivityTracker::default();
         let t0 = Instant::now();
         let p = pod("p");
-        t.observe(t0, &key(), [(&p, &signals(0.0, 50.0))], 1, false);
+        t.observe(t0, A_MODEL, [(&p, &signals(0.0, 50.0))], 1, false);
         let restarted = signals(0.0, 0.0);
         assert_eq!(
-            t.observe(t0 + MIN, &key(), [(&p, &restarted)], 1, false),
+            t.observe(t0 + MIN, A_MODEL, [(&p, &restarted)], 1, false),
             MIN
         );
     }
@@ -184,11 +218,11 @@ mod tests {
     fn coming_back_from_zero_starts_a_new_idle_period() {
         let mut t = ActivityTracker::default();
         let t0 = Instant::now();
-        assert_eq!(t.observe(t0, &key(), [], 1, false), Duration::ZERO);
-        assert_eq!(t.observe(t0 + MIN, &key(), [], 0, false), MIN);
+        assert_eq!(t.observe(t0, A_MODEL, [], 1, false), Duration::ZERO);
+        assert_eq!(t.observe(t0 + MIN, A_MODEL, [], 0, false), MIN);
         // Someone scaled it up again: the clock restarts.
         assert_eq!(
-            t.observe(t0 + 2 * MIN, &key(), [], 1, false),
+            t.observe(t0 + 2 * MIN, A_MODEL, [], 1, false),
             Duration::ZERO
         );
     }
@@ -198,13 +232,13 @@ mod tests {
         let mut t = ActivityTracker::default();
         let t0 = Instant::now();
         let p = pod("p");
-        t.observe(t0, &key(), [(&p, &signals(0.0, 5.0))], 1, false);
+        t.observe(t0, A_MODEL, [(&p, &signals(0.0, 5.0))], 1, false);
         // The analysis that saw the pod keeps it; the next, without it, does not.
         t.retain(&Set::default(), |_| false);
         t.retain(&Set::default(), |_| false);
         // Seen afresh: no idle time carried over, no counter baseline.
         assert_eq!(
-            t.observe(t0 + MIN, &key(), [(&p, &signals(0.0, 9.0))], 1, false),
+            t.observe(t0 + MIN, A_MODEL, [(&p, &signals(0.0, 9.0))], 1, false),
             Duration::ZERO
         );
     }

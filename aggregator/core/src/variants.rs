@@ -31,6 +31,13 @@ pub struct VariantKey {
     pub name: String,
 }
 
+/// For maps that copy a key only when it is new (`entry_ref`).
+impl From<&VariantKey> for VariantKey {
+    fn from(key: &VariantKey) -> Self {
+        key.clone()
+    }
+}
+
 impl VariantKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
         VariantKey {

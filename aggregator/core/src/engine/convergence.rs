@@ -53,7 +53,7 @@ impl Convergence {
         now: Instant,
         timeout: Duration,
     ) -> Option<LimitReason> {
-        let track = self.tracks.entry(key.clone()).or_default();
+        let track = self.tracks.entry_ref(key).or_default();
         if track.step == Some(state.current_replicas) {
             track.step = None;
         }
@@ -104,7 +104,7 @@ impl Convergence {
     /// Remembers a newly published value: a step when it differs from the
     /// replicas the variant has, whose deadline runs from now.
     pub(super) fn published(&mut self, key: &VariantKey, desired: u32, current: u32, now: Instant) {
-        let track = self.tracks.entry(key.clone()).or_default();
+        let track = self.tracks.entry_ref(key).or_default();
         track.step = (desired != current).then_some(desired);
         if track.step.is_some() {
             track.waiting_since.get_or_insert(now);

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use super::load::Load;
-use crate::activity::{ModelKey, ModelRef, is_live};
+use crate::activity::{ModelKey, ModelRef};
 use crate::fast_hash::{Map, Set};
 
 /// How far the load must fall below the one that undid a scale-down before
@@ -36,8 +36,8 @@ struct Memory {
 impl FlapGuard {
     /// Whether the model may scale down at `load`; a guard the load has
     /// fallen clearly below, or that was set in another measure, is lifted.
-    pub(super) fn allows_down(&mut self, model: &ModelKey, load: Load) -> bool {
-        let Some(memory) = self.models.get_mut(model) else {
+    pub(super) fn allows_down(&mut self, model: ModelRef<'_>, load: Load) -> bool {
+        let Some(memory) = self.models.get_mut(&model) else {
             return true;
         };
         match memory.undone_at {
@@ -59,12 +59,12 @@ impl FlapGuard {
     /// scale-down undoes it, unless nothing measured the load.
     pub(super) fn stepped(
         &mut self,
-        model: &ModelKey,
+        model: ModelRef<'_>,
         (now, window): (Instant, Duration),
         up: bool,
         load: Load,
     ) {
-        let memory = self.models.entry(model.clone()).or_default();
+        let memory = self.models.entry_ref(&model).or_default();
         if !up {
             memory.last_down = Some(now);
         } else if load.value > 0.0
@@ -77,43 +77,40 @@ impl FlapGuard {
     }
 
     pub(super) fn retain(&mut self, live: &Set<ModelRef<'_>>) {
-        self.models.retain(|k, _| is_live(live, k));
+        self.models.retain(|k, _| live.contains(&k.borrowed()));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn model() -> ModelKey {
-        ("ns".to_string(), "m".to_string())
-    }
+    use crate::activity::A_MODEL;
 
     #[test]
     fn an_undone_scale_down_waits_for_the_load_to_fall_clearly() {
         let mut g = FlapGuard::default();
         let t0 = Instant::now();
         let window = Duration::from_secs(60);
-        assert!(g.allows_down(&model(), Load::arrivals(15.0)));
-        g.stepped(&model(), (t0, window), false, Load::arrivals(15.0));
+        assert!(g.allows_down(A_MODEL, Load::arrivals(15.0)));
+        g.stepped(A_MODEL, (t0, window), false, Load::arrivals(15.0));
         // Back up 10 s later at the same load: the scale-down was wrong.
         g.stepped(
-            &model(),
+            A_MODEL,
             (t0 + Duration::from_secs(10), window),
             true,
             Load::arrivals(15.0),
         );
-        assert!(!g.allows_down(&model(), Load::arrivals(15.0)));
+        assert!(!g.allows_down(A_MODEL, Load::arrivals(15.0)));
         assert!(
-            !g.allows_down(&model(), Load::arrivals(12.5)),
+            !g.allows_down(A_MODEL, Load::arrivals(12.5)),
             "a small dip is noise"
         );
         assert!(
-            g.allows_down(&model(), Load::arrivals(11.9)),
+            g.allows_down(A_MODEL, Load::arrivals(11.9)),
             "20 % lower is a new load"
         );
         assert!(
-            g.allows_down(&model(), Load::arrivals(15.0)),
+            g.allows_down(A_MODEL, Load::arrivals(15.0)),
             "and the guard is lifted"
         );
     }
@@ -123,22 +120,22 @@ mod tests {
         let mut g = FlapGuard::default();
         let t0 = Instant::now();
         let window = Duration::from_secs(600);
-        g.stepped(&model(), (t0, window), false, Load::arrivals(10.0));
+        g.stepped(A_MODEL, (t0, window), false, Load::arrivals(10.0));
         g.stepped(
-            &model(),
+            A_MODEL,
             (t0 + Duration::from_secs(601), window),
             true,
             Load::arrivals(20.0),
         );
-        assert!(g.allows_down(&model(), Load::arrivals(20.0)));
+        assert!(g.allows_down(A_MODEL, Load::arrivals(20.0)));
         // Two scale-ups in a row are no undo either.
         g.stepped(
-            &model(),
+            A_MODEL,
             (t0 + Duration::from_secs(602), window),
             true,
             Load::arrivals(25.0),
         );
-        assert!(g.allows_down(&model(), Load::arrivals(25.0)));
+        assert!(g.allows_down(A_MODEL, Load::arrivals(25.0)));
     }
 
     #[test]
@@ -147,18 +144,18 @@ mod tests {
         let t0 = Instant::now();
         let window = Duration::from_secs(60);
         let later = |s| (t0 + Duration::from_secs(s), window);
-        g.stepped(&model(), (t0, window), false, Load::arrivals(0.0));
-        g.stepped(&model(), later(5), true, Load::arrivals(0.0));
+        g.stepped(A_MODEL, (t0, window), false, Load::arrivals(0.0));
+        g.stepped(A_MODEL, later(5), true, Load::arrivals(0.0));
         assert!(
-            g.allows_down(&model(), Load::arrivals(0.0)),
+            g.allows_down(A_MODEL, Load::arrivals(0.0)),
             "nothing to compare"
         );
         // Undone while the KV cache filled (long requests, none finishing);
         // requests that now arrive and finish are another kind of load.
         let kv = Load::kv(0.9);
-        g.stepped(&model(), later(10), false, kv);
-        g.stepped(&model(), later(15), true, kv);
-        assert!(!g.allows_down(&model(), kv));
-        assert!(g.allows_down(&model(), Load::arrivals(3.0)));
+        g.stepped(A_MODEL, later(10), false, kv);
+        g.stepped(A_MODEL, later(15), true, kv);
+        assert!(!g.allows_down(A_MODEL, kv));
+        assert!(g.allows_down(A_MODEL, Load::arrivals(3.0)));
     }
 }

@@ -149,7 +149,10 @@ impl Engine {
         let live: Set<&VariantKey> = decisions.iter().map(|d| &d.variant).collect();
         let models: Set<ModelRef<'_>> = decisions
             .iter()
-            .map(|d| (d.variant.namespace.as_str(), d.model_id.as_str()))
+            .map(|d| ModelRef {
+                namespace: &d.variant.namespace,
+                model: &d.model_id,
+            })
             .collect();
         let in_store = |pod: &PodKey| pods.contains_key(pod);
         self.activity.retain(&models, in_store);
@@ -176,12 +179,14 @@ impl Engine {
     ) {
         let config = inputs.config.for_model(model_id, namespace);
         let first_event = events.len();
+        let keys: Vec<VariantKey> = variants.iter().map(|va| va.key()).collect();
         let pods: Vec<(Vec<&PodView<'_>>, ReplicaCounts)> = variants
             .iter()
-            .map(|va| {
+            .zip(&keys)
+            .map(|(va, key)| {
                 let pods = reporting.pods_of(va);
                 let counts = match inputs.replicas {
-                    Some(map) => map.get(&va.key()).copied().unwrap_or_default(),
+                    Some(map) => map.get(key).copied().unwrap_or_default(),
                     None => derived_counts(&pods),
                 };
                 (pods, counts)
@@ -190,26 +195,24 @@ impl Engine {
         let cheapest = variants
             .iter()
             .min_by(|a, b| a.cost.total_cmp(&b.cost).then_with(|| a.name.cmp(&b.name)))
-            .map(|va| va.key());
+            .copied();
+        let model = ModelRef {
+            namespace,
+            model: model_id,
+        };
         let policy = Policy {
             now: inputs.now,
             policies: inputs.scale_to_zero,
         };
         let waiting = reporting.epp_queue(namespace, model_id) > 0.0;
-        let zero = Zero::observe(
-            &mut self.activity,
-            &policy,
-            (namespace, model_id),
-            &pods,
-            waiting,
-            cheapest,
-        );
+        let zero = Zero::observe(&mut self.activity, &policy, model, &pods, waiting, cheapest);
 
         let (states, mut observed): (Vec<VariantState>, Vec<Observed>) = variants
             .iter()
+            .zip(keys)
             .zip(&pods)
-            .map(|(va, (pods, counts))| {
-                self.variant_state(inputs, model_id, va, pods, *counts, &zero)
+            .map(|((va, key), (pods, counts))| {
+                self.variant_state(inputs, model_id, (va, key), pods, *counts, &zero)
             })
             .unzip();
         let analysis = saturation::analyze(&states, &config);
@@ -226,11 +229,10 @@ impl Engine {
                 None => (Capacities::replicas(Need::Hold, states.len()), None),
             },
         };
-        let model = (namespace.to_string(), model_id.to_string());
         let load = Load::of(&states);
-        let rising = self.trend.rising(&model, inputs.now, load);
+        let rising = self.trend.rising(model, inputs.now, load);
         if matches!(capacities.need, Demand::Down(_))
-            && (rising || !self.flaps.allows_down(&model, load))
+            && (rising || !self.flaps.allows_down(model, load))
         {
             capacities.need = Demand::Hold;
         }
@@ -281,9 +283,9 @@ impl Engine {
         };
         let clock = (inputs.now, config.scale_down_window());
         if stepped(Reason::ScaleUpSaturation) || stepped(Reason::ScaleDownWithdrawn) {
-            self.flaps.stepped(&model, clock, true, load);
+            self.flaps.stepped(model, clock, true, load);
         } else if stepped(Reason::ScaleDownSpare) {
-            self.flaps.stepped(&model, clock, false, load);
+            self.flaps.stepped(model, clock, false, load);
         }
     }
 
@@ -301,7 +303,7 @@ impl Engine {
         // replicas for one window.
         let published = self
             .windows
-            .entry(seen.key.clone())
+            .entry_ref(&seen.key)
             .or_insert_with(|| Window::holding(now, current))
             .stabilize(now, window, target.target_replicas, current);
         if published != target.target_replicas {
@@ -315,12 +317,11 @@ impl Engine {
         &mut self,
         inputs: &Inputs<'_>,
         model_id: &str,
-        va: &Variant,
+        (va, key): (&Variant, VariantKey),
         pods: &[&PodView<'_>],
         counts: ReplicaCounts,
         zero: &Zero,
     ) -> (VariantState, Observed) {
-        let key = va.key();
         let (loads, oldest) = fresh_loads(pods, model_id, inputs.now, &mut self.rates);
         // Without replica counts, replicas are the pods that report; when a
         // source fails, or every pod goes silent at once, they are lost, not
@@ -337,7 +338,7 @@ impl Engine {
         // Only an idle model goes to zero; until then its cheapest variant
         // keeps one replica.
         if let Some(busy) = busy_capacity(loads.iter()) {
-            self.request_capacity.insert(key.clone(), busy);
+            self.request_capacity.entry_ref(&key).insert(busy);
         }
         let min_replicas = u32::from(zero.keeps_a_replica(&key)).max(counts.floor);
         let mut state = VariantState {
@@ -360,7 +361,7 @@ impl Engine {
         state.previous_desired = self.convergence.step(&key);
         state.blocked = limit.is_some();
         if !state.loads.is_empty() {
-            self.reported.insert(key.clone());
+            self.reported.get_or_insert_with(&key, VariantKey::clone);
         } else if data == DataState::Idle {
             self.reported.remove(&key);
         }
@@ -413,7 +414,7 @@ impl Engine {
             });
             self.change_reasons.insert(key.clone(), basis.as_str());
         }
-        self.previous.insert(key.clone(), desired);
+        self.previous.entry_ref(&key).insert(desired);
         let change_reason = self.change_reasons.get(&key).copied();
         let source_failure = inputs.failures.get(&key).cloned();
         Decision {

@@ -5,23 +5,23 @@
 use std::time::Instant;
 
 use super::reporting::PodView;
-use crate::activity::ActivityTracker;
+use crate::activity::{ActivityTracker, ModelRef};
 use crate::analysis::model::Reason;
 use crate::analysis::model::VariantTarget;
 use crate::config::scale_to_zero::ScaleToZeroConfigSet;
 use crate::decision::Basis;
 use crate::snapshot::ReplicaCounts;
-use crate::variants::VariantKey;
+use crate::variants::{Variant, VariantKey};
 
 /// What one model's analysis needs to know about zero.
 #[derive(Debug)]
-pub(super) struct Zero {
+pub(super) struct Zero<'v> {
     /// The model had no request for its retention period.
     pub(super) idle: bool,
     /// Requests wait at the gateway while every variant is at zero.
     pub(super) wake: bool,
     /// The variant that keeps the model's last replica, or wakes it.
-    pub(super) cheapest: Option<VariantKey>,
+    pub(super) cheapest: Option<&'v Variant>,
 }
 
 /// The clock and policies the idle check reads.
@@ -31,17 +31,17 @@ pub(super) struct Policy<'a> {
     pub(super) policies: Option<&'a ScaleToZeroConfigSet>,
 }
 
-impl Zero {
+impl<'v> Zero<'v> {
     /// Observes the model's activity and says whether it is idle or must wake.
     /// Requests waiting at the gateway (`waiting`) count as activity.
     pub(super) fn observe(
         activity: &mut ActivityTracker,
         policy: &Policy<'_>,
-        (namespace, model_id): (&str, &str),
+        model: ModelRef<'_>,
         observed: &[(Vec<&PodView<'_>>, ReplicaCounts)],
         waiting: bool,
-        cheapest: Option<VariantKey>,
-    ) -> Zero {
+        cheapest: Option<&'v Variant>,
+    ) -> Self {
         let current: u32 = observed.iter().map(|(_, c)| c.current).sum();
         // Without scale to zero nothing is ever idle, and the (static) flag
         // cannot turn it on later: no activity to track.
@@ -53,12 +53,11 @@ impl Zero {
                     let (sample, at) = pod.sample?;
                     let fresh =
                         sample.up && policy.now.saturating_duration_since(at) <= pod.fresh_within;
-                    let signals = sample.models.iter().find(|m| m.model == model_id)?;
+                    let signals = sample.models.iter().find(|m| m.model == model.model)?;
                     fresh.then_some((pod.key, signals))
                 });
-            let key = (namespace.to_string(), model_id.to_string());
-            let idle_for = activity.observe(policy.now, &key, signals, current, waiting);
-            let config = configs.for_model(model_id, namespace);
+            let idle_for = activity.observe(policy.now, model, signals, current, waiting);
+            let config = configs.for_model(model.model, model.namespace);
             config.enabled && idle_for >= config.retention
         });
         Zero {
@@ -68,9 +67,14 @@ impl Zero {
         }
     }
 
+    fn is_cheapest(&self, key: &VariantKey) -> bool {
+        self.cheapest
+            .is_some_and(|va| va.namespace == key.namespace && va.name == key.name)
+    }
+
     /// Whether `key` is the variant that keeps the model's guaranteed replica.
     pub(super) fn keeps_a_replica(&self, key: &VariantKey) -> bool {
-        !self.idle && self.cheapest.as_ref() == Some(key)
+        !self.idle && self.is_cheapest(key)
     }
 
     /// The desired replicas of a variant with fresh data.
@@ -80,7 +84,7 @@ impl Zero {
         target: &VariantTarget,
         counts: ReplicaCounts,
     ) -> (u32, Basis) {
-        if self.wake && self.cheapest.as_ref() == Some(key) {
+        if self.wake && self.is_cheapest(key) {
             // Requests wait at the gateway and no replica can serve them.
             (
                 target.target_replicas.max(1),

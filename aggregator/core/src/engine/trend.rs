@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::load::{Load, Measure};
-use crate::activity::{ModelKey, ModelRef, is_live};
+use crate::activity::{ModelKey, ModelRef};
 use crate::fast_hash::{Map, Set};
 
 /// How far back the load is compared.
@@ -36,8 +36,8 @@ impl LoadTrend {
     /// Records the model's load at `now` and says whether it is clearly
     /// higher than [`SPAN`] ago (or than the oldest reading, when the model
     /// is younger than that).
-    pub(super) fn rising(&mut self, model: &ModelKey, now: Instant, load: Load) -> bool {
-        let history = self.models.entry(model.clone()).or_insert_with(|| History {
+    pub(super) fn rising(&mut self, model: ModelRef<'_>, now: Instant, load: Load) -> bool {
+        let history = self.models.entry_ref(&model).or_insert_with(|| History {
             measure: load.measure,
             readings: VecDeque::new(),
         });
@@ -59,17 +59,14 @@ impl LoadTrend {
     }
 
     pub(super) fn retain(&mut self, live: &Set<ModelRef<'_>>) {
-        self.models.retain(|k, _| is_live(live, k));
+        self.models.retain(|k, _| live.contains(&k.borrowed()));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn model() -> ModelKey {
-        ("ns".to_string(), "m".to_string())
-    }
+    use crate::activity::A_MODEL;
 
     fn at(t0: Instant, seconds: u64) -> Instant {
         t0 + Duration::from_secs(seconds)
@@ -80,17 +77,17 @@ mod tests {
         let mut trend = LoadTrend::default();
         let t0 = Instant::now();
         assert!(
-            !trend.rising(&model(), t0, Load::arrivals(0.0)),
+            !trend.rising(A_MODEL, t0, Load::arrivals(0.0)),
             "nothing to compare"
         );
         // 0.5 req/s more every second for 30 s: 0.5 req/s could be chance.
         let ramp: Vec<bool> = (1..=30)
-            .map(|s| trend.rising(&model(), at(t0, s), Load::arrivals(0.5 * s as f64)))
+            .map(|s| trend.rising(A_MODEL, at(t0, s), Load::arrivals(0.5 * s as f64)))
             .collect();
         assert!(!ramp[0] && ramp[1..].iter().all(|r| *r), "{ramp:?}");
         // Held at 15 req/s: rising until the start of the plateau is SPAN old.
         let plateau: Vec<bool> = (31..=70)
-            .map(|s| trend.rising(&model(), at(t0, s), Load::arrivals(15.0)))
+            .map(|s| trend.rising(A_MODEL, at(t0, s), Load::arrivals(15.0)))
             .collect();
         let rising_for = plateau.iter().take_while(|r| **r).count();
         assert!(plateau[rising_for..].iter().all(|r| !*r), "{plateau:?}");
@@ -104,19 +101,26 @@ mod tests {
         for s in 0..60 {
             // ±8 % around 10 req/s.
             let load = if s % 2 == 0 { 9.2 } else { 10.8 };
-            assert!(!trend.rising(&model(), at(t0, s), Load::arrivals(load)));
+            assert!(!trend.rising(A_MODEL, at(t0, s), Load::arrivals(load)));
         }
         for s in 60..90 {
             let load = 10.0 - (s - 60) as f64 * 0.3;
-            assert!(!trend.rising(&model(), at(t0, s), Load::arrivals(load)));
+            assert!(!trend.rising(A_MODEL, at(t0, s), Load::arrivals(load)));
         }
         // A trickle: a request more or less in a window doubles the reading.
         let mut trickle = LoadTrend::default();
         for s in 0..60 {
             let load = if s % 3 == 0 { 0.2 } else { 0.8 };
-            assert!(!trickle.rising(&model(), at(t0, s), Load::arrivals(load)));
+            assert!(!trickle.rising(A_MODEL, at(t0, s), Load::arrivals(load)));
             let used = if s % 3 == 0 { 0.05 } else { 0.12 };
-            assert!(!trickle.rising(&("ns".into(), "kv".into()), at(t0, s), Load::kv(used)));
+            assert!(!trickle.rising(
+                ModelRef {
+                    namespace: "ns",
+                    model: "kv"
+                },
+                at(t0, s),
+                Load::kv(used)
+            ));
         }
     }
 
@@ -124,9 +128,9 @@ mod tests {
     fn readings_of_another_measure_start_the_history_over() {
         let mut trend = LoadTrend::default();
         let t0 = Instant::now();
-        assert!(!trend.rising(&model(), t0, Load::kv(0.5)));
+        assert!(!trend.rising(A_MODEL, t0, Load::kv(0.5)));
         // Rates become known: 4 req/s is no rise from half a KV cache.
-        assert!(!trend.rising(&model(), at(t0, 1), Load::arrivals(4.0)));
-        assert!(trend.rising(&model(), at(t0, 2), Load::arrivals(8.0)));
+        assert!(!trend.rising(A_MODEL, at(t0, 1), Load::arrivals(4.0)));
+        assert!(trend.rising(A_MODEL, at(t0, 2), Load::arrivals(8.0)));
     }
 }
