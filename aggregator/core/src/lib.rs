@@ -11,6 +11,7 @@ pub mod config;
 pub mod decision;
 pub mod engine;
 mod fast_hash;
+pub mod hybrid;
 pub mod pod_models;
 pub mod snapshot;
 pub mod sources;

@@ -1,0 +1,1 @@
+//! Performance profiles: placeholder, being written.
