@@ -1,5 +1,6 @@
 //! Configuration: the main ConfigMap's parameters and the per-model
-//! saturation and scale-to-zero ConfigMaps, with their validation.
+//! saturation and scale-to-zero ConfigMaps, and HYBRID mode's service
+//! classes, with their validation.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,7 @@ use serde::Deserialize;
 pub mod params;
 pub mod saturation;
 pub mod scale_to_zero;
+pub mod service_class;
 
 /// The parts of a ConfigMap document a file holds; the rest (metadata,
 /// `binaryData`, `immutable`) is Kubernetes' business.
