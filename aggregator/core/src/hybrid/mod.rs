@@ -6,4 +6,6 @@
 //! the saturation analysis, which always wins on capacity. Pure: no I/O,
 //! no clocks.
 
+pub mod arbitration;
+pub mod plan;
 pub mod profile;
