@@ -9,3 +9,4 @@
 pub mod arbitration;
 pub mod plan;
 pub mod profile;
+pub mod replica;
