@@ -99,6 +99,7 @@ fn analysis(c: &mut Criterion) {
                 convergence_timeout: Duration::from_secs(600),
                 scale_to_zero: None,
                 failures: &failures,
+                hybrid: None,
             })
         })
     });

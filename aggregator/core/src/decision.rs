@@ -9,6 +9,8 @@ use crate::analysis::model::{Reason, ReplicaLoad};
 use crate::analysis::saturation::ModelAnalysis;
 use crate::analysis::tokens::TokenAnalysis;
 use crate::config::saturation::SaturationConfig;
+use crate::config::service_class::ServiceClass;
+use crate::hybrid::profile::{Profile, Quality};
 use crate::variants::VariantKey;
 
 /// Where a safety-net value came from.
@@ -174,8 +176,68 @@ pub struct Decision {
     pub inputs: Vec<ReplicaLoad>,
     /// The model's saturation analysis and the thresholds it used.
     pub saturation: Saturation,
+    /// HYBRID mode's model-based side, in that mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_based: Option<ModelBased>,
     #[serde(serialize_with = "unix_ms")]
     pub decided_at: SystemTime,
+}
+
+/// What HYBRID mode's model-based side found for one variant: the class
+/// its model is served under, the profile and the capacity it planned
+/// with, the replicas it planned, or why it abstains.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelBased {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+    /// The replicas the plan wants; the arbitration may take more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub planned: Option<u32>,
+    /// False when accelerator limits stopped the model's plan short of its
+    /// load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub carried: Option<bool>,
+    /// Requests a second one replica sustains within the class's objectives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_replica: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
+    /// Whether the profile was fitted (else given in the annotation).
+    pub fitted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<Quality>,
+    /// Why the plan abstains for this variant, when it does: the saturation
+    /// analysis then decides alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abstains: Option<String>,
+}
+
+impl ModelBased {
+    pub fn abstaining(why: String) -> Self {
+        ModelBased {
+            class: None,
+            priority: None,
+            planned: None,
+            carried: None,
+            per_replica: None,
+            profile: None,
+            fitted: false,
+            quality: None,
+            abstains: Some(why),
+        }
+    }
+
+    pub fn for_class(class: &ServiceClass) -> Self {
+        ModelBased {
+            class: Some(class.name.clone()),
+            priority: Some(class.priority),
+            abstains: None,
+            ..ModelBased::abstaining(String::new())
+        }
+    }
 }
 
 /// Why a variant's polled source gave no answer.

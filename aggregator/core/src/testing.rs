@@ -64,6 +64,7 @@ pub fn decision(
             })
             .collect(),
         saturation: Saturation::default(),
+        model_based: None,
         decided_at: SystemTime::UNIX_EPOCH,
     }
 }

@@ -132,6 +132,9 @@ pub enum Reason {
     ScaleToZero,
     /// Requests wait in an endpoint picker's queue while the model has no replica.
     ScaleFromZero,
+    /// HYBRID mode's plan wants more than the saturation analysis: its
+    /// model's arrival rate needs it to meet the class's objectives.
+    Optimizer,
 }
 
 impl Reason {
@@ -146,6 +149,7 @@ impl Reason {
             Reason::ScaleDownWithdrawn => "scale_down_withdrawn",
             Reason::ScaleToZero => "scale_to_zero",
             Reason::ScaleFromZero => "scale_from_zero",
+            Reason::Optimizer => "optimizer",
         }
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+pub mod hybrid;
 pub mod params;
 pub mod saturation;
 pub mod scale_to_zero;

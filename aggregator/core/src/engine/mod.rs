@@ -16,6 +16,7 @@
 
 mod convergence;
 mod flapping;
+mod hybrid;
 mod load;
 mod rates;
 mod reporting;
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use self::convergence::Convergence;
 use self::flapping::FlapGuard;
+use self::hybrid::HybridState;
 use self::load::Load;
 use self::rates::RateTracker;
 use self::reporting::{PodView, Reporting, derived_counts, fresh_loads};
@@ -41,10 +43,11 @@ use crate::analysis::model::{Need, Reason, VariantState, VariantTarget, busy_cap
 use crate::analysis::saturation;
 use crate::analysis::steps::{self, Capacities, Demand};
 use crate::analysis::tokens;
+use crate::config::hybrid::HybridConfig;
 use crate::config::saturation::{Analyzer, SaturationConfig, SaturationConfigSet};
 use crate::config::scale_to_zero::ScaleToZeroConfigSet;
 use crate::decision::{
-    Basis, DataState, Decision, LimitReason, Saturation, ScalingEvent, SourceFailure,
+    Basis, DataState, Decision, LimitReason, ModelBased, Saturation, ScalingEvent, SourceFailure,
 };
 use crate::fast_hash::{Map, Set};
 use crate::snapshot::ReplicaCounts;
@@ -71,6 +74,8 @@ pub struct Inputs<'a> {
     pub scale_to_zero: Option<&'a ScaleToZeroConfigSet>,
     /// Why polled sources failed, by variant: shown on the decisions they hold.
     pub failures: &'a HashMap<VariantKey, SourceFailure>,
+    /// HYBRID mode's configuration; `None` in CAPACITY-ONLY mode.
+    pub hybrid: Option<&'a HybridConfig>,
 }
 
 /// Remembers what was published so the next step can detect convergence and
@@ -96,6 +101,26 @@ pub struct Engine {
     /// counts, all of them vanishing at once means lost, not idle.
     reported: Set<VariantKey>,
     activity: ActivityTracker,
+    /// HYBRID mode's profiles and the samples they are learned from.
+    hybrid: HybridState,
+}
+
+/// One model's analysis, up to each variant's target: what HYBRID mode's
+/// plan and the decisions start from. The lists run in the order of
+/// `variants`.
+struct Assessed<'v, 'r, 'p> {
+    model: ModelRef<'v>,
+    variants: Vec<&'v Variant>,
+    /// Each variant's reporting pods and replica counts.
+    pods: Vec<(Vec<&'r PodView<'p>>, ReplicaCounts)>,
+    zero: Zero<'v>,
+    states: Vec<VariantState>,
+    observed: Vec<Observed>,
+    targets: Vec<VariantTarget>,
+    /// HYBRID mode's view of each variant; empty in CAPACITY-ONLY mode.
+    plans: Vec<Option<ModelBased>>,
+    saturation: Saturation,
+    load: Load,
 }
 
 /// What one variant brings to its model's analysis, beside its state.
@@ -128,16 +153,17 @@ impl Engine {
                 .push(va);
         }
         let reporting = Reporting::read(inputs.variants, inputs.pods, inputs.now, inputs.staleness);
+        let mut assessed: Vec<Assessed<'_, '_, '_>> = by_model
+            .into_iter()
+            .map(|(model, variants)| self.assess(inputs, &reporting, model, variants))
+            .collect();
+        if let Some(config) = inputs.hybrid {
+            self.hybrid.plan(config, inputs.now, &mut assessed);
+        }
         let mut decisions = Vec::with_capacity(inputs.variants.len());
         let mut events = Vec::new();
-        for (model, variants) in by_model {
-            self.evaluate_model(
-                inputs,
-                &reporting,
-                model,
-                &variants,
-                (&mut decisions, &mut events),
-            );
+        for model in assessed {
+            self.decide(inputs, model, (&mut decisions, &mut events));
         }
         self.forget_gone(inputs.pods, &decisions);
         decisions.sort_by(|a, b| a.variant.cmp(&b.variant));
@@ -159,6 +185,7 @@ impl Engine {
         self.flaps.retain(&models);
         self.trend.retain(&models);
         self.rates.retain(in_store);
+        self.hybrid.retain(in_store, &models);
         self.previous.retain(|k, _| live.contains(k));
         self.convergence.retain(&live);
         self.windows.retain(|k, _| live.contains(k));
@@ -168,19 +195,18 @@ impl Engine {
         self.request_capacity.retain(|k, _| live.contains(k));
     }
 
-    /// Decides the variants of one model together.
-    fn evaluate_model(
+    /// Analyses the variants of one model together, up to each variant's
+    /// target.
+    fn assess<'v, 'r, 'p>(
         &mut self,
-        inputs: &Inputs<'_>,
-        reporting: &Reporting<'_, '_>,
-        (namespace, model_id): (&str, &str),
-        variants: &[&Variant],
-        (decisions, events): (&mut Vec<Decision>, &mut Vec<ScalingEvent>),
-    ) {
+        inputs: &Inputs<'v>,
+        reporting: &'r Reporting<'v, 'p>,
+        (namespace, model_id): (&'v str, &'v str),
+        variants: Vec<&'v Variant>,
+    ) -> Assessed<'v, 'r, 'p> {
         let config = inputs.config.for_model(model_id, namespace);
-        let first_event = events.len();
         let keys: Vec<VariantKey> = variants.iter().map(|va| va.key()).collect();
-        let pods: Vec<(Vec<&PodView<'_>>, ReplicaCounts)> = variants
+        let pods: Vec<(Vec<&'r PodView<'p>>, ReplicaCounts)> = variants
             .iter()
             .zip(&keys)
             .map(|(va, key)| {
@@ -207,7 +233,7 @@ impl Engine {
         let waiting = reporting.epp_queue(namespace, model_id) > 0.0;
         let zero = Zero::observe(&mut self.activity, &policy, model, &pods, waiting, cheapest);
 
-        let (states, mut observed): (Vec<VariantState>, Vec<Observed>) = variants
+        let (states, observed): (Vec<VariantState>, Vec<Observed>) = variants
             .iter()
             .zip(keys)
             .zip(&pods)
@@ -243,17 +269,52 @@ impl Engine {
         }
         let replicas: u32 = states.iter().map(|s| s.current_replicas).sum();
         let targets = steps::allocate(&states, &capacities, config.max_scale_up(replicas));
-        let saturation = Saturation {
-            analysis,
-            tokens: token_analysis,
-            config,
-        };
+        Assessed {
+            model,
+            variants,
+            pods,
+            zero,
+            states,
+            observed,
+            targets,
+            plans: Vec::new(),
+            saturation: Saturation {
+                analysis,
+                tokens: token_analysis,
+                config,
+            },
+            load,
+        }
+    }
 
-        for (((va, state), mut target), seen) in variants
+    /// Decides the variants of one assessed model.
+    fn decide(
+        &mut self,
+        inputs: &Inputs<'_>,
+        assessed: Assessed<'_, '_, '_>,
+        (decisions, events): (&mut Vec<Decision>, &mut Vec<ScalingEvent>),
+    ) {
+        let Assessed {
+            model,
+            variants,
+            zero,
+            states,
+            observed,
+            targets,
+            mut plans,
+            saturation,
+            load,
+            ..
+        } = assessed;
+        let config = saturation.config;
+        let first_event = events.len();
+        plans.resize(variants.len(), None);
+        for ((((va, state), mut target), seen), plan) in variants
             .iter()
             .zip(states)
             .zip(targets)
-            .zip(observed.drain(..))
+            .zip(observed)
+            .zip(plans)
         {
             let (desired, basis) = if seen.data == DataState::Missing {
                 let previous = self.previous.get(&seen.key).copied();
@@ -273,6 +334,7 @@ impl Engine {
                 limit,
                 state,
                 saturation: &saturation,
+                plan,
             };
             decisions.push(self.record(inputs, va, seen, outcome, events));
         }
@@ -401,6 +463,7 @@ impl Engine {
             limit,
             state,
             saturation,
+            plan,
         } = outcome;
         let from = self.previous.get(&key).copied().unwrap_or(counts.current);
         if desired != from {
@@ -433,6 +496,7 @@ impl Engine {
             data_age: age,
             inputs: state.loads,
             saturation: saturation.clone(),
+            model_based: plan,
             decided_at: inputs.wall,
         }
     }
@@ -445,4 +509,5 @@ struct Outcome<'a> {
     limit: Option<LimitReason>,
     state: VariantState,
     saturation: &'a Saturation,
+    plan: Option<ModelBased>,
 }

@@ -13,7 +13,7 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wva_proto::v1::{Counters, ModelSignals};
 
 /// Half-life of the fits, in points, when the operator gives none: about
@@ -23,7 +23,7 @@ use wva_proto::v1::{Counters, ModelSignals};
 pub const DEFAULT_HALF_LIFE_POINTS: f64 = 1000.0;
 
 /// `intercept + slope·x`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Linear {
     pub intercept: f64,
     pub slope: f64,
@@ -211,7 +211,8 @@ fn per_rank(s: &ModelSignals) -> f64 {
 
 /// A (model, accelerator)'s latency: ITL in ms against the batch per engine
 /// rank, prefill in ms against prompt tokens.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Profile {
     pub itl: Linear,
     pub prefill: Linear,

@@ -7,6 +7,8 @@ use crate::analysis::model::Reason;
 use crate::decision::{FailedSource, Fallback, LimitReason};
 use crate::variants::ScaleTarget;
 
+mod hybrid;
+
 const MODEL: &str = "meta/llama";
 const STALENESS: Duration = Duration::from_secs(5);
 const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -61,6 +63,7 @@ struct World {
     replicas: Option<HashMap<VariantKey, ReplicaCounts>>,
     config: SaturationConfigSet,
     scale_to_zero: Option<ScaleToZeroConfigSet>,
+    hybrid: Option<HybridConfig>,
 }
 
 impl World {
@@ -71,6 +74,7 @@ impl World {
             replicas: None,
             config: without_window(),
             scale_to_zero: None,
+            hybrid: None,
         }
     }
 
@@ -168,6 +172,7 @@ impl World {
             convergence_timeout: CONVERGENCE_TIMEOUT,
             scale_to_zero: self.scale_to_zero.as_ref(),
             failures,
+            hybrid: self.hybrid.as_ref(),
         })
     }
 
