@@ -220,6 +220,7 @@ mod tests {
             data_age: None,
             inputs: Vec::new(),
             saturation: Default::default(),
+            model_based: None,
             decided_at: SystemTime::UNIX_EPOCH,
         }
     }

@@ -117,6 +117,7 @@ impl AnalysisLoop {
                 convergence_timeout: tuning.convergence_timeout,
                 scale_to_zero: self.scale_to_zero.then_some(&*scale_to_zero),
                 failures: &failures,
+                hybrid: None,
             })
         });
         for e in &events {
