@@ -54,6 +54,7 @@ pub struct LinearFit {
 
 /// What a [`LinearFit`] says about its data.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Estimate {
     pub line: Linear,
     /// Share of the variance of y the line explains; 1 when y never varied.
@@ -259,6 +260,7 @@ impl Default for FitRules {
 
 /// The two fits as they stand, for the decision's status.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Quality {
     /// Batch → ITL (ms); weight in tokens.
     pub decode: Option<Estimate>,

@@ -111,6 +111,18 @@ fn the_plan_scales_up_before_the_cache_fills() {
     assert_eq!(plan.class.as_deref(), Some("Premium"));
     assert!(!plan.fitted, "the profile was given");
     assert_eq!(plan.abstains, None);
+    // As /v1/decisions shows it.
+    let json = serde_json::to_value(&d).unwrap();
+    assert_eq!(json["basis"], "optimizer");
+    let shown = &json["modelBased"];
+    assert_eq!(shown["class"], "Premium");
+    assert_eq!(shown["planned"], needed);
+    assert_eq!(shown["profile"]["itl"]["slope"], 0.2);
+    assert_eq!(shown["profile"]["maxBatch"], 64);
+    assert!(
+        shown["perReplica"].as_f64().is_some_and(|r| r > 0.0),
+        "{shown}"
+    );
 }
 
 #[test]
