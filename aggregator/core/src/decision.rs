@@ -213,6 +213,10 @@ pub struct ModelBased {
     /// analysis then decides alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub abstains: Option<String>,
+    /// It abstains because a lone request already misses an objective: no
+    /// number of replicas would meet it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unattainable: bool,
 }
 
 impl ModelBased {
@@ -227,6 +231,7 @@ impl ModelBased {
             fitted: false,
             quality: None,
             abstains: Some(why),
+            unattainable: false,
         }
     }
 

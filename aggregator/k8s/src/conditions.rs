@@ -11,6 +11,9 @@ pub const OPTIMIZATION_READY: &str = "OptimizationReady";
 /// True while the variant cannot take what its model needs (its reason is a
 /// `LimitReason`), as the HPA's condition of that name.
 pub const SCALING_LIMITED: &str = "ScalingLimited";
+/// HYBRID mode only: whether the model-based side planned the variant, or
+/// why it abstains.
+pub const MODEL_BASED_PLAN: &str = "ModelBasedPlan";
 
 /// Stable reasons, as WVA names them where it has a name.
 pub mod reason {
@@ -29,6 +32,10 @@ pub mod reason {
     pub const INVALID_CONFIGURATION: &str = "InvalidConfiguration";
     pub const AWAITING_ANALYSIS: &str = "AwaitingAnalysis";
     pub const NOT_LIMITED: &str = "NotLimited";
+    pub const PLANNED: &str = "Planned";
+    pub const PLAN_ABSTAINS: &str = "PlanAbstains";
+    /// A lone request already misses an objective of the model's class.
+    pub const OBJECTIVES_UNATTAINABLE: &str = "ObjectivesUnattainable";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

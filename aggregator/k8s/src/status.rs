@@ -3,13 +3,13 @@
 //! the clock, and writes only when the result differs from what is stored.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use wva_core::decision::{Basis, DataState, Decision, FailedSource, Fallback};
+use wva_core::decision::{Basis, DataState, Decision, FailedSource, Fallback, ModelBased};
 use wva_core::snapshot::ReplicaCounts;
 use wva_core::variants::FieldError;
 
 use super::conditions::{
-    self, METRICS_AVAILABLE, OPTIMIZATION_READY, READY, SCALING_LIMITED, Status, TARGET_RESOLVED,
-    Wanted, reason,
+    self, METRICS_AVAILABLE, MODEL_BASED_PLAN, OPTIMIZATION_READY, READY, SCALING_LIMITED, Status,
+    TARGET_RESOLVED, Wanted, reason,
 };
 use super::crd::{Actuation, CurrentAlloc, OptimizedAlloc, VariantAutoscalingStatus};
 
@@ -68,6 +68,14 @@ pub fn next(
         }
     };
     status.conditions = conditions::merge(&previous.conditions, &wanted, generation, now);
+    if let Situation::Running {
+        decision: Some(d), ..
+    } = situation
+        && d.model_based.is_none()
+    {
+        // CAPACITY-ONLY mode: a plan's condition from before is stale.
+        status.conditions.retain(|c| c.type_ != MODEL_BASED_PLAN);
+    }
     status
 }
 
@@ -173,6 +181,7 @@ fn running(
             wanted.push(metrics(d));
             wanted.push(optimization(d));
             wanted.push(limited(d));
+            wanted.extend(d.model_based.as_ref().map(model_based));
         }
         None => {
             // Until the first analysis, keep what a previous leader wrote
@@ -295,6 +304,39 @@ fn optimization(d: &Decision) -> Wanted {
     }
 }
 
+fn model_based(plan: &ModelBased) -> Wanted {
+    let class = plan.class.as_deref().unwrap_or("none");
+    match (&plan.abstains, plan.planned) {
+        (None, Some(planned)) => Wanted::new(
+            MODEL_BASED_PLAN,
+            Status::True,
+            reason::PLANNED,
+            format!(
+                "class {class:?}: planned {planned} replicas at {:.2} requests/s each{}",
+                plan.per_replica.unwrap_or(0.0),
+                if plan.carried == Some(false) {
+                    "; accelerator limits stop the model short of its load"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        (why, _) => Wanted::new(
+            MODEL_BASED_PLAN,
+            Status::False,
+            if plan.unattainable {
+                reason::OBJECTIVES_UNATTAINABLE
+            } else {
+                reason::PLAN_ABSTAINS
+            },
+            format!(
+                "the saturation analysis decides alone: {}",
+                why.as_deref().unwrap_or("no plan")
+            ),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -400,6 +442,40 @@ mod tests {
         );
         let ready = conditions::find(&other.conditions, READY).unwrap();
         assert_eq!(ready.message, "Target deployment 'llama-70b' not found");
+    }
+
+    #[test]
+    fn hybrid_mode_says_what_the_plan_did_and_capacity_only_mode_drops_it() {
+        let mut planned = decision(4, Basis::Analysis(Reason::Optimizer), DataState::Fresh, 2);
+        planned.model_based = Some(ModelBased {
+            planned: Some(4),
+            per_replica: Some(3.21),
+            carried: Some(true),
+            abstains: None,
+            ..ModelBased::abstaining(String::new())
+        });
+        let s = next(None, running(Some(&planned)), Some(1), &at(10));
+        assert_eq!(condition(&s, MODEL_BASED_PLAN), ("True", reason::PLANNED));
+        let mut unmet = decision(2, Basis::Analysis(Reason::Steady), DataState::Fresh, 2);
+        unmet.model_based = Some(ModelBased {
+            unattainable: true,
+            ..ModelBased::abstaining("objectives of class \"Premium\" unattainable".into())
+        });
+        let s = next(Some(&s), running(Some(&unmet)), Some(1), &at(20));
+        assert_eq!(
+            condition(&s, MODEL_BASED_PLAN),
+            ("False", reason::OBJECTIVES_UNATTAINABLE)
+        );
+        let message = &conditions::find(&s.conditions, MODEL_BASED_PLAN)
+            .unwrap()
+            .message;
+        assert_eq!(
+            message,
+            "the saturation analysis decides alone: objectives of class \"Premium\" unattainable"
+        );
+        let capacity_only = decision(2, Basis::Analysis(Reason::Steady), DataState::Fresh, 2);
+        let s = next(Some(&s), running(Some(&capacity_only)), Some(1), &at(30));
+        assert!(conditions::find(&s.conditions, MODEL_BASED_PLAN).is_none());
     }
 
     #[test]

@@ -73,9 +73,9 @@ impl HybridState {
             model.plans = vec![None; model.variants.len()];
             match self.claim(config, model) {
                 Ok(claim) => claims.push((index, claim)),
-                Err(why) => {
+                Err(abstains) => {
                     for plan in &mut model.plans {
-                        *plan = Some(ModelBased::abstaining(why.clone()));
+                        *plan = Some(abstains.clone());
                     }
                 }
             }
@@ -146,13 +146,15 @@ impl HybridState {
 
     /// The model's claim on the cluster and each variant's view, or why the
     /// plan abstains for the whole model.
-    fn claim(&mut self, config: &HybridConfig, model: &Assessed) -> Result<Planned, String> {
-        let class = class_of(config, model)?;
-        let mix = token_mix(model).ok_or("no request of the model has finished yet")?;
+    fn claim(&mut self, config: &HybridConfig, model: &Assessed) -> Result<Planned, ModelBased> {
+        let abstaining = |why: String| ModelBased::abstaining(why);
+        let class = class_of(config, model).map_err(abstaining)?;
+        let mix = token_mix(model)
+            .ok_or_else(|| abstaining("no request of the model has finished yet".into()))?;
         let loads = model.states.iter().flat_map(|s| &s.loads);
         let measured = loads.clone().any(|l| l.rates.is_some());
         if !measured {
-            return Err("its arrival rate is not measured yet".into());
+            return Err(abstaining("its arrival rate is not measured yet".into()));
         }
         let arrivals = arrivals_and_backlog(loads).0;
         let mut offers = Vec::new();
@@ -187,6 +189,7 @@ impl HybridState {
                                         class.name
                                     );
                                     view.abstains = Some(why);
+                                    view.unattainable = true;
                                     0.0
                                 }
                             }
@@ -206,9 +209,9 @@ impl HybridState {
         if offers.iter().all(|o| o.per_replica <= 0.0) {
             // Every variant abstains: the first one's reason is the model's.
             return Err(views
-                .iter()
-                .find_map(|v| v.abstains.clone())
-                .unwrap_or_else(|| "no variant can carry any load".to_string()));
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| abstaining("the model has no variant".to_string())));
         }
         Ok(Planned {
             claim: Claim {

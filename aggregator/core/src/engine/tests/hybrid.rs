@@ -163,6 +163,7 @@ fn the_plan_abstains_with_a_reason_and_the_saturation_analysis_decides() {
         let d = after_a_measured_rate(&mut w, &variant, 10.0, 0.1);
         let plan = d.model_based.as_ref().expect("HYBRID mode");
         assert_eq!(plan.abstains.as_deref(), Some(why));
+        assert_eq!(plan.unattainable, why.contains("unattainable"));
         assert_eq!(plan.planned, None);
         assert_eq!(
             (d.desired_replicas, d.basis),
