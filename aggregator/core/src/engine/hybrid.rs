@@ -75,7 +75,7 @@ impl HybridState {
                 Ok(claim) => claims.push((index, claim)),
                 Err(abstains) => {
                     for plan in &mut model.plans {
-                        *plan = Some(abstains.clone());
+                        *plan = Some((*abstains).clone());
                     }
                 }
             }
@@ -146,8 +146,12 @@ impl HybridState {
 
     /// The model's claim on the cluster and each variant's view, or why the
     /// plan abstains for the whole model.
-    fn claim(&mut self, config: &HybridConfig, model: &Assessed) -> Result<Planned, ModelBased> {
-        let abstaining = |why: String| ModelBased::abstaining(why);
+    fn claim(
+        &mut self,
+        config: &HybridConfig,
+        model: &Assessed,
+    ) -> Result<Planned, Box<ModelBased>> {
+        let abstaining = |why: String| Box::new(ModelBased::abstaining(why));
         let class = class_of(config, model).map_err(abstaining)?;
         let mix = token_mix(model)
             .ok_or_else(|| abstaining("no request of the model has finished yet".into()))?;
@@ -208,10 +212,10 @@ impl HybridState {
         }
         if offers.iter().all(|o| o.per_replica <= 0.0) {
             // Every variant abstains: the first one's reason is the model's.
-            return Err(views
-                .into_iter()
-                .next()
-                .unwrap_or_else(|| abstaining("the model has no variant".to_string())));
+            return Err(views.into_iter().next().map_or_else(
+                || abstaining("the model has no variant".to_string()),
+                Box::new,
+            ));
         }
         Ok(Planned {
             claim: Claim {
