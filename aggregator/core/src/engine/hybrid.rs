@@ -10,7 +10,6 @@ use serde::Deserialize;
 use wva_proto::v1::ModelSignals;
 
 use super::Assessed;
-use super::reporting::PodView;
 use crate::activity::ModelRef;
 use crate::analysis::model::{Reason, arrivals_and_backlog};
 use crate::config::hybrid::HybridConfig;
@@ -69,9 +68,10 @@ impl HybridState {
     pub(super) fn plan(&mut self, config: &HybridConfig, now: Instant, models: &mut [Assessed]) {
         let mut claims = Vec::new();
         for (index, model) in models.iter_mut().enumerate() {
-            self.learn(model, now);
+            let fresh = fresh_of(model, now);
+            self.learn(model, &fresh);
             model.plans = vec![None; model.variants.len()];
-            match self.claim(config, model) {
+            match self.claim(config, model, &fresh) {
                 Ok(claim) => claims.push((index, claim)),
                 Err(abstains) => {
                     for plan in &mut model.plans {
@@ -89,8 +89,7 @@ impl HybridState {
         );
         for ((index, claim), mix) in claims.into_iter().zip(mixes) {
             let model = &mut models[index];
-            for (i, view) in claim.views.into_iter().enumerate() {
-                let mut view = view;
+            for (i, mut view) in claim.views.into_iter().enumerate() {
                 if view.per_replica.is_some() {
                     let planned = mix.replicas[i];
                     let target = &mut model.targets[i];
@@ -109,16 +108,12 @@ impl HybridState {
 
     /// Feeds each fresh pod's interval since its previous sample to its
     /// variant's fit.
-    fn learn(&mut self, model: &Assessed, now: Instant) {
-        for (va, (pods, _)) in model.variants.iter().zip(&model.pods) {
+    fn learn(&mut self, model: &Assessed, fresh: &[Vec<Fresh<'_>>]) {
+        for (va, pods) in model.variants.iter().zip(fresh) {
             let key = (model.model.model.to_string(), va.accelerator.clone());
-            for pod in pods {
-                let Some(signals) = fresh_signals(pod, model.model.model, now) else {
-                    continue;
-                };
-                let Some((_, at)) = pod.sample else { continue };
+            for &Fresh { pod, signals, at } in pods {
                 let interval = self.previous.update(
-                    pod.key,
+                    pod,
                     model.model.model,
                     || (at, snapshot(signals)),
                     |(seen_at, previous), new| {
@@ -150,10 +145,11 @@ impl HybridState {
         &mut self,
         config: &HybridConfig,
         model: &Assessed,
+        fresh: &[Vec<Fresh<'_>>],
     ) -> Result<Planned, Box<ModelBased>> {
         let abstaining = |why: String| Box::new(ModelBased::abstaining(why));
         let class = class_of(config, model).map_err(abstaining)?;
-        let mix = token_mix(model)
+        let mix = token_mix(fresh)
             .ok_or_else(|| abstaining("no request of the model has finished yet".into()))?;
         let loads = model.states.iter().flat_map(|s| &s.loads);
         let measured = loads.clone().any(|l| l.rates.is_some());
@@ -163,7 +159,7 @@ impl HybridState {
         let arrivals = arrivals_and_backlog(loads).0;
         let mut offers = Vec::new();
         let mut views = Vec::new();
-        for ((va, (pods, _)), state) in model.variants.iter().zip(&model.pods).zip(&model.states) {
+        for ((va, pods), state) in model.variants.iter().zip(fresh).zip(&model.states) {
             let mut view = ModelBased::for_class(class);
             let per_replica = match self.known(config, model.model.model, va) {
                 Err(why) => {
@@ -304,22 +300,17 @@ fn class_of<'c>(config: &'c HybridConfig, model: &Assessed) -> Result<&'c Servic
 
 /// The model's mean prompt and output tokens per request, over the
 /// requests its fresh pods finished since they started.
-fn token_mix(model: &Assessed) -> Option<TokenMix> {
+fn token_mix(fresh: &[Vec<Fresh<'_>>]) -> Option<TokenMix> {
     let (mut prompt, mut prompts, mut output, mut outputs) = (0.0, 0.0, 0.0, 0.0);
-    for (pods, _) in &model.pods {
-        for pod in pods {
-            let Some(c) = pod
-                .sample
-                .and_then(|(s, _)| s.models.iter().find(|m| m.model == model.model.model))
-                .and_then(|m| m.counters.as_ref())
-            else {
-                continue;
-            };
-            prompt += c.request_prompt_tokens_sum;
-            prompts += c.request_prompt_tokens_count;
-            output += c.request_generation_tokens_sum;
-            outputs += c.request_generation_tokens_count;
-        }
+    let counters = fresh
+        .iter()
+        .flatten()
+        .filter_map(|f| f.signals.counters.as_ref());
+    for c in counters {
+        prompt += c.request_prompt_tokens_sum;
+        prompts += c.request_prompt_tokens_count;
+        output += c.request_generation_tokens_sum;
+        outputs += c.request_generation_tokens_count;
     }
     (prompts > 0.0 && outputs > 0.0 && output > 0.0).then(|| TokenMix {
         prompt: prompt / prompts,
@@ -328,11 +319,9 @@ fn token_mix(model: &Assessed) -> Option<TokenMix> {
 }
 
 /// The data-parallel engines of the variant's pods (the most any reports).
-fn engines(pods: &[&PodView<'_>]) -> u32 {
+fn engines(pods: &[Fresh<'_>]) -> u32 {
     pods.iter()
-        .filter_map(|p| p.sample)
-        .flat_map(|(s, _)| &s.models)
-        .map(|m| m.engines)
+        .map(|f| f.signals.engines)
         .max()
         .unwrap_or(1)
         .max(1)
@@ -340,26 +329,45 @@ fn engines(pods: &[&PodView<'_>]) -> u32 {
 
 /// The largest batch one engine holds: the profile's, else what its KV
 /// cache fits of the token mix.
-fn batch(profile: &Profile, pods: &[&PodView<'_>], mix: TokenMix, engines: u32) -> Option<u32> {
+fn batch(profile: &Profile, pods: &[Fresh<'_>], mix: TokenMix, engines: u32) -> Option<u32> {
     if let Some(max) = profile.max_batch {
         return Some(max);
     }
     let tokens = pods
         .iter()
-        .filter_map(|p| p.sample)
-        .flat_map(|(s, _)| &s.models)
-        .map(|m| m.num_gpu_blocks as f64 * f64::from(m.block_size))
+        .map(|f| f.signals.num_gpu_blocks as f64 * f64::from(f.signals.block_size))
         .filter(|t| *t > 0.0)
         .reduce(f64::min)?;
     let per_engine = tokens / f64::from(engines);
     Some(((per_engine / (mix.prompt + mix.output)).floor() as u32).max(1))
 }
 
-/// The pod's signals for `model` when its sample is fresh and up.
-fn fresh_signals<'a>(pod: &PodView<'a>, model: &str, now: Instant) -> Option<&'a ModelSignals> {
-    let (sample, at) = pod.sample?;
-    let fresh = sample.up && now.saturating_duration_since(at) <= pod.fresh_within;
-    fresh.then(|| sample.models.iter().find(|m| m.model == model))?
+/// A fresh sample of the model from one pod.
+#[derive(Clone, Copy)]
+struct Fresh<'a> {
+    pod: &'a PodKey,
+    signals: &'a ModelSignals,
+    at: Instant,
+}
+
+/// Each variant's fresh samples of the model, in the order of its variants.
+fn fresh_of<'a>(model: &Assessed<'_, 'a, '_>, now: Instant) -> Vec<Vec<Fresh<'a>>> {
+    model
+        .pods
+        .iter()
+        .map(|(pods, _)| {
+            pods.iter()
+                .filter_map(|pod| {
+                    let (signals, at) = pod.fresh_signals(model.model.model, now)?;
+                    Some(Fresh {
+                        pod: pod.key,
+                        signals,
+                        at,
+                    })
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// What the next interval is measured from: the counters and gauges, not

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use wva_proto::v1::{Role, Sample};
+use wva_proto::v1::{ModelSignals, Role, Sample};
 
 use super::rates::{RateTracker, Reading};
 use crate::analysis::model::ReplicaLoad;
@@ -19,6 +19,23 @@ pub(super) struct PodView<'a> {
     pub(super) sample: Option<(&'a Sample, Instant)>,
     /// How old its sample may be ([`PodEntry::staleness`]).
     pub(super) fresh_within: Duration,
+}
+
+impl<'a> PodView<'a> {
+    /// The pod's signals for `model` and when they arrived, if its sample
+    /// is up and fresh at `now`.
+    pub(super) fn fresh_signals(
+        &self,
+        model: &str,
+        now: Instant,
+    ) -> Option<(&'a ModelSignals, Instant)> {
+        let (sample, at) = self.sample?;
+        if !sample.up || now.saturating_duration_since(at) > self.fresh_within {
+            return None;
+        }
+        let signals = sample.models.iter().find(|m| m.model == model)?;
+        Some((signals, at))
+    }
 }
 
 /// The pods grouped by the variant they report for.
@@ -120,13 +137,7 @@ pub(super) fn fresh_loads(
     let mut loads = Vec::with_capacity(pods.len());
     let mut oldest: Option<Instant> = None;
     for pod in pods {
-        let Some((sample, at)) = pod.sample else {
-            continue;
-        };
-        if !sample.up || now.saturating_duration_since(at) > pod.fresh_within {
-            continue;
-        }
-        let Some(signals) = sample.models.iter().find(|m| m.model == model_id) else {
+        let Some((signals, at)) = pod.fresh_signals(model_id, now) else {
             continue;
         };
         let reading = signals.counters.as_ref().map(|c| Reading {

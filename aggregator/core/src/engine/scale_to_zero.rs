@@ -50,11 +50,8 @@ impl<'v> Zero<'v> {
                 .iter()
                 .flat_map(|(pods, _)| pods)
                 .filter_map(|pod| {
-                    let (sample, at) = pod.sample?;
-                    let fresh =
-                        sample.up && policy.now.saturating_duration_since(at) <= pod.fresh_within;
-                    let signals = sample.models.iter().find(|m| m.model == model.model)?;
-                    fresh.then_some((pod.key, signals))
+                    let (signals, _) = pod.fresh_signals(model.model, policy.now)?;
+                    Some((pod.key, signals))
                 });
             let idle_for = activity.observe(policy.now, model, signals, current, waiting);
             let config = configs.for_model(model.model, model.namespace);
