@@ -235,7 +235,8 @@ pub struct FitRules {
     /// fifty of them rather than a handful.
     pub prefill_min_requests: f64,
     /// Standard deviation of the prompt as a share of its mean: prompts all
-    /// of one size cannot tell the per-token cost from the overhead.
+    /// of one size cannot tell the per-token cost from the overhead, so
+    /// below it the prefill is their mean TTFT, flat.
     pub prefill_min_prompt_spread: f64,
     /// A line explaining this share of the variance is trusted...
     pub min_r_squared: f64,
@@ -386,7 +387,17 @@ fn judge(side: Side, estimate: Option<Estimate>, rules: &FitRules) -> Result<Lin
     }
     // Whatever the rules say, a slope needs x to have varied at all.
     if e.x_spread < min_spread || e.x_spread <= 0.0 {
-        return Err(fail(Reason::NarrowSpread));
+        return match side {
+            // The plan needs the ITL at batches not seen yet: a slope.
+            Side::Decode => Err(fail(Reason::NarrowSpread)),
+            // It needs the prefill only at the mix's mean prompt, which is
+            // where prompts of one size put their mean TTFT. Once prompts
+            // vary, a slope is fitted.
+            Side::Prefill => Ok(Linear {
+                intercept: e.line.at(e.x_mean),
+                slope: 0.0,
+            }),
+        };
     }
     let mean_y = e.line.at(e.x_mean);
     if e.r_squared < rules.min_r_squared && e.residual > rules.max_relative_residual * mean_y {
@@ -648,7 +659,7 @@ mod tests {
     }
 
     #[test]
-    fn abstains_when_the_batch_or_the_prompt_barely_varies() {
+    fn abstains_when_the_batch_barely_varies_and_flattens_a_prefill_whose_prompt_does_not() {
         let mut noise = Noise(7);
         let mut fit = with_good_prefill(&mut noise);
         for _ in 0..200 {
@@ -676,12 +687,15 @@ mod tests {
             let prompt = noise.between(950.0, 1050.0);
             fit.observe(&prefill(prompt, PREFILL.at(prompt), 2.0));
         }
-        assert_eq!(
-            why(fit.profile(&FitRules::default())),
-            Some(Why {
-                side: Side::Prefill,
-                reason: Reason::NarrowSpread
-            })
+        let Fitted::Ready { profile, .. } = fit.profile(&FitRules::default()) else {
+            panic!("prompts of one size still give their prefill");
+        };
+        // The mean TTFT of those prompts, flat.
+        assert_eq!(profile.prefill.slope, 0.0);
+        let mean = PREFILL.at(1000.0);
+        assert!(
+            (profile.prefill.intercept - mean).abs() < 0.01 * mean,
+            "{profile:?}"
         );
     }
 
