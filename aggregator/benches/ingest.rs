@@ -61,6 +61,7 @@ fn main() -> anyhow::Result<()> {
                     legacy_metrics: true,
                     controller_instance: None,
                     scale_to_zero: false,
+                    hybrid: false,
                     admission: Arc::new(SharedToken(None)),
                     polled: Vec::new(),
                     default_source: wva_core::sources::SourceKind::Agent,
@@ -74,6 +75,7 @@ fn main() -> anyhow::Result<()> {
                 Upstream::alone(
                     variants,
                     saturation,
+                    watch::channel(Arc::default()).1,
                     watch::channel(Arc::default()).1,
                     None,
                     Tuning {

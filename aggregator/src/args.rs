@@ -82,6 +82,15 @@ pub struct Args {
     )]
     pub scale_to_zero_config_map_name: String,
 
+    /// HYBRID mode's serviceclass ConfigMap, in POD_NAMESPACE (Kubernetes
+    /// mode; --service-class-config takes precedence).
+    #[arg(
+        long,
+        env = "SERVICE_CLASS_CONFIG_MAP_NAME",
+        default_value = "serviceclass"
+    )]
+    pub service_class_config_map_name: String,
+
     #[command(flatten)]
     pub election: ElectionArgs,
 
@@ -101,6 +110,11 @@ pub struct Args {
     /// Applies only with --scale-to-zero.
     #[arg(long, env = "WVA_SCALE_TO_ZERO_CONFIG")]
     pub scale_to_zero_config: Option<PathBuf>,
+
+    /// HYBRID mode's serviceclass ConfigMap (YAML manifest); reloaded when
+    /// it changes. Applies only with --experimental-proactive-model true.
+    #[arg(long, env = "WVA_SERVICE_CLASS_CONFIG")]
+    pub service_class_config: Option<PathBuf>,
 
     /// Fewest time between two analyses; arriving data triggers them.
     #[arg(long, env = "WVA_MIN_ANALYSIS_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
@@ -206,6 +220,18 @@ pub struct Args {
     /// every model keeps one.
     #[arg(long, env = "WVA_SCALE_TO_ZERO", default_value_t = false, action = clap::ArgAction::Set)]
     pub scale_to_zero: bool,
+
+    /// The operating mode: true is HYBRID mode, the model-based optimizer
+    /// (service classes, learned performance profiles) beside the saturation
+    /// analysis; false is CAPACITY-ONLY mode, the saturation analysis alone.
+    #[arg(
+        long,
+        env = "EXPERIMENTAL_PROACTIVE_MODEL",
+        default_value = "false",
+        value_parser = proactive_model,
+        action = clap::ArgAction::Set
+    )]
+    pub experimental_proactive_model: bool,
 
     /// Kubernetes mode: verify each agent's projected service-account token
     /// with a TokenReview and take its variant from the pod's owning
@@ -365,6 +391,19 @@ impl Args {
             staleness: self.staleness,
             convergence_timeout: self.convergence_timeout,
         }
+    }
+}
+
+/// The operating mode, as WVA spells it: "true" (HYBRID) or "false"
+/// (CAPACITY-ONLY), in any case and with surrounding blanks.
+fn proactive_model(value: &str) -> Result<bool, String> {
+    let value = value.trim();
+    if value.eq_ignore_ascii_case("true") {
+        Ok(true)
+    } else if value.eq_ignore_ascii_case("false") {
+        Ok(false)
+    } else {
+        Err("expected \"true\" (HYBRID mode) or \"false\" (CAPACITY-ONLY mode)".to_string())
     }
 }
 

@@ -114,6 +114,8 @@ async fn run_standalone(args: Args, shutdown: CancellationToken) -> anyhow::Resu
         .unwrap_or_else(|| watch::channel(Arc::default()).1);
     let scale_to_zero_rx = startup::scale_to_zero_file(&args, shutdown.clone())?
         .unwrap_or_else(|| watch::channel(Arc::default()).1);
+    let service_class_rx = startup::service_class_file(&args, shutdown.clone())?
+        .unwrap_or_else(|| watch::channel(Arc::default()).1);
     let variants_file = args
         .variants
         .clone()
@@ -141,6 +143,7 @@ async fn run_standalone(args: Args, shutdown: CancellationToken) -> anyhow::Resu
             variants_rx.clone(),
             saturation_rx,
             scale_to_zero_rx,
+            service_class_rx,
             actuator.as_ref().map(LocalActuator::counts),
             args.tuning(),
         ),

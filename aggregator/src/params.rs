@@ -11,7 +11,7 @@ use std::ffi::OsString;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
-use wva_core::config::params::{PARAMS, Param, ParamError, find};
+use wva_core::config::params::{PARAMS, PROACTIVE_MODEL_KEY, Param, ParamError, find};
 
 use crate::args::Args;
 
@@ -40,14 +40,6 @@ pub fn parse(
     config_map: &str,
     data: &BTreeMap<String, String>,
 ) -> Result<Parsed, ParamError> {
-    if let Some(value) = data.get("EXPERIMENTAL_PROACTIVE_MODEL")
-        && !value.trim().eq_ignore_ascii_case("false")
-    {
-        return Err(ParamError::ProactiveModel {
-            config_map: config_map.to_string(),
-            value: value.clone(),
-        });
-    }
     let known: Vec<(&Param, &String)> = data
         .iter()
         .filter_map(|(k, v)| find(k).map(|p| (p, v)))
@@ -58,6 +50,12 @@ pub fn parse(
             // Name the key at fault: the first one that fails on its own.
             for &(param, value) in &known {
                 if let Err(e) = parse_with(argv, &[(param, value)]) {
+                    if param.key == PROACTIVE_MODEL_KEY {
+                        return Err(ParamError::ProactiveModel {
+                            config_map: config_map.to_string(),
+                            value: value.to_string(),
+                        });
+                    }
                     return Err(ParamError::Invalid {
                         config_map: config_map.to_string(),
                         key: param.key.to_string(),
@@ -181,24 +179,91 @@ mod tests {
     }
 
     #[test]
-    fn the_proactive_model_is_refused() {
-        let error = parse(
-            &argv(&[]),
+    fn the_operating_mode_is_true_or_false_in_any_case() {
+        for (value, hybrid) in [
+            ("true", true),
+            (" TRUE\n", true),
+            ("True", true),
+            ("false", false),
+            ("FALSE", false),
+            (" false ", false),
+        ] {
+            let parsed = parse(&argv(&[]), "cm", &data(&[(PROACTIVE_MODEL_KEY, value)]))
+                .unwrap_or_else(|e| panic!("{value:?}: {e}"));
+            assert_eq!(
+                parsed.args.experimental_proactive_model, hybrid,
+                "{value:?}"
+            );
+        }
+        let parsed = parse(&argv(&[]), "cm", &BTreeMap::new()).unwrap();
+        assert!(
+            !parsed.args.experimental_proactive_model,
+            "CAPACITY-ONLY mode by default"
+        );
+        // The flag wins over the ConfigMap, as for every key.
+        let parsed = parse(
+            &argv(&["--experimental-proactive-model", "true"]),
             "cm",
-            &data(&[("EXPERIMENTAL_PROACTIVE_MODEL", "true")]),
+            &data(&[(PROACTIVE_MODEL_KEY, "false")]),
+        )
+        .unwrap();
+        assert!(parsed.args.experimental_proactive_model);
+        assert!(parsed.set_outside(find(PROACTIVE_MODEL_KEY).unwrap()));
+    }
+
+    #[test]
+    fn another_operating_mode_is_refused_naming_the_key_and_the_accepted_values() {
+        for value in ["yes", "1", "hybrid", ""] {
+            let error = parse(
+                &argv(&[]),
+                "wva-config",
+                &data(&[(PROACTIVE_MODEL_KEY, value), ("WVA_STALENESS", "5s")]),
+            )
+            .unwrap_err();
+            assert_eq!(
+                error,
+                ParamError::ProactiveModel {
+                    config_map: "wva-config".into(),
+                    value: value.into()
+                }
+            );
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "ConfigMap wva-config key EXPERIMENTAL_PROACTIVE_MODEL: {value:?} is neither \"true\" (HYBRID mode) nor \"false\" (CAPACITY-ONLY mode)"
+                )
+            );
+        }
+        // From the command line (or the environment), clap names the flag,
+        // whose value name is the key.
+        let error = parse(
+            &argv(&["--experimental-proactive-model", "on"]),
+            "cm",
+            &BTreeMap::new(),
         )
         .unwrap_err();
+        let ParamError::CommandLine(message) = &error else {
+            panic!("{error}")
+        };
         assert!(
-            matches!(error, ParamError::ProactiveModel { .. }),
-            "{error}"
+            message.contains("invalid value 'on' for '--experimental-proactive-model <EXPERIMENTAL_PROACTIVE_MODEL>'")
+                && message.contains("expected \"true\" (HYBRID mode) or \"false\" (CAPACITY-ONLY mode)"),
+            "{message}"
         );
+    }
+
+    #[test]
+    fn the_operating_mode_is_static() {
+        let old = data(&[(PROACTIVE_MODEL_KEY, "false")]);
+        let new = data(&[(PROACTIVE_MODEL_KEY, "true")]);
+        let running = parse(&argv(&[]), "cm", &old).unwrap();
+        let edit = edit(|p| running.set_outside(p), &old, &new);
+        assert_eq!(edit.rejected, [PROACTIVE_MODEL_KEY]);
+        let effective = without_rejected(&old, &new, &edit.rejected);
+        let again = parse(&argv(&[]), "cm", &effective).unwrap();
         assert!(
-            parse(
-                &argv(&[]),
-                "cm",
-                &data(&[("EXPERIMENTAL_PROACTIVE_MODEL", "false")])
-            )
-            .is_ok()
+            !again.args.experimental_proactive_model,
+            "the running mode stays"
         );
     }
 

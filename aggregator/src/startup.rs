@@ -11,9 +11,10 @@ use rustls::pki_types::pem::PemObject;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 use wva_certs::{CertFiles, ExpiryGauge};
 use wva_core::admission::SharedToken;
+use wva_core::config::hybrid::HybridConfig;
 use wva_core::config::saturation::SaturationConfigSet;
 use wva_core::config::scale_to_zero::ScaleToZeroConfigSet;
 use wva_core::sources::{PolledSource, SourceKind};
@@ -75,6 +76,23 @@ pub fn settings(args: &Args, lookup: impl Fn(&str) -> Option<String>) -> anyhow:
             prometheus::KEY_BASE_URL
         );
     }
+    if args.experimental_proactive_model {
+        info!(
+            mode = "HYBRID",
+            "operating mode: the model-based optimizer beside the saturation analysis (EXPERIMENTAL_PROACTIVE_MODEL=true)"
+        );
+    } else {
+        info!(
+            mode = "CAPACITY-ONLY",
+            "operating mode: the saturation analysis alone (EXPERIMENTAL_PROACTIVE_MODEL=false)"
+        );
+        if let Some(path) = &args.service_class_config {
+            warn!(
+                file = %path.display(),
+                "--service-class-config is read but not used: its classes apply only with EXPERIMENTAL_PROACTIVE_MODEL=true"
+            );
+        }
+    }
     Ok(Settings {
         polled,
         default_source: args.metrics_source,
@@ -83,6 +101,7 @@ pub fn settings(args: &Args, lookup: impl Fn(&str) -> Option<String>) -> anyhow:
         legacy_metrics: args.legacy_metrics,
         controller_instance: args.controller_instance.clone(),
         scale_to_zero: args.scale_to_zero,
+        hybrid: args.experimental_proactive_model,
         admission: Arc::new(SharedToken(read_token(
             args.agent_token_file.as_deref(),
             "--agent-token-file",
@@ -146,6 +165,19 @@ pub fn scale_to_zero_file(
         args.scale_to_zero_config.as_ref(),
         "scale-to-zero config",
         ScaleToZeroConfigSet::from_yaml_file_contents,
+        shutdown,
+    )
+}
+
+/// HYBRID mode's serviceclass config from `--service-class-config`, if given.
+pub fn service_class_file(
+    args: &Args,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<watch::Receiver<Arc<HybridConfig>>>> {
+    config_file(
+        args.service_class_config.as_ref(),
+        "serviceclass config",
+        HybridConfig::from_yaml_file_contents,
         shutdown,
     )
 }

@@ -2,7 +2,7 @@
 //! at start (failing fast on an invalid one), then watched. Dynamic changes
 //! apply at once and are logged old → new; a change to a static parameter is
 //! rejected with a Warning Event, and an invalid per-model config (saturation,
-//! scale to zero) keeps the previous one.
+//! scale to zero, HYBRID mode's service classes) keeps the previous one.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -16,6 +16,7 @@ use kube::{Api, Client, Resource};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+use wva_core::config::hybrid::HybridConfig;
 use wva_core::config::params as core_params;
 use wva_core::config::saturation::SaturationConfigSet;
 use wva_core::config::scale_to_zero::ScaleToZeroConfigSet;
@@ -32,8 +33,8 @@ pub trait ModelConfig: PartialEq + Default + Send + Sync + Sized + 'static {
     /// Reason of the Warning Event for an invalid edit.
     const INVALID: &'static str;
     fn from_data(data: &BTreeMap<String, String>) -> Result<Self, String>;
-    /// Number of entries, for the update log.
-    fn entries(&self) -> usize;
+    /// Number of entries, for the update log, where it has a meaning.
+    fn entries(&self) -> Option<usize>;
 }
 
 impl ModelConfig for SaturationConfigSet {
@@ -42,8 +43,8 @@ impl ModelConfig for SaturationConfigSet {
     fn from_data(data: &BTreeMap<String, String>) -> Result<Self, String> {
         SaturationConfigSet::from_data(data).map_err(|e| e.to_string())
     }
-    fn entries(&self) -> usize {
-        self.overrides().count() + 1
+    fn entries(&self) -> Option<usize> {
+        Some(self.overrides().count() + 1)
     }
 }
 
@@ -53,8 +54,19 @@ impl ModelConfig for ScaleToZeroConfigSet {
     fn from_data(data: &BTreeMap<String, String>) -> Result<Self, String> {
         ScaleToZeroConfigSet::from_data(data).map_err(|e| e.to_string())
     }
-    fn entries(&self) -> usize {
-        self.models() + 1
+    fn entries(&self) -> Option<usize> {
+        Some(self.models() + 1)
+    }
+}
+
+impl ModelConfig for HybridConfig {
+    const WHAT: &'static str = "serviceclass config";
+    const INVALID: &'static str = "InvalidServiceClassConfig";
+    fn from_data(data: &BTreeMap<String, String>) -> Result<Self, String> {
+        HybridConfig::from_data(data).map_err(|e| e.to_string())
+    }
+    fn entries(&self) -> Option<usize> {
+        None
     }
 }
 
@@ -66,6 +78,7 @@ pub struct Names {
     pub main: String,
     pub saturation: Option<String>,
     pub scale_to_zero: Option<String>,
+    pub service_class: Option<String>,
 }
 
 /// The ConfigMaps as read at start.
@@ -73,6 +86,7 @@ pub struct Initial {
     pub main: BTreeMap<String, String>,
     pub saturation: Option<SaturationConfigSet>,
     pub scale_to_zero: Option<ScaleToZeroConfigSet>,
+    pub service_class: Option<HybridConfig>,
 }
 
 /// Reads the ConfigMaps; a missing one is empty (defaults), an unreadable or
@@ -84,6 +98,8 @@ pub async fn read(client: Client, names: &Names) -> anyhow::Result<Initial> {
         main,
         saturation: read_model_config(&api, &names.namespace, names.saturation.as_deref()).await?,
         scale_to_zero: read_model_config(&api, &names.namespace, names.scale_to_zero.as_deref())
+            .await?,
+        service_class: read_model_config(&api, &names.namespace, names.service_class.as_deref())
             .await?,
     })
 }
@@ -117,6 +133,7 @@ pub struct Outputs {
     pub tuning: watch::Sender<Tuning>,
     pub saturation: Option<watch::Sender<Arc<SaturationConfigSet>>>,
     pub scale_to_zero: Option<watch::Sender<Arc<ScaleToZeroConfigSet>>>,
+    pub service_class: Option<watch::Sender<Arc<HybridConfig>>>,
 }
 
 /// What the watch compares changes against.
@@ -192,6 +209,9 @@ impl Watched {
         } else if Some(name) == self.names.scale_to_zero.as_deref() {
             self.model_config_changed(cm, &data, &self.outputs.scale_to_zero)
                 .await;
+        } else if Some(name) == self.names.service_class.as_deref() {
+            self.model_config_changed(cm, &data, &self.outputs.service_class)
+                .await;
         }
     }
 
@@ -244,18 +264,8 @@ impl Watched {
         tx: &Option<watch::Sender<Arc<T>>>,
     ) {
         let Some(tx) = tx else { return };
-        match T::from_data(data) {
-            Ok(config) => {
-                let old_entries = tx.borrow().entries();
-                let new_entries = config.entries();
-                if tx.send_if_modified(|c| replace(c, Arc::new(config))) {
-                    info!(old_entries, new_entries, "Updated {}", T::WHAT);
-                }
-            }
-            Err(e) => {
-                error!(error = %e, "invalid {} ignored; the previous one stays", T::WHAT);
-                self.warn(cm, T::INVALID, e).await;
-            }
+        if let Err(e) = apply(tx, data) {
+            self.warn(cm, T::INVALID, e).await;
         }
     }
 
@@ -273,6 +283,28 @@ impl Watched {
     }
 }
 
+/// Publishes the config in `data` when it is valid and new; an invalid one
+/// is logged and returned as the error, and the previous one stays.
+fn apply<T: ModelConfig>(
+    tx: &watch::Sender<Arc<T>>,
+    data: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    match T::from_data(data) {
+        Ok(config) => {
+            let old_entries = tx.borrow().entries();
+            let new_entries = config.entries();
+            if tx.send_if_modified(|c| replace(c, Arc::new(config))) {
+                info!(old_entries, new_entries, "Updated {}", T::WHAT);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            error!(error = %e, "invalid {} ignored; the previous one stays", T::WHAT);
+            Err(e)
+        }
+    }
+}
+
 /// Replaces `slot` with `value` when they differ; returns whether it did.
 fn replace<T: PartialEq>(slot: &mut T, value: T) -> bool {
     let changed = *slot != value;
@@ -280,4 +312,64 @@ fn replace<T: PartialEq>(slot: &mut T, value: T) -> bool {
         *slot = value;
     }
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use wva_core::testing::data;
+
+    use super::*;
+
+    fn class_of(config: &HybridConfig, model: &str) -> Option<String> {
+        let class = config.classes.for_model(model, None).unwrap();
+        class.map(|c| c.name.clone())
+    }
+
+    #[test]
+    fn a_serviceclass_edit_applies_an_invalid_one_keeps_the_previous_a_deletion_clears() {
+        let (tx, mut rx) = watch::channel(Arc::new(HybridConfig::default()));
+        let premium = "- {name: Premium, model: m, priority: 1, slo-itl: 24, slo-ttw: 500}\n";
+        apply(
+            &tx,
+            &data(&[("serviceClasses", premium), ("headroom", "0.2")]),
+        )
+        .unwrap();
+        assert!(rx.has_changed().unwrap());
+        let config = rx.borrow_and_update().clone();
+        assert_eq!(class_of(&config, "m").as_deref(), Some("Premium"));
+        assert_eq!(config.headroom, 0.2);
+
+        // The same data again is no change.
+        apply(
+            &tx,
+            &data(&[("serviceClasses", premium), ("headroom", "0.2")]),
+        )
+        .unwrap();
+        assert!(!rx.has_changed().unwrap());
+
+        let invalid = premium.replace("priority: 1", "priority: 0");
+        let error = apply::<HybridConfig>(&tx, &data(&[("serviceClasses", &invalid)])).unwrap_err();
+        assert_eq!(
+            error,
+            "serviceclass entry 0 (\"Premium\"): priority must be a whole number from 1 (the highest), got 0"
+        );
+        let error = apply::<HybridConfig>(
+            &tx,
+            &data(&[
+                ("serviceClasses", premium),
+                ("acceleratorLimits", "L4: many"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(
+            error.starts_with("serviceclass ConfigMap key \"acceleratorLimits\": expected a map"),
+            "{error}"
+        );
+        assert!(!rx.has_changed().unwrap(), "the previous config stays");
+        assert_eq!(class_of(&rx.borrow(), "m").as_deref(), Some("Premium"));
+
+        // A deleted ConfigMap (no data): no classes.
+        apply(&tx, &BTreeMap::new()).unwrap();
+        assert_eq!(**rx.borrow_and_update(), HybridConfig::default());
+    }
 }

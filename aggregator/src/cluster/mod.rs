@@ -62,6 +62,10 @@ pub async fn run(
             .scale_to_zero_config
             .is_none()
             .then(|| first.scale_to_zero_config_map_name.clone()),
+        service_class: first
+            .service_class_config
+            .is_none()
+            .then(|| first.service_class_config_map_name.clone()),
     };
     let initial = configmaps::read(client.clone(), &names).await?;
     let parsed = params::parse(&argv, &names.main, &initial.main)?;
@@ -146,6 +150,10 @@ pub async fn run(
         startup::scale_to_zero_file(&args, shutdown.clone())?,
         initial.scale_to_zero,
     );
+    let (hybrid, service_class_tx) = from_file_or_config_map(
+        startup::service_class_file(&args, shutdown.clone())?,
+        initial.service_class,
+    );
     let config_task = tokio::spawn(configmaps::run(
         client.clone(),
         configmaps::Running {
@@ -159,6 +167,7 @@ pub async fn run(
             tuning: tuning_tx,
             saturation: saturation_tx,
             scale_to_zero: scale_to_zero_tx,
+            service_class: service_class_tx,
         },
         shutdown.clone(),
     ));
@@ -207,6 +216,7 @@ pub async fn run(
             variants: feeds.variants,
             saturation,
             scale_to_zero,
+            hybrid,
             replicas: Some(feeds.replicas),
             leading: leading.clone(),
             previous,

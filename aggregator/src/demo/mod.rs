@@ -104,6 +104,7 @@ pub async fn run(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Sum
         legacy_metrics: args.legacy_metrics,
         controller_instance: args.controller_instance.clone(),
         scale_to_zero: false,
+        hybrid: false,
         admission: Arc::new(SharedToken(None)),
         tls: None,
         // The demo listens on loopback only.
@@ -119,6 +120,7 @@ pub async fn run(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Sum
         Upstream::alone(
             variants_rx.clone(),
             saturation_rx,
+            watch::channel(Arc::default()).1,
             watch::channel(Arc::default()).1,
             Some(actuator.counts()),
             args.tuning(),

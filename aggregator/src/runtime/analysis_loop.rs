@@ -21,6 +21,9 @@ pub(super) struct AnalysisLoop {
     pub(super) failures: watch::Receiver<Failures>,
     /// Whether a model may scale to zero (`WVA_SCALE_TO_ZERO`).
     pub(super) scale_to_zero: bool,
+    /// Whether the model-based optimizer runs (HYBRID mode,
+    /// `EXPERIMENTAL_PROACTIVE_MODEL`).
+    pub(super) hybrid: bool,
     pub(super) store: Arc<PodStore>,
     pub(super) trigger: Arc<Trigger>,
     pub(super) metrics: Arc<SelfMetrics>,
@@ -99,6 +102,7 @@ impl AnalysisLoop {
         let variants = self.upstream.variants.borrow_and_update().clone();
         let config = self.upstream.saturation.borrow().clone();
         let scale_to_zero = self.upstream.scale_to_zero.borrow().clone();
+        let hybrid = self.upstream.hybrid.borrow().clone();
         let replicas = self
             .upstream
             .replicas
@@ -117,7 +121,7 @@ impl AnalysisLoop {
                 convergence_timeout: tuning.convergence_timeout,
                 scale_to_zero: self.scale_to_zero.then_some(&*scale_to_zero),
                 failures: &failures,
-                hybrid: None,
+                hybrid: self.hybrid.then_some(&*hybrid),
             })
         });
         for e in &events {
@@ -192,6 +196,7 @@ mod tests {
             let analysis = AnalysisLoop {
                 failures: watch::channel(Failures::default()).1,
                 scale_to_zero: false,
+                hybrid: false,
                 store: Arc::clone(&store),
                 trigger: Arc::clone(&trigger),
                 metrics: Arc::new(SelfMetrics::register(&mut registry)),
@@ -200,6 +205,7 @@ mod tests {
                     watch::channel(variants).1,
                     watch::channel(Arc::new(SaturationConfigSet::default())).1,
                     watch::channel(Arc::new(ScaleToZeroConfigSet::default())).1,
+                    watch::channel(Arc::default()).1,
                     None,
                     tuning,
                 ),

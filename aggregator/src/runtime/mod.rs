@@ -39,6 +39,10 @@ pub struct Settings {
     pub legacy_metrics: bool,
     pub controller_instance: Option<String>,
     pub scale_to_zero: bool,
+    /// HYBRID mode (`EXPERIMENTAL_PROACTIVE_MODEL=true`): the model-based
+    /// optimizer beside the saturation analysis, with the service classes
+    /// of `Upstream::hybrid`. Off: CAPACITY-ONLY mode.
+    pub hybrid: bool,
     /// Who may stream, and which variant each pod feeds.
     pub admission: Arc<dyn Admission>,
     /// TLS on the gRPC port, and the gauge of its certificate's end.
@@ -158,6 +162,7 @@ pub fn start(
     let analysis = AnalysisLoop {
         failures,
         scale_to_zero: settings.scale_to_zero,
+        hybrid: settings.hybrid,
         store,
         trigger,
         metrics,

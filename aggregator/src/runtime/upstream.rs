@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::watch;
+use wva_core::config::hybrid::HybridConfig;
 use wva_core::config::saturation::SaturationConfigSet;
 use wva_core::config::scale_to_zero::ScaleToZeroConfigSet;
 use wva_core::snapshot::{Published, Replicas, Tuning, Variants};
@@ -15,6 +16,8 @@ pub struct Upstream {
     pub saturation: watch::Receiver<Arc<SaturationConfigSet>>,
     /// Per-model scale-to-zero policies (used when `Settings::scale_to_zero`).
     pub scale_to_zero: watch::Receiver<Arc<ScaleToZeroConfigSet>>,
+    /// The serviceclass config (used when `Settings::hybrid`).
+    pub hybrid: watch::Receiver<Arc<HybridConfig>>,
     /// Replica counts from an actuator; `None` derives them from reporting pods.
     pub replicas: Option<watch::Receiver<Replicas>>,
     /// Whether this replica leads; only a leader publishes decision gauges,
@@ -35,6 +38,7 @@ impl Upstream {
         variants: watch::Receiver<Variants>,
         saturation: watch::Receiver<Arc<SaturationConfigSet>>,
         scale_to_zero: watch::Receiver<Arc<ScaleToZeroConfigSet>>,
+        hybrid: watch::Receiver<Arc<HybridConfig>>,
         replicas: Option<watch::Receiver<Replicas>>,
         tuning: Tuning,
     ) -> Self {
@@ -42,6 +46,7 @@ impl Upstream {
             variants,
             saturation,
             scale_to_zero,
+            hybrid,
             replicas,
             leading: watch::channel(true).1,
             previous: HashMap::new(),

@@ -50,6 +50,8 @@ pub enum HybridConfigError {
     Headroom(String),
     #[error("serviceclass ConfigMap key {LIMITS_KEY:?}: {0}")]
     Limits(String),
+    #[error("serviceclass config file: {0}")]
+    File(String),
 }
 
 impl HybridConfig {
@@ -81,6 +83,12 @@ impl HybridConfig {
             ceilings,
             rules: FitRules::default(),
         })
+    }
+
+    /// Validates a file holding the whole ConfigMap (`apiVersion: v1`,
+    /// `kind: ConfigMap`), as standalone mode reads it.
+    pub fn from_yaml_file_contents(text: &str) -> Result<Self, HybridConfigError> {
+        Self::from_data(&super::config_map_data(text).map_err(HybridConfigError::File)?)
     }
 }
 
@@ -128,5 +136,81 @@ mod tests {
         );
         let err = HybridConfig::from_data(&data(&[("serviceClasses", "- name: x")])).unwrap_err();
         assert_eq!(err.to_string(), "serviceclass entry 0: model is required");
+    }
+
+    const FILE: &str = "\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: serviceclass
+data:
+  serviceClasses: |
+    - name: Premium
+      model: meta/llama-3.1-8b
+      priority: 1
+      slo-itl: 24
+      slo-ttw: 500
+    - name: Standard
+      model: meta/llama-3.1-8b
+      priority: 5
+      slo-itl: 50
+      slo-ttw: 1000
+  headroom: \"0.2\"
+  acceleratorLimits: |
+    L4: 8
+";
+
+    #[test]
+    fn a_file_holds_the_whole_config_map() {
+        let config = HybridConfig::from_yaml_file_contents(FILE).unwrap();
+        let premium = config
+            .classes
+            .for_model("meta/llama-3.1-8b", None)
+            .unwrap()
+            .unwrap();
+        assert_eq!((premium.name.as_str(), premium.priority), ("Premium", 1));
+        let standard = config
+            .classes
+            .for_model("meta/llama-3.1-8b", Some("Standard"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(standard.objectives.ttft_ms, 1000.0);
+        assert_eq!(config.headroom, 0.2);
+        assert_eq!(config.ceilings, BTreeMap::from([("L4".to_string(), 8)]));
+
+        // A ConfigMap without data: no classes.
+        let empty = HybridConfig::from_yaml_file_contents("apiVersion: v1\nkind: ConfigMap\n");
+        assert_eq!(empty.unwrap(), HybridConfig::default());
+    }
+
+    #[test]
+    fn a_bad_file_says_what_is_wrong() {
+        let err =
+            HybridConfig::from_yaml_file_contents("apiVersion: v1\nkind: Secret\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "serviceclass config file: kind must be \"ConfigMap\", got \"Secret\""
+        );
+        let err = HybridConfig::from_yaml_file_contents("").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "serviceclass config file: empty document; expected a ConfigMap"
+        );
+        let err = HybridConfig::from_yaml_file_contents("data: [").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("serviceclass config file: invalid YAML: "),
+            "{err}"
+        );
+        // A valid document with an invalid entry names the entry and field.
+        let err = HybridConfig::from_yaml_file_contents(&FILE.replace("slo-itl: 24", "slo-itl: 0"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "serviceclass entry 0 (\"Premium\"): slo-itl must be a positive number of milliseconds, got 0"
+        );
+        let err = HybridConfig::from_yaml_file_contents(&FILE.replace("\"0.2\"", "\"lots\""))
+            .unwrap_err();
+        assert_eq!(err, HybridConfigError::Headroom("lots".into()));
     }
 }

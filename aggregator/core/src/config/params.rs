@@ -32,6 +32,10 @@ const fn param(key: &'static str, id: &'static str, mutability: Mutability) -> P
 
 use Mutability::{Dynamic, Static};
 
+/// The operating mode: `"true"` is HYBRID mode (the model-based optimizer
+/// beside the saturation analysis), `"false"` CAPACITY-ONLY mode.
+pub const PROACTIVE_MODEL_KEY: &str = "EXPERIMENTAL_PROACTIVE_MODEL";
+
 /// Every key the main ConfigMap may set.
 pub const PARAMS: &[Param] = &[
     param("GLOBAL_OPT_INTERVAL", "analysis_interval", Dynamic),
@@ -79,6 +83,8 @@ pub const PARAMS: &[Param] = &[
     param("WVA_SCALE_TO_ZERO", "scale_to_zero", Static),
     param("WVA_SATURATION_CONFIG", "saturation_config", Static),
     param("WVA_SCALE_TO_ZERO_CONFIG", "scale_to_zero_config", Static),
+    param(PROACTIVE_MODEL_KEY, "experimental_proactive_model", Static),
+    param("WVA_SERVICE_CLASS_CONFIG", "service_class_config", Static),
     param("CONTROLLER_INSTANCE", "controller_instance", Static),
     param("WATCH_NAMESPACE", "watch_namespace", Static),
     param("LEADER_ELECT", "leader_elect", Static),
@@ -114,7 +120,7 @@ pub enum ParamError {
         message: String,
     },
     #[error(
-        "ConfigMap {config_map} key EXPERIMENTAL_PROACTIVE_MODEL: {value:?} is not supported; only the saturation analysis (\"false\") is"
+        "ConfigMap {config_map} key {PROACTIVE_MODEL_KEY}: {value:?} is neither \"true\" (HYBRID mode) nor \"false\" (CAPACITY-ONLY mode)"
     )]
     ProactiveModel { config_map: String, value: String },
     #[error("{0}")]
