@@ -30,6 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use wva_aggregator::params;
+use wva_core::config::hybrid::HybridConfig;
 use wva_core::config::params::{PARAMS, STATIC_WITHOUT_FLAG};
 use wva_core::config::{saturation, scale_to_zero};
 use wva_e2e::{tool, workspace};
@@ -43,6 +44,7 @@ const FULLNAME: &str = "wva";
 const MAIN_CONFIG_MAP: &str = "workload-variant-autoscaler-variantautoscaling-config";
 const SATURATION_CONFIG_MAP: &str = "saturation-scaling-config";
 const SCALE_TO_ZERO_CONFIG_MAP: &str = "model-scale-to-zero-config";
+const SERVICE_CLASS_CONFIG_MAP: &str = "serviceclass";
 
 fn chart_dir() -> PathBuf {
     workspace().join("charts/wva")
@@ -431,6 +433,24 @@ fn schema_rejects_bad_values() {
             "namespace",
         ),
         ("injection.agent.unknown=1", "unknown"),
+        // The aggregator accepts only "true" and "false" (in any case).
+        (
+            "config.EXPERIMENTAL_PROACTIVE_MODEL=yes",
+            "/config/EXPERIMENTAL_PROACTIVE_MODEL",
+        ),
+        (
+            r#"json:hybrid.serviceClasses=[{"name":"Premium","model":"m","priority":0,"slo-itl":24,"slo-ttw":500}]"#,
+            "/hybrid/serviceClasses/0/priority",
+        ),
+        (
+            r#"json:hybrid.serviceClasses=[{"name":"Premium","model":"m","priority":1,"slo-itl":24}]"#,
+            "slo-ttw",
+        ),
+        ("hybrid.headroom=11", "/hybrid/headroom"),
+        (
+            "hybrid.acceleratorLimits.L4=-1",
+            "/hybrid/acceleratorLimits/L4",
+        ),
     ];
     for (value, key) in cases {
         let output = run_helm("template", &[], &[value]);
@@ -494,6 +514,7 @@ fn default_render_has_exactly_the_expected_objects() {
         ("ConfigMap", MAIN_CONFIG_MAP),
         ("ConfigMap", SATURATION_CONFIG_MAP),
         ("ConfigMap", SCALE_TO_ZERO_CONFIG_MAP),
+        ("ConfigMap", SERVICE_CLASS_CONFIG_MAP),
         ("ConfigMap", "wva-injection"),
         ("MutatingWebhookConfiguration", "wva-agent-injector"),
         ("PodDisruptionBudget", "wva"),
@@ -701,6 +722,7 @@ fn deployment_points_at_the_charts_own_objects() {
             "CONFIG_MAP_NAME",
             "SATURATION_CONFIG_MAP_NAME",
             "SCALE_TO_ZERO_CONFIG_MAP_NAME",
+            "SERVICE_CLASS_CONFIG_MAP_NAME",
         ] {
             get(objects, "ConfigMap", &env_value(objects, key));
         }
@@ -1143,7 +1165,7 @@ fn metrics_secret_access_can_be_turned_off() {
 fn config_maps_are_immutable_only_on_request() {
     for (setup, immutable) in [(Setup::Default, None), (Setup::Immutable, Some(true))] {
         let config_maps = of_kind(setup.objects(), "ConfigMap");
-        assert_eq!(config_maps.len(), 4);
+        assert_eq!(config_maps.len(), 5);
         for config_map in config_maps {
             assert_eq!(
                 config_map["immutable"].as_bool(),
@@ -1174,6 +1196,8 @@ fn config_maps_parse_with_the_aggregators_own_code() {
         saturation::SaturationConfigSet::from_data(&data).expect("saturation ConfigMap");
         let data = config_map_data(get(check, "ConfigMap", SCALE_TO_ZERO_CONFIG_MAP));
         scale_to_zero::ScaleToZeroConfigSet::from_data(&data).expect("scale-to-zero ConfigMap");
+        let data = config_map_data(get(check, "ConfigMap", SERVICE_CLASS_CONFIG_MAP));
+        HybridConfig::from_data(&data).expect("serviceclass ConfigMap");
     }
 
     let default = config_map_data(get(
@@ -1210,6 +1234,65 @@ fn config_maps_parse_with_the_aggregators_own_code() {
     assert_eq!(main["WVA_STALENESS"], "20s");
 }
 
+/// HYBRID mode: the switch reaches the main ConfigMap and the aggregator
+/// reads it as HYBRID; the classes, headroom and accelerator limits reach
+/// the serviceclass ConfigMap and the aggregator's own parser reads them
+/// back. By default the mode is CAPACITY-ONLY and there are no classes.
+#[test]
+fn hybrid_mode_and_its_service_classes_reach_the_config_maps() {
+    let argv = [OsString::from("wva-aggregator")];
+    let default = Setup::Default.objects();
+    let main = config_map_data(get(default, "ConfigMap", MAIN_CONFIG_MAP));
+    assert_eq!(main["EXPERIMENTAL_PROACTIVE_MODEL"], "false");
+    let parsed = params::parse(&argv, MAIN_CONFIG_MAP, &main).unwrap();
+    assert!(!parsed.args.experimental_proactive_model);
+    let data = config_map_data(get(default, "ConfigMap", SERVICE_CLASS_CONFIG_MAP));
+    assert_eq!(data, BTreeMap::from([("headroom".into(), "0.1".into())]));
+    assert_eq!(
+        HybridConfig::from_data(&data).unwrap(),
+        HybridConfig::default()
+    );
+
+    let objects = render(&[
+        "config.EXPERIMENTAL_PROACTIVE_MODEL=true",
+        r#"json:hybrid.serviceClasses=[{"name":"Premium","model":"meta/llama-3.1-8b","priority":1,"slo-itl":24,"slo-ttw":500},{"name":"Freemium","model":"meta/llama-3.1-8b","priority":10,"slo-itl":100.5,"slo-ttw":2000}]"#,
+        "json:hybrid.headroom=0.25",
+        r#"json:hybrid.acceleratorLimits={"L4":16,"H100":4}"#,
+        "configMaps.names.serviceClass=tiers",
+    ]);
+    let main = config_map_data(get(&objects, "ConfigMap", MAIN_CONFIG_MAP));
+    assert_eq!(main["EXPERIMENTAL_PROACTIVE_MODEL"], "true");
+    let parsed = params::parse(&argv, MAIN_CONFIG_MAP, &main).unwrap();
+    assert!(parsed.args.experimental_proactive_model, "HYBRID mode");
+    assert_eq!(
+        env_value(&objects, "SERVICE_CLASS_CONFIG_MAP_NAME"),
+        "tiers"
+    );
+    let config = HybridConfig::from_data(&config_map_data(get(&objects, "ConfigMap", "tiers")))
+        .expect("the aggregator reads the rendered serviceclass ConfigMap");
+    let class = |named| {
+        config
+            .classes
+            .for_model("meta/llama-3.1-8b", named)
+            .unwrap()
+            .unwrap()
+            .clone()
+    };
+    let premium = class(None);
+    assert_eq!((premium.name.as_str(), premium.priority), ("Premium", 1));
+    assert_eq!(
+        (premium.objectives.itl_ms, premium.objectives.ttft_ms),
+        (24.0, 500.0)
+    );
+    let freemium = class(Some("Freemium"));
+    assert_eq!((freemium.priority, freemium.objectives.itl_ms), (10, 100.5));
+    assert_eq!(config.headroom, 0.25);
+    assert_eq!(
+        config.ceilings,
+        BTreeMap::from([("H100".to_string(), 4), ("L4".to_string(), 16)])
+    );
+}
+
 /// `config` accepts exactly the main ConfigMap keys the chart does not set
 /// itself: a key the aggregator adds must be added to the schema (or to this
 /// list, with the reason).
@@ -1229,7 +1312,6 @@ fn config_schema_matches_the_aggregators_keys() {
         .iter()
         .map(|p| p.key)
         .chain(STATIC_WITHOUT_FLAG.iter().copied())
-        .chain(["EXPERIMENTAL_PROACTIVE_MODEL"])
         .filter(|k| !set_by_chart.contains(k) && !secrets.contains(k))
         .collect();
     let schema: Value = serde_json::from_str(&read("charts/wva/values.schema.json")).unwrap();
