@@ -364,12 +364,13 @@ async fn bound_tokens_speak_only_for_their_own_live_pod() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn configuration_changes_apply_live_and_a_static_change_is_rejected() -> anyhow::Result<()> {
+    // In HYBRID mode, which reads the serviceclass ConfigMap too.
     let Wva {
         plane,
         client,
         node,
         replicas,
-    } = wva_on_a_node(1, &[]).await?;
+    } = wva_on_a_node(1, &["config.EXPERIMENTAL_PROACTIVE_MODEL=true"]).await?;
     let aggregator = &replicas[0];
     patch_config_map(
         &client,
@@ -377,7 +378,12 @@ async fn configuration_changes_apply_live_and_a_static_change_is_rejected() -> a
         json!({"default": "kvCacheThreshold: 0.8\nkvSpareTrigger: 0.1\n"}),
     )
     .await?;
-    plane.create(&variant_autoscaling(CHAT, CHAT)).await?;
+    // The variant names its class, so the plan's answer lists the classes
+    // the aggregator holds for the model (its held request never finishes,
+    // so the plan never gets further, and the saturation analysis decides).
+    let mut va = variant_autoscaling(CHAT, CHAT);
+    va["metadata"]["annotations"] = json!({"wva.llmd.ai/service-class": "Premium"});
+    plane.create(&va).await?;
     plane
         .create(&vllm_deployment_with(CHAT, 1, &SLOW_DECODING_SIM))
         .await?;
@@ -417,12 +423,56 @@ async fn configuration_changes_apply_live_and_a_static_change_is_rejected() -> a
         .collect();
     assert_eq!(scaled, [("up", "saturation", 1.0)]);
 
+    // The serviceclass ConfigMap: the chart's has no class; an edit applies
+    // at once, an invalid one is refused with an Event and the previous
+    // classes stay.
+    let abstains = |defined: &'static str| {
+        move |d: &serde_json::Value| {
+            d["modelBased"]["abstains"]
+                == format!(
+                    "service class \"Premium\" is not defined for model \"{MODEL}\" (defined: {defined})"
+                )
+        }
+    };
+    chat_decision_where(metrics, "no class defined", abstains("none")).await?;
+    let standard =
+        "- {name: Standard, model: e2e/llama, priority: 5, slo-itl: 50, slo-ttw: 1000}\n";
+    patch_config_map(&client, "serviceclass", json!({"serviceClasses": standard})).await?;
+    chat_decision_where(metrics, "class Standard defined", abstains("\"Standard\"")).await?;
+    let invalid = format!(
+        "{standard}- {{name: Premium, model: e2e/llama, priority: 0, slo-itl: 24, slo-ttw: 500}}\n"
+    );
+    patch_config_map(&client, "serviceclass", json!({"serviceClasses": invalid})).await?;
+    let refused = eventually(WITHIN, "the invalid serviceclass event", || async {
+        let events = events_about(&client, SYSTEM, "ConfigMap", "serviceclass").await?;
+        Ok(events
+            .into_iter()
+            .find(|(_, r, _)| r == "InvalidServiceClassConfig"))
+    })
+    .await?;
+    assert_eq!(refused.0, "Warning");
+    assert_eq!(
+        refused.2,
+        "serviceclass entry 1 (\"Premium\"): priority must be a whole number from 1 (the highest), got 0"
+    );
+    let since = decision_where(metrics, WITHIN, "chat's decision", |d| {
+        d["variant"]["name"] == CHAT
+    })
+    .await?["decidedAt"]
+        .as_i64()
+        .unwrap_or_default();
+    let kept = chat_decision_where(metrics, "a decision after the refused edit", |d| {
+        d["decidedAt"].as_i64() > Some(since)
+    })
+    .await?;
+    assert!(abstains("\"Standard\"")(&kept), "{}", kept["modelBased"]);
+
     // A static parameter cannot change while running: an Event says so and
     // the aggregator goes on as it started.
     patch_config_map(
         &client,
         "workload-variant-autoscaler-variantautoscaling-config",
-        json!({"WVA_SCALE_TO_ZERO": "true"}),
+        json!({"WVA_SCALE_TO_ZERO": "true", "EXPERIMENTAL_PROACTIVE_MODEL": "false"}),
     )
     .await?;
     let rejected = eventually(WITHIN, "the rejection event", || async {
@@ -440,6 +490,16 @@ async fn configuration_changes_apply_live_and_a_static_change_is_rejected() -> a
     .await?;
     assert_eq!(rejected.0, "Warning");
     assert!(rejected.2.contains("WVA_SCALE_TO_ZERO"), "{}", rejected.2);
+    assert!(
+        rejected.2.contains("EXPERIMENTAL_PROACTIVE_MODEL"),
+        "{}",
+        rejected.2
+    );
+    // Still in HYBRID mode.
+    chat_decision_where(metrics, "the model-based view", |d| {
+        d["modelBased"].is_object()
+    })
+    .await?;
     assert_eq!(http_get(aggregator.metrics, "/healthz").await?.0, 200);
     assert_eq!(
         leader(&client).await?.as_deref(),
