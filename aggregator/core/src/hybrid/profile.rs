@@ -222,6 +222,22 @@ pub struct Profile {
     pub max_batch: Option<u32>,
 }
 
+/// The simulator's defaults (`vllm-sim`: 10 ms + 0.2 ms per running
+/// request a token, 20 ms + 0.1 ms per prompt token of prefill), which the
+/// tests recover and plan with.
+#[cfg(test)]
+pub(crate) const SIMULATOR: Profile = Profile {
+    itl: Linear {
+        intercept: 10.0,
+        slope: 0.2,
+    },
+    prefill: Linear {
+        intercept: 20.0,
+        slope: 0.1,
+    },
+    max_batch: None,
+};
+
 /// When a fit is trusted. Latencies are in ms.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FitRules {
@@ -454,14 +470,8 @@ mod tests {
     }
 
     /// vllm-sim's latency model.
-    const ITL: Linear = Linear {
-        intercept: 10.0,
-        slope: 0.2,
-    };
-    const PREFILL: Linear = Linear {
-        intercept: 20.0,
-        slope: 0.1,
-    };
+    const ITL: Linear = SIMULATOR.itl;
+    const PREFILL: Linear = SIMULATOR.prefill;
 
     fn close(actual: f64, expected: f64, tolerance: f64) -> bool {
         (actual - expected).abs() <= tolerance * expected.abs()

@@ -201,22 +201,10 @@ pub fn sustains(profile: Profile, mix: TokenMix, batch: u32, objectives: Objecti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hybrid::profile::Linear;
+    use crate::hybrid::profile::SIMULATOR;
 
-    /// The simulator's defaults: 10 ms + 0.2 ms per running request a
-    /// token, 20 ms + 0.1 ms per prompt token of prefill.
     fn sim() -> Profile {
-        Profile {
-            itl: Linear {
-                intercept: 10.0,
-                slope: 0.2,
-            },
-            prefill: Linear {
-                intercept: 20.0,
-                slope: 0.1,
-            },
-            max_batch: None,
-        }
+        SIMULATOR
     }
 
     const MIX: TokenMix = TokenMix {

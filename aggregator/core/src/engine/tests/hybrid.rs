@@ -4,7 +4,7 @@
 use super::*;
 use crate::config::service_class::{CLASSES_KEY, Objectives};
 use crate::engine::hybrid::PROFILE_ANNOTATION;
-use crate::hybrid::profile::{Linear, Profile};
+use crate::hybrid::profile::{Profile, SIMULATOR};
 use crate::hybrid::replica::{Sustains, TokenMix, sustains};
 
 /// The simulator's profile, given in the annotation.
@@ -75,15 +75,8 @@ fn after_a_measured_rate(w: &mut World, variant: &Variant, per_second: f64, kv: 
 
 fn per_replica(itl_ms: f64) -> f64 {
     let profile = Profile {
-        itl: Linear {
-            intercept: 10.0,
-            slope: 0.2,
-        },
-        prefill: Linear {
-            intercept: 20.0,
-            slope: 0.1,
-        },
         max_batch: Some(64),
+        ..SIMULATOR
     };
     let objectives = Objectives {
         itl_ms,
