@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::Deserialize;
 use wva_proto::v1::ModelSignals;
 
-use super::Assessed;
+use super::assessed::Assessed;
 use crate::activity::ModelRef;
 use crate::analysis::model::{Reason, arrivals_and_backlog};
 use crate::config::hybrid::HybridConfig;

@@ -14,6 +14,7 @@
 //! or the [`safety_net`]'s held value when its data is missing;
 //! [`Engine::record`] remembers the value and builds the decision.
 
+mod assessed;
 mod convergence;
 mod flapping;
 mod hybrid;
@@ -29,6 +30,7 @@ mod trend;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
+use self::assessed::{Assessed, Observed};
 use self::convergence::Convergence;
 use self::flapping::FlapGuard;
 use self::hybrid::HybridState;
@@ -103,35 +105,6 @@ pub struct Engine {
     activity: ActivityTracker,
     /// HYBRID mode's profiles and the samples they are learned from.
     hybrid: HybridState,
-}
-
-/// One model's analysis, up to each variant's target: what HYBRID mode's
-/// plan and the decisions start from. The lists run in the order of
-/// `variants`.
-struct Assessed<'v, 'r, 'p> {
-    model: ModelRef<'v>,
-    variants: Vec<&'v Variant>,
-    /// Each variant's reporting pods and replica counts.
-    pods: Vec<(Vec<&'r PodView<'p>>, ReplicaCounts)>,
-    zero: Zero<'v>,
-    states: Vec<VariantState>,
-    observed: Vec<Observed>,
-    targets: Vec<VariantTarget>,
-    /// HYBRID mode's view of each variant; empty in CAPACITY-ONLY mode.
-    plans: Vec<Option<ModelBased>>,
-    saturation: Saturation,
-    load: Load,
-}
-
-/// What one variant brings to its model's analysis, beside its state.
-struct Observed {
-    key: VariantKey,
-    counts: ReplicaCounts,
-    data: DataState,
-    /// Age of the oldest fresh sample used.
-    age: Option<Duration>,
-    /// Why it cannot take what the model needs, if it cannot.
-    limit: Option<LimitReason>,
 }
 
 impl Engine {
