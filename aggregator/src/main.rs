@@ -66,8 +66,8 @@ async fn run(argv: Vec<OsString>, args: Args) -> anyhow::Result<()> {
             println!("{variant}: peak desired {peak}, final desired {last}");
         }
         println!(
-            "peak queue: {} requests waiting across the model's replicas",
-            summary.peak_queue
+            "peak queue: {} requests waiting across the model's replicas; queued for {} s",
+            summary.peak_queue, summary.queued_seconds
         );
         if let Some(p95) = summary.ttft_p95 {
             println!("time to first token: p95 {} ms", p95.as_millis());

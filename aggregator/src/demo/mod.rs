@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use trace::Profile;
 use wva_core::admission::SharedToken;
+use wva_core::config::hybrid::HybridConfig;
 use wva_core::config::saturation::SaturationConfigSet;
 use wva_core::variants::{VariantKey, parse_variants};
 
@@ -31,6 +32,9 @@ use crate::standalone::actuator::{ActuatorConfig, LocalActuator};
 
 /// The embedded VariantAutoscalings.
 pub const VARIANTS: &str = include_str!("variants.yaml");
+
+/// The service class of HYBRID mode when no `--service-class-config` is given.
+const SERVICE_CLASS: &str = include_str!("serviceclass.yaml");
 
 /// Longest wait, after the load ends, for the fleet to scale back down.
 const SETTLE: Duration = Duration::from_secs(90);
@@ -55,6 +59,17 @@ fn saturation_config(args: &Args, speed: f64) -> anyhow::Result<SaturationConfig
     Ok(SaturationConfigSet::from_data(&data)?)
 }
 
+/// HYBRID mode's classes: `--service-class-config` when given, else the
+/// demo's own.
+fn service_classes(args: &Args) -> anyhow::Result<HybridConfig> {
+    let text = match &args.service_class_config {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("serviceclass config {}", path.display()))?,
+        None => SERVICE_CLASS.to_string(),
+    };
+    Ok(HybridConfig::from_yaml_file_contents(&text)?)
+}
+
 /// What the demo saw, for its closing lines and for tests.
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -64,6 +79,9 @@ pub struct Summary {
     /// The most requests waiting across the model's replicas at once, as
     /// the analysis saw them (sampled every second).
     pub peak_queue: u64,
+    /// Seconds in which requests waited at the replicas (sampled every
+    /// second): how long the model ran saturated.
+    pub queued_seconds: u64,
     /// The 95th percentile of the requests' time to first token.
     pub ttft_p95: Option<Duration>,
     /// Replicas started (ready or not) summed over the seconds of the run.
@@ -104,7 +122,7 @@ pub async fn run(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Sum
         legacy_metrics: args.legacy_metrics,
         controller_instance: args.controller_instance.clone(),
         scale_to_zero: false,
-        hybrid: false,
+        hybrid: args.experimental_proactive_model,
         admission: Arc::new(SharedToken(None)),
         tls: None,
         // The demo listens on loopback only.
@@ -121,7 +139,7 @@ pub async fn run(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Sum
             variants_rx.clone(),
             saturation_rx,
             watch::channel(Arc::default()).1,
-            watch::channel(Arc::default()).1,
+            watch::channel(Arc::new(service_classes(args)?)).1,
             Some(actuator.counts()),
             args.tuning(),
         ),
@@ -251,6 +269,7 @@ async fn watch_and_draw(
             .map(|load| load.requests_waiting)
             .sum();
         summary.peak_queue = summary.peak_queue.max(waiting as u64);
+        summary.queued_seconds += u64::from(waiting > 0.0);
         summary.completed = stats.completed.load(Ordering::Relaxed);
 
         let phase = phase(profile, t);
