@@ -162,6 +162,14 @@ impl HybridState {
         for ((va, pods), state) in model.variants.iter().zip(fresh).zip(&model.states) {
             let mut view = ModelBased::for_class(class);
             let per_replica = match self.known(config, model.model.model, va) {
+                // A running variant of unknown capacity would leave the plan
+                // to put its share on the others: the model waits for it.
+                Err(why) if state.current_replicas > 0 => {
+                    let mut view = ModelBased::for_class(class);
+                    view.abstains = Some(format!("variant {}: {why}", va.name));
+                    return Err(Box::new(view));
+                }
+                // One at zero has nothing to learn from: it keeps its floor.
                 Err(why) => {
                     view.abstains = Some(why);
                     0.0

@@ -147,7 +147,7 @@ fn the_plan_abstains_with_a_reason_and_the_saturation_analysis_decides() {
         (
             premium(24.0),
             va("ns", "v", "v", 10.0),
-            "profile still learning: inter-token latency: not observed yet",
+            "variant v: profile still learning: inter-token latency: not observed yet",
         ),
     ];
     for (classes, variant, why) in cases {
@@ -220,4 +220,60 @@ fn a_profile_learned_from_the_pods_counters_is_planned_with() {
         "{profile:?}"
     );
     assert!(plan.planned.is_some(), "{plan:?}");
+}
+
+#[test]
+fn a_running_variant_still_learning_holds_the_models_plan_and_one_at_zero_does_not() {
+    let plan_with = |unprofiled_replicas: u32| {
+        let mut w = World::new();
+        w.hybrid = Some(hybrid(&premium(24.0)));
+        let v = [profiled("known"), va("ns", "new", "new", 5.0)];
+        w.counts("known", 1, 1)
+            .counts("new", unprofiled_replicas, unprofiled_replicas);
+        if unprofiled_replicas > 0 {
+            w.pod(
+                "ns",
+                "n-0",
+                "new",
+                Some((serving(0.0, 0.1), Duration::ZERO)),
+            );
+        }
+        let mut engine = Engine::default();
+        w.pod(
+            "ns",
+            "k-0",
+            "known",
+            Some((serving(100.0, 0.1), Duration::ZERO)),
+        );
+        w.run(&mut engine, &v);
+        w.advance(Duration::from_secs(6));
+        w.pod(
+            "ns",
+            "k-0",
+            "known",
+            Some((serving(160.0, 0.1), Duration::ZERO)),
+        );
+        let (decisions, _) = w.run(&mut engine, &v);
+        decisions
+            .into_iter()
+            .map(|d| (d.variant.name.clone(), d.model_based.expect("HYBRID mode")))
+            .collect::<BTreeMap<_, _>>()
+    };
+    // The cheaper variant runs but has no profile: the plan would give all
+    // the load to the other one.
+    let waiting = plan_with(1);
+    for plan in waiting.values() {
+        assert_eq!(plan.planned, None);
+        assert_eq!(
+            plan.abstains.as_deref(),
+            Some("variant new: profile still learning: inter-token latency: not observed yet")
+        );
+    }
+    // At zero it has nothing to learn from: the other one is planned.
+    let planned = plan_with(0);
+    assert!(
+        planned["known"].planned.is_some_and(|n| n > 1),
+        "{planned:?}"
+    );
+    assert_eq!(planned["new"].planned, None);
 }
