@@ -11,54 +11,9 @@ use std::time::{Duration, Instant};
 use wva_proto::v1::ModelSignals;
 
 use crate::fast_hash::{Map, Set};
+use crate::model_key::{ModelKey, ModelRef};
 use crate::pod_models::PodModels;
 use crate::store::PodKey;
-
-/// A model: its namespace and id.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ModelKey {
-    namespace: String,
-    model: String,
-}
-
-/// A [`ModelKey`] borrowed: what the engine's maps are probed with, so that
-/// a model they know costs no copy. Hashes as its owned form does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ModelRef<'a> {
-    pub namespace: &'a str,
-    pub model: &'a str,
-}
-
-impl hashbrown::Equivalent<ModelKey> for ModelRef<'_> {
-    fn equivalent(&self, key: &ModelKey) -> bool {
-        self.namespace == key.namespace && self.model == key.model
-    }
-}
-
-impl From<&ModelRef<'_>> for ModelKey {
-    fn from(model: &ModelRef<'_>) -> Self {
-        ModelKey {
-            namespace: model.namespace.to_string(),
-            model: model.model.to_string(),
-        }
-    }
-}
-
-/// The model the tests use.
-#[cfg(test)]
-pub(crate) const A_MODEL: ModelRef<'static> = ModelRef {
-    namespace: "ns",
-    model: "m",
-};
-
-impl ModelKey {
-    pub fn borrowed(&self) -> ModelRef<'_> {
-        ModelRef {
-            namespace: &self.namespace,
-            model: &self.model,
-        }
-    }
-}
 
 #[derive(Debug)]
 struct Model {
@@ -131,6 +86,7 @@ mod tests {
     use wva_proto::v1::Counters;
 
     use super::*;
+    use crate::model_key::A_MODEL;
 
     fn pod(name: &str) -> PodKey {
         PodKey {

@@ -12,6 +12,7 @@ pub mod decision;
 pub mod engine;
 mod fast_hash;
 pub mod hybrid;
+pub mod model_key;
 pub mod pod_models;
 pub mod snapshot;
 pub mod sources;

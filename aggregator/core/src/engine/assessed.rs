@@ -7,9 +7,9 @@ use std::time::Duration;
 use super::load::Load;
 use super::reporting::PodView;
 use super::scale_to_zero::Zero;
-use crate::activity::ModelRef;
 use crate::analysis::model::{VariantState, VariantTarget};
 use crate::decision::{DataState, LimitReason, ModelBased, Saturation};
+use crate::model_key::ModelRef;
 use crate::snapshot::ReplicaCounts;
 use crate::variants::{Variant, VariantKey};
 

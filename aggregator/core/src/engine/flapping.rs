@@ -10,8 +10,8 @@
 use std::time::{Duration, Instant};
 
 use super::load::Load;
-use crate::activity::{ModelKey, ModelRef};
 use crate::fast_hash::{Map, Set};
+use crate::model_key::{ModelKey, ModelRef};
 
 /// How far the load must fall below the one that undid a scale-down before
 /// the model may scale down again.
@@ -84,7 +84,7 @@ impl FlapGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::activity::A_MODEL;
+    use crate::model_key::A_MODEL;
 
     #[test]
     fn an_undone_scale_down_waits_for_the_load_to_fall_clearly() {

@@ -10,7 +10,6 @@ use serde::Deserialize;
 use wva_proto::v1::ModelSignals;
 
 use super::assessed::Assessed;
-use crate::activity::ModelRef;
 use crate::analysis::model::{Reason, arrivals_and_backlog};
 use crate::config::hybrid::HybridConfig;
 use crate::config::service_class::{CLASS_ANNOTATION, ServiceClass};
@@ -22,6 +21,7 @@ use crate::hybrid::profile::{
     DEFAULT_HALF_LIFE_POINTS, Fitted, Interval, Linear, Profile, ProfileFit, Quality,
 };
 use crate::hybrid::replica::{Sustains, TokenMix, sustains};
+use crate::model_key::ModelRef;
 use crate::pod_models::PodModels;
 use crate::store::PodKey;
 use crate::variants::Variant;

@@ -40,7 +40,7 @@ use self::reporting::{PodView, Reporting, derived_counts, fresh_loads};
 use self::safety_net::SafetyNet;
 use self::scale_to_zero::{Policy, Zero};
 use self::trend::LoadTrend;
-use crate::activity::{ActivityTracker, ModelRef};
+use crate::activity::ActivityTracker;
 use crate::analysis::model::{Need, Reason, VariantState, VariantTarget, busy_capacity};
 use crate::analysis::saturation;
 use crate::analysis::steps::{self, Capacities, Demand};
@@ -52,6 +52,7 @@ use crate::decision::{
     Basis, DataState, Decision, LimitReason, ModelBased, Saturation, ScalingEvent, SourceFailure,
 };
 use crate::fast_hash::{Map, Set};
+use crate::model_key::ModelRef;
 use crate::snapshot::ReplicaCounts;
 use crate::stabilization::Window;
 use crate::store::{PodEntry, PodKey};

@@ -5,11 +5,12 @@
 use std::time::Instant;
 
 use super::reporting::PodView;
-use crate::activity::{ActivityTracker, ModelRef};
+use crate::activity::ActivityTracker;
 use crate::analysis::model::Reason;
 use crate::analysis::model::VariantTarget;
 use crate::config::scale_to_zero::ScaleToZeroConfigSet;
 use crate::decision::Basis;
+use crate::model_key::ModelRef;
 use crate::snapshot::ReplicaCounts;
 use crate::variants::{Variant, VariantKey};
 

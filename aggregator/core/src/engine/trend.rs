@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::load::{Load, Measure};
-use crate::activity::{ModelKey, ModelRef};
 use crate::fast_hash::{Map, Set};
+use crate::model_key::{ModelKey, ModelRef};
 
 /// How far back the load is compared.
 pub(super) const SPAN: Duration = Duration::from_secs(30);
@@ -66,7 +66,7 @@ impl LoadTrend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::activity::A_MODEL;
+    use crate::model_key::A_MODEL;
 
     fn at(t0: Instant, seconds: u64) -> Instant {
         t0 + Duration::from_secs(seconds)
