@@ -188,9 +188,9 @@ pub fn vllm_deployment_with(name: &str, replicas: i32, extra: &[&str]) -> Value 
     })
 }
 
-/// The VariantAutoscaling `name` in `NS`, as JSON.
-pub async fn va(client: &kube::Client, name: &str) -> anyhow::Result<Option<Value>> {
-    let api = Api::<kube::api::DynamicObject>::namespaced_with(
+/// The VariantAutoscalings of `NS`.
+pub fn vas(client: &kube::Client) -> Api<kube::api::DynamicObject> {
+    Api::namespaced_with(
         client.clone(),
         NS,
         &kube::api::ApiResource {
@@ -200,8 +200,12 @@ pub async fn va(client: &kube::Client, name: &str) -> anyhow::Result<Option<Valu
             kind: "VariantAutoscaling".into(),
             plural: "variantautoscalings".into(),
         },
-    );
-    Ok(api
+    )
+}
+
+/// The VariantAutoscaling `name` in `NS`, as JSON.
+pub async fn va(client: &kube::Client, name: &str) -> anyhow::Result<Option<Value>> {
+    Ok(vas(client)
         .get_opt(name)
         .await?
         .map(serde_json::to_value)

@@ -429,6 +429,8 @@ pub fn parse_metric(text: &str, name: &str) -> anyhow::Result<Vec<Series>> {
 /// Sends a completion request of about `prompt_tokens` prompt tokens and
 /// `max_tokens` output tokens to a `vllm-sim`; it stays in flight (holding
 /// its KV-cache blocks) until the returned connection is dropped or it ends.
+/// The sim closes the connection after its response, so reading it to the
+/// end waits for the request to finish.
 pub async fn hold_completion(
     sim: SocketAddr,
     model: &str,
@@ -445,7 +447,7 @@ pub async fn hold_completion(
     let mut stream =
         tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(sim)).await??;
     let request = format!(
-        "POST /v1/completions HTTP/1.1\r\nHost: {sim}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /v1/completions HTTP/1.1\r\nHost: {sim}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await?;

@@ -467,6 +467,44 @@ async fn configuration_changes_apply_live_and_a_static_change_is_rejected() -> a
     .await?;
     assert!(abstains("\"Standard\"")(&kept), "{}", kept["modelBased"]);
 
+    // Objectives no replica can meet: the sim decodes a token a second,
+    // as the variant's profile now says, and class Premium asks for half
+    // that. The condition says so, and the saturation analysis decides.
+    let premium = format!(
+        "{standard}- {{name: Premium, model: e2e/llama, priority: 1, slo-itl: 500, slo-ttw: 5000}}\n"
+    );
+    patch_config_map(&client, "serviceclass", json!({"serviceClasses": premium})).await?;
+    let profile =
+        r#"{"itl": {"intercept": 1000, "slope": 0}, "prefill": {"intercept": 20, "slope": 0.1}}"#;
+    vas(&client)
+        .patch(
+            CHAT,
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"metadata": {"annotations": {"wva.llmd.ai/performance-profile": profile}}}),
+            ),
+        )
+        .await?;
+    // Requests of one token finish with their prefill: the token mix.
+    for _ in 0..3 {
+        let mut finished = hold_completion(sim, MODEL, 8, 1).await?;
+        let mut response = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut finished, &mut response).await?;
+    }
+    let va = va_where(&client, "the objectives unattainable", |va| {
+        has_condition(va, "ModelBasedPlan", "False", "ObjectivesUnattainable")
+    })
+    .await?;
+    assert_condition(
+        &va,
+        "ModelBasedPlan",
+        (
+            "False",
+            "ObjectivesUnattainable",
+            "the saturation analysis decides alone: objectives of class \"Premium\" unattainable: a lone request's inter-token latency is 1000.0 ms, over the objective of 500 ms",
+        ),
+    );
+
     // A static parameter cannot change while running: an Event says so and
     // the aggregator goes on as it started.
     patch_config_map(

@@ -35,39 +35,63 @@ impl Linear {
     }
 }
 
-/// Weighted least squares of `y` on `x`, kept as running centred sums so
-/// that a new point costs O(1) and old points fade geometrically.
+/// Weighted least squares of `y` on `x` and, optionally, a second
+/// regressor `z`, kept as running centred sums so that a new point costs
+/// O(1) and old points fade geometrically.
+///
+/// `z` is there for the decode fit: a step that also prefills is longer by
+/// its prompt tokens, so the ITL a pod measures rises with the arrival rate
+/// as well as with the batch (`itl ≈ α + β·batch + c·prompt tokens per
+/// step`). Where `z` never varied, or only ever moved with `x`, the fit is
+/// the line in `x` alone.
 #[derive(Debug, Clone)]
 pub struct LinearFit {
     /// Factor applied to everything seen before each new point.
     decay: f64,
     weight: f64,
     mean_x: f64,
+    mean_z: f64,
     mean_y: f64,
     /// Weighted sums of squared and crossed deviations from the means. Kept
     /// centred (West's update): raw sums of x² would cancel catastrophically
     /// for prompts of 100,000 tokens that vary by ten.
     sxx: f64,
-    syy: f64,
+    sxz: f64,
+    szz: f64,
     sxy: f64,
+    szy: f64,
+    syy: f64,
 }
 
 /// What a [`LinearFit`] says about its data.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Estimate {
+    /// `y` against `x`, with `z`'s part taken out.
     pub line: Linear,
-    /// Share of the variance of y the line explains; 1 when y never varied.
+    /// The coefficient of `z`; none when the fit has no such term (`z`
+    /// never varied apart from `x`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub z_slope: Option<f64>,
+    /// Share of the variance of y the fit explains; 1 when y never varied.
     pub r_squared: f64,
     /// Sum of the (decayed) weights.
     pub weight: f64,
     /// Weighted mean of x.
     pub x_mean: f64,
-    /// Weighted standard deviation of x: a slope needs x to have varied.
+    /// Weighted mean of y.
+    pub y_mean: f64,
+    /// Weighted standard deviation of x, less what `z` explains: a slope
+    /// needs x to have varied on its own.
     pub x_spread: f64,
-    /// Weighted RMS distance of y from the line, in y's unit.
+    /// Weighted RMS distance of y from the fit, in y's unit.
     pub residual: f64,
 }
+
+/// Below this share of its variance left once the other regressor explains
+/// what it can, a regressor is taken to move with the other one, and the
+/// two cannot be told apart.
+const COLLINEAR: f64 = 1e-3;
 
 impl LinearFit {
     /// A fit where a point's weight halves every `half_life_points` newer
@@ -82,53 +106,70 @@ impl LinearFit {
             decay,
             weight: 0.0,
             mean_x: 0.0,
+            mean_z: 0.0,
             mean_y: 0.0,
             sxx: 0.0,
-            syy: 0.0,
+            sxz: 0.0,
+            szz: 0.0,
             sxy: 0.0,
+            szy: 0.0,
+            syy: 0.0,
         }
     }
 
-    /// Adds a point; false, and nothing changes, unless x and y are finite
-    /// and non-negative (latencies, batches and token counts all are) and
-    /// the weight is finite and positive.
+    /// Adds a point of the line in `x` alone; see [`LinearFit::add_with`].
     pub fn add(&mut self, x: f64, y: f64, weight: f64) -> bool {
+        self.add_with(x, 0.0, y, weight)
+    }
+
+    /// Adds a point; false, and nothing changes, unless x, z and y are
+    /// finite and non-negative (latencies, batches and token counts all
+    /// are) and the weight is finite and positive.
+    pub fn add_with(&mut self, x: f64, z: f64, y: f64, weight: f64) -> bool {
         let usable = |v: f64| v.is_finite() && v >= 0.0;
-        if !(usable(x) && usable(y) && weight.is_finite() && weight > 0.0) {
+        if !(usable(x) && usable(z) && usable(y) && weight.is_finite() && weight > 0.0) {
             return false;
         }
-        self.weight *= self.decay;
-        self.sxx *= self.decay;
-        self.syy *= self.decay;
-        self.sxy *= self.decay;
+        for sum in [
+            &mut self.weight,
+            &mut self.sxx,
+            &mut self.sxz,
+            &mut self.szz,
+            &mut self.sxy,
+            &mut self.szy,
+            &mut self.syy,
+        ] {
+            *sum *= self.decay;
+        }
         let total = self.weight + weight;
-        let dx = x - self.mean_x;
-        let dy = y - self.mean_y;
+        let (dx, dz, dy) = (x - self.mean_x, z - self.mean_z, y - self.mean_y);
         self.mean_x += dx * weight / total;
+        self.mean_z += dz * weight / total;
         self.mean_y += dy * weight / total;
         // The deviation from the old mean times the one from the new mean
         // adds exactly this point's share of the centred sums.
-        self.sxx += weight * dx * (x - self.mean_x);
-        self.sxy += weight * dx * (y - self.mean_y);
-        self.syy += weight * dy * (y - self.mean_y);
+        let (ex, ez, ey) = (x - self.mean_x, z - self.mean_z, y - self.mean_y);
+        self.sxx += weight * dx * ex;
+        self.sxz += weight * dx * ez;
+        self.szz += weight * dz * ez;
+        self.sxy += weight * dx * ey;
+        self.szy += weight * dz * ey;
+        self.syy += weight * dy * ey;
         self.weight = total;
         true
     }
 
-    /// The best line so far; none before the first point. When x never
+    /// The best fit so far; none before the first point. When x never
     /// varied the line is flat through the mean y, and its zero spread says
     /// the slope is unknown.
     pub fn estimate(&self) -> Option<Estimate> {
         if self.weight <= 0.0 {
             return None;
         }
-        let slope = if self.sxx > 0.0 {
-            self.sxy / self.sxx
-        } else {
-            0.0
-        };
+        let (slope, z_slope, sxx_alone) = self.solve();
+        let explained = slope * self.sxy + z_slope.unwrap_or(0.0) * self.szy;
         // Rounding may leave a perfect fit a hair below zero.
-        let unexplained = (self.syy - slope * self.sxy).max(0.0);
+        let unexplained = (self.syy - explained).max(0.0);
         let r_squared = if self.syy > 0.0 {
             1.0 - unexplained / self.syy
         } else {
@@ -136,22 +177,54 @@ impl LinearFit {
         };
         Some(Estimate {
             line: Linear {
-                intercept: self.mean_y - slope * self.mean_x,
+                intercept: self.mean_y - slope * self.mean_x - z_slope.unwrap_or(0.0) * self.mean_z,
                 slope,
             },
+            z_slope,
             r_squared,
             weight: self.weight,
             x_mean: self.mean_x,
-            x_spread: (self.sxx.max(0.0) / self.weight).sqrt(),
+            y_mean: self.mean_y,
+            x_spread: (sxx_alone.max(0.0) / self.weight).sqrt(),
             residual: (unexplained / self.weight).sqrt(),
         })
     }
+
+    /// The slopes of x and z, and x's centred sum of squares left once z
+    /// has explained what it can. z takes part only when it varied apart
+    /// from x and its slope is not negative: a step is never shorter for
+    /// prefilling.
+    fn solve(&self) -> (f64, Option<f64>, f64) {
+        let alone = || {
+            let slope = if self.sxx > 0.0 {
+                self.sxy / self.sxx
+            } else {
+                0.0
+            };
+            (slope, None, self.sxx)
+        };
+        if self.sxx <= 0.0 || self.szz <= 0.0 {
+            return alone();
+        }
+        let det = self.sxx * self.szz - self.sxz * self.sxz;
+        if det <= COLLINEAR * self.sxx * self.szz {
+            return alone();
+        }
+        let z_slope = (self.szy * self.sxx - self.sxy * self.sxz) / det;
+        if z_slope < 0.0 {
+            return alone();
+        }
+        let slope = (self.sxy * self.szz - self.szy * self.sxz) / det;
+        (slope, Some(z_slope), det / self.szz)
+    }
 }
 
-/// One weighted observation of a line.
+/// One weighted observation of a fit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Point {
     pub x: f64,
+    /// The second regressor; zero where the fit has none.
+    pub z: f64,
     pub y: f64,
     pub weight: f64,
 }
@@ -159,8 +232,9 @@ pub struct Point {
 /// What one pod did for one model between two consecutive samples.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Interval {
-    /// Mean batch per engine rank → mean ITL in ms, weighted by the tokens
-    /// timed. None when no token was.
+    /// Mean batch per engine rank and prompt tokens prefilled per decode
+    /// step → mean ITL in ms, weighted by the tokens timed. None when no
+    /// token was.
     pub decode: Option<Point>,
     /// Mean prompt tokens → mean TTFT in ms, weighted by the first tokens
     /// timed. None when none was.
@@ -189,13 +263,18 @@ impl Interval {
         let prompt_tokens = grew(|c| c.prompt_tokens)?;
         let batch = (per_rank(previous) + per_rank(current)) / 2.0;
         Some(Interval {
+            // Each rank's step gives each of its `batch` requests a token,
+            // so the ranks took `tokens / batch` steps between them, and
+            // the prompts were prefilled across those steps.
             decode: (tokens > 0.0).then(|| Point {
                 x: batch,
+                z: prompt_tokens * batch / tokens,
                 y: itl_sum / tokens * 1000.0,
                 weight: tokens,
             }),
             prefill: (first_tokens > 0.0).then(|| Point {
                 x: prompt_tokens / first_tokens,
+                z: 0.0,
                 y: ttft_sum / first_tokens * 1000.0,
                 weight: first_tokens,
             }),
@@ -247,8 +326,10 @@ pub struct FitRules {
     /// Standard deviation of the batch, in requests: below one the batch
     /// barely moved and the slope is mostly noise.
     pub decode_min_batch_spread: f64,
-    /// Requests behind the prefill fit. A TTFT is one noisy request, so
-    /// fifty of them rather than a handful.
+    /// Requests behind the prefill fit. A TTFT varies by up to a step (it
+    /// waits for the running one to end), so twenty of them, whose mean is
+    /// then within a few percent; more would leave a ramp unplanned until
+    /// it has already filled the replicas.
     pub prefill_min_requests: f64,
     /// Standard deviation of the prompt as a share of its mean: prompts all
     /// of one size cannot tell the per-token cost from the overhead, so
@@ -267,7 +348,7 @@ impl Default for FitRules {
         FitRules {
             decode_min_tokens: 1000.0,
             decode_min_batch_spread: 1.0,
-            prefill_min_requests: 50.0,
+            prefill_min_requests: 20.0,
             prefill_min_prompt_spread: 0.1,
             min_r_squared: 0.7,
             max_relative_residual: 0.05,
@@ -279,7 +360,8 @@ impl Default for FitRules {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Quality {
-    /// Batch → ITL (ms); weight in tokens.
+    /// Batch → ITL (ms); weight in tokens. Its `zSlope` is what each
+    /// prompt token prefilled in a step adds to that step, in ms.
     pub decode: Option<Estimate>,
     /// Prompt tokens → TTFT (ms); weight in requests.
     pub prefill: Option<Estimate>,
@@ -354,7 +436,7 @@ impl ProfileFit {
     /// is then prefill, not queueing), its prefill point.
     pub fn observe(&mut self, interval: &Interval) {
         if let Some(p) = interval.decode
-            && self.decode.add(p.x, p.y, p.weight)
+            && self.decode.add_with(p.x, p.z, p.y, p.weight)
         {
             self.largest_batch = self.largest_batch.max(p.x);
         }
@@ -415,8 +497,7 @@ fn judge(side: Side, estimate: Option<Estimate>, rules: &FitRules) -> Result<Lin
             }),
         };
     }
-    let mean_y = e.line.at(e.x_mean);
-    if e.r_squared < rules.min_r_squared && e.residual > rules.max_relative_residual * mean_y {
+    if e.r_squared < rules.min_r_squared && e.residual > rules.max_relative_residual * e.y_mean {
         return Err(fail(Reason::Noisy));
     }
     physical(&e).ok_or(fail(Reason::Unphysical))
@@ -481,6 +562,7 @@ mod tests {
         Interval {
             decode: Some(Point {
                 x: batch,
+                z: 0.0,
                 y: itl_ms,
                 weight: tokens,
             }),
@@ -494,6 +576,7 @@ mod tests {
             decode: None,
             prefill: Some(Point {
                 x: prompt,
+                z: 0.0,
                 y: ttft_ms,
                 weight: requests,
             }),
@@ -537,7 +620,8 @@ mod tests {
     }
 
     /// A pod's cumulative counters after one more interval at `batch`
-    /// running, with ±5 % noise on both latencies.
+    /// running, with ±5 % noise on both latencies. Its prefills run apart
+    /// from its decodes, as in disaggregated serving.
     fn serve(c: &mut Counters, noise: &mut Noise, batch: f64, prompt: f64) {
         let tokens = (batch * 50.0).round();
         let requests = 3.0;
@@ -577,6 +661,66 @@ mod tests {
         assert!(close(profile.prefill.intercept, 20.0, 0.05), "{profile:?}");
         assert!(close(profile.prefill.slope, 0.1, 0.05), "{profile:?}");
         assert_eq!(profile.max_batch, None);
+    }
+
+    #[test]
+    fn prefills_sharing_the_decode_steps_are_taken_out_of_the_itl() {
+        // The demo's shape: prompts of one size, arrivals rising with the
+        // batch but Poisson-noisy, each prefill lengthening the step it
+        // shares by the simulator's overhead and per-token cost.
+        let prompt = 512.0;
+        let steps = 50.0;
+        let mut noise = Noise(0x5eed);
+        let mut fit = ProfileFit::new(DEFAULT_HALF_LIFE_POINTS);
+        let mut batch_alone = LinearFit::new(DEFAULT_HALF_LIFE_POINTS);
+        let mut counters = Counters::default();
+        let mut previous = signals(1.0, 0.0, counters);
+        for _ in 0..600 {
+            let rate = noise.between(0.5, 6.0);
+            let batch = (2.5 * rate * (1.0 + 0.3 * noise.next())).round().max(1.0);
+            // Poisson's spread: the standard deviation is √rate.
+            let arrivals = (rate + 1.7 * rate.sqrt() * noise.next()).round().max(0.0);
+            let shared = arrivals * PREFILL.at(prompt) / steps;
+            let itl_ms = ITL.at(batch) * (1.0 + 0.05 * noise.next()) + shared;
+            let tokens = steps * batch;
+            counters.itl_seconds_count += tokens;
+            counters.itl_seconds_sum += tokens * itl_ms / 1000.0;
+            counters.ttft_seconds_count += arrivals;
+            counters.ttft_seconds_sum += arrivals * PREFILL.at(prompt) / 1000.0;
+            counters.prompt_tokens += arrivals * prompt;
+            let start = ModelSignals {
+                requests_running: batch,
+                ..previous
+            };
+            let current = signals(batch, 0.0, counters);
+            let interval = Interval::between(&start, &current).expect("counters only grew");
+            fit.observe(&interval);
+            let d = interval.decode.expect("tokens were timed");
+            batch_alone.add(d.x, d.y, d.weight);
+            previous = current;
+        }
+        // A line in the batch alone cannot tell a busier step from a
+        // bigger batch.
+        let alone = batch_alone.estimate().expect("points");
+        assert!(alone.r_squared < 0.7, "{alone:?}");
+        assert!(alone.residual > 0.05 * alone.y_mean, "{alone:?}");
+
+        let Fitted::Ready { profile, quality } = fit.profile(&FitRules::default()) else {
+            panic!(
+                "the prefill work explains the noise: {:?}",
+                fit.profile(&FitRules::default())
+            );
+        };
+        assert!(close(profile.itl.intercept, 10.0, 0.05), "{profile:?}");
+        assert!(close(profile.itl.slope, 0.2, 0.05), "{profile:?}");
+        // With prompts of one size, the overhead shares the prompt's tokens.
+        let per_token = PREFILL.at(prompt) / prompt;
+        let decode = quality.decode.expect("fitted");
+        let z_slope = decode
+            .z_slope
+            .expect("prefill work varied apart from the batch");
+        assert!(close(z_slope, per_token, 0.05), "{decode:?}");
+        assert!(decode.r_squared > 0.9, "{decode:?}");
     }
 
     #[test]
@@ -844,6 +988,38 @@ mod tests {
         assert!(close(e.line.slope, 0.1, 1e-9), "{e:?}");
         assert!(e.r_squared > 1.0 - 1e-9, "{e:?}");
         assert!(close(e.x_spread, 10.0 / 3f64.sqrt(), 0.05), "{e:?}");
+    }
+
+    #[test]
+    fn a_second_regressor_that_only_moves_with_the_first_is_left_out() {
+        let mut noise = Noise(31);
+        let mut fit = LinearFit::new(f64::INFINITY);
+        for _ in 0..500 {
+            let batch = noise.between(1.0, 65.0);
+            // Four prompt tokens a step per request running, always.
+            let y = ITL.at(batch) + 0.1 * 4.0 * batch;
+            assert!(fit.add_with(batch, 4.0 * batch, y, 100.0));
+        }
+        let e = fit.estimate().expect("points");
+        assert_eq!(e.z_slope, None);
+        // The line in the batch alone carries both.
+        assert!(close(e.line.slope, 0.2 + 0.4, 1e-9), "{e:?}");
+        assert!(close(e.x_spread, 64.0 / 12f64.sqrt(), 0.1), "{e:?}");
+    }
+
+    #[test]
+    fn a_step_is_never_shorter_for_prefilling() {
+        let mut noise = Noise(37);
+        let mut fit = LinearFit::new(f64::INFINITY);
+        for _ in 0..500 {
+            let batch = noise.between(1.0, 65.0);
+            let prompt_tokens = noise.between(0.0, 100.0);
+            let y = ITL.at(batch) - 0.01 * prompt_tokens;
+            assert!(fit.add_with(batch, prompt_tokens, y, 100.0));
+        }
+        let e = fit.estimate().expect("points");
+        assert_eq!(e.z_slope, None);
+        assert!(close(e.line.slope, 0.2, 0.05), "{e:?}");
     }
 
     #[test]
