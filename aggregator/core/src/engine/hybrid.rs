@@ -110,6 +110,9 @@ impl HybridState {
     /// variant's fit.
     fn learn(&mut self, model: &Assessed, fresh: &[Vec<Fresh<'_>>]) {
         for (va, pods) in model.variants.iter().zip(fresh) {
+            if pods.is_empty() {
+                continue;
+            }
             let key = (model.model.model.to_string(), va.accelerator.clone());
             for &Fresh { pod, signals, at } in pods {
                 let interval = self.previous.update(
@@ -125,15 +128,14 @@ impl HybridState {
                         interval
                     },
                 );
-                if let Some(interval) = interval {
-                    self.fits
-                        .entry(key.clone())
-                        .or_insert_with(|| Learned {
-                            fit: ProfileFit::new(DEFAULT_HALF_LIFE_POINTS),
-                            last: None,
-                        })
-                        .fit
-                        .observe(&interval);
+                let Some(interval) = interval else { continue };
+                // The key is copied only for a new (model, accelerator).
+                if let Some(learned) = self.fits.get_mut(&key) {
+                    learned.fit.observe(&interval);
+                } else {
+                    let mut fit = ProfileFit::new(DEFAULT_HALF_LIFE_POINTS);
+                    fit.observe(&interval);
+                    self.fits.insert(key.clone(), Learned { fit, last: None });
                 }
             }
         }
