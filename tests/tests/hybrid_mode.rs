@@ -108,17 +108,7 @@ async fn decisions_show_the_plan_under_the_files_class_and_follow_its_edits() ->
     let _aggregator = Proc {
         child: aggregator.spawn().context("start wva-aggregator")?,
     };
-    let aggregator_url = format!("http://{grpc}");
-    let _agent = start_agent(&AgentSpec {
-        target: sim,
-        aggregator: &aggregator_url,
-        pod: "chat-0",
-        namespace: "e2e",
-        variant: "chat",
-        model: MODEL,
-        interval: "200ms",
-        extra: &[],
-    })?;
+    let _agent = chat_agent(sim, grpc)?;
 
     // In HYBRID mode every decision has the view; before any request has
     // finished, the plan abstains and says why.
@@ -221,17 +211,22 @@ async fn slow_variant(
     let aggregator = Proc {
         child: aggregator.spawn().context("start wva-aggregator")?,
     };
-    let agent = start_agent(&AgentSpec {
+    let agent = chat_agent(sim, grpc)?;
+    Ok((vec![sim_proc, aggregator, agent], sim, metrics))
+}
+
+/// The agent of pod `chat-0` of variant `chat`, beside `sim`.
+fn chat_agent(sim: std::net::SocketAddr, aggregator: std::net::SocketAddr) -> anyhow::Result<Proc> {
+    start_agent(&AgentSpec {
         target: sim,
-        aggregator: &format!("http://{grpc}"),
+        aggregator: &format!("http://{aggregator}"),
         pod: "chat-0",
         namespace: "e2e",
         variant: "chat",
         model: MODEL,
         interval: "200ms",
         extra: &[],
-    })?;
-    Ok((vec![sim_proc, aggregator, agent], sim, metrics))
+    })
 }
 
 /// Sends requests of 16 prompt and 16 output tokens, open loop, at
