@@ -13,6 +13,7 @@ pub mod node;
 pub mod pki;
 pub mod pod_agent;
 pub mod prometheus;
+pub mod redis;
 pub mod samples;
 
 use std::collections::BTreeMap;
