@@ -257,6 +257,31 @@ async fn extracts_signals_and_reports_a_malformed_body() {
     assert_eq!(model.requests_waiting, 1.0);
     assert_eq!(model.engines, 2);
 
+    // The body with its names escaped, as some collectors serve it, and
+    // three more requests waiting: read like the original.
+    let escaped = VLLM_BODY.replace("vllm:", "vllm_").replace(
+        "model_name=\"meta-llama/Llama-3.1-8B-Instruct\"} 1.0",
+        "model_name=\"meta-llama/Llama-3.1-8B-Instruct\"} 4.0",
+    );
+    target.set(Reply::Text(escaped.into_bytes()));
+    let escaped = within("a sample of the escaped body", async {
+        loop {
+            let sample = conn.sample().await;
+            if sample
+                .models
+                .first()
+                .is_some_and(|m| m.requests_waiting == 4.0)
+            {
+                break sample;
+            }
+        }
+    })
+    .await;
+    assert!(escaped.up, "{}", escaped.error);
+    let mut expected = model.clone();
+    expected.requests_waiting = 4.0;
+    assert_eq!(escaped.models, [expected]);
+
     target.set(Reply::Text(
         b"vllm:num_requests_running{model_name=\"m\" 3\n".to_vec(),
     ));

@@ -13,7 +13,8 @@
 //! - a body in which no line is a sample but some line is malformed (an
 //!   HTML error page, say) is not an exposition ([`ExtractError::NotExposition`]);
 //! - a body without a single family of the role is the wrong target
-//!   ([`ExtractError::NoVllmMetrics`], [`ExtractError::NoEppMetrics`]).
+//!   ([`ExtractError::NoVllmMetrics`], [`ExtractError::NoEppMetrics`]); the
+//!   error says what the body held instead ([`Found`]).
 
 mod epp;
 mod seen;
@@ -35,10 +36,10 @@ pub enum ExtractError {
     Parse(ParseError),
     #[error("malformed exposition: no sample in the body, {0}")]
     NotExposition(ParseError),
-    #[error("no vllm: metrics found (is the target a vLLM server?)")]
-    NoVllmMetrics,
-    #[error("no endpoint-picker metrics found (is the target an EPP?)")]
-    NoEppMetrics,
+    #[error("no vLLM metrics found (is the target a vLLM server?): {0}")]
+    NoVllmMetrics(Found),
+    #[error("no endpoint-picker metrics found (is the target an EPP?): {0}")]
+    NoEppMetrics(Found),
     #[error("the extractor was built for ROLE_UNSPECIFIED")]
     UnspecifiedRole,
     #[error("extraction ran out of time after {lines} lines")]
@@ -173,9 +174,11 @@ impl Extractor {
             None => {}
         }
         if own == 0 {
+            // The wrong target: worth a second pass to say what it serves.
+            let found = Found::in_body(body, self.role == Role::Vllm);
             return Err(match self.role {
-                Role::Epp => ExtractError::NoEppMetrics,
-                _ => ExtractError::NoVllmMetrics,
+                Role::Epp => ExtractError::NoEppMetrics(found),
+                _ => ExtractError::NoVllmMetrics(found),
             });
         }
         self.valid = true;
@@ -222,8 +225,75 @@ impl Extractor {
     fn reads(&self, name: &str) -> bool {
         match self.role {
             Role::Epp => epp::reads(name),
-            _ => name.starts_with(vllm::PREFIX),
+            _ => vllm::is_vllm(name),
         }
+    }
+}
+
+/// What a body without the role's families holds: its sample count, a few
+/// of its names, and a name that mentions vLLM in a form not read (`vllm.`
+/// or `U__vllm_3a_…` escapes, say), the likely cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub samples: usize,
+    /// Up to [`Found::NAMES`] distinct sample names, in body order.
+    pub names: Vec<String>,
+    pub vllm_like: Option<String>,
+}
+
+impl Found {
+    const NAMES: usize = 3;
+    /// Names are cut to this many bytes: the error goes into logs and the
+    /// sample's error field.
+    const NAME_BYTES: usize = 64;
+
+    /// `vllm_like` is looked for when the role is vLLM.
+    fn in_body(body: &str, vllm_like: bool) -> Found {
+        let mut found = Found {
+            samples: 0,
+            names: Vec::new(),
+            vllm_like: None,
+        };
+        let cut = |name: &str| name[..name.floor_char_boundary(Self::NAME_BYTES)].to_string();
+        for line in Parser::new(body) {
+            let Ok(Line::Sample(sample)) = line else {
+                continue;
+            };
+            found.samples += 1;
+            if found.names.len() < Self::NAMES && !found.names.iter().any(|n| n == sample.name) {
+                found.names.push(cut(sample.name));
+            }
+            if vllm_like
+                && found.vllm_like.is_none()
+                && sample
+                    .name
+                    .as_bytes()
+                    .windows(4)
+                    .any(|w| w.eq_ignore_ascii_case(b"vllm"))
+            {
+                found.vllm_like = Some(cut(sample.name));
+            }
+        }
+        found
+    }
+}
+
+impl std::fmt::Display for Found {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.samples == 0 {
+            return f.write_str("the body has no samples");
+        }
+        let plural = if self.samples == 1 { "" } else { "s" };
+        write!(
+            f,
+            "the body has {} sample{plural}, such as {}",
+            self.samples,
+            self.names.join(", ")
+        )?;
+        if let Some(name) = &self.vllm_like {
+            write!(f, "; {name} mentions vLLM but in a form not read")?;
+        }
+        Ok(())
     }
 }
 

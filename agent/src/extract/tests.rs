@@ -268,19 +268,34 @@ fn wrong_targets_are_reported() {
             "malformed exposition: no sample in the body, line 1: expected a metric name, found '<'"
         );
     }
-    let epp_body = "inference_pool_average_queue_size{name=\"p\"} 1\n";
+    let epp_body = "inference_pool_average_queue_size{name=\"p\"} 1\n\
+                    inference_pool_average_queue_size{name=\"q\"} 2\n\
+                    process_cpu_seconds_total 3\n\
+                    go_goroutines 4\n\
+                    go_threads 5\n";
     assert_eq!(
-        extract(Role::Vllm, epp_body),
-        Err(ExtractError::NoVllmMetrics)
+        extract(Role::Vllm, epp_body).unwrap_err().to_string(),
+        "no vLLM metrics found (is the target a vLLM server?): the body has 5 samples, \
+         such as inference_pool_average_queue_size, process_cpu_seconds_total, go_goroutines"
     );
     assert_eq!(
         extract(Role::Vllm, "").unwrap_err().to_string(),
-        "no vllm: metrics found (is the target a vLLM server?)"
+        "no vLLM metrics found (is the target a vLLM server?): the body has no samples"
+    );
+    // Escaped some other way: named, as the likely cause.
+    let other_escape = "process_cpu_seconds_total 3\n\
+                        U__vllm_3a_num__requests__running{model_name=\"m\"} 1\n";
+    assert_eq!(
+        extract(Role::Vllm, other_escape).unwrap_err().to_string(),
+        "no vLLM metrics found (is the target a vLLM server?): the body has 2 samples, \
+         such as process_cpu_seconds_total, U__vllm_3a_num__requests__running; \
+         U__vllm_3a_num__requests__running mentions vLLM but in a form not read"
     );
     let vllm_body = "vllm:num_requests_running{model_name=\"m\"} 1\n";
     assert_eq!(
-        extract(Role::Epp, vllm_body),
-        Err(ExtractError::NoEppMetrics)
+        extract(Role::Epp, vllm_body).unwrap_err().to_string(),
+        "no endpoint-picker metrics found (is the target an EPP?): the body has 1 sample, \
+         such as vllm:num_requests_running"
     );
     assert_eq!(
         extract(Role::Unspecified, vllm_body),

@@ -1,5 +1,11 @@
 //! vLLM signals per served model (`model_name`), aggregated over the
 //! data-parallel engine ranks (`engine`) of the pod.
+//!
+//! vLLM names its families `vllm:…`. Collectors and proxies that escape
+//! names to the legacy Prometheus charset without `:` (OpenTelemetry's
+//! Prometheus exporter, some gateways) serve them as `vllm_…`; both forms
+//! are read alike. A body that somehow holds both is read in the form of
+//! its first vLLM sample, so no series is counted twice.
 
 use wva_proto::v1::{Counters, ModelSignals};
 
@@ -7,7 +13,15 @@ use super::seen::Seen;
 use super::slots::{Overflow, Reset, Slots, resized};
 use crate::parse::Sample;
 
-pub(super) const PREFIX: &str = "vllm:";
+const PREFIX: &str = "vllm:";
+
+/// [`PREFIX`] with its `:` escaped.
+const ESCAPED_PREFIX: &str = "vllm_";
+
+/// Whether a family or sample name is one of vLLM's, in either form.
+pub(super) fn is_vllm(name: &str) -> bool {
+    name.starts_with(PREFIX) || name.starts_with(ESCAPED_PREFIX)
+}
 
 /// Series summed over engine ranks and over any other label
 /// (`finished_reason`, …). The discriminant indexes [`ModelAcc::sums`].
@@ -89,8 +103,11 @@ const READ: [(&str, Series); 24] = {
     ]
 };
 
-fn classify(name: &str) -> Option<Series> {
-    READ.iter().find(|(n, _)| *n == name).map(|&(_, s)| s)
+/// The series a name after its prefix (`num_requests_running`) is.
+fn classify(unprefixed: &str) -> Option<Series> {
+    READ.iter()
+        .find(|(n, _)| &n[PREFIX.len()..] == unprefixed)
+        .map(|&(_, s)| s)
 }
 
 /// Names of the samples [`Vllm::observe`] reads.
@@ -144,12 +161,15 @@ pub(super) struct Vllm {
     models: Slots<ModelAcc>,
     /// Keyed by `engine`; `cache_config_info` has no `model_name`.
     cache: Slots<CacheConfig>,
+    /// The prefix of this body's first vLLM sample.
+    form: Option<&'static str>,
 }
 
 impl Vllm {
     pub(super) fn clear(&mut self) {
         self.models.clear();
         self.cache.clear();
+        self.form = None;
     }
 
     /// The set that dropped a key this scrape, and why, if any.
@@ -165,10 +185,17 @@ impl Vllm {
 
     /// Accumulates one sample.
     pub(super) fn observe(&mut self, sample: &Sample<'_>) -> Seen {
-        if !sample.name.starts_with(PREFIX) {
+        let prefix = if sample.name.starts_with(PREFIX) {
+            PREFIX
+        } else if sample.name.starts_with(ESCAPED_PREFIX) {
+            ESCAPED_PREFIX
+        } else {
             return Seen::Foreign;
+        };
+        if *self.form.get_or_insert(prefix) != prefix {
+            return Seen::Unread;
         }
-        let Some(series) = classify(sample.name) else {
+        let Some(series) = classify(&sample.name[prefix.len()..]) else {
             return Seen::Unread;
         };
         let (mut model, mut engine) = (None, "");
