@@ -103,10 +103,13 @@ const READ: [(&str, Series); 24] = {
     ]
 };
 
-/// The series a name after its prefix (`num_requests_running`) is.
+/// The series a name after its prefix (`num_requests_running`) is. Lengths
+/// are compared first: most names differ in length, and this runs for
+/// every sample.
 fn classify(unprefixed: &str) -> Option<Series> {
+    let len = PREFIX.len() + unprefixed.len();
     READ.iter()
-        .find(|(n, _)| &n[PREFIX.len()..] == unprefixed)
+        .find(|(n, _)| n.len() == len && n.as_bytes()[PREFIX.len()..] == *unprefixed.as_bytes())
         .map(|&(_, s)| s)
 }
 
