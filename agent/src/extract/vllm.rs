@@ -164,8 +164,8 @@ pub(super) struct Vllm {
     models: Slots<ModelAcc>,
     /// Keyed by `engine`; `cache_config_info` has no `model_name`.
     cache: Slots<CacheConfig>,
-    /// The prefix of this body's first vLLM sample.
-    form: Option<&'static str>,
+    /// The separator after `vllm` in this body's first vLLM sample.
+    form: Option<u8>,
 }
 
 impl Vllm {
@@ -188,17 +188,16 @@ impl Vllm {
 
     /// Accumulates one sample.
     pub(super) fn observe(&mut self, sample: &Sample<'_>) -> Seen {
-        let prefix = if sample.name.starts_with(PREFIX) {
-            PREFIX
-        } else if sample.name.starts_with(ESCAPED_PREFIX) {
-            ESCAPED_PREFIX
-        } else {
-            return Seen::Foreign;
+        // The byte after `vllm`: `:`, or `_` when escaped. Matched as bytes:
+        // this runs for every sample of the body.
+        let form = match sample.name.as_bytes() {
+            [b'v', b'l', b'l', b'm', separator @ (b':' | b'_'), ..] => *separator,
+            _ => return Seen::Foreign,
         };
-        if *self.form.get_or_insert(prefix) != prefix {
+        if *self.form.get_or_insert(form) != form {
             return Seen::Unread;
         }
-        let Some(series) = classify(&sample.name[prefix.len()..]) else {
+        let Some(series) = classify(&sample.name[PREFIX.len()..]) else {
             return Seen::Unread;
         };
         let (mut model, mut engine) = (None, "");
