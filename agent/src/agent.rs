@@ -17,6 +17,7 @@ use crate::latest;
 use crate::sampler::Sampler;
 use crate::scrape::{InvalidTarget, Scraper};
 use crate::server::{self, Health};
+use crate::signal_spec::{self, SpecError};
 use crate::stream::{StreamConfig, StreamError};
 use crate::telemetry::Telemetry;
 use crate::tls::{TargetTls, TlsError};
@@ -34,6 +35,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Stream(#[from] StreamError),
+    #[error(transparent)]
+    Signals(#[from] SpecError),
 }
 
 /// A configured agent with its listener bound, ready to run.
@@ -47,9 +50,10 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Checks the configuration (target URL, TLS files, token file) and binds
-    /// the listener of the agent's own endpoints.
+    /// Checks the configuration (target URL, TLS files, token file,
+    /// signals) and binds the listener of the agent's own endpoints.
     pub async fn start(args: Args) -> Result<Agent, StartError> {
+        signal_spec::check_all(&args.signals)?;
         let stream = StreamConfig::from_args(&args)?;
         stream.validate()?;
         let telemetry = Arc::new(Telemetry::new());
@@ -70,11 +74,18 @@ impl Agent {
         }
         let role = args.role.into();
         let filter = if args.filtered_scrape {
-            Filter::new(&args.target, read_samples(role))
+            let mut names: Vec<&str> = read_samples(role).collect();
+            for signal in &args.signals {
+                if !names.contains(&signal.metric.as_str()) {
+                    names.push(&signal.metric);
+                }
+            }
+            Filter::new(&args.target, names)
         } else {
             Filter::disabled()
         };
-        let sampler = Sampler::new(scraper, Extractor::new(role), filter, telemetry.clone());
+        let extractor = Extractor::with_signals(role, args.signals.clone());
+        let sampler = Sampler::new(scraper, extractor, filter, telemetry.clone());
         let listen_error = |source| StartError::Listen {
             addr: args.listen,
             source,

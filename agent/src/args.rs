@@ -11,6 +11,8 @@ use clap::{Parser, ValueEnum};
 use http::Uri;
 use wva_proto::v1::Role;
 
+use crate::signal_spec::SignalSpec;
+
 /// Shortest and longest scrape interval the agent accepts, from the command
 /// line or from the aggregator.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -85,6 +87,17 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub models: Vec<String>,
+
+    /// Named value to forward, computed from the target's series, e.g.
+    /// 'queue_depth=sum(redis_key_size{key="jobs"})' (repeatable, at most
+    /// 16; env: one per line, as matchers hold commas).
+    #[arg(
+        long = "signal",
+        value_name = "NAME=EXPR",
+        env = "WVA_SIGNALS",
+        value_delimiter = '\n'
+    )]
+    pub signals: Vec<SignalSpec>,
 
     /// Accelerator type of the pod, e.g. H100.
     #[arg(long, env = "WVA_ACCELERATOR")]
@@ -393,6 +406,25 @@ mod tests {
             "{err}"
         );
         assert!(with_target("https://127.0.0.1:8443/metrics").is_ok());
+    }
+
+    #[test]
+    fn signals_repeat_on_the_command_line_and_one_per_line_in_the_environment() {
+        let jobs = r#"queue_depth=sum(redis_key_size{db="db0",key="jobs"})"#;
+        let args = parse(&["--signal", jobs, "--signal", "busy=max(workers_busy)"]).unwrap();
+        let names: Vec<_> = args.signals.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["queue_depth", "busy"]);
+        assert_eq!(args.signals[0].matchers.len(), 2, "commas stay inside");
+
+        let bad = parse(&["--signal", "q=count(m)"]).unwrap_err().to_string();
+        assert!(
+            bad.contains(r#"invalid --signal "q=count(m)": unknown aggregation "count""#),
+            "{bad}"
+        );
+        // The delimiter the environment form is split at applies to flags too.
+        let lines = format!("{jobs}\nbusy=max(workers_busy)");
+        let args = parse(&["--signal", &lines]).unwrap();
+        assert_eq!(args.signals.len(), 2);
     }
 
     #[test]

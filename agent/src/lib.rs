@@ -14,6 +14,7 @@ pub mod latest;
 pub mod sampler;
 pub mod scrape;
 pub mod server;
+pub mod signal_spec;
 pub mod stream;
 pub mod telemetry;
 pub mod tls;

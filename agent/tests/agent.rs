@@ -305,13 +305,60 @@ async fn extracts_signals_and_reports_a_malformed_body() {
 }
 
 #[tokio::test]
+async fn configured_signals_are_streamed_and_asked_for() {
+    let body = format!(
+        "{VLLM_BODY}redis_key_size{{db=\"db0\",key=\"jobs\"}} 12\nredis_key_size{{db=\"db0\",key=\"mail\"}} 3\n"
+    );
+    let target = Target::start(Reply::Text(body.into_bytes())).await;
+    let mut server = TestAggregator::start(None).await;
+    let _agent = run_agent(
+        &target.url,
+        &format!("http://{}", server.addr),
+        &[
+            "--interval",
+            "100ms",
+            "--signal",
+            r#"queue_depth=sum(redis_key_size{key="jobs"})"#,
+            "--signal",
+            "busiest_engine=max(vllm:num_requests_running)",
+            "--signal",
+            "gone=sum(redis_stream_length)",
+        ],
+    )
+    .await;
+
+    let mut conn = server.accept().await;
+    conn.hello().await;
+    let sample = conn.sample().await;
+    assert!(sample.up, "{}", sample.error);
+    let got: Vec<_> = sample
+        .signals
+        .iter()
+        .map(|s| (s.name.as_str(), s.value))
+        .collect();
+    // A signal nothing matched is absent, not 0.
+    assert_eq!(got, [("queue_depth", 12.0), ("busiest_engine", 3.0)]);
+    assert_eq!(sample.models.len(), 1, "the role's signals still flow");
+    // A filtered scrape asks for the signals' samples too.
+    let first = &target.asked()[0];
+    assert!(
+        first.contains("name%5B%5D=redis_key_size&name%5B%5D=redis_stream_length"),
+        "{first}"
+    );
+}
+
+#[tokio::test]
 async fn bad_configuration_fails_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("token");
-    let cases: [(&[&str], &str); 2] = [
+    let cases: [(&[&str], &str); 3] = [
         (
             &["--token-file", missing.to_str().unwrap()],
             "cannot read token file",
+        ),
+        (
+            &["--signal", "q=sum(a)", "--signal", "q=max(b)"],
+            "--signal name \"q\" is given twice",
         ),
         (&["--listen", "192.0.2.1:0"], "cannot listen on 192.0.2.1:0"),
     ];

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use wva_agent::extract::{ExtractError, Extractor};
 use wva_agent::parse::{Line, ParseError, Parser};
-use wva_proto::v1::{EppPool, ModelSignals, Role, Sample};
+use wva_agent::signal_spec::SignalSpec;
+use wva_proto::v1::{EppPool, ModelSignals, NamedValue, Role, Sample};
 
 const DP2: &str = "vllm-v1-0.11.0-generated-dp2-specdecode-busy.prom";
 const LORA: &str = "vllm-v1-0.11.0-generated-lora-6adapters-45s.prom";
@@ -532,6 +533,49 @@ fn epp_pool_averages_from_both_generations_of_names() {
     }
 }
 
+/// Two `--signal`s over the dp2 fixture's running requests.
+fn dp2_signals() -> Vec<SignalSpec> {
+    [
+        "running=sum(vllm:num_requests_running)",
+        r#"engine1_running=max(vllm:num_requests_running{engine="1"})"#,
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect()
+}
+
+#[test]
+fn signals_on_the_dp2_fixture_match_the_naive_reading() {
+    let body = read(DP2);
+    let mut x = Extractor::with_signals(Role::Vllm, dp2_signals());
+    x.extract(&body).unwrap();
+    let mut sample = Sample::default();
+    x.fill(&mut sample);
+    let engine1 = naive(&body)
+        .iter()
+        .filter(|s| {
+            s.name == "vllm:num_requests_running" && naive_label(s.labels, "engine") == Some("1")
+        })
+        .map(|s| s.value)
+        .fold(f64::NEG_INFINITY, f64::max);
+    assert_eq!(engine1, 73.0);
+    assert_eq!(
+        sample.signals,
+        [
+            NamedValue {
+                name: "running".into(),
+                value: naive_sum(&body, "vllm:num_requests_running"),
+            },
+            NamedValue {
+                name: "engine1_running".into(),
+                value: engine1,
+            },
+        ]
+    );
+    // The role's own signals are what they are without signals configured.
+    assert_eq!(sample.models, [one_model(DP2)]);
+}
+
 thread_local! {
     static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
 }
@@ -599,4 +643,23 @@ fn steady_state_extraction_does_not_allocate() {
         });
         assert_eq!(parsed, 0);
     }
+}
+
+#[test]
+fn steady_state_extraction_with_signals_does_not_allocate() {
+    let body = read(DP2);
+    let mut x = Extractor::with_signals(Role::Vllm, dp2_signals());
+    let mut sample = Sample::default();
+    x.extract(&body).unwrap();
+    x.fill(&mut sample);
+    assert_eq!(sample.signals.len(), 2);
+    let first = sample.clone();
+    let n = allocations_during(|| {
+        for _ in 0..3 {
+            x.extract(&body).unwrap();
+            x.fill(&mut sample);
+        }
+    });
+    assert_eq!(n, 0);
+    assert_eq!(sample, first);
 }

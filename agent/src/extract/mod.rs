@@ -15,8 +15,14 @@
 //! - a body without a single family of the role is the wrong target
 //!   ([`ExtractError::NoVllmMetrics`], [`ExtractError::NoEppMetrics`]); the
 //!   error says what the body held instead ([`Found`]).
+//!
+//! Operator-configured signals ([`Extractor::with_signals`], see `generic`)
+//! are read beside the role's families in the same pass. They never fail a
+//! body and are not the role's families: a body holding only them is still
+//! the wrong target.
 
 mod epp;
+mod generic;
 mod seen;
 mod slots;
 mod vllm;
@@ -28,6 +34,7 @@ use wva_proto::v1::{Role, Sample};
 use self::seen::Seen;
 use self::slots::Overflow;
 use crate::parse::{Line, ParseError, Parser};
+use crate::signal_spec::SignalSpec;
 
 /// Error for a body the extractor cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +82,7 @@ pub struct Extractor {
     role: Role,
     vllm: vllm::Vllm,
     epp: epp::Epp,
+    generic: generic::Generic,
     /// Whether the last `extract` succeeded.
     valid: bool,
     /// Samples of the last body that the extractor does not read.
@@ -85,10 +93,17 @@ pub struct Extractor {
 
 impl Extractor {
     pub fn new(role: Role) -> Self {
+        Self::with_signals(role, Vec::new())
+    }
+
+    /// An extractor that also computes `signals` (checked with
+    /// [`crate::signal_spec::check_all`]) from every body.
+    pub fn with_signals(role: Role, signals: Vec<SignalSpec>) -> Self {
         Extractor {
             role,
             vllm: vllm::Vllm::default(),
             epp: epp::Epp::default(),
+            generic: generic::Generic::new(signals),
             valid: false,
             unread: 0,
             skipped: 0,
@@ -115,6 +130,7 @@ impl Extractor {
         self.first_skipped = None;
         self.vllm.clear();
         self.epp.clear();
+        self.generic.clear();
         if self.role == Role::Unspecified {
             return Err(ExtractError::UnspecifiedRole);
         }
@@ -136,8 +152,9 @@ impl Extractor {
                         Role::Epp => self.epp.observe(&sample),
                         _ => self.vllm.observe(&sample),
                     };
+                    let signal = self.generic.observe(&sample);
                     own += usize::from(seen != Seen::Foreign);
-                    self.unread += usize::from(seen != Seen::Read);
+                    self.unread += usize::from(seen != Seen::Read && !signal);
                 }
                 Ok(_) => {}
                 Err(e) if self.reads(leading_name(lines.line_text())) => {
@@ -185,9 +202,15 @@ impl Extractor {
         Ok(())
     }
 
-    /// Writes the signals of the last `extract` into `sample` (`models` and
-    /// `epp`), reusing the sample's buffers; none after a failed one.
+    /// Writes the signals of the last `extract` into `sample` (`models`,
+    /// `epp` and `signals`), reusing the sample's buffers; none after a
+    /// failed one.
     pub fn fill(&self, sample: &mut Sample) {
+        if self.valid {
+            self.generic.fill(&mut sample.signals);
+        } else {
+            sample.signals.clear();
+        }
         match self.role {
             Role::Vllm if self.valid => {
                 self.vllm.fill(&mut sample.models);
@@ -205,8 +228,8 @@ impl Extractor {
         }
     }
 
-    /// Samples of the last body not among [`read_samples`]: a target that
-    /// serves some ignored a filtered request.
+    /// Samples of the last body neither among [`read_samples`] nor named by
+    /// a signal: a target that serves some ignored a filtered request.
     pub fn unread_samples(&self) -> usize {
         self.unread
     }

@@ -466,3 +466,149 @@ fn extraction_gives_up_at_its_deadline() {
     let later = std::time::Instant::now() + std::time::Duration::from_secs(60);
     assert!(x.extract_within(&body, later).is_ok());
 }
+
+/// `--signal` values, extracted from `body` by an extractor of `role`.
+fn signals(role: Role, specs: &[&str], body: &str) -> Result<Vec<(String, f64)>, ExtractError> {
+    let specs = specs.iter().map(|s| s.parse().unwrap()).collect();
+    let mut x = Extractor::with_signals(role, specs);
+    x.extract(body)?;
+    let mut sample = Sample::default();
+    x.fill(&mut sample);
+    Ok(sample
+        .signals
+        .into_iter()
+        .map(|s| (s.name, s.value))
+        .collect())
+}
+
+const REDIS: &str = "vllm:num_requests_running{model_name=\"m\"} 1\n\
+     redis_key_size{db=\"db0\",key=\"jobs\"} 4\n\
+     redis_key_size{db=\"db0\",key=\"mail\"} 10\n\
+     redis_key_size{db=\"db1\",key=\"jobs\"} 2\n\
+     redis_key_size{key=\"orphans\"} 7\n\
+     redis_key_size_total{db=\"db0\",key=\"jobs\"} 100\n";
+
+fn named(pairs: &[(&str, f64)]) -> Vec<(String, f64)> {
+    pairs.iter().map(|&(n, v)| (n.to_owned(), v)).collect()
+}
+
+#[test]
+fn signals_aggregate_every_series_of_their_exact_name() {
+    let got = signals(
+        Role::Vllm,
+        &[
+            "s=sum(redis_key_size)",
+            "hi=max(redis_key_size)",
+            "lo=min(redis_key_size)",
+            "mean=avg(redis_key_size)",
+        ],
+        REDIS,
+    );
+    assert_eq!(
+        got.unwrap(),
+        named(&[("s", 23.0), ("hi", 10.0), ("lo", 2.0), ("mean", 23.0 / 4.0)])
+    );
+}
+
+#[test]
+fn matchers_treat_a_missing_label_as_empty() {
+    let got = signals(
+        Role::Vllm,
+        &[
+            r#"jobs=sum(redis_key_size{key="jobs"})"#,
+            r#"db0_jobs=sum(redis_key_size{db="db0",key="jobs"})"#,
+            // A `!=` matcher also takes series without the label.
+            r#"not_db0=sum(redis_key_size{db!="db0"})"#,
+            // `=""` takes only series without it (or with it empty).
+            r#"no_db=sum(redis_key_size{db=""})"#,
+            r#"any_db=sum(redis_key_size{db!=""})"#,
+        ],
+        REDIS,
+    );
+    assert_eq!(
+        got.unwrap(),
+        named(&[
+            ("jobs", 6.0),
+            ("db0_jobs", 4.0),
+            ("not_db0", 9.0),
+            ("no_db", 7.0),
+            ("any_db", 16.0),
+        ])
+    );
+}
+
+#[test]
+fn matchers_compare_unescaped_values() {
+    let body =
+        "q{k=\"a\\\"b\"} 1\nq{k=\"a\\\\b\"} 2\nvllm:num_requests_running{model_name=\"m\"} 1\n";
+    let got = signals(
+        Role::Vllm,
+        &[r#"quote=sum(q{k="a\"b"})"#, r#"slash=sum(q{k="a\\b"})"#],
+        body,
+    );
+    assert_eq!(got.unwrap(), named(&[("quote", 1.0), ("slash", 2.0)]));
+}
+
+#[test]
+fn a_signal_nothing_matched_is_absent_not_zero() {
+    let got = signals(
+        Role::Vllm,
+        &[
+            "gone=sum(redis_stream_length)",
+            r#"other_db=max(redis_key_size{db="db9"})"#,
+            "s=sum(redis_key_size)",
+        ],
+        REDIS,
+    );
+    assert_eq!(got.unwrap(), named(&[("s", 23.0)]));
+}
+
+#[test]
+fn nan_values_are_skipped() {
+    let body = "q 1\nq NaN\nq 3\nonly_nan NaN\nvllm:num_requests_running{model_name=\"m\"} 1\n";
+    let got = signals(
+        Role::Vllm,
+        &["s=sum(q)", "lo=min(q)", "mean=avg(q)", "n=max(only_nan)"],
+        body,
+    );
+    assert_eq!(
+        got.unwrap(),
+        named(&[("s", 4.0), ("lo", 1.0), ("mean", 2.0)])
+    );
+}
+
+#[test]
+fn signals_never_fail_a_body_nor_stand_in_for_the_role() {
+    // Only the signal's series: still not a vLLM server.
+    let err = signals(Role::Vllm, &["s=sum(redis_key_size)"], "redis_key_size 3\n");
+    assert!(
+        matches!(err, Err(ExtractError::NoVllmMetrics(_))),
+        "{err:?}"
+    );
+    // A malformed line of the signal's metric is skipped like any foreign one.
+    let body = format!("{REDIS}redis_key_size{{key=\"x\" 5\n");
+    let mut x = Extractor::with_signals(Role::Vllm, vec!["s=sum(redis_key_size)".parse().unwrap()]);
+    x.extract(&body).unwrap();
+    assert_eq!(x.skipped_lines(), 1);
+    let mut sample = Sample::default();
+    x.fill(&mut sample);
+    assert_eq!(sample.signals[0].value, 23.0);
+    // Named samples are read: a filtered body serving them is still filtered.
+    assert_eq!(x.unread_samples(), 1, "only redis_key_size_total");
+    // An endpoint picker forwards them as well.
+    let epp = "llm_d_epp_flow_control_queue_size{target_model_name=\"m\"} 2\nredis_key_size 3\n";
+    let got = signals(Role::Epp, &["s=sum(redis_key_size)"], epp);
+    assert_eq!(got.unwrap(), named(&[("s", 3.0)]));
+}
+
+#[test]
+fn fill_forgets_signals_after_a_failed_extract() {
+    let mut x = Extractor::with_signals(Role::Vllm, vec!["s=sum(redis_key_size)".parse().unwrap()]);
+    let mut sample = Sample::default();
+    x.extract(REDIS).unwrap();
+    x.fill(&mut sample);
+    assert_eq!(sample.signals.len(), 1);
+    assert!(x.extract("redis_key_size 3\n").is_err());
+    x.fill(&mut sample);
+    assert!(sample.signals.is_empty());
+}
