@@ -15,12 +15,10 @@
 
 use std::str::FromStr;
 
-/// Signals one agent forwards: the aggregator takes this many a sample.
-pub const MAX_SIGNALS: usize = 16;
+pub use wva_proto::{MAX_SIGNAL_NAME_BYTES as MAX_NAME_BYTES, MAX_SIGNALS};
+
 /// Matchers of one signal: each costs a label lookup per matching sample.
 pub const MAX_MATCHERS: usize = 8;
-/// Longest signal name.
-pub const MAX_NAME_BYTES: usize = 63;
 
 /// One parsed `--signal`.
 #[derive(Debug, Clone, PartialEq, Eq)]

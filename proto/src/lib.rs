@@ -6,6 +6,13 @@
 /// scrape instead of sending it.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
+/// Operator-configured signals one sample may carry (`Sample.signals`): the
+/// agent refuses more flags, the aggregator more values.
+pub const MAX_SIGNALS: usize = 16;
+
+/// Longest signal name, in bytes.
+pub const MAX_SIGNAL_NAME_BYTES: usize = 63;
+
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     include!(concat!(env!("OUT_DIR"), "/wva.v1.rs"));

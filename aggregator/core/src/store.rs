@@ -64,7 +64,8 @@ fn hello_bytes(hello: &Hello) -> usize {
 }
 
 /// What the budget counts for a sample: the struct, its error text, and its
-/// models, queues and pools with their names, by capacity.
+/// models, queues, pools and forwarded signals with their names, by
+/// capacity.
 fn sample_bytes(sample: &Sample) -> usize {
     let models = vec_bytes(&sample.models)
         + sample
@@ -78,7 +79,13 @@ fn sample_bytes(sample: &Sample) -> usize {
             + vec_bytes(&e.pools)
             + e.pools.iter().map(|p| p.pool.capacity()).sum::<usize>()
     });
-    std::mem::size_of::<Sample>() + sample.error.capacity() + models + epp
+    let signals = vec_bytes(&sample.signals)
+        + sample
+            .signals
+            .iter()
+            .map(|s| s.name.capacity())
+            .sum::<usize>();
+    std::mem::size_of::<Sample>() + sample.error.capacity() + models + epp + signals
 }
 
 /// The heap a vector holds for its elements.
@@ -828,5 +835,25 @@ mod tests {
         assert_eq!(store.bytes(), before - one);
         store.expire(t0 + STALENESS * 2, STALENESS);
         assert_eq!((store.len(), store.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn forwarded_signals_count_against_the_budget() {
+        use wva_proto::v1::NamedValue;
+
+        let signal = NamedValue {
+            name: "q".repeat(63),
+            value: 1.0,
+        };
+        let forwarded = Sample {
+            signals: vec![signal; 16],
+            ..sample(1)
+        };
+        let each = std::mem::size_of::<NamedValue>() + 63;
+        assert!(
+            sample_bytes(&forwarded) >= sample_bytes(&sample(1)) + 16 * each,
+            "{}",
+            sample_bytes(&forwarded)
+        );
     }
 }

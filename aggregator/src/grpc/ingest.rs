@@ -19,11 +19,11 @@ use wva_core::admission::{Admission, Refusal, RefusalCode};
 use wva_core::config::saturation::SaturationConfigSet;
 use wva_core::store::{Offer, PodKey, PodStore, RegisterError, Takeover};
 use wva_core::verdict::Verdict;
-use wva_proto::MAX_MESSAGE_BYTES;
 use wva_proto::v1::telemetry_server::Telemetry;
 use wva_proto::v1::{
     Accepted, AgentMessage, ControlMessage, Hello, Role, Sample, agent_message, control_message,
 };
+use wva_proto::{MAX_MESSAGE_BYTES, MAX_SIGNAL_NAME_BYTES, MAX_SIGNALS};
 
 use super::admission;
 use super::taps::Taps;
@@ -164,6 +164,47 @@ pub fn validate_hello(hello: &Hello) -> Result<(), String> {
 /// Longest error text a failed scrape's sample may carry.
 const MAX_ERROR_BYTES: usize = 1024;
 
+/// Operator-configured signals are bounded as the agent bounds its flags,
+/// so that they cannot grow what the store holds per pod, and carry finite
+/// values (an unmatched signal is absent, never NaN).
+fn check_signals(sample: &Sample) -> Result<(), String> {
+    if sample.signals.len() > MAX_SIGNALS {
+        return Err(format!(
+            "the sample carries {} signals, over {MAX_SIGNALS}",
+            sample.signals.len()
+        ));
+    }
+    for signal in &sample.signals {
+        if signal.name.is_empty() || signal.name.len() > MAX_SIGNAL_NAME_BYTES {
+            return Err(format!(
+                "signal name of {} bytes, outside 1..={MAX_SIGNAL_NAME_BYTES}: {}",
+                signal.name.len(),
+                clip(&signal.name)
+            ));
+        }
+        if !signal.value.is_finite() {
+            return Err(format!(
+                "signal {:?} = {} is not a finite number",
+                signal.name, signal.value
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An invalid sample as the store keeps it: a failed scrape saying why,
+/// holding none of what it carried.
+fn as_failed_scrape(sample: Sample, error: &str) -> Sample {
+    Sample {
+        up: false,
+        error: format!("invalid sample: {error}"),
+        models: Vec::new(),
+        epp: None,
+        signals: Vec::new(),
+        ..sample
+    }
+}
+
 /// Checks that a sample is bounded and its signals usable numbers, whether
 /// or not it reports a successful scrape; the error names the field.
 pub fn validate_sample(sample: &Sample) -> Result<(), String> {
@@ -186,6 +227,7 @@ pub fn validate_sample(sample: &Sample) -> Result<(), String> {
             ));
         }
     }
+    check_signals(sample)?;
     let names = (sample.models.iter().map(|m| ("model", &m.model)))
         .chain(
             epp.iter()
@@ -401,13 +443,7 @@ impl Ingest {
                     if let Some(left_out) = invalid.allow() {
                         warn!(pod = %key, error = %e, left_out, "invalid sample treated as a failed scrape");
                     }
-                    Sample {
-                        up: false,
-                        error: format!("invalid sample: {e}"),
-                        models: Vec::new(),
-                        epp: None,
-                        ..sample
-                    }
+                    as_failed_scrape(sample, &e)
                 }
             };
             self.taps.offer(key, &sample);
@@ -442,7 +478,7 @@ impl Ingest {
 
 #[cfg(test)]
 mod tests {
-    use wva_proto::v1::{EppModelQueue, EppPool, EppSignals, ModelSignals};
+    use wva_proto::v1::{EppModelQueue, EppPool, EppSignals, ModelSignals, NamedValue};
 
     use super::*;
 
@@ -519,6 +555,64 @@ mod tests {
         };
         let error = validate_hello(&instance).unwrap_err();
         assert!(error.starts_with("hello.instance is 254 bytes"), "{error}");
+    }
+
+    #[test]
+    fn forwarded_signals_are_bounded_named_and_finite() {
+        let signal = |name: &str, value: f64| NamedValue {
+            name: name.into(),
+            value,
+        };
+        let forwarded = |signals: Vec<NamedValue>| Sample {
+            up: false,
+            signals,
+            ..sample(Vec::new())
+        };
+        let within = forwarded(vec![
+            signal(&"q".repeat(MAX_SIGNAL_NAME_BYTES), 7.0);
+            MAX_SIGNALS
+        ]);
+        assert_eq!(validate_sample(&within), Ok(()));
+        let many = forwarded(vec![signal("queue_depth", 7.0); MAX_SIGNALS + 1]);
+        assert_eq!(
+            validate_sample(&many),
+            Err("the sample carries 17 signals, over 16".into())
+        );
+        let long = forwarded(vec![signal(&"q".repeat(MAX_SIGNAL_NAME_BYTES + 1), 7.0)]);
+        let error = validate_sample(&long).unwrap_err();
+        assert!(
+            error.starts_with("signal name of 64 bytes, outside 1..=63"),
+            "{error}"
+        );
+        let unnamed = forwarded(vec![signal("", 7.0)]);
+        let error = validate_sample(&unnamed).unwrap_err();
+        assert!(error.starts_with("signal name of 0 bytes"), "{error}");
+        let nan = forwarded(vec![signal("queue_depth", f64::NAN)]);
+        assert_eq!(
+            validate_sample(&nan),
+            Err("signal \"queue_depth\" = NaN is not a finite number".into())
+        );
+    }
+
+    #[test]
+    fn an_invalid_sample_is_kept_as_a_failed_scrape_holding_nothing() {
+        let many = Sample {
+            seq: 9,
+            signals: vec![NamedValue::default(); MAX_SIGNALS + 1],
+            epp: Some(EppSignals::default()),
+            ..sample(vec![signals(0.1, 0.0, 0.0)])
+        };
+        let error = validate_sample(&many).unwrap_err();
+        let kept = as_failed_scrape(many, &error);
+        assert_eq!(
+            kept,
+            Sample {
+                seq: 9,
+                up: false,
+                error: "invalid sample: the sample carries 17 signals, over 16".into(),
+                ..Sample::default()
+            }
+        );
     }
 
     #[test]
