@@ -15,12 +15,18 @@ use crate::parse::Sample;
 
 const PREFIX: &str = "vllm:";
 
-/// [`PREFIX`] with its `:` escaped.
-const ESCAPED_PREFIX: &str = "vllm_";
+/// The byte after `vllm` in one of vLLM's names: `:`, or `_` when escaped;
+/// none for any other name. Matched as bytes: this runs for every sample.
+fn separator(name: &str) -> Option<u8> {
+    match name.as_bytes() {
+        [b'v', b'l', b'l', b'm', separator @ (b':' | b'_'), ..] => Some(*separator),
+        _ => None,
+    }
+}
 
 /// Whether a family or sample name is one of vLLM's, in either form.
 pub(super) fn is_vllm(name: &str) -> bool {
-    name.starts_with(PREFIX) || name.starts_with(ESCAPED_PREFIX)
+    separator(name).is_some()
 }
 
 /// Series summed over engine ranks and over any other label
@@ -188,11 +194,8 @@ impl Vllm {
 
     /// Accumulates one sample.
     pub(super) fn observe(&mut self, sample: &Sample<'_>) -> Seen {
-        // The byte after `vllm`: `:`, or `_` when escaped. Matched as bytes:
-        // this runs for every sample of the body.
-        let form = match sample.name.as_bytes() {
-            [b'v', b'l', b'l', b'm', separator @ (b':' | b'_'), ..] => *separator,
-            _ => return Seen::Foreign,
+        let Some(form) = separator(sample.name) else {
+            return Seen::Foreign;
         };
         if *self.form.get_or_insert(form) != form {
             return Seen::Unread;

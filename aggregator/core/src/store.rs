@@ -67,25 +67,19 @@ fn hello_bytes(hello: &Hello) -> usize {
 /// models, queues, pools and forwarded signals with their names, by
 /// capacity.
 fn sample_bytes(sample: &Sample) -> usize {
-    let models = vec_bytes(&sample.models)
-        + sample
-            .models
-            .iter()
-            .map(|m| m.model.capacity())
-            .sum::<usize>();
     let epp = sample.epp.as_ref().map_or(0, |e| {
-        vec_bytes(&e.queues)
-            + e.queues.iter().map(|q| q.model.capacity()).sum::<usize>()
-            + vec_bytes(&e.pools)
-            + e.pools.iter().map(|p| p.pool.capacity()).sum::<usize>()
+        named_bytes(&e.queues, |q| &q.model) + named_bytes(&e.pools, |p| &p.pool)
     });
-    let signals = vec_bytes(&sample.signals)
-        + sample
-            .signals
-            .iter()
-            .map(|s| s.name.capacity())
-            .sum::<usize>();
-    std::mem::size_of::<Sample>() + sample.error.capacity() + models + epp + signals
+    std::mem::size_of::<Sample>()
+        + sample.error.capacity()
+        + named_bytes(&sample.models, |m| &m.model)
+        + named_bytes(&sample.signals, |s| &s.name)
+        + epp
+}
+
+/// The heap a vector holds for its elements and their names.
+fn named_bytes<T>(items: &Vec<T>, name: impl Fn(&T) -> &String) -> usize {
+    vec_bytes(items) + items.iter().map(|i| name(i).capacity()).sum::<usize>()
 }
 
 /// The heap a vector holds for its elements.

@@ -193,15 +193,16 @@ fn check_signals(sample: &Sample) -> Result<(), String> {
 }
 
 /// An invalid sample as the store keeps it: a failed scrape saying why,
-/// holding none of what it carried.
+/// holding none of what it carried. Only its sequence and timing are kept,
+/// so a field added to `Sample` later is dropped too.
 fn as_failed_scrape(sample: Sample, error: &str) -> Sample {
     Sample {
+        seq: sample.seq,
+        scraped_at_ms: sample.scraped_at_ms,
+        scrape_duration_us: sample.scrape_duration_us,
         up: false,
         error: format!("invalid sample: {error}"),
-        models: Vec::new(),
-        epp: None,
-        signals: Vec::new(),
-        ..sample
+        ..Sample::default()
     }
 }
 
