@@ -53,7 +53,7 @@ impl Agent {
     /// Checks the configuration (target URL, TLS files, token file,
     /// signals) and binds the listener of the agent's own endpoints.
     pub async fn start(args: Args) -> Result<Agent, StartError> {
-        signal_spec::check_all(&args.signals)?;
+        signal_spec::check_for_role(args.role.into(), &args.signals)?;
         let stream = StreamConfig::from_args(&args)?;
         stream.validate()?;
         let telemetry = Arc::new(Telemetry::new());

@@ -203,6 +203,8 @@ impl Args {
 pub enum RoleArg {
     Vllm,
     Epp,
+    /// Any other target: forwards only the --signal values.
+    Generic,
 }
 
 impl From<RoleArg> for Role {
@@ -210,6 +212,7 @@ impl From<RoleArg> for Role {
         match role {
             RoleArg::Vllm => Role::Vllm,
             RoleArg::Epp => Role::Epp,
+            RoleArg::Generic => Role::Generic,
         }
     }
 }

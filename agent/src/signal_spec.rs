@@ -15,6 +15,8 @@
 
 use std::str::FromStr;
 
+use wva_proto::v1::Role;
+
 pub use wva_proto::{MAX_SIGNAL_NAME_BYTES as MAX_NAME_BYTES, MAX_SIGNALS};
 
 /// Matchers of one signal: each costs a label lookup per matching sample.
@@ -55,6 +57,17 @@ pub enum SpecError {
     TooMany { count: usize },
     #[error("--signal name {0:?} is given twice")]
     Duplicate(String),
+    #[error("--role generic forwards only --signal values: give at least one")]
+    NothingToForward,
+}
+
+/// Checks the set for an agent of `role`: a generic agent with no signal
+/// would stream empty samples.
+pub fn check_for_role(role: Role, specs: &[SignalSpec]) -> Result<(), SpecError> {
+    if role == Role::Generic && specs.is_empty() {
+        return Err(SpecError::NothingToForward);
+    }
+    check_all(specs)
 }
 
 /// Checks what single flags cannot: the count and distinct names.
@@ -143,11 +156,7 @@ fn check_name(name: &str) -> Result<(), String> {
             name.len()
         ));
     }
-    let valid = name
-        .bytes()
-        .enumerate()
-        .all(|(i, b)| b.is_ascii_lowercase() || b == b'_' || (i > 0 && b.is_ascii_digit()));
-    if !valid {
+    if !wva_proto::is_signal_name(name) {
         return Err(format!(
             "name {name:?} must match [a-z_][a-z0-9_]* (lower case)"
         ));
@@ -393,5 +402,11 @@ mod tests {
         );
         let twice = [spec("a=sum(m)"), spec("b=sum(m)"), spec("a=max(n)")];
         assert_eq!(check_all(&twice), Err(SpecError::Duplicate("a".into())));
+        assert_eq!(
+            check_for_role(Role::Generic, &[]).unwrap_err().to_string(),
+            "--role generic forwards only --signal values: give at least one"
+        );
+        assert_eq!(check_for_role(Role::Generic, &specs[..1]), Ok(()));
+        assert_eq!(check_for_role(Role::Vllm, &[]), Ok(()));
     }
 }

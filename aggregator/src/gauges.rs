@@ -1,7 +1,7 @@
 //! Decision gauges in WVA's names (`wva_*`) and, unless disabled, the legacy
 //! `inferno_*` names, for the HPA through Prometheus.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
@@ -45,6 +45,62 @@ const REPLICA_SCALING: Contract = Contract {
     help: "Changes of desired replicas, by direction and reason",
 };
 const METRICS_AGE: &str = "wva_variant_metrics_age_seconds";
+
+/// The series of workloads scaled on a signal: wva's own names, labelled
+/// `namespace`, `workload`, `signal` (and `controller_instance`), apart
+/// from the variants' contract series.
+#[derive(Debug, Default)]
+struct WorkloadFamilies {
+    desired: Family<Labels, F64Gauge>,
+    current: Family<Labels, F64Gauge>,
+    /// Absent while no pod reports the signal fresh.
+    total: Family<Labels, F64Gauge>,
+}
+
+impl WorkloadFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        let families = WorkloadFamilies::default();
+        registry.register(
+            "wva_workload_desired_replicas",
+            "Desired replicas of a workload scaled on a forwarded signal",
+            families.desired.clone(),
+        );
+        registry.register(
+            "wva_workload_current_replicas",
+            "Current replicas of a workload scaled on a forwarded signal",
+            families.current.clone(),
+        );
+        registry.register(
+            "wva_workload_signal",
+            "The workload's total of the signal it scales on; absent while no pod reports it fresh",
+            families.total.clone(),
+        );
+        families
+    }
+
+    fn set(&self, labels: &Labels, d: &Decision, total: Option<f64>) {
+        self.desired
+            .get_or_create(labels)
+            .set(f64::from(d.desired_replicas));
+        self.current
+            .get_or_create(labels)
+            .set(f64::from(d.current_replicas));
+        match total {
+            Some(total) => {
+                self.total.get_or_create(labels).set(total);
+            }
+            None => {
+                self.total.remove(labels);
+            }
+        }
+    }
+
+    fn remove(&self, labels: &Labels) {
+        self.desired.remove(labels);
+        self.current.remove(labels);
+        self.total.remove(labels);
+    }
+}
 
 /// One series family under each published name.
 #[derive(Debug)]
@@ -99,6 +155,7 @@ pub struct DecisionGauges {
     ratio: Names<F64Gauge>,
     scaling: Names<Counter>,
     data_age: Family<Labels, F64Gauge>,
+    workloads: WorkloadFamilies,
     /// Label sets published per variant, so vanished variants lose their series.
     published: Mutex<HashMap<VariantKey, Labels>>,
 }
@@ -122,16 +179,25 @@ impl DecisionGauges {
             ratio: Names::register(registry, &DESIRED_RATIO, legacy_names),
             scaling: Names::register(registry, &REPLICA_SCALING, legacy_names),
             data_age,
+            workloads: WorkloadFamilies::register(registry),
             published: Mutex::new(HashMap::new()),
         }
     }
 
-    fn labels(&self, variant: &VariantKey, accelerator: &str) -> Labels {
-        let mut labels = vec![
-            ("variant_name", variant.name.clone()),
-            ("namespace", variant.namespace.clone()),
-            ("accelerator_type", accelerator.to_string()),
-        ];
+    fn labels(&self, d: &Decision) -> Labels {
+        let variant = &d.variant;
+        let mut labels = match &d.workload {
+            Some(w) => vec![
+                ("namespace", variant.namespace.clone()),
+                ("workload", variant.name.clone()),
+                ("signal", w.target.signal.clone()),
+            ],
+            None => vec![
+                ("variant_name", variant.name.clone()),
+                ("namespace", variant.namespace.clone()),
+                ("accelerator_type", d.accelerator.clone()),
+            ],
+        };
         if let Some(instance) = &self.controller_instance {
             labels.push(("controller_instance", instance.clone()));
         }
@@ -142,12 +208,19 @@ impl DecisionGauges {
     pub fn publish(&self, decisions: &[Decision], events: &[ScalingEvent]) {
         let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = HashMap::with_capacity(decisions.len());
+        let mut workloads = HashSet::new();
         for d in decisions {
-            let labels = self.labels(&d.variant, &d.accelerator);
+            let labels = self.labels(d);
             if let Some(old) = published.remove(&d.variant)
                 && old != labels
             {
                 self.remove(&old);
+            }
+            if let Some(workload) = &d.workload {
+                workloads.insert(&d.variant);
+                self.workloads.set(&labels, d, workload.total);
+                next.insert(d.variant.clone(), labels);
+                continue;
             }
             self.desired.each(&labels, |g| {
                 g.set(f64::from(d.desired_replicas));
@@ -175,6 +248,10 @@ impl DecisionGauges {
             let Some(base) = next.get(&e.variant) else {
                 continue;
             };
+            // Workloads' changes are not the variants' contract series.
+            if workloads.contains(&e.variant) {
+                continue;
+            }
             let mut labels = base.clone();
             labels.push(("direction", e.direction().to_string()));
             labels.push(("reason", e.reason.to_string()));
@@ -190,6 +267,7 @@ impl DecisionGauges {
         self.current.remove(labels);
         self.ratio.remove(labels);
         self.data_age.remove(labels);
+        self.workloads.remove(labels);
     }
 }
 
@@ -222,6 +300,7 @@ mod tests {
             saturation: Default::default(),
             model_based: None,
             decided_at: SystemTime::UNIX_EPOCH,
+            workload: None,
         }
     }
 
@@ -458,5 +537,43 @@ mod tests {
         d.data_age = None;
         gauges.publish(&[d], &[]);
         assert_eq!(value(&registry, &series), None);
+    }
+
+    #[test]
+    fn a_workload_has_its_own_series() {
+        use wva_core::workload::{Across, SignalTarget, WorkloadSignal};
+        let (registry, gauges) = setup(true, None);
+        let mut worker = decision("worker", "", 2, 8);
+        worker.basis = Basis::Signal;
+        worker.workload = Some(WorkloadSignal {
+            target: SignalTarget {
+                signal: "jobs".into(),
+                target_per_pod: 5.0,
+                across: Across::Max,
+                min_replicas: 1,
+                max_replicas: 10,
+            },
+            total: Some(37.0),
+            reporting: 1,
+        });
+        gauges.publish(&[worker.clone()], &[event("worker", 2, 8, "signal")]);
+        let labels = r#"{namespace="ns",workload="worker",signal="jobs"}"#;
+        let series = |name: &str| value(&registry, &format!("{name}{labels}"));
+        assert_eq!(series("wva_workload_desired_replicas"), Some(8.0));
+        assert_eq!(series("wva_workload_current_replicas"), Some(2.0));
+        assert_eq!(series("wva_workload_signal"), Some(37.0));
+        // None of the variants' contract series, nor their counter.
+        let text = render(&registry);
+        assert!(!text.contains("worker\",accelerator_type"), "{text}");
+        assert!(!text.contains("wva_replica_scaling_total{"), "{text}");
+
+        // The signal gone, its series goes; the decision's stay.
+        worker.workload.as_mut().unwrap().total = None;
+        gauges.publish(&[worker], &[]);
+        assert_eq!(series("wva_workload_signal"), None);
+        assert_eq!(series("wva_workload_desired_replicas"), Some(8.0));
+        // The workload gone, all of them go.
+        gauges.publish(&[], &[]);
+        assert_eq!(series("wva_workload_desired_replicas"), None);
     }
 }

@@ -148,6 +148,7 @@ pub fn role_name(role: i32) -> &'static str {
     match pb::Role::try_from(role) {
         Ok(pb::Role::Vllm) => "vllm",
         Ok(pb::Role::Epp) => "epp",
+        Ok(pb::Role::Generic) => "generic",
         Ok(pb::Role::Unspecified) | Err(_) => "unspecified",
     }
 }

@@ -13,6 +13,16 @@ pub const MAX_SIGNALS: usize = 16;
 /// Longest signal name, in bytes.
 pub const MAX_SIGNAL_NAME_BYTES: usize = 63;
 
+/// Whether `name` is a signal name: `[a-z_][a-z0-9_]*`, at most
+/// [`MAX_SIGNAL_NAME_BYTES`]. Agents name what they forward this way, and
+/// scaling targets name what they scale on.
+pub fn is_signal_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'_'))
+        && name.len() <= MAX_SIGNAL_NAME_BYTES
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
+}
+
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     include!(concat!(env!("OUT_DIR"), "/wva.v1.rs"));

@@ -78,6 +78,12 @@ impl Generic {
         named
     }
 
+    /// Whether a signal reads family `name`: in the generic role, a
+    /// malformed line of it fails the scrape.
+    pub(super) fn reads(&self, name: &str) -> bool {
+        self.signals.iter().any(|(spec, _)| spec.metric == name)
+    }
+
     /// Writes the signals some sample matched, in flag order, reusing the
     /// names already in `out`.
     pub(super) fn fill(&self, out: &mut Vec<NamedValue>) {

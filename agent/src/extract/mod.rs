@@ -19,7 +19,9 @@
 //! Operator-configured signals ([`Extractor::with_signals`], see `generic`)
 //! are read beside the role's families in the same pass. They never fail a
 //! body and are not the role's families: a body holding only them is still
-//! the wrong target.
+//! the wrong target. In the generic role they are all there is: any
+//! exposition is the right target, a malformed line of a signal's family
+//! fails it, and a signal no series matched is absent.
 
 mod epp;
 mod generic;
@@ -67,7 +69,7 @@ pub fn read_samples(role: Role) -> Box<dyn Iterator<Item = &'static str>> {
     match role {
         Role::Epp => Box::new(epp::read_samples()),
         Role::Vllm => Box::new(vllm::read_samples()),
-        Role::Unspecified => Box::new(std::iter::empty()),
+        Role::Generic | Role::Unspecified => Box::new(std::iter::empty()),
     }
 }
 
@@ -150,6 +152,7 @@ impl Extractor {
                     samples += 1;
                     let seen = match self.role {
                         Role::Epp => self.epp.observe(&sample),
+                        Role::Generic => Seen::Foreign,
                         _ => self.vllm.observe(&sample),
                     };
                     let signal = self.generic.observe(&sample);
@@ -190,7 +193,7 @@ impl Extractor {
             }
             None => {}
         }
-        if own == 0 {
+        if own == 0 && self.role != Role::Generic {
             // The wrong target: worth a second pass to say what it serves.
             let found = Found::in_body(body, self.role == Role::Vllm);
             return Err(match self.role {
@@ -248,6 +251,7 @@ impl Extractor {
     fn reads(&self, name: &str) -> bool {
         match self.role {
             Role::Epp => epp::reads(name),
+            Role::Generic => self.generic.reads(name),
             _ => vllm::is_vllm(name),
         }
     }

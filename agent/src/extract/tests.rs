@@ -612,3 +612,58 @@ fn fill_forgets_signals_after_a_failed_extract() {
     x.fill(&mut sample);
     assert!(sample.signals.is_empty());
 }
+
+/// An exporter's body, with no vLLM family.
+const EXPORTER: &str = "# TYPE redis_up gauge\n\
+     redis_up 1\n\
+     redis_key_size{db=\"db0\",key=\"jobs\"} 37\n\
+     redis_key_size{db=\"db0\",key=\"mail\"} 3\n";
+
+#[test]
+fn the_generic_role_reads_only_its_signals_from_any_exposition() {
+    let jobs = ["jobs=max(redis_key_size{key=\"jobs\"})"];
+    assert_eq!(
+        signals(Role::Generic, &jobs, EXPORTER).unwrap(),
+        [("jobs".to_string(), 37.0)]
+    );
+    let sample = extract_with(Role::Generic, &jobs, EXPORTER);
+    assert!(sample.models.is_empty() && sample.epp.is_none());
+    // The same body is the wrong target for the vLLM role.
+    assert!(matches!(
+        signals(Role::Vllm, &jobs, EXPORTER),
+        Err(ExtractError::NoVllmMetrics(_))
+    ));
+}
+
+#[test]
+fn the_generic_role_leaves_an_unmatched_signal_absent() {
+    // The exporter with its Redis down: up, no key series.
+    let down = "redis_up 0\nredis_exporter_last_scrape_error 1\n";
+    let jobs = ["jobs=max(redis_key_size{key=\"jobs\"})"];
+    assert_eq!(signals(Role::Generic, &jobs, down).unwrap(), []);
+    assert_eq!(signals(Role::Generic, &jobs, "").unwrap(), []);
+}
+
+#[test]
+fn the_generic_role_fails_on_a_malformed_line_of_its_signals_only() {
+    let jobs = ["jobs=max(redis_key_size{key=\"jobs\"})"];
+    let foreign = format!("{EXPORTER}go_gc_duration_seconds{{quantile=\"0\" 1\n");
+    assert_eq!(
+        signals(Role::Generic, &jobs, &foreign).unwrap(),
+        [("jobs".to_string(), 37.0)]
+    );
+    let own = format!("{EXPORTER}redis_key_size{{key=\"jobs\" 1\n");
+    assert!(matches!(
+        signals(Role::Generic, &jobs, &own),
+        Err(ExtractError::Parse(_))
+    ));
+}
+
+fn extract_with(role: Role, specs: &[&str], body: &str) -> Sample {
+    let specs = specs.iter().map(|s| s.parse().unwrap()).collect();
+    let mut x = Extractor::with_signals(role, specs);
+    x.extract(body).unwrap();
+    let mut sample = Sample::default();
+    x.fill(&mut sample);
+    sample
+}

@@ -32,6 +32,7 @@ fn variant(m: usize) -> Variant {
         accelerator: "L4".into(),
         labels: BTreeMap::new(),
         annotations: BTreeMap::new(),
+        signal: None,
     }
 }
 

@@ -12,6 +12,7 @@ use crate::config::saturation::SaturationConfig;
 use crate::config::service_class::ServiceClass;
 use crate::hybrid::profile::{Profile, Quality};
 use crate::variants::VariantKey;
+use crate::workload::WorkloadSignal;
 
 /// Where a safety-net value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -36,6 +37,8 @@ pub enum Basis {
     Analysis(Reason),
     /// The variant's data is missing; the value is held.
     SafetyNet(Fallback),
+    /// A workload's forwarded signal against its target per pod.
+    Signal,
 }
 
 impl Basis {
@@ -44,6 +47,7 @@ impl Basis {
         match self {
             Basis::Analysis(r) => r.as_str(),
             Basis::SafetyNet(_) => "safety_net",
+            Basis::Signal => "signal",
         }
     }
 }
@@ -179,6 +183,10 @@ pub struct Decision {
     /// HYBRID mode's model-based side, in that mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_based: Option<ModelBased>,
+    /// For a workload scaled on a signal: the signal, its target and the
+    /// total the pods reported. Such a decision has no model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadSignal>,
     #[serde(serialize_with = "unix_ms")]
     pub decided_at: SystemTime,
 }

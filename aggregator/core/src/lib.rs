@@ -22,3 +22,4 @@ pub mod store;
 pub mod testing;
 pub mod variants;
 pub mod verdict;
+pub mod workload;

@@ -27,6 +27,7 @@ pub fn variant(annotations: &[(&str, &str)]) -> Variant {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        signal: None,
     }
 }
 
@@ -65,6 +66,7 @@ pub fn decision(
             .collect(),
         saturation: Saturation::default(),
         model_based: None,
+        workload: None,
         decided_at: SystemTime::UNIX_EPOCH,
     }
 }

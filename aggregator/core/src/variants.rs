@@ -6,6 +6,11 @@
 //! CRD, then validated into a plain [`VariantAutoscaling`] with defaults
 //! applied. Errors say which document (1-based, counting empty ones) and which
 //! object they are about.
+//!
+//! The file may also hold HorizontalPodAutoscalers (`autoscaling/v2`)
+//! annotated as scaling targets for workloads that are not vLLM (see
+//! [`crate::workload`]); each becomes a [`Variant`] named for its workload,
+//! with [`Variant::signal`] set and no model.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -13,6 +18,8 @@ use std::fmt;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::workload::{self, SignalTarget};
 
 pub const API_VERSION: &str = "llmd.ai/v1alpha1";
 pub const KIND: &str = "VariantAutoscaling";
@@ -102,6 +109,10 @@ pub struct Variant {
     pub accelerator: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// Set for a workload scaled on a forwarded signal instead of a model's
+    /// saturation: declared by an annotated HorizontalPodAutoscaler.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<SignalTarget>,
 }
 
 impl Variant {
@@ -208,6 +219,12 @@ struct RawSpec {
     #[serde(rename = "modelID")]
     model_id: Option<String>,
     variant_cost: Option<String>,
+    /// A HorizontalPodAutoscaler's fields; the limits bound a scaling
+    /// target, the rest is the HPA's own business.
+    min_replicas: Option<i64>,
+    max_replicas: Option<i64>,
+    metrics: Option<IgnoredAny>,
+    behavior: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -358,14 +375,27 @@ fn check(raw: RawObject) -> Result<Variant, FieldError> {
     } = raw;
     let fail = |field, problem: String| Err(FieldError { field, problem });
 
-    if api_version.as_deref() != Some(API_VERSION) {
+    let hpa = kind.as_deref() == Some(workload::HPA_KIND);
+    let expected_version = if hpa {
+        workload::HPA_API_VERSION
+    } else {
+        API_VERSION
+    };
+    if api_version.as_deref() != Some(expected_version) {
         return fail(
             "apiVersion",
-            format!("{} must be {API_VERSION:?}", shown(&api_version)),
+            format!("{} must be {expected_version:?}", shown(&api_version)),
         );
     }
-    if kind.as_deref() != Some(KIND) {
-        return fail("kind", format!("{} must be {KIND:?}", shown(&kind)));
+    if !hpa && kind.as_deref() != Some(KIND) {
+        return fail(
+            "kind",
+            format!(
+                "{} must be {KIND:?} (or {:?} for a workload scaled on a signal)",
+                shown(&kind),
+                workload::HPA_KIND
+            ),
+        );
     }
     if items.is_some() {
         return fail("items", "is only allowed in a List".to_string());
@@ -383,10 +413,10 @@ fn check(raw: RawObject) -> Result<Variant, FieldError> {
         return fail("metadata.namespace", format!("{namespace:?} {DNS_LABEL}"));
     }
 
-    let Some(spec) = spec else {
+    let Some(mut spec) = spec else {
         return fail("spec", "is required".to_string());
     };
-    let Some(target) = spec.scale_target_ref else {
+    let Some(target) = spec.scale_target_ref.take() else {
         return fail("spec.scaleTargetRef", "is required".to_string());
     };
     let Some(target_name) = target.name else {
@@ -403,6 +433,32 @@ fn check(raw: RawObject) -> Result<Variant, FieldError> {
         .unwrap_or_else(|| DEFAULT_TARGET_KIND.to_string());
     if target_kind.trim().is_empty() {
         return fail("spec.scaleTargetRef.kind", "must not be empty".to_string());
+    }
+    let target = ScaleTarget {
+        kind: target_kind,
+        name: target_name,
+        api_version: target.api_version,
+    };
+    if hpa {
+        return scaling_target(
+            namespace,
+            target,
+            &spec,
+            metadata.labels,
+            metadata.annotations,
+        );
+    }
+    let hpa_fields = [
+        ("spec.minReplicas", spec.min_replicas.is_some()),
+        ("spec.maxReplicas", spec.max_replicas.is_some()),
+        ("spec.metrics", spec.metrics.is_some()),
+        ("spec.behavior", spec.behavior.is_some()),
+    ];
+    if let Some((field, _)) = hpa_fields.into_iter().find(|(_, set)| *set) {
+        return fail(
+            field,
+            "is a HorizontalPodAutoscaler field, not a VariantAutoscaling one".to_string(),
+        );
     }
     let model_id = match spec.model_id {
         Some(m) if !m.trim().is_empty() => m,
@@ -426,14 +482,60 @@ fn check(raw: RawObject) -> Result<Variant, FieldError> {
         name,
         namespace,
         model_id,
-        target: ScaleTarget {
-            kind: target_kind,
-            name: target_name,
-            api_version: target.api_version,
-        },
+        target,
         cost,
         labels: metadata.labels,
         annotations: metadata.annotations,
+        signal: None,
+    })
+}
+
+/// An annotated HorizontalPodAutoscaler: a variant named for its workload,
+/// scaled on a signal, with no model.
+fn scaling_target(
+    namespace: String,
+    target: ScaleTarget,
+    spec: &RawSpec,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+) -> Result<Variant, FieldError> {
+    let fail = |field, problem: String| Err(FieldError { field, problem });
+    if spec.model_id.is_some() {
+        return fail("spec.modelID", "is a VariantAutoscaling field".to_string());
+    }
+    if spec.variant_cost.is_some() {
+        return fail(
+            "spec.variantCost",
+            "is a VariantAutoscaling field".to_string(),
+        );
+    }
+    let signal = match workload::from_annotations(
+        &annotations,
+        spec.min_replicas,
+        spec.max_replicas,
+    ) {
+        Ok(Some(signal)) => signal,
+        Ok(None) => {
+            return fail(
+                "metadata.annotations",
+                format!(
+                    "have no {:?}: a HorizontalPodAutoscaler here must name the signal its workload scales on",
+                    workload::SIGNAL_ANNOTATION
+                ),
+            );
+        }
+        Err(e) => return fail(e.field, e.problem),
+    };
+    Ok(Variant {
+        name: target.name.clone(),
+        namespace,
+        model_id: String::new(),
+        target,
+        cost: 0.0,
+        accelerator: String::new(),
+        labels,
+        annotations,
+        signal: Some(signal),
     })
 }
 
@@ -539,6 +641,7 @@ status:
                     accelerator: "L4".into(),
                     labels: BTreeMap::from([(ACCELERATOR_LABEL.into(), "L4".into())]),
                     annotations: BTreeMap::from([("note".into(), "cheap".into())]),
+                    signal: None,
                 },
                 Variant {
                     name: "llama-8b-h100".into(),
@@ -553,6 +656,7 @@ status:
                     accelerator: String::new(),
                     labels: BTreeMap::new(),
                     annotations: BTreeMap::new(),
+                    signal: None,
                 },
             ]
         );
@@ -609,7 +713,7 @@ status:
             ),
             (
                 object_with("kind: VariantAutoscaling", "kind: Deployment"),
-                r#"document 1 (Deployment "va"): kind "Deployment" must be "VariantAutoscaling""#,
+                r#"document 1 (Deployment "va"): kind "Deployment" must be "VariantAutoscaling" (or "HorizontalPodAutoscaler" for a workload scaled on a signal)"#,
             ),
             (
                 object_with("  name: va\n", ""),
@@ -827,5 +931,106 @@ status:
         assert!(!set.names_pod("llama-a") && !set.names_pod("llama-"));
         let other = target("LeaderWorkerSet", "llama");
         assert!(other.names_pod("llama-0-1") && !other.names_pod("llamas-0"));
+    }
+}
+
+#[cfg(test)]
+mod scaling_target_tests {
+    use super::*;
+    use crate::workload::Across;
+
+    const CHAT: &str = "apiVersion: llmd.ai/v1alpha1\nkind: VariantAutoscaling\nmetadata: {name: chat, namespace: jobs}\nspec:\n  scaleTargetRef: {name: chat}\n  modelID: m\n";
+
+    const WORKER: &str = r#"
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: worker-hpa
+  namespace: jobs
+  annotations:
+    wva.llmd.ai/signal: queue_depth
+    wva.llmd.ai/target-per-pod: "5"
+    wva.llmd.ai/signal-across-pods: max
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: worker
+  minReplicas: 2
+  maxReplicas: 12
+  metrics:
+  - type: External
+    external:
+      metric: {name: wva_workload_desired_replicas}
+      target: {type: AverageValue, averageValue: "1"}
+"#;
+
+    #[test]
+    fn an_annotated_hpa_is_a_workload_named_for_its_target() {
+        let variants = parse_variants(&format!("{WORKER}---\n{CHAT}")).unwrap();
+        let worker = variants.iter().find(|v| v.signal.is_some()).unwrap();
+        assert_eq!(worker.key(), VariantKey::new("jobs", "worker"));
+        assert_eq!(worker.model_id, "");
+        assert_eq!(
+            worker.signal,
+            Some(SignalTarget {
+                signal: "queue_depth".into(),
+                target_per_pod: 5.0,
+                across: Across::Max,
+                min_replicas: 2,
+                max_replicas: 12,
+            })
+        );
+        assert_eq!(variants.len(), 2);
+    }
+
+    #[test]
+    fn a_wrong_scaling_target_says_what_is_wrong() {
+        let with = |old: &str, new: &str| {
+            assert!(WORKER.contains(old));
+            parse_variants(&WORKER.replacen(old, new, 1))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            with("    wva.llmd.ai/signal: queue_depth\n", ""),
+            r#"document 1 (HorizontalPodAutoscaler "worker-hpa"): metadata.annotations have no "wva.llmd.ai/signal": a HorizontalPodAutoscaler here must name the signal its workload scales on"#
+        );
+        assert_eq!(
+            with("\"5\"", "\"-1\""),
+            r#"document 1 (HorizontalPodAutoscaler "worker-hpa"): metadata.annotations[wva.llmd.ai/target-per-pod] "-1" must be a number above 0"#
+        );
+        assert_eq!(
+            with("autoscaling/v2", "autoscaling/v1"),
+            r#"document 1 (HorizontalPodAutoscaler "worker-hpa"): apiVersion "autoscaling/v1" must be "autoscaling/v2""#
+        );
+        assert_eq!(
+            with("  minReplicas: 2\n", "  minReplicas: 2\n  modelID: m\n"),
+            r#"document 1 (HorizontalPodAutoscaler "worker-hpa"): spec.modelID is a VariantAutoscaling field"#
+        );
+        assert_eq!(
+            with("kind: HorizontalPodAutoscaler", "kind: ScaledObject"),
+            r#"document 1 (ScaledObject "worker-hpa"): apiVersion "autoscaling/v2" must be "llmd.ai/v1alpha1""#
+        );
+    }
+
+    #[test]
+    fn a_variant_autoscaling_refuses_the_hpas_fields() {
+        let text = CHAT.replacen("  modelID:", "  maxReplicas: 3\n  modelID:", 1);
+        assert!(parse_variants(&text).unwrap_err().to_string().ends_with(
+            "spec.maxReplicas is a HorizontalPodAutoscaler field, not a VariantAutoscaling one"
+        ));
+    }
+
+    #[test]
+    fn a_workload_and_a_variant_cannot_share_a_target() {
+        let va = CHAT.replace("{name: chat}", "{name: worker}");
+        let e = parse_variants(&format!("{WORKER}---\n{va}"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            r#"document 2 (VariantAutoscaling "chat"): spec.scaleTargetRef Deployment "worker" is already the target of document 1 (HorizontalPodAutoscaler "worker-hpa")"#
+        );
     }
 }

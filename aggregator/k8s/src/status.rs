@@ -291,6 +291,12 @@ fn optimization(d: &Decision) -> Wanted {
             reason::OPTIMIZATION_SUCCEEDED,
             format!("desired {} replicas ({})", d.desired_replicas, r.as_str()),
         ),
+        Basis::Signal => Wanted::new(
+            OPTIMIZATION_READY,
+            Status::True,
+            reason::OPTIMIZATION_SUCCEEDED,
+            format!("desired {} replicas (signal)", d.desired_replicas),
+        ),
         Basis::SafetyNet(fallback) => Wanted::new(
             OPTIMIZATION_READY,
             Status::False,

@@ -153,9 +153,9 @@ pub fn validate_hello(hello: &Hello) -> Result<(), String> {
         ));
     }
     match Role::try_from(hello.role) {
-        Ok(Role::Vllm | Role::Epp) => Ok(()),
+        Ok(Role::Vllm | Role::Epp | Role::Generic) => Ok(()),
         _ => Err(format!(
-            "hello.role must be VLLM or EPP, got {}",
+            "hello.role must be VLLM, EPP or GENERIC, got {}",
             hello.role
         )),
     }
@@ -617,13 +617,15 @@ mod tests {
     }
 
     #[test]
-    fn valid_hello_passes_for_both_roles() {
+    fn valid_hello_passes_for_every_role() {
         assert_eq!(validate_hello(&hello()), Ok(()));
-        let epp = Hello {
-            role: Role::Epp as i32,
-            ..hello()
-        };
-        assert_eq!(validate_hello(&epp), Ok(()));
+        for role in [Role::Epp, Role::Generic] {
+            let h = Hello {
+                role: role as i32,
+                ..hello()
+            };
+            assert_eq!(validate_hello(&h), Ok(()));
+        }
     }
 
     #[test]
@@ -646,12 +648,14 @@ mod tests {
     }
 
     #[test]
-    fn hello_role_must_be_vllm_or_epp() {
+    fn hello_role_must_be_vllm_epp_or_generic() {
         for role in [Role::Unspecified as i32, 7, -1] {
             let h = Hello { role, ..hello() };
             assert_eq!(
                 validate_hello(&h),
-                Err(format!("hello.role must be VLLM or EPP, got {role}"))
+                Err(format!(
+                    "hello.role must be VLLM, EPP or GENERIC, got {role}"
+                ))
             );
         }
     }

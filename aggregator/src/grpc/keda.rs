@@ -31,6 +31,8 @@ use wva_proto::keda::{
 
 /// The trigger metadata naming the VariantAutoscaling to follow.
 pub const VARIANT_KEY: &str = "variantAutoscaling";
+/// Or the workload scaled on a signal (see `wva_core::workload`).
+pub const WORKLOAD_KEY: &str = "workload";
 /// Its namespace, when not the ScaledObject's own.
 pub const NAMESPACE_KEY: &str = "namespace";
 /// The metric KEDA puts into its HPA.
@@ -45,18 +47,28 @@ pub struct Scaler {
     pub published: Option<watch::Receiver<Published>>,
 }
 
-/// The VariantAutoscaling a ScaledObject follows.
+/// The VariantAutoscaling (or workload) a ScaledObject follows.
 pub fn variant_of(reference: &ScaledObjectRef) -> Result<VariantKey, Status> {
     let metadata = &reference.scaler_metadata;
-    let name = metadata
-        .get(VARIANT_KEY)
-        .map(|n| n.trim())
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "scalerMetadata.{VARIANT_KEY} must name the VariantAutoscaling to follow"
-            ))
-        })?;
+    let named = |key| {
+        metadata
+            .get(key)
+            .map(|n: &String| n.trim())
+            .filter(|n| !n.is_empty())
+    };
+    let name = match (named(VARIANT_KEY), named(WORKLOAD_KEY)) {
+        (Some(name), None) | (None, Some(name)) => name,
+        (Some(_), Some(_)) => {
+            return Err(Status::invalid_argument(format!(
+                "scalerMetadata sets both {VARIANT_KEY} and {WORKLOAD_KEY}: a ScaledObject follows one"
+            )));
+        }
+        (None, None) => {
+            return Err(Status::invalid_argument(format!(
+                "scalerMetadata.{VARIANT_KEY} must name the VariantAutoscaling to follow (or {WORKLOAD_KEY} a workload scaled on a signal)"
+            )));
+        }
+    };
     let namespace = metadata
         .get(NAMESPACE_KEY)
         .map(|n| n.trim())
@@ -87,7 +99,7 @@ impl Scaler {
         // its own, which the same streams produced.
         published.or(own).ok_or_else(|| {
             Status::not_found(format!(
-                "no VariantAutoscaling {variant} is known to wva (check scalerMetadata.{VARIANT_KEY} and {NAMESPACE_KEY})"
+                "no VariantAutoscaling or workload {variant} is known to wva (check scalerMetadata.{VARIANT_KEY} or {WORKLOAD_KEY}, and {NAMESPACE_KEY})"
             ))
         })
     }
@@ -307,6 +319,13 @@ mod tests {
         let own = variant_of(&reference(&[(VARIANT_KEY, "va")])).unwrap();
         assert_eq!(own, VariantKey::new("ns", "va"));
         let other = variant_of(&reference(&[(VARIANT_KEY, "va"), (NAMESPACE_KEY, "llm")])).unwrap();
+        let worker = variant_of(&reference(&[(WORKLOAD_KEY, "worker")])).unwrap();
+        assert_eq!(worker, VariantKey::new("ns", "worker"));
+        let both = variant_of(&reference(&[(VARIANT_KEY, "va"), (WORKLOAD_KEY, "worker")]));
+        assert_eq!(
+            both.unwrap_err().message(),
+            "scalerMetadata sets both variantAutoscaling and workload: a ScaledObject follows one"
+        );
         assert_eq!(other, VariantKey::new("llm", "va"));
         let missing = variant_of(&reference(&[])).unwrap_err();
         assert_eq!(missing.code(), Code::InvalidArgument);

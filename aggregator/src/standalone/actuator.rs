@@ -169,7 +169,9 @@ impl LocalActuator {
                 slot.stop.take();
             }
         }
-        for va in variants {
+        // A workload scaled on a signal runs no simulated vLLM: its pods are
+        // whatever the operator runs, counted from their agents.
+        for va in variants.iter().filter(|va| va.signal.is_none()) {
             let key = va.key();
             let Some(slots) = self.slots.get(&key) else {
                 // A variant seen for the first time starts at its initial size.
@@ -265,7 +267,7 @@ impl LocalActuator {
     fn publish(&self, variants: &[Variant]) {
         let mut counts = HashMap::with_capacity(self.slots.len());
         let mut endpoints = Vec::new();
-        for va in variants {
+        for va in variants.iter().filter(|va| va.signal.is_none()) {
             let key = va.key();
             let slots = self.slots.get(&key).map(Vec::as_slice).unwrap_or_default();
             let ready: Vec<&Slot> = slots.iter().filter(|s| s.ready_at.is_some()).collect();

@@ -26,6 +26,7 @@ mod scale_to_zero;
 #[cfg(test)]
 mod tests;
 mod trend;
+mod workload;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
@@ -120,7 +121,12 @@ impl Engine {
     /// Decides every variant. Returns the decisions (ordered by variant) and the changes.
     pub fn evaluate(&mut self, inputs: &Inputs<'_>) -> (Vec<Decision>, Vec<ScalingEvent>) {
         let mut by_model: BTreeMap<(&str, &str), Vec<&Variant>> = BTreeMap::new();
+        let mut workloads = Vec::new();
         for va in inputs.variants {
+            if let Some(target) = &va.signal {
+                workloads.push((va, target));
+                continue;
+            }
             by_model
                 .entry((va.namespace.as_str(), va.model_id.as_str()))
                 .or_default()
@@ -149,6 +155,10 @@ impl Engine {
                     self.decide(inputs, assessed, (&mut decisions, &mut events));
                 }
             }
+        }
+        for (va, target) in workloads {
+            let decision = self.decide_workload(inputs, &reporting, (va, target), &mut events);
+            decisions.push(decision);
         }
         self.forget_gone(inputs.pods, &decisions);
         decisions.sort_by(|a, b| a.variant.cmp(&b.variant));
@@ -302,9 +312,12 @@ impl Engine {
             .zip(plans.into_iter().chain(std::iter::repeat_with(|| None)))
         {
             let (desired, basis) = if seen.data == DataState::Missing {
+                // Never below the replica the model is guaranteed, even
+                // when a previous 0 was decided while it had none.
                 let previous = self.previous.get(&seen.key).copied();
+                let value = state.held(previous);
                 self.safety_net
-                    .hold(&seen.key, &state, previous, seen.counts)
+                    .hold(&seen.key, value, previous, seen.counts)
             } else {
                 self.safety_net.release(&seen.key);
                 self.stabilize(inputs.now, &config, &seen, &mut target);
@@ -450,19 +463,10 @@ impl Engine {
             saturation,
             plan,
         } = outcome;
-        let from = self.previous.get(&key).copied().unwrap_or(counts.current);
-        if desired != from {
+        if self.remember(&key, counts, (desired, basis), events) {
             self.convergence
                 .published(&key, desired, counts.current, inputs.now);
-            events.push(ScalingEvent {
-                variant: key.clone(),
-                from,
-                to: desired,
-                reason: basis.as_str(),
-            });
-            self.change_reasons.insert(key.clone(), basis.as_str());
         }
-        self.previous.entry_ref(&key).insert(desired);
         let change_reason = self.change_reasons.get(&key).copied();
         let source_failure = inputs.failures.get(&key).cloned();
         Decision {
@@ -482,8 +486,33 @@ impl Engine {
             inputs: state.loads,
             saturation: saturation.clone(),
             model_based: plan,
+            workload: None,
             decided_at: inputs.wall,
         }
+    }
+
+    /// Remembers a variant's desired value; when it changed, records the
+    /// event and why, and returns true.
+    fn remember(
+        &mut self,
+        key: &VariantKey,
+        counts: ReplicaCounts,
+        (desired, basis): (u32, Basis),
+        events: &mut Vec<ScalingEvent>,
+    ) -> bool {
+        let from = self.previous.get(key).copied().unwrap_or(counts.current);
+        self.previous.entry_ref(key).insert(desired);
+        if desired == from {
+            return false;
+        }
+        events.push(ScalingEvent {
+            variant: key.clone(),
+            from,
+            to: desired,
+            reason: basis.as_str(),
+        });
+        self.change_reasons.insert(key.clone(), basis.as_str());
+        true
     }
 }
 

@@ -36,6 +36,17 @@ impl<'a> PodView<'a> {
         let signals = sample.models.iter().find(|m| m.model == model)?;
         Some((signals, at))
     }
+
+    /// The value of the forwarded signal `name` and when it arrived, if the
+    /// pod's sample is up, fresh at `now`, and carries it.
+    pub(super) fn fresh_signal(&self, name: &str, now: Instant) -> Option<(f64, Instant)> {
+        let (sample, at) = self.sample?;
+        if !sample.up || now.saturating_duration_since(at) > self.fresh_within {
+            return None;
+        }
+        let value = sample.signals.iter().find(|s| s.name == name)?.value;
+        Some((value, at))
+    }
 }
 
 /// The pods grouped by the variant they report for.

@@ -3,7 +3,6 @@
 
 use tracing::{info, warn};
 
-use crate::analysis::model::VariantState;
 use crate::decision::{Basis, Fallback};
 use crate::fast_hash::Set;
 use crate::snapshot::ReplicaCounts;
@@ -16,17 +15,15 @@ pub(super) struct SafetyNet {
 }
 
 impl SafetyNet {
-    /// The value a variant without data holds: its previous desired value,
-    /// else its current replicas, never below the replica the model is
-    /// guaranteed (even when a previous 0 was decided while it had none).
+    /// Holds `value` for a variant without data: what its `previous`
+    /// desired value (else its current replicas) makes of it.
     pub(super) fn hold(
         &mut self,
         key: &VariantKey,
-        state: &VariantState,
+        value: u32,
         previous: Option<u32>,
         counts: ReplicaCounts,
     ) -> (u32, Basis) {
-        let value = state.held(previous);
         let source = match previous {
             Some(_) => Fallback::PreviousDesired,
             None => Fallback::CurrentReplicas,

@@ -8,6 +8,7 @@ use crate::decision::{FailedSource, Fallback, LimitReason};
 use crate::variants::ScaleTarget;
 
 mod hybrid;
+mod workload;
 
 const MODEL: &str = "meta/llama";
 const STALENESS: Duration = Duration::from_secs(5);
@@ -30,6 +31,7 @@ fn va(namespace: &str, name: &str, target: &str, cost: f64) -> Variant {
         accelerator: "L4".to_string(),
         labels: BTreeMap::new(),
         annotations: BTreeMap::new(),
+        signal: None,
     }
 }
 
