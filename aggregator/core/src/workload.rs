@@ -204,6 +204,8 @@ mod tests {
         assert_eq!(t.desired(57.0, 10), (12, false));
         assert_eq!(t.desired(45.0, 10), (10, false));
         assert_eq!(t.desired(44.0, 10), (9, false));
+        // Exactly 1.1 is just outside, in floating point as in the HPA.
+        assert_eq!(t.desired(11.0, 2), (3, false));
         // From zero replicas the tolerance does not apply.
         assert_eq!(t.desired(1.0, 0), (1, false));
     }
