@@ -143,6 +143,7 @@ impl Controller {
         let mut scaled_objects: Option<Store<DynamicObject>> = None;
 
         let mut writer = StatusWriter::new(self.client.clone(), self.options.reporter.clone());
+        let mut refused = Refused::default();
         let (mut vas_listed, mut deployments_listed) = (false, false);
         // Re-resolved only after a watch event; a new decision alone reuses it.
         let mut resolved: Option<Resolved> = None;
@@ -196,6 +197,7 @@ impl Controller {
                     scaled_objects.as_ref(),
                 );
                 self.publish(&fresh);
+                refused.report(&fresh.refused_workloads);
                 self.published.send_if_modified(|current| {
                     let stored: HashMap<VariantKey, u32> = va_store
                         .state()
@@ -263,12 +265,13 @@ impl Controller {
             Some(u32::try_from(min).unwrap_or(u32::MAX))
         };
         let objects = vas.state();
+        let instance = self.options.controller_instance.as_deref();
         let managed: Vec<&VariantAutoscaling> = objects
             .iter()
             .map(Arc::as_ref)
-            .filter(|va| resolve::manages(va, self.options.controller_instance.as_deref()))
+            .filter(|va| resolve::manages(va, instance))
             .collect();
-        resolve::resolve(&managed, |ns, name| {
+        let target = |ns: &str, name: &str| {
             deployments
                 .get(&ObjectRef::new(name).within(ns))
                 .map(|d| ReplicaCounts {
@@ -276,7 +279,15 @@ impl Controller {
                     ceiling: resolve::scaler_ceiling(hpas.iter().map(Arc::as_ref), ns, name),
                     ..resolve::replica_counts(&d)
                 })
-        })
+        };
+        let mut resolved = resolve::resolve(&managed, target);
+        resolve::workloads(
+            hpas.iter().map(Arc::as_ref),
+            instance,
+            target,
+            &mut resolved,
+        );
+        resolved
     }
 
     /// Sends the analysis inputs when they changed, so an unrelated event does
@@ -296,6 +307,19 @@ impl Controller {
             }
             changed
         });
+    }
+}
+
+/// The annotated HPAs refused as scaling targets, logged once per reason.
+#[derive(Default)]
+struct Refused(Vec<(VariantKey, String)>);
+
+impl Refused {
+    fn report(&mut self, now: &[(VariantKey, String)]) {
+        for (hpa, why) in now.iter().filter(|r| !self.0.contains(r)) {
+            warn!(hpa = %hpa, "HorizontalPodAutoscaler declares no workload to scale on a signal: {why}");
+        }
+        self.0 = now.to_vec();
     }
 }
 

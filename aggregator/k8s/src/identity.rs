@@ -194,8 +194,8 @@ pub fn owner_deployment(
         .ok_or_else(not_owned)
 }
 
-/// The annotation that makes a pod's agent an endpoint picker's
-/// (`epp`); the injection webhook reads the same one.
+/// The annotation that makes a pod's agent an endpoint picker's (`epp`) or
+/// a generic workload's (`generic`); the injection webhook reads the same one.
 pub const ROLE_ANNOTATION: &str = "wva.llmd.ai/agent-role";
 
 /// Whether the agent's role is the one its pod declares: an endpoint
@@ -210,6 +210,7 @@ pub fn check_role(pod: &Pod, hello: &Hello) -> Result<(), Refusal> {
         .map(|r| r.trim());
     let declared = match declared {
         Some("epp") => Role::Epp,
+        Some("generic") => Role::Generic,
         _ => Role::Vllm,
     };
     if hello.role == declared as i32 {
@@ -218,6 +219,7 @@ pub fn check_role(pod: &Pod, hello: &Hello) -> Result<(), Refusal> {
     let name = |role: Option<Role>| match role {
         Some(Role::Epp) => "epp",
         Some(Role::Vllm) => "vllm",
+        Some(Role::Generic) => "generic",
         _ => "an unknown role",
     };
     Err(Refusal::new(
@@ -673,5 +675,7 @@ mod tests {
             posing.message
         );
         assert!(check_role(&annotated(Some("epp")), &claiming(Role::Vllm)).is_err());
+        assert!(check_role(&annotated(Some("generic")), &claiming(Role::Generic)).is_ok());
+        assert!(check_role(&annotated(None), &claiming(Role::Generic)).is_err());
     }
 }

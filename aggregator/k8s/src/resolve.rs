@@ -1,6 +1,8 @@
 //! Joins the watched VariantAutoscalings with their target Deployments: which
 //! variants the analysis sees, with which replica counts, and where every
-//! object stands for its status. Pure: the caller passes what the watches hold.
+//! object stands for its status. HorizontalPodAutoscalers annotated as
+//! scaling targets (`wva_core::workload`) add workloads scaled on a signal.
+//! Pure: the caller passes what the watches hold.
 
 use std::collections::HashMap;
 
@@ -8,6 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::{HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec};
 use wva_core::snapshot::ReplicaCounts;
 use wva_core::variants::{self, DEFAULT_TARGET_KIND, FieldError, Variant, VariantKey};
+use wva_core::workload;
 
 use super::crd;
 
@@ -34,15 +37,24 @@ pub struct Resolved {
     pub replicas: HashMap<VariantKey, ReplicaCounts>,
     /// Every managed object, ordered by key.
     pub standings: Vec<(VariantKey, Standing)>,
+    /// Annotated HPAs that declare no workload, as `namespace/name` and why.
+    pub refused_workloads: Vec<(VariantKey, String)>,
 }
 
 /// Whether this controller instance manages `va`: all objects when no
 /// instance is set, else only those labelled with it.
 pub fn manages(va: &crd::VariantAutoscaling, instance: Option<&str>) -> bool {
+    labelled_for(&va.metadata, instance)
+}
+
+/// Whether an object's labels assign it to `instance` (any object when none).
+fn labelled_for(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    instance: Option<&str>,
+) -> bool {
     match instance {
         None => true,
-        Some(want) => va
-            .metadata
+        Some(want) => meta
             .labels
             .as_ref()
             .and_then(|l| l.get(CONTROLLER_INSTANCE_LABEL))
@@ -217,6 +229,86 @@ fn standing(
             out.variants.push(va);
             Standing::Running { name, replicas }
         }
+    }
+}
+
+/// Adds the workloads that annotated HPAs (or KEDA's HPAs, which carry
+/// their ScaledObject's annotations) declare, after the variants: an HPA
+/// whose annotations are wrong, whose target is not a Deployment, is a
+/// VariantAutoscaling's, or is another annotated HPA's, is refused with the
+/// reason; one whose Deployment does not exist yet waits for it.
+pub fn workloads<'a>(
+    hpas: impl IntoIterator<Item = &'a HorizontalPodAutoscaler>,
+    instance: Option<&str>,
+    target: impl Fn(&str, &str) -> Option<ReplicaCounts>,
+    out: &mut Resolved,
+) {
+    let mut annotated: Vec<&HorizontalPodAutoscaler> = hpas
+        .into_iter()
+        .filter(|hpa| {
+            let annotations = hpa.metadata.annotations.as_ref();
+            annotations.is_some_and(|a| a.contains_key(workload::SIGNAL_ANNOTATION))
+                && labelled_for(&hpa.metadata, instance)
+        })
+        .collect();
+    // The older HPA keeps a contested workload, as with VariantAutoscalings.
+    annotated.sort_by(|a, b| {
+        let created = |h: &HorizontalPodAutoscaler| h.metadata.creation_timestamp.clone();
+        created(a)
+            .cmp(&created(b))
+            .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+    });
+    let models = out.variants.len();
+    for hpa in annotated {
+        let at = VariantKey::new(
+            hpa.metadata.namespace.clone().unwrap_or_default(),
+            hpa.metadata.name.clone().unwrap_or_default(),
+        );
+        match workload_of(hpa, &out.variants, models) {
+            Err(why) => out.refused_workloads.push((at, why)),
+            Ok(worker) => {
+                if let Some(replicas) = target(&worker.namespace, &worker.target.name) {
+                    out.replicas.insert(worker.key(), replicas);
+                    out.variants.push(worker);
+                }
+            }
+        }
+    }
+    out.variants.sort_by_key(Variant::key);
+    out.refused_workloads.sort();
+}
+
+/// The workload `hpa` declares, unless `taken` (the first `models` of which
+/// are VariantAutoscalings) already scales or names it.
+fn workload_of(
+    hpa: &HorizontalPodAutoscaler,
+    taken: &[Variant],
+    models: usize,
+) -> Result<Variant, String> {
+    let worker = serde_json::to_value(hpa)
+        .map_err(|e| format!("cannot be encoded: {e}"))
+        .and_then(|json| variants::from_json(json).map_err(|e| e.to_string()))?;
+    if worker.target.kind != DEFAULT_TARGET_KIND {
+        return Err(format!(
+            "spec.scaleTargetRef.kind {:?} is not supported: only Deployment",
+            worker.target.kind
+        ));
+    }
+    let clash = taken.iter().enumerate().find(|(_, v)| {
+        v.namespace == worker.namespace
+            && (v.target.name == worker.target.name || v.name == worker.name)
+    });
+    match clash {
+        None => Ok(worker),
+        Some((i, other)) if i < models => Err(format!(
+            "Deployment {:?} is VariantAutoscaling {}'s (its target, or its name)",
+            worker.target.name,
+            other.key()
+        )),
+        Some(_) => Err(format!(
+            "Deployment {:?} is already scaled on a signal by an older HorizontalPodAutoscaler",
+            worker.target.name
+        )),
     }
 }
 
@@ -454,5 +546,104 @@ mod tests {
             "KEDA's HPA carries maxReplicaCount"
         );
         assert_eq!(ceiling("chat-h100"), None, "another namespace");
+    }
+
+    /// An HPA on Deployment `target` in `llm` declaring a scaling target.
+    fn annotated(
+        name: &str,
+        target: &str,
+        annotations: &[(&str, &str)],
+    ) -> HorizontalPodAutoscaler {
+        let mut object = hpa("llm", ("Deployment", target), Some(1), false);
+        object.metadata.name = Some(name.into());
+        object.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        object
+    }
+
+    const JOBS: [(&str, &str); 2] = [
+        (workload::SIGNAL_ANNOTATION, "jobs"),
+        (workload::TARGET_ANNOTATION, "5"),
+    ];
+
+    fn counts(current: u32) -> ReplicaCounts {
+        ReplicaCounts {
+            current,
+            ready: current,
+            floor: 1,
+            ceiling: Some(10),
+        }
+    }
+
+    #[test]
+    fn annotated_hpas_add_workloads_beside_the_variants() {
+        let chat = va("chat", "llama", 1);
+        let mut out = resolve(&[&chat], |_, _| Some(counts(2)));
+        let hpas = [
+            annotated("worker-hpa", "worker", &JOBS),
+            // Not annotated: an HPA wva only reads limits from.
+            hpa("llm", ("Deployment", "web"), Some(1), false),
+            // Its Deployment does not exist yet.
+            annotated("later-hpa", "later", &JOBS),
+        ];
+        workloads(
+            hpas.iter(),
+            None,
+            |_, name| (name != "later").then(|| counts(3)),
+            &mut out,
+        );
+        let keys: Vec<String> = out.variants.iter().map(|v| v.key().to_string()).collect();
+        assert_eq!(keys, ["llm/chat", "llm/worker"]);
+        let worker = &out.variants[1];
+        assert_eq!(worker.signal.as_ref().unwrap().signal, "jobs");
+        assert_eq!(out.replicas[&worker.key()].current, 3);
+        assert!(out.refused_workloads.is_empty());
+    }
+
+    #[test]
+    fn a_wrong_or_contested_scaling_target_is_refused_with_the_reason() {
+        let chat = va("chat", "llama", 1);
+        let mut out = resolve(&[&chat], |_, _| Some(counts(2)));
+        let mut younger = annotated("second-hpa", "worker", &JOBS);
+        younger.metadata.creation_timestamp = Some(Time(Timestamp::from_second(2).unwrap()));
+        let mut older = annotated("first-hpa", "worker", &JOBS);
+        older.metadata.creation_timestamp = Some(Time(Timestamp::from_second(1).unwrap()));
+        let hpas = [
+            younger,
+            older,
+            annotated("on-a-variant", "llama", &JOBS),
+            annotated("no-target-per-pod", "other", &JOBS[..1]),
+        ];
+        workloads(hpas.iter(), None, |_, _| Some(counts(1)), &mut out);
+        let refused: Vec<String> = out
+            .refused_workloads
+            .iter()
+            .map(|(hpa, why)| format!("{hpa}: {why}"))
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                "llm/no-target-per-pod: metadata.annotations[wva.llmd.ai/target-per-pod] is required beside wva.llmd.ai/signal (the value one pod should carry)",
+                "llm/on-a-variant: Deployment \"llama\" is VariantAutoscaling llm/chat's (its target, or its name)",
+                "llm/second-hpa: Deployment \"worker\" is already scaled on a signal by an older HorizontalPodAutoscaler",
+            ]
+        );
+        assert_eq!(out.variants.len(), 2, "chat and the older HPA's worker");
+    }
+
+    #[test]
+    fn an_instance_takes_only_the_hpas_labelled_for_it() {
+        let mut blue = annotated("blue-hpa", "blue", &JOBS);
+        blue.metadata.labels =
+            Some([(CONTROLLER_INSTANCE_LABEL.to_string(), "blue".to_string())].into());
+        let hpas = [blue, annotated("any-hpa", "any", &JOBS)];
+        let mut out = Resolved::default();
+        workloads(hpas.iter(), Some("blue"), |_, _| Some(counts(1)), &mut out);
+        let names: Vec<&str> = out.variants.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["blue"]);
     }
 }

@@ -19,8 +19,12 @@ use serde_json::{Value, json};
 pub const INJECT_ANNOTATION: &str = "wva.llmd.ai/inject-agent";
 /// Set on every injected pod.
 pub const INJECTED_ANNOTATION: &str = "wva.llmd.ai/agent-injected";
-/// `vllm` (default) or `epp`.
+/// `vllm` (default), `epp`, or `generic` (any other workload, which
+/// forwards only its signals).
 pub const ROLE_ANNOTATION: &str = "wva.llmd.ai/agent-role";
+/// Signals to forward, one `NAME=AGG(METRIC{MATCHERS})` per line, as the
+/// agent's `--signal` reads them; required in the generic role.
+pub const SIGNALS_ANNOTATION: &str = "wva.llmd.ai/agent-signals";
 /// The port the agent scrapes on localhost.
 pub const PORT_ANNOTATION: &str = "wva.llmd.ai/agent-target-port";
 pub const PATH_ANNOTATION: &str = "wva.llmd.ai/agent-target-path";
@@ -164,16 +168,27 @@ pub fn mutate(pod: &Pod, scope: Scope, config: &InjectionConfig) -> Result<Outco
     if has_agent || annotation(INJECTED_ANNOTATION).is_some() {
         return Ok(Outcome::Skip("already injected"));
     }
-    let epp = match annotation(ROLE_ANNOTATION).map(|r| r.trim()) {
-        None | Some("vllm") => false,
-        Some("epp") => true,
+    let role = match annotation(ROLE_ANNOTATION).map(|r| r.trim()) {
+        None | Some("vllm") => "vllm",
+        Some("epp") => "epp",
+        Some("generic") => "generic",
         Some(other) => {
             return Err(format!(
-                "annotation {ROLE_ANNOTATION}={other:?} is not vllm or epp"
+                "annotation {ROLE_ANNOTATION}={other:?} is not vllm, epp or generic"
             ));
         }
     };
+    let epp = role == "epp";
+    let signals = annotation(SIGNALS_ANNOTATION)
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty());
     let port = match annotation(PORT_ANNOTATION) {
+        // A generic workload's exporter has no port to guess.
+        None if role == "generic" => {
+            return Err(format!(
+                "the generic role needs annotation {PORT_ANNOTATION}: the port of the exporter the agent reads"
+            ));
+        }
         None if epp => config.epp_port,
         None => config.vllm_port,
         Some(p) => p
@@ -213,10 +228,16 @@ pub fn mutate(pod: &Pod, scope: Scope, config: &InjectionConfig) -> Result<Outco
             user.name
         ));
     }
+    if role == "generic" && signals.is_none() {
+        return Err(format!(
+            "the generic role needs annotation {SIGNALS_ANNOTATION}: the signals to forward"
+        ));
+    }
     let target = format!("{scheme}://127.0.0.1:{port}{path}");
     let agent = Agent {
         target,
-        epp,
+        role,
+        signals: signals.map(str::to_string),
         variant: variant_of(pod),
         models: annotation(MODELS_ANNOTATION).cloned(),
     };
@@ -225,7 +246,9 @@ pub fn mutate(pod: &Pod, scope: Scope, config: &InjectionConfig) -> Result<Outco
 
 struct Agent {
     target: String,
-    epp: bool,
+    /// `vllm`, `epp` or `generic`, as the agent's `--role` spells it.
+    role: &'static str,
+    signals: Option<String>,
     variant: String,
     models: Option<String>,
 }
@@ -278,7 +301,7 @@ fn patch(pod: &Pod, config: &InjectionConfig, agent: &Agent) -> Vec<Value> {
     };
     ops.push(append(list, present, container));
     let mut volumes = vec![token_volume(TOKEN_VOLUME, Some(&config.token_audience))];
-    if agent.epp {
+    if agent.role == "epp" {
         volumes.push(token_volume(TARGET_TOKEN_VOLUME, None));
     }
     let mut have_volumes = spec.volumes.is_some();
@@ -335,12 +358,15 @@ fn container(config: &InjectionConfig, agent: &Agent) -> Container {
         value("WVA_AGGREGATOR", config.aggregator_address.clone()),
         value("WVA_AGGREGATOR_FAN_OUT", config.fan_out.to_string()),
         value("WVA_VARIANT", agent.variant.clone()),
-        value("WVA_ROLE", if agent.epp { "epp" } else { "vllm" }.into()),
+        value("WVA_ROLE", agent.role.into()),
         value("WVA_TOKEN_FILE", format!("{TOKEN_DIR}/token")),
         value("WVA_AGENT_LISTEN", format!("0.0.0.0:{}", config.agent_port)),
     ];
     let mut mounts = vec![mount(TOKEN_VOLUME, TOKEN_DIR)];
-    if agent.epp {
+    if let Some(signals) = &agent.signals {
+        env.push(value("WVA_SIGNALS", signals.clone()));
+    }
+    if agent.role == "epp" {
         env.push(value(
             "WVA_TARGET_TOKEN_FILE",
             format!("{TARGET_TOKEN_DIR}/token"),
@@ -628,6 +654,46 @@ mod tests {
         assert_eq!(
             env(agent, "WVA_TARGET_TOKEN_FILE").as_deref(),
             Some("/var/run/secrets/wva-target/token")
+        );
+    }
+
+    #[test]
+    fn a_generic_workload_forwards_its_signals_from_its_exporter() {
+        let signals = "queue_depth=max(redis_key_size{key=\"jobs\"})\nfree=min(slots)";
+        let worker = pod(json!({
+            INJECT_ANNOTATION: "true",
+            ROLE_ANNOTATION: "generic",
+            PORT_ANNOTATION: "9121",
+            SIGNALS_ANNOTATION: signals,
+        }));
+        let patched = typed(&inject(&worker, Scope::Pod, &config()));
+        assert_valid(&patched);
+        let agent = agent(&patched);
+        assert_eq!(
+            env(agent, "WVA_TARGET").as_deref(),
+            Some("http://127.0.0.1:9121/metrics")
+        );
+        assert_eq!(env(agent, "WVA_ROLE").as_deref(), Some("generic"));
+        assert_eq!(env(agent, "WVA_SIGNALS").as_deref(), Some(signals));
+        assert_eq!(env(agent, "WVA_TARGET_TOKEN_FILE"), None);
+
+        let without = |key: &str| {
+            let mut annotations = json!({
+                INJECT_ANNOTATION: "true",
+                ROLE_ANNOTATION: "generic",
+                PORT_ANNOTATION: "9121",
+                SIGNALS_ANNOTATION: signals,
+            });
+            annotations.as_object_mut().unwrap().remove(key);
+            mutate(&typed(&pod(annotations)), Scope::Pod, &config()).unwrap_err()
+        };
+        assert_eq!(
+            without(PORT_ANNOTATION),
+            "the generic role needs annotation wva.llmd.ai/agent-target-port: the port of the exporter the agent reads"
+        );
+        assert_eq!(
+            without(SIGNALS_ANNOTATION),
+            "the generic role needs annotation wva.llmd.ai/agent-signals: the signals to forward"
         );
     }
 
