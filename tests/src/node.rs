@@ -8,7 +8,9 @@
 //! - **Containers are processes.** An image naming `wva-aggregator`,
 //!   `wva-agent` or `vllm` runs that binary (`vllm-sim` for vLLM); one naming
 //!   prometheus-adapter or KEDA's operator or metrics server runs that
-//!   component as `scripts/cluster tool` builds it; each with the
+//!   component as `scripts/cluster tool` builds it; one naming Redis
+//!   (`redis:…`) or its exporter (`…/redis_exporter`) runs Debian's
+//!   `redis-server` or `prometheus-redis-exporter`; each with the
 //!   container's arguments and environment. A pod with any other image is
 //!   left pending. Native sidecars (init containers with `restartPolicy:
 //!   Always`) start with the others. A container that exits is started
@@ -455,6 +457,9 @@ enum Program {
     Own(&'static str),
     /// A third-party component `scripts/cluster tool` builds.
     Tool(&'static str),
+    /// A program of the machine's packages, on the `PATH` (`scripts/test`
+    /// installs them).
+    Installed(&'static str),
 }
 
 /// The program a container's image stands for.
@@ -478,7 +483,14 @@ fn program(container: &Container) -> Option<Program> {
     .into_iter()
     .find(|(name, _)| image.contains(name))
     .map(|(_, tool)| Program::Tool(tool));
-    own.or(tool)
+    let installed = [
+        ("redis_exporter", "prometheus-redis-exporter"),
+        ("redis:", "redis-server"),
+    ]
+    .into_iter()
+    .find(|(name, _)| image.contains(name))
+    .map(|(_, program)| Program::Installed(program));
+    own.or(tool).or(installed)
 }
 
 /// Where `program`'s executable is.
@@ -486,6 +498,12 @@ async fn executable(program: Program) -> anyhow::Result<PathBuf> {
     match program {
         Program::Own(name) => Ok(bin(name)),
         Program::Tool(name) => tool(name).await,
+        Program::Installed(name) => {
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .map(|dir| dir.join(name))
+                .find(|path| path.is_file())
+                .with_context(|| format!("{name} is not on the PATH (scripts/test installs it)"))
+        }
     }
 }
 

@@ -72,6 +72,20 @@ impl Redis {
         Ok(redis)
     }
 
+    /// A client of this Redis.
+    pub fn client(&self) -> RedisClient {
+        RedisClient { addr: self.addr }
+    }
+}
+
+/// The queue's commands, to a Redis at `addr` (one run by the tests, or by
+/// the local node in a pod).
+#[derive(Debug, Clone, Copy)]
+pub struct RedisClient {
+    pub addr: SocketAddr,
+}
+
+impl RedisClient {
     /// Appends `n` items (`<key>-0`, `<key>-1`, …) to the list `key`;
     /// returns its new length.
     pub async fn push(&self, key: &str, n: usize) -> anyhow::Result<u64> {

@@ -20,15 +20,16 @@ const WITHIN: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn exporter_follows_the_queue_depth() -> anyhow::Result<()> {
     let redis = Redis::start().await?;
+    let queue = redis.client();
     let exporter = RedisExporter::start(&redis, QUEUE).await?;
 
-    assert_eq!(redis.push(QUEUE, 37).await?, 37);
+    assert_eq!(queue.push(QUEUE, 37).await?, 37);
     exported_depth(&exporter, 37.0).await?;
 
-    let taken = redis.pop(QUEUE, 30).await?;
+    let taken = queue.pop(QUEUE, 30).await?;
     assert_eq!(taken.len(), 30);
     assert_eq!(taken[0], "jobs-0", "a queue hands out its oldest job first");
-    assert_eq!(redis.llen(QUEUE).await?, 7);
+    assert_eq!(queue.llen(QUEUE).await?, 7);
     exported_depth(&exporter, 7.0).await?;
     Ok(())
 }
@@ -72,6 +73,7 @@ const DECIDED: Duration = Duration::from_secs(20);
 #[tokio::test]
 async fn a_worker_workload_follows_its_queue_depth() -> anyhow::Result<()> {
     let redis = Redis::start().await?;
+    let queue = redis.client();
     let exporter = RedisExporter::start(&redis, QUEUE).await?;
     let dir = tempfile::tempdir()?;
     let variants = dir.path().join("variants.yaml");
@@ -107,7 +109,7 @@ async fn a_worker_workload_follows_its_queue_depth() -> anyhow::Result<()> {
 
     // 37 jobs: ceil(37 / 5) = 8 workers, the depth counted once, not once
     // per reader.
-    redis.push(QUEUE, 37).await?;
+    queue.push(QUEUE, 37).await?;
     let d = worker_where(metrics, "37 queued", |d| d["workload"]["total"] == 37.0).await?;
     assert_eq!(d["desiredReplicas"], 8);
     assert_eq!(d["workload"]["reporting"], 3);
@@ -144,13 +146,13 @@ async fn a_worker_workload_follows_its_queue_depth() -> anyhow::Result<()> {
 
     // Drained to 16 over 3 workers: 1.07 times the target, within the HPA's
     // tolerance, so 3 stay though ceil(16 / 5) is 4. Then 3 left: 1.
-    redis.pop(QUEUE, 21).await?;
+    queue.pop(QUEUE, 21).await?;
     let d = worker_where(metrics, "16 queued", |d| d["workload"]["total"] == 16.0).await?;
     assert_eq!(d["desiredReplicas"], 3);
-    redis.pop(QUEUE, 13).await?;
+    queue.pop(QUEUE, 13).await?;
     let d = worker_where(metrics, "3 queued", |d| d["workload"]["total"] == 3.0).await?;
     assert_eq!(d["desiredReplicas"], 1);
-    redis.push(QUEUE, 50).await?;
+    queue.push(QUEUE, 50).await?;
     let d = worker_where(metrics, "53 queued", |d| d["workload"]["total"] == 53.0).await?;
     assert_eq!(
         d["desiredReplicas"], 10,

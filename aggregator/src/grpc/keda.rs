@@ -18,7 +18,7 @@
 use std::pin::Pin;
 
 use tokio::sync::{mpsc, watch};
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use wva_core::snapshot::{Decisions, Published};
@@ -80,6 +80,14 @@ pub fn variant_of(reference: &ScaledObjectRef) -> Result<VariantKey, Status> {
         )));
     }
     Ok(VariantKey::new(namespace, name))
+}
+
+/// Whether a ScaledObject follows a workload scaled on a signal. Such a
+/// workload is declared by annotations KEDA copies into the HPA it makes,
+/// and KEDA makes that HPA only once it has the metric's spec: the spec is
+/// answered before the workload is known, its values only after.
+fn names_workload(reference: &ScaledObjectRef) -> bool {
+    reference.scaler_metadata.contains_key(WORKLOAD_KEY)
 }
 
 impl Scaler {
@@ -210,7 +218,9 @@ impl ExternalScaler for Scaler {
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<GetMetricSpecResponse>, Status> {
         let variant = variant_of(request.get_ref())?;
-        self.desired(&variant)?;
+        if !names_workload(request.get_ref()) {
+            self.desired(&variant)?;
+        }
         Ok(Response::new(metric_spec()))
     }
 
@@ -221,7 +231,15 @@ impl ExternalScaler for Scaler {
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
         let variant = variant_of(request.get_ref())?;
-        self.desired(&variant)?;
+        if let Err(unknown) = self.desired(&variant) {
+            if !names_workload(request.get_ref()) {
+                return Err(unknown);
+            }
+            // Not known until KEDA's HPA carries the annotations: the spec,
+            // until KEDA closes the stream.
+            let spec = tokio_stream::once(Ok(metric_spec())).chain(tokio_stream::pending());
+            return Ok(Response::new(Box::pin(spec)));
+        }
         let unchanged = |_| None;
         Ok(Response::new(follow(
             self.clone(),
@@ -410,6 +428,32 @@ mod tests {
         let gone = stream.next().await.unwrap().unwrap_err();
         assert_eq!(gone.code(), Code::NotFound);
         assert!(stream.next().await.is_none(), "the stream ends");
+    }
+
+    #[tokio::test]
+    async fn a_workload_gets_its_spec_before_it_is_known_and_values_after() {
+        let w = world(true);
+        let worker = || Request::new(reference(&[(WORKLOAD_KEY, "va")]));
+        let unknown = || Request::new(reference(&[(VARIANT_KEY, "va")]));
+        // KEDA makes the HPA that declares the workload only once it has
+        // the spec; a VariantAutoscaling's spec still waits for it.
+        assert!(w.scaler.get_metric_spec(worker()).await.is_ok());
+        let refused = w.scaler.get_metric_spec(unknown()).await.unwrap_err();
+        assert_eq!(refused.code(), Code::NotFound);
+        let mut spec = w
+            .scaler
+            .stream_metric_spec(worker())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(spec.next().await.unwrap().unwrap(), metric_spec());
+        let more = futures::FutureExt::now_or_never(spec.next());
+        assert!(more.is_none(), "the stream stays open: {more:?}");
+        let values = w.scaler.is_active(worker()).await.unwrap_err();
+        assert_eq!(values.code(), Code::NotFound);
+
+        w.decide(3);
+        assert!(w.scaler.is_active(worker()).await.unwrap().into_inner().result);
     }
 
     #[tokio::test]
