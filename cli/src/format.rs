@@ -146,7 +146,7 @@ pub fn decisions_table(snapshot: &DecisionSnapshot) -> String {
             let mut row = vec![
                 d.namespace.clone(),
                 d.name.clone(),
-                d.model_id.clone(),
+                model_or_signal(d),
                 or_dash(&d.accelerator),
                 d.current_replicas.to_string(),
                 d.ready_replicas.to_string(),
@@ -233,7 +233,7 @@ pub fn top_frame(snapshot: &DecisionSnapshot, server: &str, now_ms: i64) -> Stri
             vec![
                 d.namespace.clone(),
                 d.name.clone(),
-                d.model_id.clone(),
+                model_or_signal(d),
                 d.current_replicas.to_string(),
                 format!("{}{trend}", d.desired_replicas),
                 kv,
@@ -260,8 +260,20 @@ pub fn top_frame(snapshot: &DecisionSnapshot, server: &str, now_ms: i64) -> Stri
     out
 }
 
-/// One `tap` line: when, which sample, and its signals per model and EPP
-/// queue, or why the scrape failed.
+/// The MODEL cell: the model, or for a workload the signal it scales on,
+/// its total and its target per pod (`queue_depth=23/5` per pod).
+fn model_or_signal(d: &VariantDecision) -> String {
+    match &d.workload {
+        None => d.model_id.clone(),
+        Some(w) => {
+            let total = w.total.map_or_else(|| "?".to_string(), |t| t.to_string());
+            format!("{}={total}/{}", w.signal, w.target_per_pod)
+        }
+    }
+}
+
+/// One `tap` line: when, which sample, and its signals per model, EPP
+/// queue and forwarded signal, or why the scrape failed.
 pub fn sample_line(s: &PodSample) -> String {
     let Some(sample) = &s.sample else {
         return format!("{}/{} sent no sample", s.namespace, s.pod);
@@ -289,6 +301,9 @@ pub fn sample_line(s: &PodSample) -> String {
     for q in sample.epp.iter().flat_map(|e| &e.queues) {
         line.push_str(&format!(" queue[{}]={}", q.model, count(q.queue_size)));
     }
+    for s in &sample.signals {
+        line.push_str(&format!(" signal[{}]={}", s.name, s.value));
+    }
     if line.len() == before {
         line.push_str(" (no signals)");
     }
@@ -297,7 +312,9 @@ pub fn sample_line(s: &PodSample) -> String {
 
 #[cfg(test)]
 mod tests {
-    use wva_proto::v1::{EppModelQueue, EppSignals, ModelSignals, PodInput, Role, Sample};
+    use wva_proto::v1::{
+        EppModelQueue, EppSignals, ModelSignals, NamedValue, PodInput, Role, Sample,
+    };
 
     use super::*;
 
@@ -513,6 +530,29 @@ llm         up        meta/llama-8b   2         3 ↑       90%   7       fresh 
     }
 
     #[test]
+    fn a_workload_shows_its_signal_where_a_variant_shows_its_model() {
+        let mut worker = VariantDecision {
+            model_id: String::new(),
+            workload: Some(wva_proto::v1::WorkloadSignal {
+                signal: "queue_depth".into(),
+                target_per_pod: 5.0,
+                across: "max".into(),
+                total: Some(23.0),
+                reporting: 2,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(model_or_signal(&worker), "queue_depth=23/5");
+        worker.workload.as_mut().unwrap().total = None;
+        assert_eq!(model_or_signal(&worker), "queue_depth=?/5");
+        let variant = VariantDecision {
+            model_id: "meta/llama".into(),
+            ..Default::default()
+        };
+        assert_eq!(model_or_signal(&variant), "meta/llama");
+    }
+
+    #[test]
     fn tap_lines_show_each_models_signals_or_the_error() {
         let up = pod_sample(Sample {
             seq: 12,
@@ -557,6 +597,17 @@ llm         up        meta/llama-8b   2         3 ↑       90%   7       fresh 
             ..Default::default()
         });
         assert!(sample_line(&epp).ends_with("seq=2 up queue[m]=3"));
+
+        let worker = pod_sample(Sample {
+            seq: 4,
+            up: true,
+            signals: vec![NamedValue {
+                name: "queue_depth".into(),
+                value: 23.0,
+            }],
+            ..Default::default()
+        });
+        assert!(sample_line(&worker).ends_with("seq=4 up signal[queue_depth]=23"));
 
         let bare = pod_sample(Sample {
             seq: 1,

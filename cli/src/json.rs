@@ -44,6 +44,30 @@ pub struct Decision<'a> {
     pub source_failure: &'a str,
     pub limit: &'a str,
     pub saturation: Option<Saturation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workload<'a> {
+    pub signal: &'a str,
+    pub target_per_pod: f64,
+    pub across: &'a str,
+    pub total: Option<f64>,
+    pub reporting: u32,
+}
+
+impl<'a> From<&'a pb::WorkloadSignal> for Workload<'a> {
+    fn from(w: &'a pb::WorkloadSignal) -> Self {
+        Workload {
+            signal: &w.signal,
+            target_per_pod: w.target_per_pod,
+            across: &w.across,
+            total: w.total,
+            reporting: w.reporting,
+        }
+    }
 }
 
 impl<'a> From<&'a pb::VariantDecision> for Decision<'a> {
@@ -75,6 +99,7 @@ impl<'a> From<&'a pb::VariantDecision> for Decision<'a> {
             source_failure: &d.source_failure,
             limit: &d.limit,
             saturation: d.saturation.as_ref().map(Saturation::from),
+            workload: d.workload.as_ref().map(Workload::from),
         }
     }
 }
@@ -163,6 +188,8 @@ pub struct Sample<'a> {
     pub scrape_duration_us: u32,
     pub models: Vec<ModelSignals<'a>>,
     pub epp: Option<Epp<'a>>,
+    /// Values forwarded with `--signal`, by name.
+    pub signals: std::collections::BTreeMap<&'a str, f64>,
 }
 
 impl<'a> From<&'a pb::Sample> for Sample<'a> {
@@ -175,6 +202,11 @@ impl<'a> From<&'a pb::Sample> for Sample<'a> {
             scrape_duration_us: s.scrape_duration_us,
             models: s.models.iter().map(ModelSignals::from).collect(),
             epp: s.epp.as_ref().map(Epp::from),
+            signals: s
+                .signals
+                .iter()
+                .map(|v| (v.name.as_str(), v.value))
+                .collect(),
         }
     }
 }

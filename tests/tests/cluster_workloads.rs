@@ -166,7 +166,11 @@ async fn keda_scales_a_worker_deployment_on_its_queue_depth_through_wva() -> any
         match reached {
             Ok(_) => Ok(()),
             Err(e) => {
-                shown(&plane, &["get", "scaledobject,hpa,pods", "-n", NS, "-o", "yaml"]).await?;
+                shown(
+                    &plane,
+                    &["get", "scaledobject,hpa,pods", "-n", NS, "-o", "yaml"],
+                )
+                .await?;
                 let wva = node.log(SYSTEM, &replicas[0].pod, "aggregator");
                 anyhow::bail!("{e:#}\n{}\n== wva\n{wva}", keda.logs(&client).await?)
             }

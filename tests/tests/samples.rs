@@ -44,6 +44,7 @@ const WALK_DOCS: &[&str] = &[
     "docs/hpa.md",
     "docs/injection.md",
     "docs/troubleshooting.md",
+    "docs/workloads.md",
 ];
 
 fn read(relative: &str) -> String {
@@ -192,6 +193,7 @@ fn every_example_is_yaml_with_a_header_comment() {
             "namespace-injection.yaml",
             "prometheus-adapter-values.yaml",
             "variantautoscaling.yaml",
+            "worker-queue.yaml",
         ],
         "the samples the docs refer to, and nothing else"
     );
@@ -813,4 +815,108 @@ fn the_agent_role_annotation_is_one_name() {
         wva_k8s::identity::ROLE_ANNOTATION,
         wva_webhook::injection::ROLE_ANNOTATION
     );
+}
+
+/// The worker sample of docs/workloads.md: its pods get a generic agent that
+/// forwards, from the exporter beside them, the signal its ScaledObject
+/// declares as the scaling target; KEDA's trigger follows that workload.
+#[test]
+fn the_worker_sample_forwards_the_signal_its_scaled_object_scales_on() {
+    use wva_agent::signal_spec::SignalSpec;
+    let objects = documents("examples/worker-queue.yaml");
+    let deployments = of_kind(&objects, "Deployment");
+    let deployment: Deployment = round_trip(deployments[0], "the worker Deployment");
+    let (namespace, name) = name_of(&deployment.metadata);
+    round_trip::<Namespace>(of_kind(&objects, "Namespace")[0], "the Namespace");
+
+    // The agent the webhook injects.
+    let pod = injected(&pod_of(&deployment), Scope::Pod, &chart_default_injection());
+    let agent = agent_of(&pod);
+    assert_eq!(wva_e2e::container_env(agent, "WVA_ROLE"), Some("generic"));
+    let exporter = pod["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| str_at(c, "/image").contains("redis_exporter"))
+        .expect("the exporter sidecar");
+    let port = exporter["ports"][0]["containerPort"].as_u64().unwrap();
+    assert_eq!(
+        wva_e2e::container_env(agent, "WVA_TARGET"),
+        Some(format!("http://127.0.0.1:{port}/metrics").as_str())
+    );
+    let signals: Vec<SignalSpec> = wva_e2e::container_env(agent, "WVA_SIGNALS")
+        .expect("WVA_SIGNALS")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.parse().unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert_eq!(signals.len(), 1);
+    let signal = &signals[0];
+    assert_eq!(signal.metric, wva_e2e::redis::KEY_SIZE);
+    let key = signal
+        .matchers
+        .iter()
+        .find(|m| m.label == "key")
+        .expect("a key matcher");
+    let checked = exporter["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|a| a.strip_prefix("--check-single-keys="))
+        .expect("--check-single-keys");
+    assert_eq!(
+        key.value, checked,
+        "the exporter serves the key the signal reads"
+    );
+
+    // The ScaledObject declares the target on that signal and follows the workload.
+    let scaled = of_kind(&objects, "ScaledObject")[0];
+    let annotations: BTreeMap<String, String> =
+        serde_json::from_value(scaled["metadata"]["annotations"].clone()).unwrap();
+    let min = scaled["spec"]["minReplicaCount"].as_i64();
+    let max = scaled["spec"]["maxReplicaCount"].as_i64();
+    let target = wva_core::workload::from_annotations(&annotations, min, max)
+        .unwrap_or_else(|e| panic!("{} {}", e.field, e.problem))
+        .expect("a scaling target");
+    assert_eq!(target.signal, signal.name);
+    assert_eq!(str_at(scaled, "/metadata/namespace"), namespace);
+    assert_eq!(str_at(scaled, "/spec/scaleTargetRef/name"), name);
+    let trigger = &scaled["spec"]["triggers"][0];
+    assert_eq!(str_at(trigger, "/type"), "external-push");
+    assert_eq!(str_at(trigger, "/metadata/workload"), name);
+    assert_eq!(
+        str_at(trigger, "/metadata/scalerAddress"),
+        format!("{FULLNAME}.{RELEASE_NAMESPACE}.svc:9443")
+    );
+
+    // The adapter serves the workloads' gauge by workload.
+    let values = &documents("examples/prometheus-adapter-values.yaml")[0];
+    let rule = values["rules"]["external"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| str_at(r, "/name/as") == "wva_workload_desired_replicas")
+        .expect("a rule for the workloads' gauge");
+    assert!(str_at(rule, "/metricsQuery").contains("by (exported_namespace, workload)"));
+}
+
+/// The HorizontalPodAutoscalers docs/workloads.md shows are scaling targets
+/// as the aggregator reads them.
+#[test]
+fn the_workload_docs_hpas_are_scaling_targets() {
+    let hpas: Vec<String> = yaml_blocks(&read("docs/workloads.md"))
+        .into_iter()
+        .filter(|b| b.contains("kind: HorizontalPodAutoscaler"))
+        .collect();
+    assert_eq!(hpas.len(), 2, "the cluster's and the standalone one");
+    for block in hpas {
+        let parsed = variants::parse_variants(&block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+        let target = parsed[0].signal.as_ref().expect("a scaling target");
+        assert_eq!(target.signal, "queue_depth");
+        round_trip::<HorizontalPodAutoscaler>(
+            &serde_yaml::from_str::<Value>(&block).unwrap(),
+            "the HPA",
+        );
+    }
 }

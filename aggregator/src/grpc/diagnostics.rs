@@ -112,6 +112,13 @@ pub fn to_proto(d: &Decision) -> VariantDecision {
             .map(|f| format!("{}: {}", f.source, f.error))
             .unwrap_or_default(),
         limit: d.limit.map(|l| l.as_str()).unwrap_or_default().into(),
+        workload: d.workload.as_ref().map(|w| wva_proto::v1::WorkloadSignal {
+            signal: w.target.signal.clone(),
+            target_per_pod: w.target.target_per_pod,
+            across: w.target.across.as_str().into(),
+            total: w.total,
+            reporting: w.reporting,
+        }),
         saturation: Some(ModelSaturation {
             total_replicas: count(analysis.total_replicas),
             saturated_replicas: count(analysis.saturated_replicas),

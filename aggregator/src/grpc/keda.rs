@@ -18,8 +18,8 @@
 use std::pin::Pin;
 
 use tokio::sync::{mpsc, watch};
-use tokio_stream::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use wva_core::snapshot::{Decisions, Published};
 use wva_core::variants::VariantKey;
@@ -453,7 +453,14 @@ mod tests {
         assert_eq!(values.code(), Code::NotFound);
 
         w.decide(3);
-        assert!(w.scaler.is_active(worker()).await.unwrap().into_inner().result);
+        assert!(
+            w.scaler
+                .is_active(worker())
+                .await
+                .unwrap()
+                .into_inner()
+                .result
+        );
     }
 
     #[tokio::test]
