@@ -101,7 +101,9 @@ impl Poller {
         let mut failing: HashMap<VariantKey, SourceFailure> = HashMap::new();
         let mut jobs = Vec::new();
         let mut pickers = HashSet::new();
-        for va in variants {
+        // A workload scaled on a signal has no vLLM to poll: only its
+        // agents forward the signal.
+        for va in variants.iter().filter(|va| va.signal.is_none()) {
             match SourceKind::of(va, self.default_source) {
                 Ok(SourceKind::Agent) => {}
                 Ok(kind) => match self.sources.get(&kind) {
@@ -454,6 +456,25 @@ mod tests {
         });
         pods.sort();
         pods
+    }
+
+    #[tokio::test]
+    async fn a_workload_scaled_on_a_signal_is_never_polled() {
+        let (mut poller, source, store) = setup_with(
+            Scripted::new(SourceKind::Prometheus),
+            SourceKind::Prometheus,
+        );
+        source.answer(Ok(&["p-0"]));
+        let mut worker = va(None);
+        worker.signal = Some(wva_core::workload::SignalTarget {
+            signal: "jobs".into(),
+            target_per_pod: 5.0,
+            across: wva_core::workload::Across::Max,
+            min_replicas: 1,
+            max_replicas: 4,
+        });
+        poller.poll_once(&[worker]).await;
+        assert!(pods(&store).is_empty(), "no pod was polled for it");
     }
 
     #[tokio::test]
