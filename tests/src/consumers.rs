@@ -67,6 +67,10 @@ const SERVED: Duration = Duration::from_secs(120);
 
 /// The values users install prometheus-adapter with.
 const VALUES: &str = "examples/prometheus-adapter-values.yaml";
+/// A variant's decision series and the label that selects one.
+pub const VARIANT_DECISION: (&str, &str) = ("wva_desired_replicas", "variant_name");
+/// A workload's decision series and the label that selects one.
+pub const WORKLOAD_DECISION: (&str, &str) = ("wva_workload_desired_replicas", "workload");
 
 /// Prometheus servers of this test process listen on 198.19.0.1, .2, …:
 /// the pod network, outside the local nodes' 198.18.N.0/24.
@@ -219,19 +223,36 @@ impl Monitoring {
         namespace: &str,
         variant: &str,
     ) -> anyhow::Result<Value> {
-        eventually(SERVED, "the decision in Prometheus", || async {
-            self.decision(namespace, variant).await
+        self.serve(plane, VARIANT_DECISION, namespace, variant)
+            .await
+    }
+
+    /// [`Monitoring::serve_decision`] for any of wva's decision series:
+    /// `metric`, selected by the label `by` = `name`.
+    pub async fn serve(
+        &self,
+        plane: &ControlPlane,
+        (metric, by): (&str, &str),
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<Value> {
+        eventually(SERVED, &format!("{metric} in Prometheus"), || async {
+            self.value(metric, namespace, (by, name)).await
         })
         .await?;
         self.start_adapter(plane).await?;
         let client = plane.client().await?;
         let external = format!(
-            "/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/wva_desired_replicas?labelSelector=variant_name%3D{variant}"
+            "/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{metric}?labelSelector={by}%3D{name}"
         );
-        let served = eventually(SERVED, "the adapter to serve the decision", || async {
-            let request = http::Request::get(&external).body(Vec::new())?;
-            Ok(client.request::<Value>(request).await.ok())
-        })
+        let served = eventually(
+            SERVED,
+            &format!("the adapter to serve {metric}"),
+            || async {
+                let request = http::Request::get(&external).body(Vec::new())?;
+                Ok(client.request::<Value>(request).await.ok())
+            },
+        )
         .await;
         match served {
             Ok(served) => Ok(served),
@@ -242,8 +263,20 @@ impl Monitoring {
     /// The decision for VariantAutoscaling `variant` of `namespace` in
     /// Prometheus, under the labels users get; `None` before it is there.
     pub async fn decision(&self, namespace: &str, variant: &str) -> anyhow::Result<Option<f64>> {
+        let (metric, by) = VARIANT_DECISION;
+        self.value(metric, namespace, (by, variant)).await
+    }
+
+    /// The value of wva's series `metric` with label `by` for `namespace`
+    /// in Prometheus; `None` before it is there.
+    async fn value(
+        &self,
+        metric: &str,
+        namespace: &str,
+        (by, name): (&str, &str),
+    ) -> anyhow::Result<Option<f64>> {
         let query = format!(
-            "wva_desired_replicas{{exported_namespace=\"{namespace}\",variant_name=\"{variant}\",namespace=\"{SYSTEM}\"}}"
+            "{metric}{{exported_namespace=\"{namespace}\",{by}=\"{name}\",namespace=\"{SYSTEM}\"}}"
         );
         let path = format!("/api/v1/query?query={}", percent_encoded(&query));
         let (status, body) = get_unverified(self.prometheus.addr, &path).await?;

@@ -1,17 +1,25 @@
 //! A worker Deployment scaled on a Redis queue's depth on the real control
 //! plane, as docs/workloads.md sets it up: Redis and its exporter from
-//! Debian's packages run by the local node, the webhook injecting generic
-//! agents that forward the depth, a ScaledObject whose annotations declare
-//! the scaling target (KEDA carries them to its HPA, where wva finds them),
-//! and KEDA applying wva's answer through its external-push trigger. No
-//! Prometheus runs. The assertions are on the Deployment's replicas and on
-//! what the external metrics API serves.
+//! Debian's packages run by the local node, and the webhook injecting
+//! generic agents that forward the depth. Then either consumer:
+//!
+//! - KEDA, with no Prometheus: a ScaledObject whose annotations declare the
+//!   scaling target (KEDA carries them to its HPA, where wva finds them)
+//!   and whose external-push trigger applies wva's answer;
+//! - the HPA, annotated itself, reading wva's workload gauge through
+//!   Prometheus and prometheus-adapter with the sample values.
+//!
+//! The assertions are on the Deployment's replicas and on what the external
+//! metrics API serves.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use wva_e2e::consumers::{Monitoring, WORKLOAD_DECISION};
+use wva_e2e::controlplane::ControlPlane;
 use wva_e2e::install::*;
 use wva_e2e::keda::{Keda, authenticate_to_wva};
+use wva_e2e::node::LocalNode;
 use wva_e2e::redis::RedisClient;
 use wva_e2e::*;
 
@@ -21,6 +29,16 @@ const QUEUE: &str = "jobs";
 /// agent's next reads, an analysis, KEDA's push or its HPA's sync (15 s),
 /// with room for a busy machine.
 const THROUGH_KEDA: Duration = Duration::from_secs(120);
+/// The same through Prometheus: its scrape interval (15 s) comes on top.
+const THROUGH_THE_HPA: Duration = Duration::from_secs(150);
+/// The scaling target's annotations, as docs/workloads.md writes them.
+fn target_annotations() -> Value {
+    json!({
+        "wva.llmd.ai/signal": "queue_depth",
+        "wva.llmd.ai/target-per-pod": "5",
+        "wva.llmd.ai/signal-across-pods": "max",
+    })
+}
 
 /// Redis and its Service.
 fn redis() -> [Value; 2] {
@@ -93,14 +111,7 @@ fn workers() -> Value {
 fn scaled_object() -> Value {
     json!({
         "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
-        "metadata": {
-            "name": WORKER, "namespace": NS,
-            "annotations": {
-                "wva.llmd.ai/signal": "queue_depth",
-                "wva.llmd.ai/target-per-pod": "5",
-                "wva.llmd.ai/signal-across-pods": "max",
-            },
-        },
+        "metadata": {"name": WORKER, "namespace": NS, "annotations": target_annotations()},
         "spec": {
             "scaleTargetRef": {"name": WORKER},
             "minReplicaCount": 1,
@@ -121,16 +132,12 @@ fn scaled_object() -> Value {
     })
 }
 
-#[tokio::test]
-async fn keda_scales_a_worker_deployment_on_its_queue_depth_through_wva() -> anyhow::Result<()> {
-    let Wva {
-        plane,
-        client,
-        node,
-        replicas,
-    } = wva_on_a_node(1, &[]).await?;
-    let keda = Keda::install(&plane).await?;
-    authenticate_to_wva(&plane, NS).await?;
+/// Redis in a pod of `NS`, once it answers.
+async fn redis_on(
+    plane: &ControlPlane,
+    client: &kube::Client,
+    node: &LocalNode,
+) -> anyhow::Result<RedisClient> {
     for object in redis() {
         plane.create(&object).await?;
     }
@@ -151,6 +158,97 @@ async fn keda_scales_a_worker_deployment_on_its_queue_depth_through_wva() -> any
     if let Err(e) = answered {
         anyhow::bail!("{e:#}\nredis:\n{}", node.log(NS, &redis_name, "redis"));
     }
+    Ok(queue)
+}
+
+/// The annotated HPA: wva's workload decision as its replica count.
+fn hpa() -> Value {
+    json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": WORKER, "namespace": NS, "annotations": target_annotations()},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": WORKER},
+            "minReplicas": 1,
+            "maxReplicas": 6,
+            "metrics": [{"type": "External", "external": {
+                "metric": {"name": "wva_workload_desired_replicas", "selector": {"matchLabels": {"workload": WORKER}}},
+                "target": {"type": "AverageValue", "averageValue": "1"},
+            }}],
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 0}},
+        },
+    })
+}
+
+#[tokio::test]
+async fn the_hpa_scales_a_worker_deployment_on_its_queue_depth_through_wva_and_the_adapter()
+-> anyhow::Result<()> {
+    let Wva {
+        plane,
+        client,
+        node,
+        replicas,
+    } = wva_on_a_node(1, &[]).await?;
+    let monitoring = Monitoring::start(&plane).await?;
+    let queue = redis_on(&plane, &client, &node).await?;
+    plane.create(&workers()).await?;
+    plane.create(&hpa()).await?;
+
+    // The adapter lists the series when it starts: the decision first.
+    let served = monitoring
+        .serve(&plane, WORKLOAD_DECISION, NS, WORKER)
+        .await?;
+    assert_eq!(served["items"][0]["value"], "1", "an empty queue: {served}");
+
+    queue.push(QUEUE, 23).await?;
+    let reached = eventually(
+        THROUGH_THE_HPA,
+        "the HPA to scale the workers to 5",
+        || async {
+            Ok(spec_replicas(&client, NS, WORKER)
+                .await?
+                .filter(|r| *r == 5))
+        },
+    )
+    .await;
+    if let Err(e) = reached {
+        let decisions = decisions(replicas[0].metrics).await?;
+        shown(&plane, &["describe", "hpa", WORKER, "-n", NS]).await?;
+        anyhow::bail!(
+            "{e:#}\nwva's decisions: {}",
+            serde_json::to_string(&decisions)?
+        );
+    }
+    let path = format!(
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/{NS}/wva_workload_desired_replicas?labelSelector=workload%3D{WORKER}"
+    );
+    let served: Value = serde_json::from_str(&kubectl(&plane, &["get", "--raw", &path]).await?)?;
+    assert_eq!(served["items"][0]["value"], "5", "{served}");
+
+    queue.pop(QUEUE, 20).await?;
+    let down = eventually(
+        THROUGH_THE_HPA,
+        "the HPA to take the workers to 1",
+        || async {
+            Ok(spec_replicas(&client, NS, WORKER)
+                .await?
+                .filter(|r| *r == 1))
+        },
+    )
+    .await;
+    down.map(|_| ())
+}
+
+#[tokio::test]
+async fn keda_scales_a_worker_deployment_on_its_queue_depth_through_wva() -> anyhow::Result<()> {
+    let Wva {
+        plane,
+        client,
+        node,
+        replicas,
+    } = wva_on_a_node(1, &[]).await?;
+    let keda = Keda::install(&plane).await?;
+    authenticate_to_wva(&plane, NS).await?;
+    let queue = redis_on(&plane, &client, &node).await?;
     plane.create(&workers()).await?;
     plane.create(&scaled_object()).await?;
 
