@@ -18,6 +18,7 @@ use crate::sampler::Sampler;
 use crate::scrape::{InvalidTarget, Scraper};
 use crate::server::{self, Health};
 use crate::signal_spec::{self, SpecError};
+use crate::signals_target::SignalsTarget;
 use crate::stream::{StreamConfig, StreamError};
 use crate::telemetry::Telemetry;
 use crate::tls::{TargetTls, TlsError};
@@ -53,7 +54,8 @@ impl Agent {
     /// Checks the configuration (target URL, TLS files, token file,
     /// signals) and binds the listener of the agent's own endpoints.
     pub async fn start(args: Args) -> Result<Agent, StartError> {
-        signal_spec::check_for_role(args.role.into(), &args.signals)?;
+        let separate = args.signals_target.is_some();
+        signal_spec::check_for_role(args.role.into(), &args.signals, separate)?;
         let stream = StreamConfig::from_args(&args)?;
         stream.validate()?;
         let telemetry = Arc::new(Telemetry::new());
@@ -73,9 +75,15 @@ impl Agent {
             scraper = scraper.with_token_file(path.clone());
         }
         let role = args.role.into();
+        // The signals come from the main target unless from a second one.
+        let signals = if separate {
+            Vec::new()
+        } else {
+            args.signals.clone()
+        };
         let filter = if args.filtered_scrape {
             let mut names: Vec<&str> = read_samples(role).collect();
-            for signal in &args.signals {
+            for signal in &signals {
                 if !names.contains(&signal.metric.as_str()) {
                     names.push(&signal.metric);
                 }
@@ -84,8 +92,13 @@ impl Agent {
         } else {
             Filter::disabled()
         };
-        let extractor = Extractor::with_signals(role, args.signals.clone());
-        let sampler = Sampler::new(scraper, extractor, filter, telemetry.clone());
+        let extractor = Extractor::with_signals(role, signals);
+        let mut sampler = Sampler::new(scraper, extractor, filter, telemetry.clone());
+        if let Some(url) = &args.signals_target {
+            let scraper = Scraper::with_tls(url.clone(), args.max_body_bytes, &tls)?;
+            sampler =
+                sampler.with_signals_target(SignalsTarget::new(scraper, args.signals.clone()));
+        }
         let listen_error = |source| StartError::Listen {
             addr: args.listen,
             source,

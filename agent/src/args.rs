@@ -99,6 +99,12 @@ pub struct Args {
     )]
     pub signals: Vec<SignalSpec>,
 
+    /// Read the --signal values from this second local target (an exporter
+    /// sidecar, e.g. http://127.0.0.1:9121/metrics) instead of --target;
+    /// for the vllm and epp roles.
+    #[arg(long, env = "WVA_SIGNALS_TARGET", value_parser = parse_target)]
+    pub signals_target: Option<Uri>,
+
     /// Accelerator type of the pod, e.g. H100.
     #[arg(long, env = "WVA_ACCELERATOR")]
     pub accelerator: Option<String>,

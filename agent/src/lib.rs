@@ -15,6 +15,7 @@ pub mod sampler;
 pub mod scrape;
 pub mod server;
 pub mod signal_spec;
+pub mod signals_target;
 pub mod stream;
 pub mod telemetry;
 pub mod tls;

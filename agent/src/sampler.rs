@@ -21,11 +21,14 @@ use crate::filter::{Filter, Outcome};
 use crate::latest::Publisher;
 use crate::scrape::{ScrapeError, Scraper};
 use crate::server::Health;
+use crate::signals_target::SignalsTarget;
 use crate::telemetry::Telemetry;
 
 pub struct Sampler {
     scraper: Scraper,
     extractor: Extractor,
+    /// Where the signals come from when not from the main target.
+    signals_target: Option<SignalsTarget>,
     filter: Filter,
     telemetry: Arc<Telemetry>,
     seq: u64,
@@ -47,11 +50,19 @@ impl Sampler {
         Sampler {
             scraper,
             extractor,
+            signals_target: None,
             filter,
             telemetry,
             seq: 0,
             last_error: String::new(),
         }
+    }
+
+    /// Reads the signals from `target` instead of the main target (whose
+    /// extractor then computes none).
+    pub fn with_signals_target(mut self, target: SignalsTarget) -> Self {
+        self.signals_target = Some(target);
+        self
     }
 
     /// Scrapes and extracts once.
@@ -64,13 +75,19 @@ impl Sampler {
         };
         let started = Instant::now();
         let mut fetching = Duration::ZERO;
-        let outcome = self
-            .collect(Deadline { started, timeout }, &mut fetching)
-            .await
-            .and_then(|()| {
-                self.extractor.fill(&mut sample);
-                within_message_limit(&mut sample)
-            });
+        let deadline = Deadline { started, timeout };
+        let mut outcome = self.collect(deadline, &mut fetching).await;
+        if outcome.is_ok() {
+            self.extractor.fill(&mut sample);
+            if let Some(target) = &mut self.signals_target {
+                let fetched = Instant::now();
+                target
+                    .fill(&mut sample, deadline.at(), &self.telemetry)
+                    .await;
+                fetching += fetched.elapsed();
+            }
+            outcome = within_message_limit(&mut sample);
+        }
         sample.scrape_duration_us = u32::try_from(fetching.as_micros()).unwrap_or(u32::MAX);
         self.telemetry.scrapes.inc();
         self.telemetry

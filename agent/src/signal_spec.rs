@@ -59,13 +59,23 @@ pub enum SpecError {
     Duplicate(String),
     #[error("--role generic forwards only --signal values: give at least one")]
     NothingToForward,
+    #[error("--signals-target without --signal: nothing would be read there")]
+    NothingToReadThere,
+    #[error(
+        "--signals-target is for the vllm and epp roles: a generic agent reads its signals from --target"
+    )]
+    GenericWithSignalsTarget,
 }
 
-/// Checks the set for an agent of `role`: a generic agent with no signal
-/// would stream empty samples.
-pub fn check_for_role(role: Role, specs: &[SignalSpec]) -> Result<(), SpecError> {
-    if role == Role::Generic && specs.is_empty() {
-        return Err(SpecError::NothingToForward);
+/// Checks the set for an agent of `role`, whose signals come from a second
+/// target when `separate`: a generic agent with no signal would stream
+/// empty samples, and a second target needs signals to read.
+pub fn check_for_role(role: Role, specs: &[SignalSpec], separate: bool) -> Result<(), SpecError> {
+    match (role, separate) {
+        (Role::Generic, true) => return Err(SpecError::GenericWithSignalsTarget),
+        (Role::Generic, false) if specs.is_empty() => return Err(SpecError::NothingToForward),
+        (_, true) if specs.is_empty() => return Err(SpecError::NothingToReadThere),
+        _ => {}
     }
     check_all(specs)
 }
@@ -403,10 +413,23 @@ mod tests {
         let twice = [spec("a=sum(m)"), spec("b=sum(m)"), spec("a=max(n)")];
         assert_eq!(check_all(&twice), Err(SpecError::Duplicate("a".into())));
         assert_eq!(
-            check_for_role(Role::Generic, &[]).unwrap_err().to_string(),
+            check_for_role(Role::Generic, &[], false)
+                .unwrap_err()
+                .to_string(),
             "--role generic forwards only --signal values: give at least one"
         );
-        assert_eq!(check_for_role(Role::Generic, &specs[..1]), Ok(()));
-        assert_eq!(check_for_role(Role::Vllm, &[]), Ok(()));
+        assert_eq!(check_for_role(Role::Generic, &specs[..1], false), Ok(()));
+        assert_eq!(check_for_role(Role::Vllm, &[], false), Ok(()));
+        assert_eq!(check_for_role(Role::Vllm, &specs[..1], true), Ok(()));
+        assert_eq!(
+            check_for_role(Role::Vllm, &[], true)
+                .unwrap_err()
+                .to_string(),
+            "--signals-target without --signal: nothing would be read there"
+        );
+        assert_eq!(
+            check_for_role(Role::Generic, &specs[..1], true),
+            Err(SpecError::GenericWithSignalsTarget)
+        );
     }
 }

@@ -348,10 +348,75 @@ async fn configured_signals_are_streamed_and_asked_for() {
 }
 
 #[tokio::test]
+async fn signals_from_a_second_target_join_the_vllm_sample_and_fail_alone() {
+    let vllm = Target::start(Reply::Text(VLLM_BODY.into())).await;
+    let exporter = Target::start(Reply::Text(
+        b"redis_up 1\nredis_key_size{db=\"db0\",key=\"jobs\"} 12\n".to_vec(),
+    ))
+    .await;
+    let mut server = TestAggregator::start(None).await;
+    let agent = run_agent(
+        &vllm.url,
+        &format!("http://{}", server.addr),
+        &[
+            "--interval",
+            "100ms",
+            "--signals-target",
+            &exporter.url.to_string(),
+            "--signal",
+            r#"queue_depth=max(redis_key_size{key="jobs"})"#,
+        ],
+    )
+    .await;
+    let mut conn = server.accept().await;
+    conn.hello().await;
+    let sample = conn.sample().await;
+    assert!(sample.up, "{}", sample.error);
+    assert_eq!(sample.models.len(), 1, "vLLM's signals from --target");
+    let signal = |s: &wva_proto::v1::Sample| -> Vec<(String, f64)> {
+        s.signals
+            .iter()
+            .map(|v| (v.name.clone(), v.value))
+            .collect()
+    };
+    assert_eq!(signal(&sample), [("queue_depth".to_string(), 12.0)]);
+    // The vLLM target is not asked for the signal's series.
+    assert!(
+        !vllm.asked()[0].contains("redis_key_size"),
+        "{:?}",
+        vllm.asked()
+    );
+
+    // The exporter failing costs the signals only.
+    exporter.set(Reply::Status(StatusCode::SERVICE_UNAVAILABLE));
+    let sample = loop {
+        let sample = conn.sample().await;
+        if sample.signals.is_empty() {
+            break sample;
+        }
+    };
+    assert!(sample.up, "{}", sample.error);
+    assert_eq!(sample.models.len(), 1);
+    let (_, metrics) = get(agent.addr, "/metrics").await;
+    assert!(
+        metrics.contains("wva_agent_scrape_failures_total{reason=\"signals_target\"}"),
+        "{metrics}"
+    );
+    exporter.set(Reply::Text(b"redis_key_size{key=\"jobs\"} 4\n".to_vec()));
+    let sample = loop {
+        let sample = conn.sample().await;
+        if !sample.signals.is_empty() {
+            break sample;
+        }
+    };
+    assert_eq!(signal(&sample), [("queue_depth".to_string(), 4.0)]);
+}
+
+#[tokio::test]
 async fn bad_configuration_fails_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("token");
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 5] = [
         (
             &["--token-file", missing.to_str().unwrap()],
             "cannot read token file",
@@ -361,6 +426,21 @@ async fn bad_configuration_fails_at_start() {
             "--signal name \"q\" is given twice",
         ),
         (&["--listen", "192.0.2.1:0"], "cannot listen on 192.0.2.1:0"),
+        (
+            &["--signals-target", "http://127.0.0.1:9121/metrics"],
+            "--signals-target without --signal",
+        ),
+        (
+            &[
+                "--role",
+                "generic",
+                "--signal",
+                "q=sum(a)",
+                "--signals-target",
+                "http://127.0.0.1:9121/metrics",
+            ],
+            "--signals-target is for the vllm and epp roles",
+        ),
     ];
     for (extra, expected) in cases {
         let base = [

@@ -141,7 +141,7 @@ async fn redis_on(
     for object in redis() {
         plane.create(&object).await?;
     }
-    let redis_pod = controller_pods(&client, "redis", 1).await?.remove(0);
+    let redis_pod = controller_pods(client, "redis", 1).await?.remove(0);
     let redis_name = redis_pod.metadata.name.unwrap_or_default();
     let redis_ip = eventually(WITHIN, "Redis's pod address", || {
         let ip = node.pod_ip(NS, &redis_name);

@@ -209,11 +209,7 @@ impl Extractor {
     /// `epp` and `signals`), reusing the sample's buffers; none after a
     /// failed one.
     pub fn fill(&self, sample: &mut Sample) {
-        if self.valid {
-            self.generic.fill(&mut sample.signals);
-        } else {
-            sample.signals.clear();
-        }
+        self.fill_signals(sample);
         match self.role {
             Role::Vllm if self.valid => {
                 self.vllm.fill(&mut sample.models);
@@ -228,6 +224,16 @@ impl Extractor {
                 sample.models.clear();
                 sample.epp = None;
             }
+        }
+    }
+
+    /// Writes only the signals of the last `extract` into `sample.signals`
+    /// (none after a failed one), leaving the rest of the sample alone.
+    pub fn fill_signals(&self, sample: &mut Sample) {
+        if self.valid {
+            self.generic.fill(&mut sample.signals);
+        } else {
+            sample.signals.clear();
         }
     }
 

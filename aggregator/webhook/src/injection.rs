@@ -25,6 +25,9 @@ pub const ROLE_ANNOTATION: &str = "wva.llmd.ai/agent-role";
 /// Signals to forward, one `NAME=AGG(METRIC{MATCHERS})` per line, as the
 /// agent's `--signal` reads them; required in the generic role.
 pub const SIGNALS_ANNOTATION: &str = "wva.llmd.ai/agent-signals";
+/// The port of a second local target (an exporter sidecar) the signals are
+/// read from, at `/metrics`, for the vllm and epp roles.
+pub const SIGNALS_PORT_ANNOTATION: &str = "wva.llmd.ai/agent-signals-port";
 /// The port the agent scrapes on localhost.
 pub const PORT_ANNOTATION: &str = "wva.llmd.ai/agent-target-port";
 pub const PATH_ANNOTATION: &str = "wva.llmd.ai/agent-target-path";
@@ -233,11 +236,31 @@ pub fn mutate(pod: &Pod, scope: Scope, config: &InjectionConfig) -> Result<Outco
             "the generic role needs annotation {SIGNALS_ANNOTATION}: the signals to forward"
         ));
     }
+    let signals_target = match annotation(SIGNALS_PORT_ANNOTATION).map(|p| p.trim()) {
+        None => None,
+        Some(_) if role == "generic" => {
+            return Err(format!(
+                "annotation {SIGNALS_PORT_ANNOTATION} is for the vllm and epp roles: a generic agent reads its signals from {PORT_ANNOTATION}"
+            ));
+        }
+        Some(_) if signals.is_none() => {
+            return Err(format!(
+                "annotation {SIGNALS_PORT_ANNOTATION} needs {SIGNALS_ANNOTATION}: the signals to read there"
+            ));
+        }
+        Some(p) => {
+            let port: u16 = p
+                .parse()
+                .map_err(|_| format!("annotation {SIGNALS_PORT_ANNOTATION}={p:?} is not a port"))?;
+            Some(format!("http://127.0.0.1:{port}/metrics"))
+        }
+    };
     let target = format!("{scheme}://127.0.0.1:{port}{path}");
     let agent = Agent {
         target,
         role,
         signals: signals.map(str::to_string),
+        signals_target,
         variant: variant_of(pod),
         models: annotation(MODELS_ANNOTATION).cloned(),
     };
@@ -249,6 +272,8 @@ struct Agent {
     /// `vllm`, `epp` or `generic`, as the agent's `--role` spells it.
     role: &'static str,
     signals: Option<String>,
+    /// The second local target the signals come from, if not the main one.
+    signals_target: Option<String>,
     variant: String,
     models: Option<String>,
 }
@@ -365,6 +390,9 @@ fn container(config: &InjectionConfig, agent: &Agent) -> Container {
     let mut mounts = vec![mount(TOKEN_VOLUME, TOKEN_DIR)];
     if let Some(signals) = &agent.signals {
         env.push(value("WVA_SIGNALS", signals.clone()));
+    }
+    if let Some(target) = &agent.signals_target {
+        env.push(value("WVA_SIGNALS_TARGET", target.clone()));
     }
     if agent.role == "epp" {
         env.push(value(
@@ -694,6 +722,48 @@ mod tests {
         assert_eq!(
             without(SIGNALS_ANNOTATION),
             "the generic role needs annotation wva.llmd.ai/agent-signals: the signals to forward"
+        );
+    }
+
+    #[test]
+    fn a_vllm_pod_may_read_its_signals_from_an_exporter_beside_it() {
+        let signals = "queue_depth=max(redis_key_size{key=\"jobs\"})";
+        let annotated = |extra: Value| {
+            let mut annotations = json!({
+                INJECT_ANNOTATION: "true",
+                SIGNALS_ANNOTATION: signals,
+                SIGNALS_PORT_ANNOTATION: "9121",
+            });
+            for (k, v) in extra.as_object().unwrap() {
+                annotations[k] = v.clone();
+            }
+            pod(annotations)
+        };
+        let patched = typed(&inject(&annotated(json!({})), Scope::Pod, &config()));
+        let agent = agent(&patched);
+        assert_eq!(
+            env(agent, "WVA_TARGET").as_deref(),
+            Some("http://127.0.0.1:8000/metrics")
+        );
+        assert_eq!(
+            env(agent, "WVA_SIGNALS_TARGET").as_deref(),
+            Some("http://127.0.0.1:9121/metrics")
+        );
+        assert_eq!(env(agent, "WVA_SIGNALS").as_deref(), Some(signals));
+
+        let refused =
+            |extra: Value| mutate(&typed(&annotated(extra)), Scope::Pod, &config()).unwrap_err();
+        assert_eq!(
+            refused(json!({ROLE_ANNOTATION: "generic", PORT_ANNOTATION: "9121"})),
+            "annotation wva.llmd.ai/agent-signals-port is for the vllm and epp roles: a generic agent reads its signals from wva.llmd.ai/agent-target-port"
+        );
+        assert_eq!(
+            refused(json!({SIGNALS_PORT_ANNOTATION: "http"})),
+            "annotation wva.llmd.ai/agent-signals-port=\"http\" is not a port"
+        );
+        assert_eq!(
+            refused(json!({SIGNALS_ANNOTATION: ""})),
+            "annotation wva.llmd.ai/agent-signals-port needs wva.llmd.ai/agent-signals: the signals to read there"
         );
     }
 
