@@ -127,6 +127,17 @@ pub async fn authenticate_to_wva(plane: &ControlPlane, namespace: &str) -> anyho
 /// aggregator's external scaler over the chart's TLS. Scale-downs are
 /// wva's to hold: its HPA applies them at once.
 pub fn scaled_object(namespace: &str, name: &str, min: i32) -> Value {
+    scaled_object_following(namespace, name, min, ("variantAutoscaling", name))
+}
+
+/// [`scaled_object`], its trigger following what `(key, value)` of its
+/// metadata names (a VariantAutoscaling, or a workload).
+pub fn scaled_object_following(
+    namespace: &str,
+    name: &str,
+    min: i32,
+    (key, value): (&str, &str),
+) -> Value {
     json!({
         "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
         "metadata": {"name": name, "namespace": namespace},
@@ -142,7 +153,7 @@ pub fn scaled_object(namespace: &str, name: &str, min: i32) -> Value {
                 "type": "external-push",
                 "metadata": {
                     "scalerAddress": format!("wva.{SYSTEM}.svc:9443"),
-                    "variantAutoscaling": name,
+                    key: value,
                 },
                 "authenticationRef": {"name": "wva"},
             }],

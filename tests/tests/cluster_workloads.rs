@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use wva_e2e::consumers::{Monitoring, WORKLOAD_DECISION};
 use wva_e2e::controlplane::ControlPlane;
 use wva_e2e::install::*;
-use wva_e2e::keda::{Keda, authenticate_to_wva};
+use wva_e2e::keda::{Keda, authenticate_to_wva, scaled_object_following};
 use wva_e2e::node::LocalNode;
 use wva_e2e::redis::RedisClient;
 use wva_e2e::*;
@@ -109,27 +109,21 @@ fn workers() -> Value {
 /// The ScaledObject: its annotations declare the scaling target, its
 /// trigger follows wva's answer for the workload.
 fn scaled_object() -> Value {
-    json!({
-        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
-        "metadata": {"name": WORKER, "namespace": NS, "annotations": target_annotations()},
-        "spec": {
-            "scaleTargetRef": {"name": WORKER},
-            "minReplicaCount": 1,
-            "maxReplicaCount": 6,
-            "cooldownPeriod": 5,
-            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
-                "scaleDown": {"stabilizationWindowSeconds": 0},
-            }}},
-            "triggers": [{
-                "type": "external-push",
-                "metadata": {
-                    "scalerAddress": format!("wva.{SYSTEM}.svc:9443"),
-                    "workload": WORKER,
-                },
-                "authenticationRef": {"name": "wva"},
-            }],
-        },
+    let mut object = scaled_object_following(NS, WORKER, 1, ("workload", WORKER));
+    object["metadata"]["annotations"] = target_annotations();
+    object
+}
+
+/// Awaits the workers at `want` replicas, within `within`.
+async fn workers_at(client: &kube::Client, within: Duration, want: i32) -> anyhow::Result<()> {
+    let what = format!("the workers at {want} replicas");
+    eventually(within, &what, || async {
+        Ok(spec_replicas(client, NS, WORKER)
+            .await?
+            .filter(|r| *r == want))
     })
+    .await
+    .map(|_| ())
 }
 
 /// Redis in a pod of `NS`, once it answers.
@@ -200,17 +194,7 @@ async fn the_hpa_scales_a_worker_deployment_on_its_queue_depth_through_wva_and_t
     assert_eq!(served["items"][0]["value"], "1", "an empty queue: {served}");
 
     queue.push(QUEUE, 23).await?;
-    let reached = eventually(
-        THROUGH_THE_HPA,
-        "the HPA to scale the workers to 5",
-        || async {
-            Ok(spec_replicas(&client, NS, WORKER)
-                .await?
-                .filter(|r| *r == 5))
-        },
-    )
-    .await;
-    if let Err(e) = reached {
+    if let Err(e) = workers_at(&client, THROUGH_THE_HPA, 5).await {
         let decisions = decisions(replicas[0].metrics).await?;
         shown(&plane, &["describe", "hpa", WORKER, "-n", NS]).await?;
         anyhow::bail!(
@@ -225,17 +209,7 @@ async fn the_hpa_scales_a_worker_deployment_on_its_queue_depth_through_wva_and_t
     assert_eq!(served["items"][0]["value"], "5", "{served}");
 
     queue.pop(QUEUE, 20).await?;
-    let down = eventually(
-        THROUGH_THE_HPA,
-        "the HPA to take the workers to 1",
-        || async {
-            Ok(spec_replicas(&client, NS, WORKER)
-                .await?
-                .filter(|r| *r == 1))
-        },
-    )
-    .await;
-    down.map(|_| ())
+    workers_at(&client, THROUGH_THE_HPA, 1).await
 }
 
 #[tokio::test]
@@ -254,27 +228,19 @@ async fn keda_scales_a_worker_deployment_on_its_queue_depth_through_wva() -> any
 
     // 23 jobs: ceil(23 / 5) = 5 workers.
     queue.push(QUEUE, 23).await?;
-    let replicas_where = async |what: &str, want: i32| -> anyhow::Result<()> {
-        let reached = eventually(THROUGH_KEDA, what, || async {
-            Ok(spec_replicas(&client, NS, WORKER)
-                .await?
-                .filter(|r| *r == want))
-        })
-        .await;
-        match reached {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                shown(
-                    &plane,
-                    &["get", "scaledobject,hpa,pods", "-n", NS, "-o", "yaml"],
-                )
-                .await?;
-                let wva = node.log(SYSTEM, &replicas[0].pod, "aggregator");
-                anyhow::bail!("{e:#}\n{}\n== wva\n{wva}", keda.logs(&client).await?)
-            }
-        }
+    let through_keda = async |want: i32| -> anyhow::Result<()> {
+        let Err(e) = workers_at(&client, THROUGH_KEDA, want).await else {
+            return Ok(());
+        };
+        shown(
+            &plane,
+            &["get", "scaledobject,hpa,pods", "-n", NS, "-o", "yaml"],
+        )
+        .await?;
+        let wva = node.log(SYSTEM, &replicas[0].pod, "aggregator");
+        anyhow::bail!("{e:#}\n{}\n== wva\n{wva}", keda.logs(&client).await?)
     };
-    replicas_where("KEDA to scale the workers to 5", 5).await?;
+    through_keda(5).await?;
     shown(&plane, &["get", "scaledobject,hpa,pods", "-n", NS]).await?;
 
     // The metric is served where the HPA reads it: KEDA's external metrics
@@ -303,6 +269,6 @@ async fn keda_scales_a_worker_deployment_on_its_queue_depth_through_wva() -> any
 
     // Drained to 3 jobs: one worker.
     queue.pop(QUEUE, 20).await?;
-    replicas_where("KEDA to take the workers down to 1", 1).await?;
+    through_keda(1).await?;
     Ok(())
 }
