@@ -841,6 +841,20 @@ mod tests {
         let config = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
         let config: Value =
             serde_yaml::from_str(config["data"]["config.yaml"].as_str().unwrap()).unwrap();
-        assert_eq!(config["externalRules"].as_array().unwrap().len(), 2);
+        // The variants' decision, its legacy name and the workloads' decision.
+        let served: Vec<&str> = config["externalRules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["name"]["as"].as_str())
+            .collect();
+        assert_eq!(
+            served,
+            [
+                "wva_desired_replicas",
+                "inferno_desired_replicas",
+                "wva_workload_desired_replicas"
+            ]
+        );
     }
 }

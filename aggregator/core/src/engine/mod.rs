@@ -13,6 +13,10 @@
 //! model's window; each variant then takes that target,
 //! or the [`safety_net`]'s held value when its data is missing;
 //! [`Engine::record`] remembers the value and builds the decision.
+//!
+//! Workloads scaled on a forwarded signal (`crate::workload`) are decided
+//! apart, after the models, by [`workload`]: the HPA's rule over their
+//! pods' fresh values, with the same safety net.
 
 mod assessed;
 mod convergence;
