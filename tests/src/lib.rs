@@ -585,3 +585,9 @@ pub fn container_env<'a>(container: &'a serde_json::Value, name: &str) -> Option
         .find(|e| e["name"] == name)?["value"]
         .as_str()
 }
+
+/// Wall-clock time, Unix epoch milliseconds (as decisions' `decidedAt`).
+pub fn unix_ms() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -120,8 +120,3 @@ async fn next(stream: &mut tonic::Streaming<IsActiveResponse>) -> anyhow::Result
         .map_err(|_| anyhow::anyhow!("no answer pushed within 20 s"))??;
     answer.ok_or_else(|| anyhow::anyhow!("the stream ended"))
 }
-
-fn unix_ms() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    now.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
