@@ -390,7 +390,7 @@ async fn the_webhook_certifies_itself_and_answers_every_kind_of_pod() -> anyhow:
     assert_eq!(patched(&wrong, &response), None);
     assert_eq!(
         response["warnings"][0],
-        "wva-agent not injected: annotation wva.llmd.ai/agent-role=\"router\" is not vllm or epp"
+        "wva-agent not injected: annotation wva.llmd.ai/agent-role=\"router\" is not vllm, epp or generic"
     );
 
     // A request that is no AdmissionReview gets a clear error; with
