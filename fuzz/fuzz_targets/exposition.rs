@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     // every mutation useful.
     let body = String::from_utf8_lossy(data);
     let inputs = check_lines(&body);
-    for role in [Role::Vllm, Role::Epp] {
+    for role in [Role::Vllm, Role::Epp, Role::Generic] {
         check_extraction(role, &body, inputs);
     }
 });
@@ -76,8 +76,21 @@ fn check_lines(body: &str) -> Inputs {
     inputs
 }
 
+/// The extractor of `role`; a generic one forwards signals over a vLLM
+/// family and an arbitrary name with a matcher.
+fn extractor(role: Role) -> Extractor {
+    let signals = match role {
+        Role::Generic => ["a=sum(vllm:num_requests_running)", r#"b=max(x{y!="z"})"#]
+            .iter()
+            .map(|s| s.parse().expect("a valid --signal"))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Extractor::with_signals(role, signals)
+}
+
 fn check_extraction(role: Role, body: &str, inputs: Inputs) {
-    let mut fresh = Extractor::new(role);
+    let mut fresh = extractor(role);
     let result = fresh.extract(body);
     let mut sample = Sample::default();
     fresh.fill(&mut sample);
@@ -92,7 +105,7 @@ fn check_extraction(role: Role, body: &str, inputs: Inputs) {
 
     // An extractor reused from another body (the agent keeps one for its
     // life) must give what a fresh one gives.
-    let mut reused = Extractor::new(role);
+    let mut reused = extractor(role);
     let _ = reused.extract(second_half(body));
     assert_eq!(reused.extract(body), result);
     assert_eq!(reused.skipped_lines(), fresh.skipped_lines());
@@ -115,6 +128,9 @@ fn check_signals(sample: &Sample, inputs: Inputs) {
     }
     for q in shape.epp.iter_mut().flat_map(|e| &mut e.queues) {
         (q.queue_size, q.queue_bytes) = (0.0, 0.0);
+    }
+    for signal in &mut shape.signals {
+        signal.value = 0.0;
     }
     if let Err(e) = validate_sample(&shape) {
         panic!("an extracted sample was refused: {e}");

@@ -49,7 +49,7 @@ fn check_hello(hello: &Hello) {
     match validate_hello(hello) {
         Ok(()) => assert!(matches!(
             Role::try_from(hello.role),
-            Ok(Role::Vllm | Role::Epp)
+            Ok(Role::Vllm | Role::Epp | Role::Generic)
         )),
         Err(e) => assert!(e.len() <= MAX_ERROR, "{} bytes: {e}", e.len()),
     }
