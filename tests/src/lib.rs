@@ -67,10 +67,22 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback port (bound and released; loopback races are rare enough for tests).
+/// A free loopback port (bound and released), never one this test binary
+/// handed out before: the kernel may give a just-released port to the next
+/// bind, and two tests running side by side then start servers on one port
+/// (seen in CI: one aggregator failed to bind, its test talked to the other
+/// test's). Another process may still take a port; that race is rare.
 pub fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address")
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let addr = listener.local_addr().expect("local address");
+        if !handed_out.contains(&addr.port()) {
+            handed_out.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// A child process killed when dropped.
