@@ -178,6 +178,7 @@ pub struct WorkloadSignal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::data as annotations;
 
     fn target(per_pod: f64, min: u32, max: u32) -> SignalTarget {
         SignalTarget {
@@ -223,13 +224,6 @@ mod tests {
         assert_eq!(Across::Sum.total([3.0, 4.0]), Some(7.0));
         assert_eq!(Across::Max.total([3.0, 4.0, 2.0]), Some(4.0));
         assert_eq!(Across::Sum.total([]), None);
-    }
-
-    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::{HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec};
+use kube::Resource;
+use serde::Serialize;
 use wva_core::snapshot::ReplicaCounts;
 use wva_core::variants::{self, DEFAULT_TARGET_KIND, FieldError, Variant, VariantKey};
 use wva_core::workload;
@@ -171,23 +173,12 @@ pub fn resolve(
     target: impl Fn(&str, &str) -> Option<ReplicaCounts>,
 ) -> Resolved {
     let mut ordered: Vec<&crd::VariantAutoscaling> = vas.to_vec();
-    ordered.sort_by(|a, b| {
-        let created = |va: &crd::VariantAutoscaling| va.metadata.creation_timestamp.clone();
-        created(a)
-            .cmp(&created(b))
-            .then_with(|| a.metadata.name.cmp(&b.metadata.name))
-    });
+    oldest_first(&mut ordered);
     let mut out = Resolved::default();
     let mut owners: HashMap<(String, String), VariantKey> = HashMap::new();
     for object in ordered {
         let key = key_of(object);
-        let validated = serde_json::to_value(object)
-            .map_err(|e| FieldError {
-                field: "object",
-                problem: format!("cannot be encoded: {e}"),
-            })
-            .and_then(variants::from_json);
-        let standing = match validated {
+        let standing = match validated(object) {
             Err(error) => Standing::Invalid(error),
             Ok(va) => standing(va, &mut owners, &target, &mut out),
         };
@@ -196,6 +187,26 @@ pub fn resolve(
     out.standings.sort_by(|a, b| a.0.cmp(&b.0));
     out.variants.sort_by_key(Variant::key);
     out
+}
+
+/// Orders objects the older first, then by name: the older keeps what two
+/// objects claim.
+fn oldest_first<K: Resource>(objects: &mut [&K]) {
+    objects.sort_by(|a, b| {
+        let (a, b) = (a.meta(), b.meta());
+        (&a.creation_timestamp, &a.name).cmp(&(&b.creation_timestamp, &b.name))
+    });
+}
+
+/// An object from the API server as the aggregator reads it (a
+/// VariantAutoscaling, or an annotated HorizontalPodAutoscaler).
+fn validated(object: &impl Serialize) -> Result<Variant, FieldError> {
+    serde_json::to_value(object)
+        .map_err(|e| FieldError {
+            field: "object",
+            problem: format!("cannot be encoded: {e}"),
+        })
+        .and_then(variants::from_json)
 }
 
 fn standing(
@@ -252,12 +263,7 @@ pub fn workloads<'a>(
         })
         .collect();
     // The older HPA keeps a contested workload, as with VariantAutoscalings.
-    annotated.sort_by(|a, b| {
-        let created = |h: &HorizontalPodAutoscaler| h.metadata.creation_timestamp.clone();
-        created(a)
-            .cmp(&created(b))
-            .then_with(|| a.metadata.name.cmp(&b.metadata.name))
-    });
+    oldest_first(&mut annotated);
     let models = out.variants.len();
     for hpa in annotated {
         let at = VariantKey::new(
@@ -285,9 +291,7 @@ fn workload_of(
     taken: &[Variant],
     models: usize,
 ) -> Result<Variant, String> {
-    let worker = serde_json::to_value(hpa)
-        .map_err(|e| format!("cannot be encoded: {e}"))
-        .and_then(|json| variants::from_json(json).map_err(|e| e.to_string()))?;
+    let worker = validated(hpa).map_err(|e| e.to_string())?;
     if worker.target.kind != DEFAULT_TARGET_KIND {
         return Err(format!(
             "spec.scaleTargetRef.kind {:?} is not supported: only Deployment",
