@@ -178,7 +178,13 @@ pub struct WorkloadSignal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::data as annotations;
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
 
     fn target(per_pod: f64, min: u32, max: u32) -> SignalTarget {
         SignalTarget {
